@@ -1,0 +1,137 @@
+"""The `refit` command line: one command per user action, each a thin call into a room.
+
+Heavy libraries (TensorFlow, MLflow, Prefect, GX, DVC) are imported inside the commands
+that need them, so `refit --help` answers at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from refit.settings import Settings
+
+app = typer.Typer(
+    help="Refit keeps image classifiers up to date: validate batches, fine-tune, gate, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+sample_app = typer.Typer(help="The embedded CIFAR-10 sample.", no_args_is_help=True)
+app.add_typer(sample_app, name="sample")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    """Load the settings and export the tool environment before any heavy import."""
+    from refit.settings import apply_tool_environment, get_settings
+
+    settings = get_settings()
+    apply_tool_environment(settings)
+    return settings
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code=1)
+
+
+@app.command()
+def up() -> None:
+    """Start the local platform (MLflow and Prefect servers with their UIs) in the background."""
+    from refit import platform
+
+    settings = _settings()
+    with console.status("Starting servers…") as spinner:
+
+        def ready(service: platform.Service) -> None:
+            console.print(f"[green]✓[/] {service.title} answers at {service.url}")
+            spinner.update("Waiting for the other servers…")
+
+        try:
+            results = platform.up(settings, on_ready=ready)
+        except platform.PlatformError as exc:
+            raise _fail(str(exc)) from exc
+    for result in results:
+        if not result.started:
+            console.print(
+                f"[yellow]•[/] {result.service.title} is already running "
+                f"(pid {result.pid}) at {result.service.url}"
+            )
+    console.print(f"\nMLflow UI:  {settings.mlflow_url}\nPrefect UI: {settings.prefect_url}")
+    console.print(f"Logs in {settings.log_dir}. Stop everything with [bold]refit down[/].")
+
+
+@app.command()
+def down() -> None:
+    """Stop the servers `refit up` started."""
+    from refit import platform
+
+    settings = _settings()
+    with console.status("Stopping servers…"):
+        results = platform.down(settings)
+    for result in results:
+        if result.was in (platform.State.HEALTHY, platform.State.UNHEALTHY):
+            console.print(f"[green]✓[/] stopped {result.service.title} (pid {result.pid})")
+        elif result.was is platform.State.STALE:
+            console.print(f"[yellow]•[/] removed a stale pid file of {result.service.title}")
+        else:
+            console.print(f"  {result.service.title} was not running")
+
+
+@app.command()
+def status() -> None:
+    """Show which servers run, where, and whether they answer."""
+    from refit import platform
+
+    settings = _settings()
+    table = Table("server", "state", "pid", "url")
+    colours = {platform.State.HEALTHY: "green", platform.State.UNHEALTHY: "red"}
+    for current in platform.status(settings):
+        colour = colours.get(current.state, "dim")
+        table.add_row(
+            current.service.title,
+            f"[{colour}]{current.state}[/]",
+            str(current.pid or ""),
+            current.service.url,
+        )
+    console.print(table)
+
+
+@sample_app.command("unpack")
+def sample_unpack(dest: Annotated[Path, typer.Argument(help="Directory to unpack into.")]) -> None:
+    """Unpack the embedded sample (seed dataset, holdout, incoming batch) into DEST."""
+    from pipelines.sample import unpack_sample
+
+    settings = _settings()
+    try:
+        counts = unpack_sample(settings.sample_archive, dest)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from exc
+    for part, per_class in counts.items():
+        console.print(f"{dest / part}: {sum(per_class.values())} images, {len(per_class)} classes")
+
+
+@sample_app.command("cut")
+def sample_cut() -> None:
+    """Re-cut the embedded sample from the full CIFAR-10 tarball (for maintainers)."""
+    from pipelines.sample import cut_sample
+
+    settings = _settings()
+    with console.status(f"Cutting the sample from {settings.cifar10_archive}…"):
+        try:
+            counts = cut_sample(
+                settings.cifar10_archive, settings.sample_archive, settings.sample_seed
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            raise _fail(str(exc)) from exc
+    console.print(
+        f"Wrote {settings.sample_archive}: "
+        + ", ".join(f"{part} {n}" for part, n in sorted(counts.items()))
+    )

@@ -1,0 +1,340 @@
+"""The local platform: start, stop and inspect Refit's background servers.
+
+Each server runs as a child process in its own session with a pid file and a log file in the
+workspace. A pid file records the process's start time as well as its pid, so a file left
+behind by a crash (the pid dead, or reused by an unrelated process) is recognised as stale
+and never leads to signalling a stranger. Stopping signals exactly the recorded process and
+its own children.
+
+This module does not print; the CLI renders what it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import httpx
+import psutil
+
+from refit.settings import Settings, tool_environment
+
+STOP_GRACE_S = 15.0
+HEALTH_POLL_S = 0.5
+LOG_TAIL_LINES = 20
+
+
+class PlatformError(RuntimeError):
+    """A server could not be started or stopped; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """A background server: how to start it and how to tell it is healthy."""
+
+    name: str
+    title: str
+    command: list[str]
+    env: dict[str, str]
+    url: str
+    health_url: str
+    port: int
+
+
+class State(StrEnum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "running, not answering"
+    STOPPED = "stopped"
+    STALE = "stopped (stale pid file)"
+
+
+@dataclass(frozen=True)
+class PidRecord:
+    """What a pid file holds: enough to recognise the exact process later."""
+
+    pid: int
+    create_time: float
+    url: str
+
+    def process(self) -> psutil.Process | None:
+        """The live process this record describes, or None if it is gone or was reused."""
+        try:
+            proc = psutil.Process(self.pid)
+            same = abs(proc.create_time() - self.create_time) < 0.5
+            return proc if same and proc.status() != psutil.STATUS_ZOMBIE else None
+        except psutil.Error:
+            return None
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    service: Service
+    state: State
+    pid: int | None
+
+
+def _bin(name: str) -> str:
+    """A console script of the environment Refit runs in."""
+    return str(Path(sys.executable).parent / name)
+
+
+def services(settings: Settings) -> list[Service]:
+    """The servers `refit up` runs, in start order."""
+    env = tool_environment(settings)
+    return [
+        Service(
+            name="mlflow",
+            title="MLflow tracking server + UI",
+            command=[
+                _bin("mlflow"),
+                "server",
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.mlflow_port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                str(settings.mlflow_backend_uri),
+                "--artifacts-destination",
+                str(settings.mlflow_artifact_root),
+            ],
+            env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            url=settings.mlflow_url,
+            health_url=f"{settings.mlflow_url}/health",
+            port=settings.mlflow_port,
+        ),
+        Service(
+            name="prefect",
+            title="Prefect server + UI",
+            command=[
+                _bin("prefect"),
+                "server",
+                "start",
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.prefect_port),
+                "--analytics-off",
+            ],
+            env={**env, "PREFECT_UI_API_URL": str(settings.prefect_api_url)},
+            url=settings.prefect_url,
+            health_url=f"{settings.prefect_api_url}/health",
+            port=settings.prefect_port,
+        ),
+    ]
+
+
+def pid_file(settings: Settings, service: Service) -> Path:
+    return settings.run_dir / f"{service.name}.pid"
+
+
+def log_file(settings: Settings, service: Service) -> Path:
+    return settings.log_dir / f"{service.name}.log"
+
+
+def read_pid_record(path: Path) -> PidRecord | None:
+    """The record in ``path``, or None if there is none or it is unreadable."""
+    try:
+        return PidRecord(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def is_healthy(url: str, timeout: float = 2.0) -> bool:
+    """Whether ``url`` answers HTTP 2xx."""
+    try:
+        return httpx.get(url, timeout=timeout).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def service_status(settings: Settings, service: Service) -> ServiceStatus:
+    path = pid_file(settings, service)
+    if not path.exists():
+        return ServiceStatus(service, State.STOPPED, None)
+    record = read_pid_record(path)
+    if record is None or record.process() is None:
+        return ServiceStatus(service, State.STALE, record.pid if record else None)
+    state = State.HEALTHY if is_healthy(service.health_url) else State.UNHEALTHY
+    return ServiceStatus(service, state, record.pid)
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    """The state of every server."""
+    return [service_status(settings, s) for s in services(settings)]
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+def _spawn(settings: Settings, service: Service) -> PidRecord:
+    log = log_file(settings, service)
+    with open(log, "ab") as out:
+        out.write(f"\n--- refit up {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            service.command,
+            env={**os.environ, **service.env},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=settings.workspace,
+            start_new_session=True,
+        )
+    record = PidRecord(proc.pid, psutil.Process(proc.pid).create_time(), service.url)
+    pid_file(settings, service).write_text(json.dumps(asdict(record)))
+    return record
+
+
+@dataclass(frozen=True)
+class UpResult:
+    service: Service
+    pid: int
+    started: bool  # False: it was already running
+
+
+def up(settings: Settings, on_ready: Callable[[Service], None] = lambda s: None) -> list[UpResult]:
+    """Start every server that is not running and wait until all answer HTTP.
+
+    Servers already running are left alone. Stale pid files are replaced. If a server fails
+    to come up, the servers started by this call are stopped again and PlatformError says
+    why (with the end of its log).
+    """
+    settings.ensure_workspace()
+    results: list[UpResult] = []
+    to_start: list[Service] = []
+    for current in status(settings):
+        if current.state in (State.HEALTHY, State.UNHEALTHY):
+            results.append(UpResult(current.service, current.pid or 0, started=False))
+        else:
+            to_start.append(current.service)
+    for service in to_start:
+        _stop_and_forget(settings, service)
+        if port_in_use(settings.host, service.port):
+            raise PlatformError(
+                f"{service.title}: port {service.port} on {settings.host} is already used "
+                f"by another process; stop it or choose another port "
+                f"(REFIT_{service.name.upper()}_PORT)."
+            )
+    started = [(service, _spawn(settings, service)) for service in to_start]
+    try:
+        _wait_healthy(settings, started, on_ready)
+    except PlatformError:
+        _rollback(settings, started)
+        raise
+    results += [UpResult(s, r.pid, started=True) for s, r in started]
+    order = [s.name for s in services(settings)]
+    return sorted(results, key=lambda r: order.index(r.service.name))
+
+
+def _stop_and_forget(settings: Settings, service: Service) -> None:
+    """Stop what a pid file records (or what its crashed server left behind); remove it."""
+    path = pid_file(settings, service)
+    record = read_pid_record(path)
+    if record is not None:
+        _stop_records([record])
+    path.unlink(missing_ok=True)
+
+
+def _rollback(settings: Settings, started: list[tuple[Service, PidRecord]]) -> None:
+    """Stop the servers a failed `up` started, leaving the platform as it was."""
+    for service, _ in started:
+        _stop_and_forget(settings, service)
+
+
+def _wait_healthy(
+    settings: Settings,
+    pending: list[tuple[Service, PidRecord]],
+    on_ready: Callable[[Service], None],
+) -> None:
+    deadline = time.monotonic() + settings.startup_timeout_s
+    waiting = list(pending)
+    while waiting:
+        for service, record in list(waiting):
+            if record.process() is None:
+                raise PlatformError(
+                    f"{service.title} exited during start-up. End of "
+                    f"{log_file(settings, service)}:\n{_log_tail(log_file(settings, service))}"
+                )
+            if is_healthy(service.health_url):
+                waiting.remove((service, record))
+                on_ready(service)
+        if waiting and time.monotonic() > deadline:
+            names = ", ".join(s.title for s, _ in waiting)
+            raise PlatformError(
+                f"{names} did not answer within {settings.startup_timeout_s:.0f} s "
+                f"(REFIT_STARTUP_TIMEOUT_S); see the logs in {settings.log_dir}."
+            )
+        if waiting:
+            time.sleep(HEALTH_POLL_S)
+
+
+def _group_members(record: PidRecord) -> list[psutil.Process]:
+    """Processes of the session a server was started in (the server and its workers).
+
+    The server was started as the leader of a new session, so its process group id is its
+    pid; members must also be younger than the leader. This finds workers orphaned by a
+    crash of the leader, and nothing else.
+    """
+    members = []
+    for proc in psutil.process_iter(["create_time"]):
+        try:
+            if (
+                os.getpgid(proc.pid) == record.pid
+                and proc.info["create_time"] >= record.create_time - 0.5
+            ):
+                members.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return members
+
+
+def _stop_records(records: list[PidRecord]) -> None:
+    """SIGTERM each recorded server and its workers; SIGKILL what outlives the grace."""
+    procs = [proc for record in records for proc in _group_members(record)]
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=STOP_GRACE_S)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+@dataclass(frozen=True)
+class DownResult:
+    service: Service
+    pid: int | None
+    was: State
+
+
+def down(settings: Settings) -> list[DownResult]:
+    """Stop the servers `refit up` started (later ones first) and remove their pid files."""
+    results = []
+    for current in reversed(status(settings)):
+        _stop_and_forget(settings, current.service)
+        results.append(DownResult(current.service, current.pid, current.state))
+    return list(reversed(results))

@@ -1,0 +1,40 @@
+"""Shared fixtures: isolated settings, free ports and temporary workspaces."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the developer's REFIT_* variables or refit.toml."""
+    for name in list(os.environ):
+        if name.startswith("REFIT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("REFIT_CONFIG", str(tmp_path / "no-such-refit.toml"))
+    from refit.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def refit_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for a `refit` subprocess: its own workspace and free ports."""
+    return {
+        **os.environ,
+        "REFIT_WORKSPACE": str(tmp_path / "workspace"),
+        "REFIT_MLFLOW_PORT": str(free_port()),
+        "REFIT_PREFECT_PORT": str(free_port()),
+        "REFIT_SERVING_PORT": str(free_port()),
+    }

@@ -1,0 +1,131 @@
+"""`refit up` / `status` / `down` really start, answer and stop the MLflow and Prefect servers.
+
+Runs the installed `refit` console script against a temporary workspace and free ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+# The console script of the environment under test, not whatever `refit` is on PATH.
+REFIT = str(Path(sys.executable).parent / "refit")
+
+
+def refit(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [REFIT, *args],
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def pid_records(env: dict[str, str]) -> dict[str, dict]:
+    run_dir = Path(env["REFIT_WORKSPACE"]) / "run"
+    return {p.stem: json.loads(p.read_text()) for p in run_dir.glob("*.pid")}
+
+
+def group_alive(pgid: int) -> list[int]:
+    """Pids still alive in a process group (a server and its workers)."""
+    alive = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc.pid)
+        except (OSError, psutil.Error):
+            continue
+    return alive
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def platform_env(refit_env: dict[str, str]):
+    """A refit environment whose servers are always stopped at the end, even on failure."""
+    yield refit_env
+    refit(refit_env, "down")
+
+
+def test_up_status_down_lifecycle(platform_env: dict[str, str]) -> None:
+    env = platform_env
+    mlflow_url = f"http://127.0.0.1:{env['REFIT_MLFLOW_PORT']}"
+    prefect_url = f"http://127.0.0.1:{env['REFIT_PREFECT_PORT']}"
+
+    # A crash left stale pid files behind: `up` must not trust or signal them.
+    run_dir = Path(env["REFIT_WORKSPACE"]) / "run"
+    run_dir.mkdir(parents=True)
+    for name in ("mlflow", "prefect"):
+        (run_dir / f"{name}.pid").write_text(
+            json.dumps({"pid": dead_pid(), "create_time": 1.0, "url": ""})
+        )
+    assert refit(env, "status").stdout.count("stale") == 2
+
+    started = refit(env, "up")
+    assert started.returncode == 0, started.stderr + started.stdout
+    assert mlflow_url in started.stdout and prefect_url in started.stdout
+    # Both UIs answer in a browser, and the APIs behind them are healthy.
+    for url in (mlflow_url, prefect_url):
+        page = httpx.get(url, timeout=10)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+    assert httpx.get(f"{mlflow_url}/health").text.strip() == "OK"
+    assert httpx.get(f"{prefect_url}/api/health").json() is True
+
+    first = pid_records(env)
+    assert refit(env, "status").stdout.count("healthy") == 2
+
+    # A second `up` says so and starts nothing.
+    again = refit(env, "up")
+    assert again.returncode == 0
+    assert again.stdout.count("already running") == 2
+    assert pid_records(env) == first
+
+    # The MLflow server crashes (its worker survives, holding the port): `up` cleans up
+    # after it and restarts only MLflow.
+    os.kill(first["mlflow"]["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    assert "stale" in refit(env, "status").stdout
+    restarted = refit(env, "up")
+    assert restarted.returncode == 0, restarted.stderr + restarted.stdout
+    second = pid_records(env)
+    assert second["prefect"] == first["prefect"]
+    assert second["mlflow"]["pid"] != first["mlflow"]["pid"]
+    assert not group_alive(first["mlflow"]["pid"])
+    assert httpx.get(f"{mlflow_url}/health").is_success
+
+    stopped = refit(env, "down")
+    assert stopped.returncode == 0
+    assert stopped.stdout.count("stopped") == 2
+    for record in second.values():
+        assert not group_alive(record["pid"])
+    assert pid_records(env) == {}
+    assert refit(env, "status").stdout.count("stopped") == 2
+
+
+def test_up_refuses_a_port_taken_by_someone_else(platform_env: dict[str, str]) -> None:
+    env = platform_env
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", int(env["REFIT_PREFECT_PORT"])))
+        squatter.listen()
+        result = refit(env, "up")
+    assert result.returncode == 1
+    assert f"port {env['REFIT_PREFECT_PORT']}" in result.stderr
+    assert "REFIT_PREFECT_PORT" in result.stderr
+    assert pid_records(env) == {}  # nothing was started

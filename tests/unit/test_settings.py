@@ -1,0 +1,89 @@
+"""Settings precedence: keyword > environment > refit.toml > default; derived values follow."""
+
+from pathlib import Path
+
+import pytest
+
+from refit.settings import Settings, tool_environment
+
+
+@pytest.fixture
+def toml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "refit.toml"
+    path.write_text(
+        'mlflow_port = 5111\nprefect_port = 4222\nregistered_model_name = "from-file"\n'
+    )
+    monkeypatch.setenv("REFIT_CONFIG", str(path))
+    return path
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert (settings.host, settings.mlflow_port, settings.prefect_port, settings.serving_port) == (
+        "127.0.0.1",
+        5000,
+        4200,
+        3000,
+    )
+    assert settings.workspace.name == ".refit"
+    assert settings.mlflow_tracking_uri == "http://127.0.0.1:5000"
+    assert settings.mlflow_backend_uri == f"sqlite:///{settings.workspace}/mlflow/mlflow.db"
+    assert settings.prefect_api_url == "http://127.0.0.1:4200/api"
+    assert settings.prefect_home == settings.workspace / "prefect"
+
+
+@pytest.mark.usefixtures("toml_file")
+def test_file_overrides_default() -> None:
+    settings = Settings()
+    assert settings.mlflow_port == 5111
+    assert settings.registered_model_name == "from-file"
+    assert settings.mlflow_tracking_uri == "http://127.0.0.1:5111"
+
+
+@pytest.mark.usefixtures("toml_file")
+def test_env_overrides_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFIT_MLFLOW_PORT", "5999")
+    settings = Settings()
+    assert settings.mlflow_port == 5999
+    assert settings.prefect_port == 4222  # not in the environment: the file still wins
+    assert settings.prefect_url == "http://127.0.0.1:4222"
+
+
+@pytest.mark.usefixtures("toml_file")
+def test_keyword_overrides_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFIT_MLFLOW_PORT", "5999")
+    assert Settings(mlflow_port=6001).mlflow_port == 6001
+
+
+def test_workspace_moves_every_derived_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REFIT_WORKSPACE", str(tmp_path / "ws"))
+    settings = Settings()
+    for path in (settings.prefect_home, settings.mlflow_artifact_root, settings.run_dir):
+        assert path.is_relative_to(tmp_path / "ws")
+    assert str(tmp_path / "ws") in str(settings.mlflow_backend_uri)
+
+
+def test_explicit_tracking_uri_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFIT_MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    settings = Settings()
+    assert settings.mlflow_tracking_uri == "sqlite:///elsewhere.db"
+    assert settings.mlflow_registry_uri == "sqlite:///elsewhere.db"
+
+
+def test_unknown_key_in_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "refit.toml"
+    path.write_text("mlflow_prot = 1\n")
+    monkeypatch.setenv("REFIT_CONFIG", str(path))
+    with pytest.raises(ValueError, match="mlflow_prot"):
+        Settings()
+
+
+def test_telemetry_is_off_and_onednn_on() -> None:
+    env = tool_environment(Settings())
+    assert env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert env["DVC_NO_ANALYTICS"] == "1"
+    assert env["BENTOML_DO_NOT_TRACK"] == "true"
+    assert env["TF_ENABLE_ONEDNN_OPTS"] == "1"
