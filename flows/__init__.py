@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only. Each task calls one function of `pipelines`."""

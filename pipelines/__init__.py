@@ -1,0 +1,1 @@
+"""The ML steps as plain, typed, testable Python: no Prefect, no serving imports."""
