@@ -23,6 +23,10 @@ app = typer.Typer(
 )
 sample_app = typer.Typer(help="The embedded CIFAR-10 sample.", no_args_is_help=True)
 app.add_typer(sample_app, name="sample")
+data_app = typer.Typer(
+    help="Check, add and version batches of labelled images.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -135,3 +139,113 @@ def sample_cut() -> None:
         f"Wrote {settings.sample_archive}: "
         + ", ".join(f"{part} {n}" for part, n in sorted(counts.items()))
     )
+
+
+# --------------------------------------------------------------------------- data
+
+BatchArg = Annotated[
+    Path, typer.Argument(help="A zip/tar/tar.gz, a folder, or a CSV of image paths and labels.")
+]
+
+
+def _intake(settings: Settings):
+    """The dataset store and intake folders, as the settings place them."""
+    from pipelines.intake import IntakePaths
+    from pipelines.versions import DvcStore
+
+    settings.ensure_workspace()
+    store = DvcStore(
+        repo=settings.dvc_repo,
+        dataset_dir=settings.dataset_dir,
+        remote=str(settings.dvc_remote),
+        cache_dir=settings.dvc_cache_dir,
+        versions_dir=settings.dataset_versions_dir,
+    )
+    paths = IntakePaths(
+        staging=settings.staging_dir,
+        quarantine=settings.quarantine_dir,
+        accepted=settings.accepted_dir,
+        lock=settings.workspace / "intake.lock",
+    )
+    return store, paths
+
+
+def _print_report(report) -> None:
+    colour = "green" if report.passed else "red"
+    console.print(f"[{colour}]{report.summary()}[/]", highlight=False)
+
+
+@data_app.command("validate")
+def data_validate(batch: BatchArg) -> None:
+    """Check a batch against the current dataset and report; changes nothing."""
+    settings = _settings()
+    from pipelines.intake import check_batch, discard
+
+    _, paths = _intake(settings)
+    with console.status("Checking…") as spinner:
+        checked = check_batch(batch, settings.dataset_dir, paths, settings.ingest,
+                              settings.validation, progress=spinner.update)  # fmt: skip
+    discard(checked)
+    report_dir = settings.workspace / "reports" / checked.batch_id
+    checked.report.write(report_dir)
+    _print_report(checked.report)
+    console.print(f"Report: {report_dir / 'report.html'}")
+    if not checked.report.passed:
+        raise typer.Exit(code=1)
+
+
+@data_app.command("add")
+def data_add(batch: BatchArg) -> None:
+    """Validate a batch, then merge it into the dataset and version it (or quarantine it)."""
+    settings = _settings()
+    from pipelines.intake import add_batch
+    from pipelines.versions import DvcError
+
+    store, paths = _intake(settings)
+    with console.status("Adding…") as spinner:
+        try:
+            result = add_batch(batch, store, paths, settings.ingest, settings.validation,
+                               settings.split, progress=spinner.update)  # fmt: skip
+        except DvcError as exc:
+            raise _fail(f"{exc}\nThe dataset was left as it was.") from exc
+    _print_report(result.report)
+    if result.quarantined is not None:
+        console.print(f"Quarantined in {result.quarantined} (report.html inside); "
+                      "the dataset is unchanged.")  # fmt: skip
+        raise typer.Exit(code=1)
+    assert result.version is not None and result.added is not None
+    added = "; ".join(f"{split}: {sum(c.values())}" for split, c in result.added.items())
+    console.print(f"Merged ({added}). Dataset version [bold]{result.version.version}[/]")
+
+
+@data_app.command("versions")
+def data_versions() -> None:
+    """List the recorded dataset versions (the current one is marked)."""
+    settings = _settings()
+    store, _ = _intake(settings)
+    current = store.current_version()
+    table = Table("", "version", "created", "batch", "train", "holdout", "classes")
+    for v in store.versions():
+        classes = sorted(set().union(*(c.keys() for c in v.counts.values())))
+        table.add_row("*" if v.version == current else "", v.version, v.created_at, v.batch_id,
+                      str(sum(v.counts.get("train", {}).values())),
+                      str(sum(v.counts.get("holdout", {}).values())),
+                      str(len(classes)))  # fmt: skip
+    console.print(table)
+
+
+@data_app.command("checkout")
+def data_checkout(
+    version: Annotated[str, typer.Argument(help="A version id (a unique prefix is enough).")],
+) -> None:
+    """Restore the dataset directory to a recorded version."""
+    settings = _settings()
+    from pipelines.versions import DvcError
+
+    store, _ = _intake(settings)
+    with console.status(f"Restoring {version}…"):
+        try:
+            record = store.checkout(version)
+        except DvcError as exc:
+            raise _fail(str(exc)) from exc
+    console.print(f"Dataset is now version {record.version} (from {record.batch_id}).")

@@ -25,6 +25,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pipelines.config import IngestLimits, SplitPolicy, ValidationPolicy
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_ENV_VAR = "REFIT_CONFIG"
 DEFAULT_CONFIG_FILE = "refit.toml"
@@ -38,7 +40,9 @@ def config_file() -> Path:
 class Settings(BaseSettings):
     """Everything Refit can be configured with. See the README's "Configuration" table."""
 
-    model_config = SettingsConfigDict(env_prefix="REFIT_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="REFIT_", env_nested_delimiter="__", extra="forbid"
+    )
 
     # Where state lives.
     workspace: Path = Field(
@@ -90,6 +94,20 @@ class Settings(BaseSettings):
         description="The full CIFAR-10 training tarball the sample and built-in model come from.",
     )
     sample_seed: int = Field(default=20261123, description="Seed of the sample cut.")
+    dvc_repo: Path = Field(
+        default=PROJECT_ROOT, description="Repository whose DVC tracks the dataset."
+    )
+    dataset_dir: Path | None = Field(
+        default=None, description="The dataset directory (default: data/ in dvc_repo)."
+    )
+    dvc_remote: str | None = Field(
+        default=None, description="Default DVC remote, any DVC URL (default: in workspace)."
+    )
+
+    # Step policies ([ingest], [validation], [split] tables; REFIT_VALIDATION__... vars).
+    ingest: IngestLimits = Field(default_factory=IngestLimits)
+    validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
+    split: SplitPolicy = Field(default_factory=SplitPolicy)
 
     @classmethod
     def settings_customise_sources(
@@ -118,6 +136,10 @@ class Settings(BaseSettings):
             self.prefect_home = self.workspace / "prefect"
         if self.prefect_api_url is None:
             self.prefect_api_url = f"{self.prefect_url}/api"
+        if self.dataset_dir is None:
+            self.dataset_dir = self.dvc_repo / "data"
+        if self.dvc_remote is None:
+            self.dvc_remote = str(self.workspace / "dvc-remote")
         return self
 
     # Derived locations. Properties, so they always agree with the fields above.
@@ -142,6 +164,30 @@ class Settings(BaseSettings):
     def log_dir(self) -> Path:
         """Log files of the background servers."""
         return self.workspace / "logs"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Batches being checked."""
+        return self.workspace / "staging"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Failed batches with their reports."""
+        return self.workspace / "quarantine"
+
+    @property
+    def accepted_dir(self) -> Path:
+        """Reports and manifests of merged batches."""
+        return self.workspace / "batches"
+
+    @property
+    def dvc_cache_dir(self) -> Path:
+        return self.workspace / "dvc-cache"
+
+    @property
+    def dataset_versions_dir(self) -> Path:
+        """The log of dataset versions and a copy of each version's .dvc file."""
+        return self.workspace / "dataset-versions"
 
     def ensure_workspace(self) -> None:
         """Create the workspace directories (idempotent)."""

@@ -1,0 +1,213 @@
+"""The dataset: its on-disk layout, the fixed holdout, atomic merges and quarantine.
+
+Layout of the dataset directory (tracked by DVC as one directory output)::
+
+    data/
+      train/<class>/<sha256[:16]><ext>
+      holdout/<class>/<sha256[:16]><ext>
+      index.csv        split, label, path, sha256, batch_id, source_path, width, height
+
+Files are named by content, so merges never collide and any image can be found by hash;
+``index.csv`` maps each back to its batch and original name.
+
+A class's holdout is fixed once it has one: later batches only add training images to it.
+A class that has no holdout yet gets a seeded, stratified share of its images held out
+(unless the batch brings an explicit ``holdout/`` part).
+
+Merging is atomic: the new state is built beside the dataset (existing files hard-linked,
+new ones copied), then swapped in by renames. The previous state is kept until the caller
+commits the merge (after versioning) or rolls it back; :func:`recover_dataset` undoes any
+merge a crash interrupted, so the dataset is always either the old or the new state.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from pipelines.config import SplitPolicy
+from pipelines.ingest import StagedBatch
+from pipelines.validate import Reference, ValidationReport
+
+INDEX_FILE = "index.csv"
+INDEX_COLUMNS = ["split", "label", "path", "sha256", "batch_id", "source_path", "width", "height"]
+
+
+def empty_index() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in INDEX_COLUMNS})
+
+
+def load_index(dataset_dir: Path) -> pd.DataFrame:
+    """The dataset's index (empty if there is no dataset yet)."""
+    path = dataset_dir / INDEX_FILE
+    if not path.is_file():
+        return empty_index()
+    return pd.read_csv(path, dtype={"label": "string", "sha256": "string", "path": "string"},
+                       keep_default_na=False)  # fmt: skip
+
+
+def reference_of(index: pd.DataFrame) -> Reference:
+    """The classes and hashes a new batch is validated against."""
+    train = index[index["split"] == "train"]
+    holdout = index[index["split"] == "holdout"]
+    return Reference(
+        train_classes=frozenset(train["label"]),
+        holdout_classes=frozenset(holdout["label"]),
+        train_sha256=frozenset(train["sha256"]),
+        holdout_sha256=frozenset(holdout["sha256"]),
+    )
+
+
+def assign_splits(manifest: pd.DataFrame, index: pd.DataFrame, policy: SplitPolicy
+                  ) -> pd.Series:  # fmt: skip
+    """The split of each manifest row: explicit, or a seeded share for classes without holdout.
+
+    Classes that already have a holdout get only training images. For every other class,
+    ``policy.holdout_share`` of its images (at least one, chosen by a seeded shuffle of the
+    rows sorted by hash, so the choice does not depend on file order) go to the holdout.
+    """
+    frozen = set(index.loc[index["split"] == "holdout", "label"])
+    splits = manifest["split"].copy()
+    for label, rows in manifest[manifest["split"].isna()].groupby("label", sort=True):
+        splits[rows.index] = "train"
+        if (
+            label in frozen
+            or (manifest.loc[manifest["label"] == label, "split"] == "holdout").any()
+        ):
+            continue
+        ordered = rows.sort_values("sha256").index.tolist()
+        random.Random(f"{policy.seed}:{label}").shuffle(ordered)
+        n_holdout = max(1, round(len(ordered) * policy.holdout_share))
+        splits[ordered[:n_holdout]] = "holdout"
+    return splits
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+        shutil.copy2(src, dest)
+
+
+def _work_dirs(dataset_dir: Path, kind: str) -> list[Path]:
+    return sorted(dataset_dir.parent.glob(f".{dataset_dir.name}.{kind}-*"))
+
+
+def recover_dataset(dataset_dir: Path) -> list[str]:
+    """Undo whatever an interrupted merge left behind; return what was done."""
+    done = []
+    for partial in _work_dirs(dataset_dir, "merge"):
+        shutil.rmtree(partial)
+        done.append(f"removed unfinished merge {partial.name}")
+    for previous in _work_dirs(dataset_dir, "previous"):
+        if dataset_dir.exists():
+            shutil.rmtree(dataset_dir)
+        previous.rename(dataset_dir)
+        done.append(f"restored the dataset from before {previous.name}")
+    return done
+
+
+@dataclass(frozen=True)
+class PendingMerge:
+    """A merged dataset now in place, with the previous state kept until commit/rollback."""
+
+    dataset_dir: Path
+    previous: Path | None
+    added: pd.DataFrame  # index rows of the new images
+
+    def commit(self) -> None:
+        """Keep the merge: drop the previous state."""
+        if self.previous is not None and self.previous.exists():
+            shutil.rmtree(self.previous)
+
+    def rollback(self) -> None:
+        """Undo the merge: put the previous state back."""
+        shutil.rmtree(self.dataset_dir, ignore_errors=True)
+        if self.previous is not None and self.previous.exists():
+            self.previous.rename(self.dataset_dir)
+
+
+def merge_batch(dataset_dir: Path, batch: StagedBatch, manifest: pd.DataFrame,
+                report: ValidationReport, policy: SplitPolicy) -> PendingMerge:  # fmt: skip
+    """Merge a validated batch into the dataset, atomically.
+
+    Args:
+        dataset_dir: the dataset directory (created by the first batch).
+        batch: the staged batch whose files are merged.
+        manifest: its manifest.
+        report: its validation report; a failed report is refused.
+        policy: how new classes' holdout is drawn.
+
+    Returns:
+        The pending merge; call ``commit()`` once the new state is versioned, ``rollback()``
+        if versioning fails.
+    """
+    if not report.passed:
+        raise ValueError(f"batch {batch.batch_id} failed validation; it cannot be merged")
+    recover_dataset(dataset_dir)
+    index = load_index(dataset_dir)
+    splits = assign_splits(manifest, index, policy)
+    added = pd.DataFrame({
+        "split": splits,
+        "label": manifest["label"],
+        "path": [
+            str(PurePosixPath(s, label, sha[:16] + PurePosixPath(p).suffix.lower()))
+            for s, label, sha, p in zip(splits, manifest["label"], manifest["sha256"],
+                                        manifest["path"], strict=True)
+        ],
+        "sha256": manifest["sha256"],
+        "batch_id": batch.batch_id,
+        "source_path": manifest["path"],
+        "width": manifest["width"],
+        "height": manifest["height"],
+    })  # fmt: skip
+    building = dataset_dir.parent / f".{dataset_dir.name}.merge-{batch.batch_id}"
+    building.mkdir(parents=True)
+    for rel in index["path"]:
+        _link_or_copy(dataset_dir / rel, building / rel)
+    for rel, src in zip(added["path"], manifest["path"], strict=True):
+        _link_or_copy(batch.files_dir / src, building / rel)
+    merged = pd.concat([index, added], ignore_index=True).sort_values(["split", "label", "path"])
+    merged.to_csv(building / INDEX_FILE, index=False)
+    previous = None
+    if dataset_dir.exists():
+        previous = dataset_dir.parent / f".{dataset_dir.name}.previous-{batch.batch_id}"
+        dataset_dir.rename(previous)
+    building.rename(dataset_dir)
+    return PendingMerge(dataset_dir, previous, added)
+
+
+def quarantine(batch_id: str, report: ValidationReport, quarantine_root: Path,
+               staged: StagedBatch | None = None, upload: Path | None = None) -> Path:  # fmt: skip
+    """Move a failed batch (or a copy of a refused upload) to ``quarantine/<batch-id>/``.
+
+    The report goes beside it as report.json/.html/.txt. The user's own folder or file is
+    never moved: only Refit's staging copy is, and a refused upload file is copied.
+    """
+    target = quarantine_root / batch_id
+    target.mkdir(parents=True, exist_ok=True)
+    if staged is not None and staged.root.exists():
+        staged.files_dir.rename(target / "files")
+        shutil.rmtree(staged.root)
+    elif upload is not None and upload.is_file():
+        (target / "upload").mkdir(exist_ok=True)
+        shutil.copyfile(upload, target / "upload" / upload.name)
+    report.write(target)
+    return target
+
+
+def class_counts(index: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """split -> class -> number of images."""
+    return {
+        split: {str(k): int(v) for k, v in rows["label"].value_counts().sort_index().items()}
+        for split, rows in index.groupby("split")
+    }

@@ -1,0 +1,139 @@
+"""Dataset versions with DVC: the dataset directory is one DVC output (``data.dvc``).
+
+A version is the md5 DVC computes for the whole directory (``<md5>.dir``). After each merge
+the directory is added and pushed to the remote, and a record of the version (when, which
+batch, how many images per class) is appended to a log in the workspace, next to a copy of
+that version's ``.dvc`` file, so any version can be listed and restored without git.
+
+DVC is driven through its command line (its stable interface), always on the whole
+directory: never per file, never ``-R`` (that is what makes DVC slow with many small files).
+The remote and cache location are written to ``.dvc/config.local``, which git ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+VERSION_LOG = "versions.jsonl"
+
+
+class DvcError(RuntimeError):
+    """A DVC command failed; the message has its output."""
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """One recorded state of the dataset."""
+
+    version: str  # DVC directory md5, e.g. "3f2a...c1.dir"
+    created_at: str
+    batch_id: str
+    files: int
+    counts: dict[str, dict[str, int]]  # split -> class -> images
+
+
+@dataclass(frozen=True)
+class DvcStore:
+    """The DVC repository holding the dataset, and where versions are recorded."""
+
+    repo: Path  # the git (or DVC-only) repository root
+    dataset_dir: Path  # inside repo
+    remote: str  # URL or path of the default remote
+    cache_dir: Path
+    versions_dir: Path  # the version log and .dvc copies
+
+    @property
+    def dvc_file(self) -> Path:
+        return self.dataset_dir.with_name(self.dataset_dir.name + ".dvc")
+
+    def _dvc(self, *args: str) -> str:
+        command = [str(Path(sys.executable).parent / "dvc"), *args]
+        env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+        done = subprocess.run(command, cwd=self.repo, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise DvcError(f"`dvc {' '.join(args)}` failed:\n{done.stdout}{done.stderr}".strip())
+        return done.stdout
+
+    def ensure_initialized(self) -> None:
+        """``dvc init`` if needed, then point the cache and the default remote at settings."""
+        if not (self.repo / ".dvc").is_dir():
+            scm = [] if (self.repo / ".git").exists() else ["--no-scm"]
+            self._dvc("init", "-q", *scm)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._dvc("config", "--local", "cache.dir", str(self.cache_dir))
+        self._dvc("config", "--local", "cache.type", "reflink,hardlink,copy")
+        self._dvc("remote", "add", "--local", "--force", "--default", "refit", self.remote)
+        if "://" not in self.remote:
+            Path(self.remote).mkdir(parents=True, exist_ok=True)
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+
+    def current_version(self) -> str | None:
+        """The version ``data.dvc`` points at, or None before the first dataset."""
+        if not self.dvc_file.is_file():
+            return None
+        outs = yaml.safe_load(self.dvc_file.read_text()).get("outs") or [{}]
+        return outs[0].get("md5")
+
+    def add_version(self, batch_id: str, counts: dict[str, dict[str, int]]) -> DatasetVersion:
+        """``dvc add`` + ``dvc push`` the dataset directory and record the version."""
+        self._dvc("add", "-q", str(self.dataset_dir.relative_to(self.repo)))
+        self._dvc("push", "-q", str(self.dvc_file.relative_to(self.repo)))
+        version = self.current_version()
+        assert version is not None
+        record = DatasetVersion(
+            version=version,
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            batch_id=batch_id,
+            files=sum(sum(c.values()) for c in counts.values()),
+            counts=counts,
+        )
+        shutil.copyfile(self.dvc_file, self.versions_dir / f"{version}.dvc")
+        with open(self.versions_dir / VERSION_LOG, "a", encoding="utf-8") as log:
+            log.write(json.dumps(asdict(record)) + "\n")
+        return record
+
+    def versions(self) -> list[DatasetVersion]:
+        """Every recorded version, oldest first."""
+        log = self.versions_dir / VERSION_LOG
+        if not log.is_file():
+            return []
+        return [DatasetVersion(**json.loads(line)) for line in log.read_text().splitlines()
+                if line.strip()]  # fmt: skip
+
+    def find(self, version: str) -> DatasetVersion:
+        """The recorded version whose id starts with ``version`` (a unique prefix is enough)."""
+        matches = {v.version: v for v in self.versions() if v.version.startswith(version)}
+        if len(matches) != 1:
+            known = ", ".join(v.version[:12] for v in self.versions()) or "none"
+            what = "no" if not matches else "more than one"
+            raise DvcError(f"{what} dataset version matches {version!r}; known: {known}")
+        return next(iter(matches.values()))
+
+    def checkout(self, version: str) -> DatasetVersion:
+        """Restore the dataset directory to a recorded version.
+
+        The version's data is fetched first; only when that succeeded is ``data.dvc``
+        switched and the directory checked out, so a missing version never costs the
+        current data.
+        """
+        record = self.find(version)
+        saved = self.versions_dir / f"{record.version}.dvc"
+        current = self.dvc_file.read_bytes() if self.dvc_file.is_file() else None
+        shutil.copyfile(saved, self.dvc_file)
+        try:
+            self._dvc("fetch", "-q", str(self.dvc_file.relative_to(self.repo)))
+        except DvcError:
+            if current is not None:
+                self.dvc_file.write_bytes(current)
+            raise
+        self._dvc("checkout", "-q", "--force", str(self.dvc_file.relative_to(self.repo)))
+        return record
