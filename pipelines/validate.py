@@ -185,8 +185,15 @@ def _gx_rule_results(results, index_column: str, max_examples: int) -> list[Rule
         rule.failed_count += int(result.result.get("unexpected_count") or 0)
         for item in result.result.get("unexpected_index_list") or []:
             if len(rule.examples) < max_examples:
-                rule.examples.append(f"{item[index_column]} ({column}={item.get(column)!r})")
+                value = _plain(item.get(column))
+                rule.examples.append(f"{item[index_column]} ({column}={value!r})")
     return list(rules.values())
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as a plain Python value; whole floats as ints (for readable examples)."""
+    value = value.item() if hasattr(value, "item") else value
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _expectation(kind: str, rule: str, description: str, **kwargs):

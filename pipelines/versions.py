@@ -64,17 +64,26 @@ class DvcStore:
         return done.stdout
 
     def ensure_initialized(self) -> None:
-        """``dvc init`` if needed, then point the cache and the default remote at settings."""
+        """``dvc init`` if needed, then point the cache and the default remote at settings.
+
+        The remote and cache go to ``.dvc/config.local`` (git-ignored), written directly in
+        DVC's config format: one file write instead of four DVC start-ups per intake.
+        """
         if not (self.repo / ".dvc").is_dir():
             scm = [] if (self.repo / ".git").exists() else ["--no-scm"]
             self._dvc("init", "-q", *scm)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self._dvc("config", "--local", "cache.dir", str(self.cache_dir))
-        self._dvc("config", "--local", "cache.type", "reflink,hardlink,copy")
-        self._dvc("remote", "add", "--local", "--force", "--default", "refit", self.remote)
         if "://" not in self.remote:
             Path(self.remote).mkdir(parents=True, exist_ok=True)
         self.versions_dir.mkdir(parents=True, exist_ok=True)
+        config = self.repo / ".dvc" / "config.local"
+        wanted = (
+            f'[cache]\n    dir = {self.cache_dir}\n    type = "reflink,hardlink,copy"\n'
+            f"[core]\n    remote = refit\n"
+            f"['remote \"refit\"']\n    url = {self.remote}\n"
+        )
+        if not config.is_file() or config.read_text() != wanted:
+            config.write_text(wanted)
 
     def current_version(self) -> str | None:
         """The version ``data.dvc`` points at, or None before the first dataset."""

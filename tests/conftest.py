@@ -38,3 +38,28 @@ def refit_env(tmp_path: Path) -> dict[str, str]:
         "REFIT_PREFECT_PORT": str(free_port()),
         "REFIT_SERVING_PORT": str(free_port()),
     }
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int] = (24, 24), mode: str = "RGB",
+                fmt: str | None = None, **save_args) -> Path:  # fmt: skip
+    """A small distinct image (seeded noise), saved in the format its suffix names."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    if mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt, **save_args)
+    return path
+
+
+def write_class_folders(root: Path, counts: dict[str, int], seed: int = 0,
+                        suffix: str = ".png") -> Path:  # fmt: skip
+    """A batch of class sub-folders: ``root/<class>/<i>.png`` with distinct images."""
+    for c, (label, n) in enumerate(sorted(counts.items())):
+        for i in range(n):
+            write_image(root / label / f"{i:04d}{suffix}", seed=seed * 100_000 + c * 1000 + i)
+    return root

@@ -1,0 +1,164 @@
+"""Real DVC in a temporary git repo: merge + version + checkout round trip, quarantine, and
+crashes in the middle of a merge that leave the dataset as it was."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines.config import IngestLimits, SplitPolicy, ValidationPolicy
+from pipelines.dataset import load_index, recover_dataset
+from pipelines.intake import IntakePaths, add_batch
+from pipelines.versions import DvcStore
+from tests.conftest import write_class_folders
+
+pytestmark = pytest.mark.e2e
+
+POLICY = ValidationPolicy(min_images_per_class=2, min_images_per_new_class=5)
+SPLIT = SplitPolicy(holdout_share=0.2, seed=7)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> tuple[DvcStore, IntakePaths]:
+    root = tmp_path / "repo"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    work = tmp_path / "workspace"
+    store = DvcStore(repo=root, dataset_dir=root / "data", remote=str(work / "remote"),
+                     cache_dir=work / "cache", versions_dir=work / "versions")  # fmt: skip
+    paths = IntakePaths(staging=work / "staging", quarantine=work / "quarantine",
+                        accepted=work / "batches", lock=work / "intake.lock")  # fmt: skip
+    return store, paths
+
+
+def add(source: Path, repo: tuple[DvcStore, IntakePaths]):
+    store, paths = repo
+    return add_batch(source, store, paths, IngestLimits(), POLICY, SPLIT, progress=lambda m: None)
+
+
+def seed_batch(root: Path) -> Path:
+    """A first batch in Refit's own layout, with an explicit holdout."""
+    write_class_folders(root / "train", {"cat": 6, "dog": 6}, seed=1)
+    write_class_folders(root / "holdout", {"cat": 2, "dog": 2}, seed=2)
+    return root
+
+
+def dataset_state(store: DvcStore) -> tuple[pd.DataFrame, set[str]]:
+    files = {str(p.relative_to(store.dataset_dir)) for p in store.dataset_dir.rglob("*")
+             if p.is_file()}  # fmt: skip
+    return load_index(store.dataset_dir), files
+
+
+def test_merge_version_checkout_round_trip(tmp_path: Path, repo) -> None:
+    store, paths = repo
+    first = add(seed_batch(tmp_path / "seed"), repo)
+    assert first.version is not None and first.report.passed
+    v1_index, v1_files = dataset_state(store)
+    assert v1_index.groupby("split").size().to_dict() == {"holdout": 4, "train": 12}
+
+    second = add(write_class_folders(tmp_path / "b2", {"cat": 3, "dog": 3, "bird": 10}, 3), repo)
+    assert second.report.new_classes == ["bird"]
+    assert second.added == {"holdout": {"bird": 2}, "train": {"bird": 8, "cat": 3, "dog": 3}}
+    v2_index, v2_files = dataset_state(store)
+    old_holdout = v1_index[v1_index["split"] == "holdout"].reset_index(drop=True)
+    still = v2_index[(v2_index["split"] == "holdout") & (v2_index["label"] != "bird")]
+    pd.testing.assert_frame_equal(still.reset_index(drop=True), old_holdout)  # holdout fixed
+    assert [v.version for v in store.versions()] == [first.version.version,
+                                                     second.version.version]  # fmt: skip
+    assert store.current_version() == second.version.version
+
+    store.checkout(first.version.version[:8])
+    assert dataset_state(store)[1] == v1_files
+    pd.testing.assert_frame_equal(load_index(store.dataset_dir), v1_index)
+    store.checkout(second.version.version)
+    assert dataset_state(store)[1] == v2_files
+
+    # A failing batch goes to quarantine with its report; nothing else changes.
+    dup = tmp_path / "dup" / "cat"
+    dup.mkdir(parents=True)
+    for i, path in enumerate(sorted((store.dataset_dir / "train" / "cat").iterdir())[:3]):
+        (dup / f"{i}.png").write_bytes(path.read_bytes())
+    rejected = add(tmp_path / "dup", repo)
+    assert rejected.version is None and rejected.quarantined is not None
+    assert (rejected.quarantined / "report.html").is_file()
+    assert len(list((rejected.quarantined / "files" / "cat").iterdir())) == 3
+    assert store.current_version() == second.version.version
+    assert dataset_state(store)[1] == v2_files
+    assert len(store.versions()) == 2
+    assert list(paths.staging.iterdir()) == []
+
+
+def test_checkout_of_unknown_version_changes_nothing(tmp_path: Path, repo) -> None:
+    store, _ = repo
+    add(seed_batch(tmp_path / "seed"), repo)
+    before = dataset_state(store)[1]
+    with pytest.raises(Exception, match="no dataset version matches"):
+        store.checkout("feedbeef")
+    assert dataset_state(store)[1] == before
+
+
+CRASHER = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    import pipelines.dataset as dataset
+    import pipelines.versions as versions
+    from pipelines.config import IngestLimits, SplitPolicy, ValidationPolicy
+    from pipelines.intake import IntakePaths, add_batch
+
+    point, repo, work, batch = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+    die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    if point == "building":  # killed after a few files of the new state were written
+        link, count = dataset._link_or_copy, [0]
+        def slow(src, dest):
+            link(src, dest)
+            count[0] += 1
+            if count[0] == 5:
+                die()
+        dataset._link_or_copy = slow
+    elif point == "swap":  # killed between the two renames: no data/ at all
+        rename = Path.rename
+        def crash_after_first(self, target):
+            result = rename(self, target)
+            if ".previous-" in str(target):
+                die()
+            return result
+        Path.rename = crash_after_first
+    elif point == "version":  # killed after the swap, before DVC recorded the version
+        versions.DvcStore.add_version = die
+    store = versions.DvcStore(repo, repo / "data", str(work / "remote"), work / "cache",
+                              work / "versions")
+    paths = IntakePaths(work / "staging", work / "quarantine", work / "batches",
+                        work / "intake.lock")
+    add_batch(Path(batch), store, paths, IngestLimits(),
+              ValidationPolicy(min_images_per_class=2, min_images_per_new_class=5),
+              SplitPolicy(holdout_share=0.2, seed=7), progress=lambda m: None)
+""")
+
+
+@pytest.mark.parametrize("point", ["building", "swap", "version"])
+def test_killed_merge_leaves_dataset_unchanged(tmp_path: Path, repo, point: str) -> None:
+    store, paths = repo
+    first = add(seed_batch(tmp_path / "seed"), repo)
+    before = dataset_state(store)
+    batch = write_class_folders(tmp_path / "b2", {"cat": 4, "bird": 6}, seed=5)
+
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASHER, point, str(store.repo), str(paths.lock.parent),
+         str(batch)], capture_output=True, text=True,
+    )  # fmt: skip
+    assert crashed.returncode == -9, crashed.stderr
+
+    recover_dataset(store.dataset_dir)
+    after = dataset_state(store)
+    pd.testing.assert_frame_equal(after[0], before[0])
+    assert after[1] == before[1]
+    assert store.current_version() == first.version.version
+    assert len(store.versions()) == 1
+
+    retried = add(batch, repo)  # the batch is still there to be retried, and goes in
+    assert retried.version is not None and len(store.versions()) == 2
