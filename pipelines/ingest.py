@@ -35,8 +35,8 @@ from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-import pandas as pd
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageOps
 
 from pipelines.config import IngestLimits

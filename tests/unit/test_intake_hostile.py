@@ -218,7 +218,10 @@ def test_labels_csv_naming_missing_files_fails(tmp_path: Path, staging: Path) ->
     assert failed(report) == {"missing_file": ["ghost.png (named in labels.csv line 5)"]}
 
 
-@pytest.mark.parametrize("variant", ["Cat ", "CAT", "ｃａｔ"])
+FULL_WIDTH_CAT = "\uff43\uff41\uff54"
+
+
+@pytest.mark.parametrize("variant", ["Cat ", "CAT", FULL_WIDTH_CAT])
 def test_label_variants_of_existing_classes_fail(tmp_path: Path, staging: Path,
                                                  variant: str) -> None:  # fmt: skip
     rows = "".join(f"{i}.png,{variant}\n" for i in range(3))
