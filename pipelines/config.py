@@ -48,3 +48,58 @@ class SplitPolicy(BaseModel):
         default=0.2, gt=0, lt=1, description="Share of a new class's images held out."
     )
     seed: int = Field(default=20261123, description="Seed of the stratified holdout split.")
+
+
+class ArchitectureConfig(BaseModel):
+    """Which network to build (``pipelines.architectures``)."""
+
+    name: str = Field(
+        default="residual_cnn",
+        description="residual_cnn, mobilenet_v3_small, efficientnet_b0 or vgg16.",
+    )
+    input_size: int = Field(default=32, description="Input height and width of the model.")
+    widths: tuple[int, int, int] = Field(
+        default=(48, 96, 192), description="residual_cnn: channels of its three stages."
+    )
+    backbone_size: int = Field(default=96, description="Applications: resize to this inside.")
+    weights: str | None = Field(
+        default=None, description="Applications: local pretrained weights file (no download)."
+    )
+    dropout: float = Field(default=0.0, description="Dropout before the output layer.")
+
+
+class TrainConfig(BaseModel):
+    """Training from scratch (bootstrap)."""
+
+    epochs: int = Field(default=32, description="Epochs of the one-cycle schedule.")
+    batch_size: int = Field(default=512, description="Images per step.")
+    peak_lr: float = Field(default=0.4, description="Peak learning rate (SGD, Nesterov).")
+    warmup_share: float = Field(default=0.2, description="Share of the run spent warming up.")
+    momentum: float = Field(default=0.9, description="SGD momentum.")
+    weight_decay: float = Field(default=5e-4, description="Decoupled weight decay.")
+    label_smoothing: float = Field(default=0.2, description="Label smoothing of the loss.")
+    val_share: float = Field(default=0.05, description="Share held out for validation.")
+    patience: int = Field(default=12, description="Early stopping patience (epochs).")
+    time_budget_s: float = Field(
+        default=3000, description="Wall-time budget; the schedule compresses to fit it."
+    )
+    seed: int = Field(default=0, description="Seed of splits, shuffling and augmentation.")
+
+
+class FinetuneConfig(BaseModel):
+    """Fine-tuning the champion on new data with replay of the old."""
+
+    head_epochs: int = Field(default=2, description="Phase 1: epochs training the head only.")
+    head_lr: float = Field(default=0.05, description="Phase 1 peak learning rate.")
+    epochs: int = Field(default=10, description="Phase 2: epochs with the top unfrozen.")
+    lr: float = Field(default=0.05, description="Phase 2 peak learning rate.")
+    unfreeze_layers: int = Field(
+        default=-1, description="Phase 2: weight layers unfrozen from the top (-1: all)."
+    )
+    replay_ratio: float = Field(
+        default=4.0, description="Replayed old training images per new image."
+    )
+    batch_size: int = Field(default=256, description="Images per step.")
+    label_smoothing: float = Field(default=0.1, description="Label smoothing of the loss.")
+    time_budget_s: float = Field(default=170, description="Wall-time budget of both phases.")
+    seed: int = Field(default=0, description="Seed of the replay sample and shuffling.")

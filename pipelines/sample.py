@@ -152,3 +152,15 @@ def unpack_sample(archive: Path, dest: Path) -> dict[str, dict[str, int]]:
     with tarfile.open(archive, "r:gz") as tar:
         tar.extractall(dest, filter="data")
     return {part: count_images(dest / part) for part in SamplePlan().expected_counts()}
+
+
+def sample_hashes(archive: Path, parts: tuple[str, ...] = ("seed/holdout", "incoming")) -> set[str]:
+    """sha256 of the sample's images in ``parts``: what the built-in model must never see."""
+    import hashlib
+
+    hashes = set()
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            if member.isfile() and member.name.startswith(tuple(p + "/" for p in parts)):
+                hashes.add(hashlib.sha256(tar.extractfile(member).read()).hexdigest())  # type: ignore[union-attr]
+    return hashes

@@ -7,7 +7,7 @@ that need them, so `refit --help` answers at once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -27,6 +27,10 @@ data_app = typer.Typer(
     help="Check, add and version batches of labelled images.", no_args_is_help=True
 )
 app.add_typer(data_app, name="data")
+train_app = typer.Typer(help="Train models: from scratch, or fine-tune.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+model_app = typer.Typer(help="Import and manage models.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -249,3 +253,104 @@ def data_checkout(
         except DvcError as exc:
             raise _fail(str(exc)) from exc
     console.print(f"Dataset is now version {record.version} (from {record.batch_id}).")
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _sample_holdout(settings: Settings, class_names: list[str]):
+    """The embedded sample's holdout images of ``class_names``, decoded."""
+    import tempfile
+
+    from pipelines.sample import unpack_sample
+    from pipelines.train import load_images
+
+    with tempfile.TemporaryDirectory() as tmp:
+        unpack_sample(settings.sample_archive, Path(tmp))
+        root = Path(tmp) / "seed" / "holdout"
+        paths = [
+            p for c in class_names if (root / c).is_dir() for p in sorted((root / c).iterdir())
+        ]
+        labels = [p.parent.name for p in paths]
+        size = (settings.architecture.input_size, settings.architecture.input_size)
+        return load_images(paths, labels, class_names, size)
+
+
+def _source_images(settings: Settings, source: Path, exclude_classes: set[str],
+                   exclude_sample: bool, progress):  # fmt: skip
+    """Decoded training images of a batch-shaped source, minus the excluded ones."""
+    import hashlib
+    import shutil
+
+    from pipelines.ingest import build_manifest, new_batch_id, stage_batch
+    from pipelines.sample import sample_hashes
+    from pipelines.train import images_from_manifest
+
+    progress(f"Reading {source}")
+    staged = stage_batch(source, settings.staging_dir, settings.ingest, new_batch_id())
+    try:
+        manifest = build_manifest(staged, settings.ingest)
+        excluded = sample_hashes(settings.sample_archive) if exclude_sample else set()
+        size = (settings.architecture.input_size, settings.architecture.input_size)
+        progress(f"Decoding {len(manifest)} images")
+        images = images_from_manifest(staged.files_dir, manifest, size, exclude_classes, excluded)
+        used = manifest[manifest["decodable"] & ~manifest["label"].isin(exclude_classes)
+                        & ~manifest["sha256"].isin(excluded)]  # fmt: skip
+        digest = hashlib.sha256("\n".join(sorted(used["sha256"])).encode()).hexdigest()
+    finally:
+        shutil.rmtree(staged.root, ignore_errors=True)
+    return images, {"source": str(source), "images_digest": digest,
+                    "excluded_sample_images": len(excluded)}  # fmt: skip
+
+
+@train_app.command("bootstrap")
+def train_bootstrap(
+    source: Annotated[
+        Optional[Path],
+        typer.Option(  # noqa: UP045 - Typer needs Optional
+            help="Batch-shaped images to train on (default: the dataset's train split)."
+        ),
+    ] = None,
+    exclude_class: Annotated[list[str], typer.Option(help="Leave this class out.")] = [],  # noqa: B006
+    exclude_sample: Annotated[
+        bool,
+        typer.Option(
+            help="Leave out the embedded sample's holdout and incoming images; report on its "
+            "holdout."
+        ),
+    ] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="Override train.epochs.")] = None,  # noqa: UP045
+    out: Annotated[Optional[Path], typer.Option(help="Model file to write (.keras).")] = None,  # noqa: UP045
+) -> None:
+    """Train a model from scratch and save it with its class names and a model card."""
+    import sys
+    import time
+
+    settings = _settings()
+    from pipelines.modelfile import model_card_markdown, save_model
+    from pipelines.predict import holdout_metrics
+    from pipelines.train import bootstrap
+
+    started = time.monotonic()
+    config = settings.train.model_copy(update={"epochs": epochs} if epochs else {})
+    if source is None:
+        raise _fail("training on the dataset's train split comes with the registry; "
+                    "pass --source for now")  # fmt: skip
+    images, data_card = _source_images(settings, source, set(exclude_class), exclude_sample,
+                                       console.print)  # fmt: skip
+    loaded, _ = bootstrap(images, settings.architecture, config, progress=console.print)
+    if exclude_sample:
+        holdout = _sample_holdout(settings, loaded.class_names)
+        metrics = holdout_metrics(loaded.model, loaded.class_names, holdout.x, holdout.y)
+        loaded.card["holdout (embedded sample, never trained on)"] = metrics
+        console.print(
+            f"Holdout accuracy {metrics['accuracy']:.4f} "
+            f"(with flip TTA {metrics['accuracy_tta']:.4f}) on {metrics['images']} images"
+        )
+    loaded.card["data"] = data_card
+    loaded.card["wall_time_s"] = round(time.monotonic() - started, 1)
+    loaded.card["command"] = "refit " + " ".join(sys.argv[1:])
+    out = out or settings.workspace / "models" / f"bootstrap-{time.strftime('%Y%m%d-%H%M%S')}.keras"
+    save_model(loaded, out)
+    out.with_suffix(".md").write_text(model_card_markdown(loaded, f"Model {out.name}"))
+    console.print(f"Saved {out} and its card {out.with_suffix('.md')}")

@@ -25,7 +25,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from pipelines.config import IngestLimits, SplitPolicy, ValidationPolicy
+from pipelines.config import (
+    ArchitectureConfig,
+    FinetuneConfig,
+    IngestLimits,
+    SplitPolicy,
+    TrainConfig,
+    ValidationPolicy,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_ENV_VAR = "REFIT_CONFIG"
@@ -108,6 +115,9 @@ class Settings(BaseSettings):
     ingest: IngestLimits = Field(default_factory=IngestLimits)
     validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
     split: SplitPolicy = Field(default_factory=SplitPolicy)
+    architecture: ArchitectureConfig = Field(default_factory=ArchitectureConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
     @classmethod
     def settings_customise_sources(

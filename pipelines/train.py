@@ -1,0 +1,342 @@
+"""Train: bootstrap a model from scratch, or fine-tune the champion on new data with replay.
+
+Images are decoded once into a uint8 array (in a process pool), then fed through tf.data
+with augmentation (random crop with reflect padding + horizontal flip). Both recipes use
+SGD with Nesterov momentum, label smoothing, and a one-cycle learning rate (linear warm-up,
+cosine decay) driven by whichever is further along: the step count or the wall-time budget,
+so a run on a busy machine still ends on time with a fully decayed learning rate.
+Bootstrap keeps the best weights on its validation split (early stopping).
+
+Fine-tuning grows the head first when the data brings new classes (``pipelines.surgery``),
+then trains in two phases: the head alone with everything else frozen, then the top layers
+unfrozen. Each epoch mixes the new images with a stratified replay sample of the old
+training set, so old classes are not forgotten.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipelines.architectures import build_model
+from pipelines.config import ArchitectureConfig, FinetuneConfig, TrainConfig
+from pipelines.ingest import load_rgb
+from pipelines.modelfile import LoadedModel
+from pipelines.surgery import grow_head
+
+Progress = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class ImageSet:
+    """Decoded images (N, H, W, 3 uint8) with integer labels indexing ``class_names``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, index: np.ndarray) -> ImageSet:
+        return ImageSet(self.x[index], self.y[index], self.class_names)
+
+    def relabel(self, class_names: list[str]) -> ImageSet:
+        """The same images with labels indexing another (super)set of class names."""
+        mapping = np.array([class_names.index(c) for c in self.class_names])
+        return ImageSet(self.x, mapping[self.y], list(class_names))
+
+    @staticmethod
+    def concat(sets: list[ImageSet]) -> ImageSet:
+        names = sets[0].class_names
+        assert all(s.class_names == names for s in sets), "relabel to the same classes first"
+        return ImageSet(np.concatenate([s.x for s in sets]), np.concatenate([s.y for s in sets]),
+                        names)  # fmt: skip
+
+
+def _decode(task: tuple[str, int, int]) -> np.ndarray:
+    path, height, width = task
+    image = load_rgb(Path(path))
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=3)  # bicubic
+    return np.asarray(image, dtype=np.uint8)
+
+
+def load_images(paths: list[Path], labels: list[str], class_names: list[str],
+                size: tuple[int, int], workers: int = 0) -> ImageSet:  # fmt: skip
+    """Decode image files into an :class:`ImageSet` at ``size`` (height, width)."""
+    unknown = sorted(set(labels) - set(class_names))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the classes {class_names}")
+    tasks = [(str(p), size[0], size[1]) for p in paths]
+    if len(tasks) < 2_000:
+        arrays = [_decode(t) for t in tasks]
+    else:
+        with get_context("fork").Pool(workers or os.cpu_count() or 1) as pool:
+            arrays = pool.map(_decode, tasks, chunksize=256)
+    x = np.stack(arrays) if arrays else np.zeros((0, *size, 3), np.uint8)
+    y = np.array([class_names.index(label) for label in labels], dtype=np.int64)
+    return ImageSet(x, y, list(class_names))
+
+
+def images_from_manifest(files_dir: Path, manifest, size: tuple[int, int],
+                         exclude_classes: set[str] = frozenset(),
+                         exclude_sha256: set[str] = frozenset()) -> ImageSet:  # fmt: skip
+    """The decodable images of a staged batch, minus excluded classes and images."""
+    keep = manifest[manifest["decodable"] & ~manifest["label"].isin(exclude_classes)
+                    & ~manifest["sha256"].isin(exclude_sha256)]  # fmt: skip
+    classes = sorted(keep["label"].unique())
+    return load_images([files_dir / p for p in keep["path"]], keep["label"].tolist(), classes,
+                       size)  # fmt: skip
+
+
+def stratified_split(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (rest, held) with ``share`` of each class held, at least one per class."""
+    rng = np.random.default_rng(seed)
+    held: list[int] = []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        rng.shuffle(members)
+        held += members[: max(1, round(len(members) * share))].tolist()
+    held_mask = np.zeros(len(y), bool)
+    held_mask[held] = True
+    return np.flatnonzero(~held_mask), np.flatnonzero(held_mask)
+
+
+def stratified_sample(y: np.ndarray, total: int, seed: int) -> np.ndarray:
+    """About ``total`` indices spread evenly over the classes of ``y`` (fewer if a class
+    has fewer)."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(y)
+    per_class = math.ceil(total / max(len(classes), 1))
+    picked = [rng.permutation(np.flatnonzero(y == c))[:per_class] for c in classes]
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+
+
+def _augment(pad: int):
+    def augment(image, label):
+        image = tf.image.random_flip_left_right(image)
+        padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        return tf.image.random_crop(padded, tf.shape(image)), label
+
+    return augment
+
+
+def make_dataset(images: ImageSet, batch_size: int, train: bool, seed: int) -> tf.data.Dataset:
+    """tf.data pipeline: one-hot labels, float pixels 0-255; shuffled + augmented for train."""
+    onehot = np.eye(len(images.class_names), dtype=np.float32)[images.y]
+    ds = tf.data.Dataset.from_tensor_slices((images.x, onehot))
+    if train:
+        pad = max(1, images.x.shape[1] // 8)
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(_augment(pad), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+class OneCycle(keras.callbacks.Callback):
+    """Linear warm-up then cosine decay, by max(step share, wall-time share); stops at 1."""
+
+    def __init__(self, peak: float, warmup_share: float, total_steps: int, budget_s: float):
+        super().__init__()
+        self.peak, self.warmup, self.total, self.budget = peak, warmup_share, total_steps, budget_s
+        self.step, self.start = 0, time.monotonic()
+
+    def progress(self) -> float:
+        return max(self.step / self.total, (time.monotonic() - self.start) / self.budget)
+
+    def lr_at(self, p: float) -> float:
+        if p < self.warmup:
+            return self.peak * (0.05 + 0.95 * p / self.warmup)
+        decay = min(1.0, (p - self.warmup) / max(1e-9, 1 - self.warmup))
+        return self.peak * 0.5 * (1 + math.cos(math.pi * decay))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        p = self.progress()
+        if p >= 1.0:
+            self.model.stop_training = True
+        self.model.optimizer.learning_rate.assign(self.lr_at(min(p, 1.0)))
+        self.step += 1
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One progress line per epoch: losses, accuracies, learning rate, speed."""
+
+    def __init__(self, progress: Progress, epochs: int, images_per_epoch: int, label: str):
+        super().__init__()
+        self.report, self.epochs, self.images, self.label = (
+            progress,
+            epochs,
+            images_per_epoch,
+            label,
+        )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        seconds = time.monotonic() - self.start
+        val = f" val_acc {logs['val_accuracy']:.4f}" if "val_accuracy" in logs else ""
+        lr = float(self.model.optimizer.learning_rate)
+        self.report(
+            f"{self.label} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', 0):.4f} "
+            f"acc {logs.get('accuracy', 0):.4f}{val} lr {lr:.4f} "
+            f"{seconds:.0f}s ({self.images / max(seconds, 1e-9):.0f} img/s)"
+        )
+
+
+@dataclass
+class FitResult:
+    history: dict[str, list[float]]
+    seconds: float
+    epochs_run: int
+
+
+def fit(model: keras.Model, train: ImageSet, val: ImageSet | None, *, epochs: int,
+        batch_size: int, peak_lr: float, warmup_share: float, momentum: float,
+        weight_decay: float, label_smoothing: float, budget_s: float, seed: int,
+        patience: int | None, progress: Progress, label: str) -> FitResult:  # fmt: skip
+    """Compile and train ``model`` with the one-cycle recipe; returns the history."""
+    keras.utils.set_random_seed(seed)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=peak_lr, momentum=momentum, nesterov=True,
+                                       weight_decay=weight_decay or None),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=["accuracy"],
+    )  # fmt: skip
+    steps = math.ceil(len(train) / batch_size) * epochs
+    callbacks: list[keras.callbacks.Callback] = [
+        OneCycle(peak_lr, warmup_share, steps, budget_s),
+        EpochLog(progress, epochs, len(train), label),
+    ]
+    if val is not None and patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                "val_accuracy", patience=patience, restore_best_weights=True, mode="max"
+            )
+        )
+    start = time.monotonic()
+    history = model.fit(
+        make_dataset(train, batch_size, True, seed),
+        validation_data=make_dataset(val, 1024, False, seed) if val is not None else None,
+        epochs=epochs, callbacks=callbacks, verbose=0,
+    )  # fmt: skip
+    seconds = time.monotonic() - start
+    return FitResult({k: [float(v) for v in vs] for k, vs in history.history.items()}, seconds,
+                     len(history.history.get("loss", [])))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def bootstrap(images: ImageSet, spec: ArchitectureConfig, config: TrainConfig,
+              progress: Progress = print) -> tuple[LoadedModel, FitResult]:  # fmt: skip
+    """Train a new model from scratch on ``images`` (a stratified share kept for validation).
+
+    Returns:
+        The model with its class names and a card of the recipe, and the fit history.
+    """
+    rest, held = stratified_split(images.y, config.val_share, config.seed)
+    train, val = images.take(rest), images.take(held)
+    model = build_model(spec, len(images.class_names))
+    progress(f"Bootstrap {spec.name}: {len(train)} training and {len(val)} validation images, "
+             f"{len(images.class_names)} classes, {model.count_params():,} parameters")  # fmt: skip
+    result = fit(model, train, val, epochs=config.epochs, batch_size=config.batch_size,
+                 peak_lr=config.peak_lr, warmup_share=config.warmup_share,
+                 momentum=config.momentum, weight_decay=config.weight_decay,
+                 label_smoothing=config.label_smoothing, budget_s=config.time_budget_s,
+                 seed=config.seed, patience=config.patience, progress=progress,
+                 label="bootstrap")  # fmt: skip
+    card = {
+        "recipe": "bootstrap",
+        "architecture": spec.model_dump(),
+        "train": config.model_dump(),
+        "train_images": len(train),
+        "val_images": len(val),
+        "val_accuracy": max(result.history.get("val_accuracy", [0.0])),
+        "train_seconds": round(result.seconds, 1),
+        "epochs_run": result.epochs_run,
+    }
+    return LoadedModel(model, list(images.class_names), card), result
+
+
+def set_trainable_top(model: keras.Model, n_layers: int) -> None:
+    """Freeze everything, then unfreeze the top ``n_layers`` weight layers (-1: all).
+
+    Frozen BatchNormalization layers run in inference mode (Keras semantics), so their
+    statistics are kept.
+    """
+    weighted = [layer for layer in _flat_layers(model) if layer.weights]
+    for layer in weighted:
+        layer.trainable = n_layers < 0
+    if n_layers >= 0:
+        for layer in weighted[len(weighted) - n_layers :] if n_layers else []:
+            layer.trainable = True
+    model.get_layer("logits").trainable = True
+
+
+def _flat_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    flat = []
+    for layer in model.layers:
+        flat += _flat_layers(layer) if isinstance(layer, keras.Model) else [layer]
+    return flat
+
+
+def finetune(champion: LoadedModel, new: ImageSet, old: ImageSet, config: FinetuneConfig,
+             progress: Progress = print) -> tuple[LoadedModel, list[FitResult]]:  # fmt: skip
+    """Fine-tune the champion on ``new`` images mixed with a replay sample of ``old`` ones.
+
+    Classes of ``new`` that the champion lacks are added by growing its head first (old
+    output indices never move). ``champion`` itself is not modified.
+    """
+    added = [c for c in new.class_names if c not in champion.class_names]
+    added += [c for c in old.class_names if c not in champion.class_names and c not in added]
+    model = grow_head(champion, added)
+    if added:
+        progress(f"Grew the output layer by {len(added)} for new classes: {', '.join(added)}")
+    else:
+        clone = keras.models.clone_model(champion.model)
+        clone.set_weights(champion.model.get_weights())
+        model = LoadedModel(clone, list(champion.class_names), dict(champion.card))
+    names = model.class_names
+    replay_n = min(len(old), round(config.replay_ratio * len(new)))
+    replay = old.relabel(names).take(stratified_sample(old.y, replay_n, config.seed))
+    mixed = ImageSet.concat([new.relabel(names), replay])
+    progress(f"Fine-tune on {len(new)} new + {len(replay)} replayed images")
+    budget_head = (
+        config.time_budget_s * config.head_epochs / max(1, config.head_epochs + config.epochs)
+    )
+    common = dict(batch_size=config.batch_size, warmup_share=0.15, momentum=0.9,
+                  weight_decay=5e-4, label_smoothing=config.label_smoothing, seed=config.seed,
+                  patience=None, progress=progress)  # fmt: skip
+    results = []
+    if config.head_epochs:
+        set_trainable_top(model.model, 0)
+        results.append(fit(model.model, mixed, None, epochs=config.head_epochs,
+                           peak_lr=config.head_lr, budget_s=budget_head, label="head",
+                           **common))  # fmt: skip
+    set_trainable_top(model.model, config.unfreeze_layers)
+    results.append(fit(model.model, mixed, None, epochs=config.epochs, peak_lr=config.lr,
+                       budget_s=config.time_budget_s - sum(r.seconds for r in results),
+                       label="finetune", **common))  # fmt: skip
+    set_trainable_top(model.model, -1)
+    model.card = {**model.card, "recipe": "finetune", "finetune": config.model_dump(),
+                  "new_images": len(new), "replay_images": len(replay),
+                  "train_seconds": round(sum(r.seconds for r in results), 1)}  # fmt: skip
+    return model, results
