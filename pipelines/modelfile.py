@@ -69,7 +69,7 @@ def save_model(loaded: LoadedModel, path: Path) -> Path:
 
 def _without_optimizer(model: keras.Model) -> keras.Model:
     """An uncompiled copy: model files hold weights, not optimizer state."""
-    if model.optimizer is None:
+    if getattr(model, "optimizer", None) is None:
         return model
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())

@@ -102,6 +102,14 @@ def images_from_manifest(files_dir: Path, manifest, size: tuple[int, int],
                        size)  # fmt: skip
 
 
+def images_from_index(dataset_dir: Path, rows, size: tuple[int, int],
+                      class_names: list[str] | None = None) -> ImageSet:  # fmt: skip
+    """Decode dataset rows (from ``pipelines.dataset.load_index``) into an ImageSet."""
+    names = class_names or sorted(rows["label"].unique())
+    return load_images([dataset_dir / p for p in rows["path"]], rows["label"].tolist(), names,
+                       size)  # fmt: skip
+
+
 def stratified_split(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (rest, held) with ``share`` of each class held, at least one per class."""
     rng = np.random.default_rng(seed)

@@ -7,7 +7,7 @@ that need them, so `refit --help` answers at once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -306,10 +306,8 @@ def _source_images(settings: Settings, source: Path, exclude_classes: set[str],
 @train_app.command("bootstrap")
 def train_bootstrap(
     source: Annotated[
-        Optional[Path],
-        typer.Option(  # noqa: UP045 - Typer needs Optional
-            help="Batch-shaped images to train on (default: the dataset's train split)."
-        ),
+        Path | None,
+        typer.Option(help="Batch-shaped images to train on (default: the dataset's train split)."),
     ] = None,
     exclude_class: Annotated[list[str], typer.Option(help="Leave this class out.")] = [],  # noqa: B006
     exclude_sample: Annotated[
@@ -319,8 +317,8 @@ def train_bootstrap(
             "holdout."
         ),
     ] = False,
-    epochs: Annotated[Optional[int], typer.Option(help="Override train.epochs.")] = None,  # noqa: UP045
-    out: Annotated[Optional[Path], typer.Option(help="Model file to write (.keras).")] = None,  # noqa: UP045
+    epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Model file to write (.keras).")] = None,
 ) -> None:
     """Train a model from scratch and save it with its class names and a model card."""
     import sys
@@ -354,3 +352,98 @@ def train_bootstrap(
     save_model(loaded, out)
     out.with_suffix(".md").write_text(model_card_markdown(loaded, f"Model {out.name}"))
     console.print(f"Saved {out} and its card {out.with_suffix('.md')}")
+
+
+@train_app.command("finetune")
+def train_finetune(
+    model: Annotated[Path, typer.Option(help="The model to fine-tune (.keras from Refit).")],
+    batch_id: Annotated[
+        str | None,
+        typer.Option(
+            help="The merged batch to learn from (default: the latest dataset version's)."
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Model file to write (.keras).")] = None,
+) -> None:
+    """Fine-tune a model on a merged batch with replay; grows the head for new classes."""
+    import time
+
+    settings = _settings()
+    from pipelines.dataset import load_index
+    from pipelines.modelfile import ModelRefused, load_refit_model, model_card_markdown, save_model
+    from pipelines.train import finetune, images_from_index
+
+    store, _ = _intake(settings)
+    versions = store.versions()
+    batch_id = batch_id or (versions[-1].batch_id if versions else None)
+    index = load_index(settings.dataset_dir)
+    if batch_id is None or index.empty:
+        raise _fail("no dataset yet: add a batch with `refit data add` first")
+    try:
+        champion = load_refit_model(model)
+    except (ModelRefused, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    size = champion.input_size
+    train = index[index["split"] == "train"]
+    new = images_from_index(settings.dataset_dir, train[train["batch_id"] == batch_id], size)
+    old = images_from_index(settings.dataset_dir, train[train["batch_id"] != batch_id], size)
+    if len(new) == 0:
+        raise _fail(f"batch {batch_id} has no training images in the dataset")
+    challenger, _ = finetune(champion, new, old, settings.finetune, progress=console.print)
+    holdout = index[index["split"] == "holdout"]
+    report = _compare_on_holdout(settings, champion, challenger, holdout)
+    challenger.card["batch_id"] = batch_id
+    challenger.card["holdout"] = report
+    out = out or settings.workspace / "models" / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}.keras"
+    save_model(challenger, out)
+    out.with_suffix(".md").write_text(model_card_markdown(challenger, f"Model {out.name}"))
+    console.print(f"Saved {out}")
+
+
+def _compare_on_holdout(settings: Settings, champion, challenger, holdout) -> dict:
+    """Old-class accuracy before/after, all-class accuracy and new-class recall; printed."""
+    from pipelines.predict import accuracy, predict_proba, recall_per_class
+    from pipelines.train import images_from_index
+
+    known = holdout[holdout["label"].isin(challenger.class_names)]
+    images = images_from_index(settings.dataset_dir, known, challenger.input_size,
+                               challenger.class_names)  # fmt: skip
+    old_mask = images.y < len(champion.class_names)
+    before = predict_proba(champion.model, images.x[old_mask])
+    after = predict_proba(challenger.model, images.x)
+    new_names = challenger.class_names[len(champion.class_names) :]
+    recalls = recall_per_class(after, images.y, challenger.class_names)
+    report = {
+        "old_class_accuracy_before": round(accuracy(before, images.y[old_mask]), 4),
+        "old_class_accuracy_after": round(accuracy(after[old_mask], images.y[old_mask]), 4),
+        "all_class_accuracy_after": round(accuracy(after, images.y), 4),
+        "new_class_recall": {c: round(recalls[c], 4) for c in new_names if c in recalls},
+        "images": len(images),
+    }
+    for key, value in report.items():
+        console.print(f"  {key}: {value}")
+    return report
+
+
+# --------------------------------------------------------------------------- model
+
+
+@model_app.command("import")
+def model_import(
+    file: Annotated[Path, typer.Argument(help="The user's .keras or legacy .h5 model.")],
+    classes: Annotated[str, typer.Option(help="Class names in output order, comma-separated.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write the .keras.")] = None,
+) -> None:
+    """Check a user's classifier (safe mode, no Lambda, HxWx3 in, softmax out) and re-save it."""
+    settings = _settings()
+    from pipelines.modelfile import ModelRefused, import_model, save_model
+
+    try:
+        loaded = import_model(file, [c for c in classes.split(",")])
+    except ModelRefused as exc:
+        raise _fail(str(exc)) from exc
+    out = out or settings.workspace / "models" / f"imported-{file.stem}.keras"
+    save_model(loaded, out)
+    height, width = loaded.input_size
+    console.print(f"Imported {file}: {width}x{height} RGB in, {len(loaded.class_names)} classes "
+                  f"({', '.join(loaded.class_names)}). Saved {out}")  # fmt: skip
