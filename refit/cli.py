@@ -401,25 +401,14 @@ def train_finetune(
 
 
 def _compare_on_holdout(settings: Settings, champion, challenger, holdout) -> dict:
-    """Old-class accuracy before/after, all-class accuracy and new-class recall; printed."""
-    from pipelines.predict import accuracy, predict_proba, recall_per_class
+    """Champion vs challenger on the dataset holdout of the challenger's classes; printed."""
+    from pipelines.predict import compare_on_holdout
     from pipelines.train import images_from_index
 
     known = holdout[holdout["label"].isin(challenger.class_names)]
     images = images_from_index(settings.dataset_dir, known, challenger.input_size,
                                challenger.class_names)  # fmt: skip
-    old_mask = images.y < len(champion.class_names)
-    before = predict_proba(champion.model, images.x[old_mask])
-    after = predict_proba(challenger.model, images.x)
-    new_names = challenger.class_names[len(champion.class_names) :]
-    recalls = recall_per_class(after, images.y, challenger.class_names)
-    report = {
-        "old_class_accuracy_before": round(accuracy(before, images.y[old_mask]), 4),
-        "old_class_accuracy_after": round(accuracy(after[old_mask], images.y[old_mask]), 4),
-        "all_class_accuracy_after": round(accuracy(after, images.y), 4),
-        "new_class_recall": {c: round(recalls[c], 4) for c in new_names if c in recalls},
-        "images": len(images),
-    }
+    report = compare_on_holdout(champion, challenger, images.x, images.y)
     for key, value in report.items():
         console.print(f"  {key}: {value}")
     return report

@@ -12,10 +12,10 @@ import pytest
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+import keras
 
-from pipelines.config import ArchitectureConfig, FinetuneConfig, TrainConfig  # noqa: E402
-from pipelines.modelfile import (  # noqa: E402
+from pipelines.config import ArchitectureConfig, FinetuneConfig, TrainConfig
+from pipelines.modelfile import (
     LoadedModel,
     ModelRefused,
     import_model,
@@ -23,9 +23,9 @@ from pipelines.modelfile import (  # noqa: E402
     read_class_names,
     save_model,
 )
-from pipelines.predict import predict_proba  # noqa: E402
-from pipelines.surgery import grow_head  # noqa: E402
-from pipelines.train import ImageSet, bootstrap, finetune  # noqa: E402
+from pipelines.predict import predict_proba
+from pipelines.surgery import grow_head
+from pipelines.train import ImageSet, bootstrap, finetune
 
 pytestmark = pytest.mark.e2e
 

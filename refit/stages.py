@@ -1,0 +1,112 @@
+"""The DVC stages (`dvc.yaml`): ingest -> validate for a batch, train -> evaluate for the
+dataset, each calling the same pipeline functions as the CLI and the flows.
+
+`dvc repro` runs them without Prefect or any server, in the folder of `dvc.yaml`. Their
+knobs come from `params.yaml` there (which DVC tracks), laid over the settings object;
+outputs go to `build/` there.
+
+    python -m refit.stages {ingest,validate,train,evaluate}
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from refit.settings import Settings, apply_tool_environment
+
+BUILD = Path("build")
+PARAMS = Path("params.yaml")
+
+
+def _settings_and_params() -> tuple[Settings, dict]:
+    params = yaml.safe_load(PARAMS.read_text())
+    overrides = {k: params[k] for k in ("validation", "architecture", "train") if k in params}
+    settings = Settings(**overrides)
+    apply_tool_environment(settings)
+    return settings, params
+
+
+def ingest() -> None:
+    """Stage the batch named in params.yaml and write its manifest."""
+    from pipelines.ingest import build_manifest, stage_batch
+
+    settings, params = _settings_and_params()
+    target = BUILD / "batch"
+    shutil.rmtree(target, ignore_errors=True)
+    staged = stage_batch(Path(params["batch"]), BUILD, settings.ingest, "batch")
+    build_manifest(staged, settings.ingest).to_csv(BUILD / "manifest.csv", index=False)
+    (BUILD / "findings.json").write_text(json.dumps([f.__dict__ for f in staged.findings]))
+
+
+def validate() -> None:
+    """Validate the staged batch against the current dataset; write the report and metrics."""
+    from pipelines.dataset import load_index, reference_of
+    from pipelines.ingest import BatchFile, Finding, StagedBatch
+    from pipelines.validate import validate_batch
+
+    settings, params = _settings_and_params()
+    manifest = pd.read_csv(BUILD / "manifest.csv", keep_default_na=False,
+                           dtype={"split": "object"}).replace({"split": {"": None}})  # fmt: skip
+    manifest["width"] = pd.to_numeric(manifest["width"]).astype("Int64")
+    manifest["height"] = pd.to_numeric(manifest["height"]).astype("Int64")
+    manifest["mode"] = manifest["mode"].replace("", None)
+    findings = [Finding(**f) for f in json.loads((BUILD / "findings.json").read_text())]
+    files = [BatchFile(p, label, split) for p, label, split in
+             zip(manifest["path"], manifest["label"], manifest["split"], strict=True)]  # fmt: skip
+    staged = StagedBatch("batch", Path(params["batch"]), BUILD / "batch", files, findings)
+    reference = reference_of(load_index(settings.dataset_dir))
+    report = validate_batch(staged, manifest, reference, settings.validation)
+    report.write(BUILD / "validation")
+    metrics = {
+        "passed": report.passed,
+        "images": report.n_images,
+        "failed_rules": len(report.failed_rules),
+        "new_classes": len(report.new_classes),
+    }
+    (BUILD / "validation.json").write_text(json.dumps(metrics, indent=2))
+
+
+def train() -> None:
+    """Train a model from scratch on the dataset's train split."""
+    from pipelines.dataset import load_index
+    from pipelines.modelfile import save_model
+    from pipelines.train import bootstrap, images_from_index
+
+    settings, _ = _settings_and_params()
+    index = load_index(settings.dataset_dir)
+    rows = index[index["split"] == "train"]
+    size = (settings.architecture.input_size, settings.architecture.input_size)
+    images = images_from_index(settings.dataset_dir, rows, size)
+    loaded, _ = bootstrap(images, settings.architecture, settings.train)
+    save_model(loaded, BUILD / "model.keras")
+
+
+def evaluate() -> None:
+    """Holdout metrics of the trained model (classes it knows) into build/metrics.json."""
+    from pipelines.dataset import load_index
+    from pipelines.modelfile import load_refit_model
+    from pipelines.predict import holdout_metrics
+    from pipelines.train import images_from_index
+
+    settings, _ = _settings_and_params()
+    loaded = load_refit_model(BUILD / "model.keras")
+    index = load_index(settings.dataset_dir)
+    rows = index[(index["split"] == "holdout") & index["label"].isin(loaded.class_names)]
+    images = images_from_index(settings.dataset_dir, rows, loaded.input_size, loaded.class_names)
+    metrics = holdout_metrics(loaded.model, loaded.class_names, images.x, images.y)
+    (BUILD / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+STAGES = {"ingest": ingest, "validate": validate, "train": train, "evaluate": evaluate}
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in STAGES:
+        sys.exit(f"usage: python -m refit.stages {{{','.join(STAGES)}}}")
+    BUILD.mkdir(exist_ok=True)
+    STAGES[sys.argv[1]]()
