@@ -88,8 +88,9 @@ def bench_subset(tarball_dir: Path, work: Path, n: int) -> None:
     _, baseline = timed(plain_pil_loop, paths)
     manifest, t_manifest = timed(build_manifest, batch, limits)
     validate_batch(batch, manifest.head(50), reference_of(load_index(work / "none")), policy)
-    report, t_validate = timed(validate_batch, batch, manifest,
-                               reference_of(load_index(work / "none")), policy)  # fmt: skip
+    report, t_validate = timed(
+        validate_batch, batch, manifest, reference_of(load_index(work / "none")), policy
+    )
     assert report.passed, report.summary()
     table: list = []
     row(table, "baseline: plain PIL loop, 1 process", baseline, baseline, len(paths))
@@ -116,8 +117,7 @@ def bench_full(tarball: Path, work: Path) -> None:
     steps.append(("stage (unpack tar.gz safely)", t))
     manifest, t = timed(build_manifest, batch, limits)
     steps.append(("manifest", t))
-    report, t = timed(validate_batch, batch, manifest, reference_of(load_index(work / "x")),
-                      policy)  # fmt: skip
+    report, t = timed(validate_batch, batch, manifest, reference_of(load_index(work / "x")), policy)
     steps.append(("validate (GX + image checks)", t))
     pending, t = timed(merge_batch, store.dataset_dir, batch, manifest, report, split)
     steps.append(("merge (atomic)", t))
@@ -126,8 +126,10 @@ def bench_full(tarball: Path, work: Path) -> None:
     pending.commit()
     steps.append(("dvc add + push", t))
     total = sum(t for _, t in steps)
-    print(f"\nWhole tarball through intake: {len(manifest):,} images in {total:.1f} s "
-          f"({len(manifest) / total:,.0f} images/s)")  # fmt: skip
+    print(
+        f"\nWhole tarball through intake: {len(manifest):,} images in {total:.1f} s "
+        f"({len(manifest) / total:,.0f} images/s)"
+    )
     print(f"{'step':<32}{'seconds':>9}{'share':>8}")
     for name, seconds in steps:
         print(f"{name:<32}{seconds:>9.2f}{seconds / total:>8.0%}")

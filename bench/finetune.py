@@ -40,8 +40,15 @@ def build_dataset(settings: Settings, work: Path) -> tuple[DvcStore, str]:
     paths = IntakePaths(work / "staging", work / "quarantine", work / "batches", work / "lock")
     quiet = dict(progress=lambda m: None)
     for part in ("seed", "incoming"):
-        result = add_batch(work / "sample" / part, store, paths, settings.ingest,
-                           settings.validation, settings.split, **quiet)  # fmt: skip
+        result = add_batch(
+            work / "sample" / part,
+            store,
+            paths,
+            settings.ingest,
+            settings.validation,
+            settings.split,
+            **quiet,
+        )
         assert result.version is not None, result.report.summary()
     return store, result.report.batch_id
 
@@ -66,8 +73,10 @@ def main() -> None:
     seconds = sum(r.seconds for r in results)
     forgetting = report["old_class_accuracy_before"] - report["old_class_accuracy_after"]
     truck = report["new_class_recall"].get("truck", float("nan"))
-    print(f"\nAdd `truck` to {args.model.name}: {len(new)} new + replay, holdout of "
-          f"{report['images']} images")  # fmt: skip
+    print(
+        f"\nAdd `truck` to {args.model.name}: {len(new)} new + replay, holdout of "
+        f"{report['images']} images"
+    )
     print(f"{'metric':<40}{'value':>10}{'target':>12}")
     rows = [
         ("old-class accuracy before", report["old_class_accuracy_before"], ""),

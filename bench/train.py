@@ -56,9 +56,19 @@ def bare_fit(images, spec, batch: int, epochs: int) -> float:
 
 def pipeline_fit(images, spec, batch: int, epochs: int) -> float:
     model = build_model(spec, len(images.class_names))
-    common = dict(batch_size=batch, peak_lr=0.1, warmup_share=0.2, momentum=0.9,
-                  weight_decay=5e-4, label_smoothing=0.2, budget_s=1e9, seed=0, patience=None,
-                  progress=lambda m: None, label="bench")  # fmt: skip
+    common = dict(
+        batch_size=batch,
+        peak_lr=0.1,
+        warmup_share=0.2,
+        momentum=0.9,
+        weight_decay=5e-4,
+        label_smoothing=0.2,
+        budget_s=1e9,
+        seed=0,
+        patience=None,
+        progress=lambda m: None,
+        label="bench",
+    )
     fit(model, images, None, epochs=1, **common)  # warm-up, as for the baseline
     result = fit(model, images, None, epochs=epochs, **common)
     return epochs * len(images) / result.seconds
@@ -73,12 +83,16 @@ def main() -> None:
     spec, batch = settings.architecture, settings.train.batch_size
     baseline = bare_fit(images, spec, batch, args.epochs)
     ours = pipeline_fit(images, spec, batch, args.epochs)
-    print(f"\nTraining throughput, {spec.name} widths {spec.widths}, batch {batch}, "
-          f"{len(images):,} CIFAR-10 images x {args.epochs} epochs")  # fmt: skip
+    print(
+        f"\nTraining throughput, {spec.name} widths {spec.widths}, batch {batch}, "
+        f"{len(images):,} CIFAR-10 images x {args.epochs} epochs"
+    )
     print(f"{'run':<52}{'images/s':>10}{'x baseline':>12}")
     print(f"{'baseline: bare model.fit on a float array':<52}{baseline:>10,.0f}{1.0:>12.2f}")
-    print(f"{'refit pipeline (tf.data + augmentation + callbacks)':<52}{ours:>10,.0f}"
-          f"{ours / baseline:>12.2f}")  # fmt: skip
+    print(
+        f"{'refit pipeline (tf.data + augmentation + callbacks)':<52}{ours:>10,.0f}"
+        f"{ours / baseline:>12.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def load_index(dataset_dir: Path) -> pd.DataFrame:
     path = dataset_dir / INDEX_FILE
     if not path.is_file():
         return empty_index()
-    return pd.read_csv(path, dtype={"label": "string", "sha256": "string", "path": "string"},
-                       keep_default_na=False)  # fmt: skip
+    return pd.read_csv(
+        path, dtype={"label": "string", "sha256": "string", "path": "string"}, keep_default_na=False
+    )
 
 
 def reference_of(index: pd.DataFrame) -> Reference:
@@ -64,8 +65,7 @@ def reference_of(index: pd.DataFrame) -> Reference:
     )
 
 
-def assign_splits(manifest: pd.DataFrame, index: pd.DataFrame, policy: SplitPolicy
-                  ) -> pd.Series:  # fmt: skip
+def assign_splits(manifest: pd.DataFrame, index: pd.DataFrame, policy: SplitPolicy) -> pd.Series:
     """The split of each manifest row: explicit, or a seeded share for classes without holdout.
 
     Classes that already have a holdout get only training images. For every other class,
@@ -136,8 +136,13 @@ class PendingMerge:
             self.previous.rename(self.dataset_dir)
 
 
-def merge_batch(dataset_dir: Path, batch: StagedBatch, manifest: pd.DataFrame,
-                report: ValidationReport, policy: SplitPolicy) -> PendingMerge:  # fmt: skip
+def merge_batch(
+    dataset_dir: Path,
+    batch: StagedBatch,
+    manifest: pd.DataFrame,
+    report: ValidationReport,
+    policy: SplitPolicy,
+) -> PendingMerge:
     """Merge a validated batch into the dataset, atomically.
 
     Args:
@@ -156,20 +161,23 @@ def merge_batch(dataset_dir: Path, batch: StagedBatch, manifest: pd.DataFrame,
     recover_dataset(dataset_dir)
     index = load_index(dataset_dir)
     splits = assign_splits(manifest, index, policy)
-    added = pd.DataFrame({
-        "split": splits,
-        "label": manifest["label"],
-        "path": [
-            str(PurePosixPath(s, label, sha[:16] + PurePosixPath(p).suffix.lower()))
-            for s, label, sha, p in zip(splits, manifest["label"], manifest["sha256"],
-                                        manifest["path"], strict=True)
-        ],
-        "sha256": manifest["sha256"],
-        "batch_id": batch.batch_id,
-        "source_path": manifest["path"],
-        "width": manifest["width"],
-        "height": manifest["height"],
-    })  # fmt: skip
+    added = pd.DataFrame(
+        {
+            "split": splits,
+            "label": manifest["label"],
+            "path": [
+                str(PurePosixPath(s, label, sha[:16] + PurePosixPath(p).suffix.lower()))
+                for s, label, sha, p in zip(
+                    splits, manifest["label"], manifest["sha256"], manifest["path"], strict=True
+                )
+            ],
+            "sha256": manifest["sha256"],
+            "batch_id": batch.batch_id,
+            "source_path": manifest["path"],
+            "width": manifest["width"],
+            "height": manifest["height"],
+        }
+    )
     building = dataset_dir.parent / f".{dataset_dir.name}.merge-{batch.batch_id}"
     building.mkdir(parents=True)
     for rel in index["path"]:
@@ -186,8 +194,13 @@ def merge_batch(dataset_dir: Path, batch: StagedBatch, manifest: pd.DataFrame,
     return PendingMerge(dataset_dir, previous, added)
 
 
-def quarantine(batch_id: str, report: ValidationReport, quarantine_root: Path,
-               staged: StagedBatch | None = None, upload: Path | None = None) -> Path:  # fmt: skip
+def quarantine(
+    batch_id: str,
+    report: ValidationReport,
+    quarantine_root: Path,
+    staged: StagedBatch | None = None,
+    upload: Path | None = None,
+) -> Path:
     """Move a failed batch (or a copy of a refused upload) to ``quarantine/<batch-id>/``.
 
     The report goes beside it as report.json/.html/.txt. The user's own folder or file is

@@ -46,9 +46,18 @@ LABELS_CSV = "labels.csv"
 SPLITS = ("train", "holdout")
 JUNK_NAMES = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"})
 MANIFEST_COLUMNS = [
-    "path", "label", "split", "width", "height", "mode", "format", "bytes", "sha256",
-    "decodable", "reason",
-]  # fmt: skip
+    "path",
+    "label",
+    "split",
+    "width",
+    "height",
+    "mode",
+    "format",
+    "bytes",
+    "sha256",
+    "decodable",
+    "reason",
+]
 COPY_CHUNK = 1 << 20
 NOT_AN_IMAGE = "extension is not an image type"
 POOL_THRESHOLD = 2_000  # below this, decoding in-process beats starting a pool
@@ -126,23 +135,26 @@ class _Budget:
         self.files += 1
         if self.files > self.limits.max_files:
             raise BatchRefused(
-                "too_many_files", self.source,
+                "too_many_files",
+                self.source,
                 f"more than {self.limits.max_files} files (ingest.max_files); at {name!r}",
-            )  # fmt: skip
+            )
 
     def add_bytes(self, name: str, file_bytes: int, n: int) -> None:
         self.bytes += n
         if file_bytes > self.limits.max_file_mb << 20:
             raise BatchRefused(
-                "file_too_large", self.source,
+                "file_too_large",
+                self.source,
                 f"{name!r} is larger than {self.limits.max_file_mb} MB (ingest.max_file_mb)",
-            )  # fmt: skip
+            )
         if self.bytes > self.limits.max_total_mb << 20:
             raise BatchRefused(
-                "too_large", self.source,
+                "too_large",
+                self.source,
                 f"uncompressed size exceeds {self.limits.max_total_mb} MB (ingest.max_total_mb)"
                 " - a zip bomb?",
-            )  # fmt: skip
+            )
 
 
 def _copy_stream(src: BinaryIO, dest: Path, name: str, budget: _Budget) -> None:
@@ -171,10 +183,11 @@ def _extract_zip(source: Path, dest: Path, limits: IngestLimits) -> None:
         declared = sum(i.file_size for i in infos)
         if declared > limits.max_total_mb << 20:
             raise BatchRefused(
-                "too_large", source,
+                "too_large",
+                source,
                 f"declares {declared >> 20} MB uncompressed, more than {limits.max_total_mb} MB"
                 " (ingest.max_total_mb) - a zip bomb?",
-            )  # fmt: skip
+            )
         for info in infos:
             rel = _safe_relpath(info.filename, source)
             if _is_symlink_member(info):
@@ -242,9 +255,10 @@ def _read_labels_csv(csv_path: Path) -> Iterator[tuple[int, str, str]]:
             label_col = fields.get("label")
             if not file_col or not label_col:
                 raise BatchRefused(
-                    "labels_csv", csv_path,
+                    "labels_csv",
+                    csv_path,
                     f"needs columns 'filename' (or 'path') and 'label', has {reader.fieldnames}",
-                )  # fmt: skip
+                )
             for line, row in enumerate(reader, start=2):
                 yield line, (row.get(file_col) or "").strip(), row.get(label_col) or ""
     except UnicodeDecodeError as exc:
@@ -280,9 +294,10 @@ def _unpack(source: Path, dest: Path, limits: IngestLimits) -> None:
         _extract_tar(source, dest, limits)
     else:
         raise BatchRefused(
-            "unsupported_format", source,
+            "unsupported_format",
+            source,
             "not a zip, tar, tar.gz, folder or CSV of image paths and labels",
-        )  # fmt: skip
+        )
 
 
 # --------------------------------------------------------------------------- labelling
@@ -367,9 +382,10 @@ def _label(files_dir: Path, source: Path) -> tuple[list[BatchFile], list[Finding
     archives = [f for f in all_files if f.name.lower().endswith((".zip", ".tar", ".tgz", ".gz"))]
     if len(archives) == len(all_files):
         raise BatchRefused(
-            "nested_archive", source,
+            "nested_archive",
+            source,
             f"holds only another archive ({archives[0]}); upload that archive itself",
-        )  # fmt: skip
+        )
     root = _content_root(files_dir)
     if (root / LABELS_CSV).is_file():
         return _label_from_csv(root, files_dir, all_files)
@@ -447,8 +463,10 @@ def inspect_image(path: Path, max_pixels: int) -> tuple:
             width, height = image.size
             mode, fmt = image.mode, image.format
             if width * height > max_pixels:
-                reason = (f"decompression bomb: {width}x{height} pixels exceeds "
-                          f"{max_pixels} (ingest.max_pixels)")  # fmt: skip
+                reason = (
+                    f"decompression bomb: {width}x{height} pixels exceeds "
+                    f"{max_pixels} (ingest.max_pixels)"
+                )
                 return width, height, mode, fmt, len(data), digest, False, reason
             image.load()
     except Image.DecompressionBombError as exc:
@@ -490,13 +508,17 @@ def build_manifest(
     if progress:
         progress(total, total)
     described = pd.DataFrame(
-        rows, columns=["width", "height", "mode", "format", "bytes", "sha256", "decodable",
-                       "reason"],
-    )  # fmt: skip
+        rows,
+        columns=["width", "height", "mode", "format", "bytes", "sha256", "decodable", "reason"],
+    )
     files = pd.DataFrame(
-        {"path": [f.path for f in batch.files], "label": [f.label for f in batch.files],
-         "split": [f.split for f in batch.files]},
-    )  # fmt: skip
+        {
+            "path": [f.path for f in batch.files],
+            "label": [f.label for f in batch.files],
+            "split": [f.split for f in batch.files],
+        },
+    )
     manifest = pd.concat([files, described], axis=1)[MANIFEST_COLUMNS]
-    return manifest.astype({"width": "Int64", "height": "Int64", "bytes": "int64",
-                            "decodable": "bool"})  # fmt: skip
+    return manifest.astype(
+        {"width": "Int64", "height": "Int64", "bytes": "int64", "decodable": "bool"}
+    )

@@ -73,8 +73,14 @@ def intake_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def check_batch(source: Path, dataset_dir: Path, paths: IntakePaths, limits: IngestLimits,
-                policy: ValidationPolicy, progress: Progress = print) -> CheckedBatch:  # fmt: skip
+def check_batch(
+    source: Path,
+    dataset_dir: Path,
+    paths: IntakePaths,
+    limits: IngestLimits,
+    policy: ValidationPolicy,
+    progress: Progress = print,
+) -> CheckedBatch:
     """Stage, describe and validate a batch against the current dataset. Changes nothing.
 
     The staged copy stays in ``paths.staging`` for the caller to merge, quarantine or
@@ -102,9 +108,15 @@ def discard(checked: CheckedBatch) -> None:
         shutil.rmtree(checked.staged.root, ignore_errors=True)
 
 
-def add_batch(source: Path, store: DvcStore, paths: IntakePaths, limits: IngestLimits,
-              policy: ValidationPolicy, split: SplitPolicy,
-              progress: Progress = print) -> IntakeResult:  # fmt: skip
+def add_batch(
+    source: Path,
+    store: DvcStore,
+    paths: IntakePaths,
+    limits: IngestLimits,
+    policy: ValidationPolicy,
+    split: SplitPolicy,
+    progress: Progress = print,
+) -> IntakeResult:
     """Validate a batch and either quarantine it or merge and version it.
 
     Returns:
@@ -115,14 +127,20 @@ def add_batch(source: Path, store: DvcStore, paths: IntakePaths, limits: IngestL
             progress(f"Recovered: {note}")
         checked = check_batch(source, store.dataset_dir, paths, limits, policy, progress)
         if not checked.report.passed:
-            target = quarantine(checked.batch_id, checked.report, paths.quarantine,
-                                staged=checked.staged, upload=Path(source))  # fmt: skip
+            target = quarantine(
+                checked.batch_id,
+                checked.report,
+                paths.quarantine,
+                staged=checked.staged,
+                upload=Path(source),
+            )
             return IntakeResult(checked.report, quarantined=target)
         assert checked.staged is not None and checked.manifest is not None
         progress("Merging into the dataset")
         store.ensure_initialized()
-        pending = merge_batch(store.dataset_dir, checked.staged, checked.manifest,
-                              checked.report, split)  # fmt: skip
+        pending = merge_batch(
+            store.dataset_dir, checked.staged, checked.manifest, checked.report, split
+        )
         try:
             progress("Versioning with DVC (add + push)")
             counts = class_counts(load_index(store.dataset_dir))

@@ -185,8 +185,9 @@ def _normalise_head(model: keras.Model, path: Path) -> keras.Model:
     return rebuilt
 
 
-def import_model(path: Path, class_names: list[str], existing: list[str] | None = None
-                 ) -> LoadedModel:  # fmt: skip
+def import_model(
+    path: Path, class_names: list[str], existing: list[str] | None = None
+) -> LoadedModel:
     """Load a user's ``.keras``/``.h5`` classifier safely and check it fits Refit.
 
     Args:
@@ -209,8 +210,11 @@ def import_model(path: Path, class_names: list[str], existing: list[str] | None 
     if len(shape) != 4:
         raise ModelRefused(path, f"must take a batch of HxWx3 images; its input shape is {shape}")
     if shape[-1] != 3:
-        raise ModelRefused(path, f"must take RGB images (3 channels); its input has {shape[-1]}"
-                           " (grayscale models are not supported)")  # fmt: skip
+        raise ModelRefused(
+            path,
+            f"must take RGB images (3 channels); its input has {shape[-1]}"
+            " (grayscale models are not supported)",
+        )
     if shape[1] is None or shape[2] is None:
         raise ModelRefused(path, "must declare its input height and width")
     model = _normalise_head(model, path)
@@ -235,8 +239,13 @@ def load_refit_model(path: Path) -> LoadedModel:
 def model_card_markdown(loaded: LoadedModel, title: str) -> str:
     """A readable model card from the card dict a recipe filled in."""
     card = loaded.card
-    lines = [f"# {title}", "", f"Classes ({len(loaded.class_names)}, in output order): "
-             + ", ".join(f"`{c}`" for c in loaded.class_names), ""]  # fmt: skip
+    lines = [
+        f"# {title}",
+        "",
+        f"Classes ({len(loaded.class_names)}, in output order): "
+        + ", ".join(f"`{c}`" for c in loaded.class_names),
+        "",
+    ]
     for key, value in card.items():
         if isinstance(value, dict):
             lines.append(f"## {key}")

@@ -12,8 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 
-def predict_proba(model: keras.Model, x: np.ndarray, tta: bool = False,
-                  batch_size: int = 512) -> np.ndarray:  # fmt: skip
+def predict_proba(
+    model: keras.Model, x: np.ndarray, tta: bool = False, batch_size: int = 512
+) -> np.ndarray:
     """Probabilities (N, K) for images ``x`` (N, H, W, 3; 0-255)."""
 
     @tf.function(reduce_retracing=True)
@@ -23,8 +24,10 @@ def predict_proba(model: keras.Model, x: np.ndarray, tta: bool = False,
             probs = (probs + model(tf.reverse(batch, axis=[2]), training=False)) / 2.0
         return probs
 
-    outputs = [call(tf.constant(x[i:i + batch_size], tf.float32)).numpy()
-               for i in range(0, len(x), batch_size)]  # fmt: skip
+    outputs = [
+        call(tf.constant(x[i : i + batch_size], tf.float32)).numpy()
+        for i in range(0, len(x), batch_size)
+    ]
     return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]))
 
 
@@ -38,8 +41,9 @@ def recall_per_class(probs: np.ndarray, y: np.ndarray, class_names: list[str]) -
     return {class_names[c]: float((predicted[y == c] == c).mean()) for c in np.unique(y)}
 
 
-def holdout_metrics(model: keras.Model, class_names: list[str], x: np.ndarray, y: np.ndarray
-                    ) -> dict[str, object]:  # fmt: skip
+def holdout_metrics(
+    model: keras.Model, class_names: list[str], x: np.ndarray, y: np.ndarray
+) -> dict[str, object]:
     """Accuracy with and without TTA and per-class recall on held-out images."""
     plain = predict_proba(model, x)
     flipped = predict_proba(model, x, tta=True)

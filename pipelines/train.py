@@ -62,8 +62,9 @@ class ImageSet:
     def concat(sets: list[ImageSet]) -> ImageSet:
         names = sets[0].class_names
         assert all(s.class_names == names for s in sets), "relabel to the same classes first"
-        return ImageSet(np.concatenate([s.x for s in sets]), np.concatenate([s.y for s in sets]),
-                        names)  # fmt: skip
+        return ImageSet(
+            np.concatenate([s.x for s in sets]), np.concatenate([s.y for s in sets]), names
+        )
 
 
 def _decode(task: tuple[str, int, int]) -> np.ndarray:
@@ -74,8 +75,13 @@ def _decode(task: tuple[str, int, int]) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def load_images(paths: list[Path], labels: list[str], class_names: list[str],
-                size: tuple[int, int], workers: int = 0) -> ImageSet:  # fmt: skip
+def load_images(
+    paths: list[Path],
+    labels: list[str],
+    class_names: list[str],
+    size: tuple[int, int],
+    workers: int = 0,
+) -> ImageSet:
     """Decode image files into an :class:`ImageSet` at ``size`` (height, width)."""
     unknown = sorted(set(labels) - set(class_names))
     if unknown:
@@ -91,23 +97,29 @@ def load_images(paths: list[Path], labels: list[str], class_names: list[str],
     return ImageSet(x, y, list(class_names))
 
 
-def images_from_manifest(files_dir: Path, manifest, size: tuple[int, int],
-                         exclude_classes: set[str] = frozenset(),
-                         exclude_sha256: set[str] = frozenset()) -> ImageSet:  # fmt: skip
+def images_from_manifest(
+    files_dir: Path,
+    manifest,
+    size: tuple[int, int],
+    exclude_classes: set[str] = frozenset(),
+    exclude_sha256: set[str] = frozenset(),
+) -> ImageSet:
     """The decodable images of a staged batch, minus excluded classes and images."""
-    keep = manifest[manifest["decodable"] & ~manifest["label"].isin(exclude_classes)
-                    & ~manifest["sha256"].isin(exclude_sha256)]  # fmt: skip
+    keep = manifest[
+        manifest["decodable"]
+        & ~manifest["label"].isin(exclude_classes)
+        & ~manifest["sha256"].isin(exclude_sha256)
+    ]
     classes = sorted(keep["label"].unique())
-    return load_images([files_dir / p for p in keep["path"]], keep["label"].tolist(), classes,
-                       size)  # fmt: skip
+    return load_images([files_dir / p for p in keep["path"]], keep["label"].tolist(), classes, size)
 
 
-def images_from_index(dataset_dir: Path, rows, size: tuple[int, int],
-                      class_names: list[str] | None = None) -> ImageSet:  # fmt: skip
+def images_from_index(
+    dataset_dir: Path, rows, size: tuple[int, int], class_names: list[str] | None = None
+) -> ImageSet:
     """Decode dataset rows (from ``pipelines.dataset.load_index``) into an ImageSet."""
     names = class_names or sorted(rows["label"].unique())
-    return load_images([dataset_dir / p for p in rows["path"]], rows["label"].tolist(), names,
-                       size)  # fmt: skip
+    return load_images([dataset_dir / p for p in rows["path"]], rows["label"].tolist(), names, size)
 
 
 def stratified_split(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,18 +228,36 @@ class FitResult:
     epochs_run: int
 
 
-def fit(model: keras.Model, train: ImageSet, val: ImageSet | None, *, epochs: int,
-        batch_size: int, peak_lr: float, warmup_share: float, momentum: float,
-        weight_decay: float, label_smoothing: float, budget_s: float, seed: int,
-        patience: int | None, progress: Progress, label: str) -> FitResult:  # fmt: skip
+def fit(
+    model: keras.Model,
+    train: ImageSet,
+    val: ImageSet | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    peak_lr: float,
+    warmup_share: float,
+    momentum: float,
+    weight_decay: float,
+    label_smoothing: float,
+    budget_s: float,
+    seed: int,
+    patience: int | None,
+    progress: Progress,
+    label: str,
+) -> FitResult:
     """Compile and train ``model`` with the one-cycle recipe; returns the history."""
     keras.utils.set_random_seed(seed)
     model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=peak_lr, momentum=momentum, nesterov=True,
-                                       weight_decay=weight_decay or None),
+        optimizer=keras.optimizers.SGD(
+            learning_rate=peak_lr,
+            momentum=momentum,
+            nesterov=True,
+            weight_decay=weight_decay or None,
+        ),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=["accuracy"],
-    )  # fmt: skip
+    )
     steps = math.ceil(len(train) / batch_size) * epochs
     callbacks: list[keras.callbacks.Callback] = [
         OneCycle(peak_lr, warmup_share, steps, budget_s),
@@ -243,18 +273,24 @@ def fit(model: keras.Model, train: ImageSet, val: ImageSet | None, *, epochs: in
     history = model.fit(
         make_dataset(train, batch_size, True, seed),
         validation_data=make_dataset(val, 1024, False, seed) if val is not None else None,
-        epochs=epochs, callbacks=callbacks, verbose=0,
-    )  # fmt: skip
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=0,
+    )
     seconds = time.monotonic() - start
-    return FitResult({k: [float(v) for v in vs] for k, vs in history.history.items()}, seconds,
-                     len(history.history.get("loss", [])))  # fmt: skip
+    return FitResult(
+        {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        seconds,
+        len(history.history.get("loss", [])),
+    )
 
 
 # --------------------------------------------------------------------------- recipes
 
 
-def bootstrap(images: ImageSet, spec: ArchitectureConfig, config: TrainConfig,
-              progress: Progress = print) -> tuple[LoadedModel, FitResult]:  # fmt: skip
+def bootstrap(
+    images: ImageSet, spec: ArchitectureConfig, config: TrainConfig, progress: Progress = print
+) -> tuple[LoadedModel, FitResult]:
     """Train a new model from scratch on ``images`` (a stratified share kept for validation).
 
     Returns:
@@ -263,14 +299,27 @@ def bootstrap(images: ImageSet, spec: ArchitectureConfig, config: TrainConfig,
     rest, held = stratified_split(images.y, config.val_share, config.seed)
     train, val = images.take(rest), images.take(held)
     model = build_model(spec, len(images.class_names))
-    progress(f"Bootstrap {spec.name}: {len(train)} training and {len(val)} validation images, "
-             f"{len(images.class_names)} classes, {model.count_params():,} parameters")  # fmt: skip
-    result = fit(model, train, val, epochs=config.epochs, batch_size=config.batch_size,
-                 peak_lr=config.peak_lr, warmup_share=config.warmup_share,
-                 momentum=config.momentum, weight_decay=config.weight_decay,
-                 label_smoothing=config.label_smoothing, budget_s=config.time_budget_s,
-                 seed=config.seed, patience=config.patience, progress=progress,
-                 label="bootstrap")  # fmt: skip
+    progress(
+        f"Bootstrap {spec.name}: {len(train)} training and {len(val)} validation images, "
+        f"{len(images.class_names)} classes, {model.count_params():,} parameters"
+    )
+    result = fit(
+        model,
+        train,
+        val,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        peak_lr=config.peak_lr,
+        warmup_share=config.warmup_share,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing,
+        budget_s=config.time_budget_s,
+        seed=config.seed,
+        patience=config.patience,
+        progress=progress,
+        label="bootstrap",
+    )
     card = {
         "recipe": "bootstrap",
         "architecture": spec.model_dump(),
@@ -306,8 +355,13 @@ def _flat_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return flat
 
 
-def finetune(champion: LoadedModel, new: ImageSet, old: ImageSet, config: FinetuneConfig,
-             progress: Progress = print) -> tuple[LoadedModel, list[FitResult]]:  # fmt: skip
+def finetune(
+    champion: LoadedModel,
+    new: ImageSet,
+    old: ImageSet,
+    config: FinetuneConfig,
+    progress: Progress = print,
+) -> tuple[LoadedModel, list[FitResult]]:
     """Fine-tune the champion on ``new`` images mixed with a replay sample of ``old`` ones.
 
     Classes of ``new`` that the champion lacks are added by growing its head first (old
@@ -330,21 +384,51 @@ def finetune(champion: LoadedModel, new: ImageSet, old: ImageSet, config: Finetu
     budget_head = (
         config.time_budget_s * config.head_epochs / max(1, config.head_epochs + config.epochs)
     )
-    common = dict(batch_size=config.batch_size, warmup_share=0.15, momentum=0.9,
-                  weight_decay=5e-4, label_smoothing=config.label_smoothing, seed=config.seed,
-                  patience=None, progress=progress)  # fmt: skip
+    common = dict(
+        batch_size=config.batch_size,
+        warmup_share=0.15,
+        momentum=0.9,
+        weight_decay=5e-4,
+        label_smoothing=config.label_smoothing,
+        seed=config.seed,
+        patience=None,
+        progress=progress,
+    )
     results = []
     if config.head_epochs:
         set_trainable_top(model.model, 0)
-        results.append(fit(model.model, mixed, None, epochs=config.head_epochs,
-                           peak_lr=config.head_lr, budget_s=budget_head, label="head",
-                           **common))  # fmt: skip
+        results.append(
+            fit(
+                model.model,
+                mixed,
+                None,
+                epochs=config.head_epochs,
+                peak_lr=config.head_lr,
+                budget_s=budget_head,
+                label="head",
+                **common,
+            )
+        )
     set_trainable_top(model.model, config.unfreeze_layers)
-    results.append(fit(model.model, mixed, None, epochs=config.epochs, peak_lr=config.lr,
-                       budget_s=config.time_budget_s - sum(r.seconds for r in results),
-                       label="finetune", **common))  # fmt: skip
+    results.append(
+        fit(
+            model.model,
+            mixed,
+            None,
+            epochs=config.epochs,
+            peak_lr=config.lr,
+            budget_s=config.time_budget_s - sum(r.seconds for r in results),
+            label="finetune",
+            **common,
+        )
+    )
     set_trainable_top(model.model, -1)
-    model.card = {**model.card, "recipe": "finetune", "finetune": config.model_dump(),
-                  "new_images": len(new), "replay_images": len(replay),
-                  "train_seconds": round(sum(r.seconds for r in results), 1)}  # fmt: skip
+    model.card = {
+        **model.card,
+        "recipe": "finetune",
+        "finetune": config.model_dump(),
+        "new_images": len(new),
+        "replay_images": len(replay),
+        "train_seconds": round(sum(r.seconds for r in results), 1),
+    }
     return model, results

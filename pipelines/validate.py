@@ -29,8 +29,25 @@ import pandas as pd
 from pipelines.config import ValidationPolicy
 from pipelines.ingest import BatchRefused, Finding, StagedBatch
 
-RGB_CONVERTIBLE_MODES = ["RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "CMYK", "YCbCr", "I",
-                         "I;16", "I;16B", "I;16L", "F", "1", "LAB", "HSV"]  # fmt: skip
+RGB_CONVERTIBLE_MODES = [
+    "RGB",
+    "RGBA",
+    "RGBX",
+    "L",
+    "LA",
+    "P",
+    "PA",
+    "CMYK",
+    "YCbCr",
+    "I",
+    "I;16",
+    "I;16B",
+    "I;16L",
+    "F",
+    "1",
+    "LAB",
+    "HSV",
+]
 CLASS_NAME_REGEX = r"^(?!\.{1,2}$)[^\s/\\\x00-\x1f](?:[^/\\\x00-\x1f]{0,62}[^\s/\\\x00-\x1f])?$"
 INGEST_RULES = {
     "not_an_image": "Every file is an image (by extension).",
@@ -82,8 +99,9 @@ class ValidationReport:
     @classmethod
     def refused(cls, batch_id: str, source: Path | str, exc: BatchRefused) -> ValidationReport:
         """The report of a batch refused as a whole (unsafe or unreadable archive)."""
-        rule = RuleResult(exc.rule, "The batch can be unpacked safely.", False, 1,
-                          [f"{exc.path}: {exc.message}"])  # fmt: skip
+        rule = RuleResult(
+            exc.rule, "The batch can be unpacked safely.", False, 1, [f"{exc.path}: {exc.message}"]
+        )
         return cls(batch_id, str(source), False, [rule])
 
     def to_dict(self) -> dict:
@@ -161,9 +179,11 @@ def _run_suite(context, name: str, frame: pd.DataFrame, expectations: list, inde
     import great_expectations as gx
 
     source = context.data_sources.add_pandas(f"refit-{name}")
-    batch = (source.add_dataframe_asset(name)
-             .add_batch_definition_whole_dataframe("all")
-             .get_batch(batch_parameters={"dataframe": frame}))  # fmt: skip
+    batch = (
+        source.add_dataframe_asset(name)
+        .add_batch_definition_whole_dataframe("all")
+        .get_batch(batch_parameters={"dataframe": frame})
+    )
     suite = gx.ExpectationSuite(name=name, expectations=expectations)
     result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": [index_column]}
     return batch.validate(suite, result_format=result_format).results
@@ -175,9 +195,9 @@ def _gx_rule_results(results, index_column: str, max_examples: int) -> list[Rule
     for result in results:
         meta = result.expectation_config.meta
         rule = rules.setdefault(
-            meta["rule"], RuleResult(meta["rule"], meta["description"], True,
-                                     checked_by="great_expectations"),
-        )  # fmt: skip
+            meta["rule"],
+            RuleResult(meta["rule"], meta["description"], True, checked_by="great_expectations"),
+        )
         if result.success:
             continue
         rule.passed = False
@@ -205,43 +225,85 @@ def _expectation(kind: str, rule: str, description: str, **kwargs):
 def _manifest_expectations(policy: ValidationPolicy, allowed_labels: list[str]) -> list:
     e = _expectation
     return [
-        *(e("ExpectColumnValuesToNotBeNull", "no_nulls", "Path, label and hash are never empty.",
-            column=c) for c in ("path", "label", "sha256")),
-        e("ExpectColumnValuesToMatchRegex", "valid_class_name",
-          "Class names are 1-64 characters, no slashes, no leading/trailing whitespace.",
-          column="label", regex=CLASS_NAME_REGEX),
-        *(e("ExpectColumnValuesToBeBetween", "size_within_bounds",
-            f"Width and height are within {policy.min_side}-{policy.max_side} px "
-            "(validation.min_side / max_side).",
-            column=c, min_value=policy.min_side, max_value=policy.max_side)
-          for c in ("width", "height")),
-        e("ExpectColumnValuesToBeInSet", "mode_convertible_to_rgb",
-          "Image modes can be converted to RGB.", column="mode",
-          value_set=RGB_CONVERTIBLE_MODES),
-        e("ExpectColumnValuesToBeUnique", "unique_in_batch",
-          "No image appears twice in the batch (by sha256).", column="sha256"),
-        e("ExpectColumnValuesToBeInSet", "known_or_allowed_label",
-          "Labels are known classes, or new classes are allowed (validation.allow_new_classes).",
-          column="label", value_set=allowed_labels),
-    ]  # fmt: skip
+        *(
+            e(
+                "ExpectColumnValuesToNotBeNull",
+                "no_nulls",
+                "Path, label and hash are never empty.",
+                column=c,
+            )
+            for c in ("path", "label", "sha256")
+        ),
+        e(
+            "ExpectColumnValuesToMatchRegex",
+            "valid_class_name",
+            "Class names are 1-64 characters, no slashes, no leading/trailing whitespace.",
+            column="label",
+            regex=CLASS_NAME_REGEX,
+        ),
+        *(
+            e(
+                "ExpectColumnValuesToBeBetween",
+                "size_within_bounds",
+                f"Width and height are within {policy.min_side}-{policy.max_side} px "
+                "(validation.min_side / max_side).",
+                column=c,
+                min_value=policy.min_side,
+                max_value=policy.max_side,
+            )
+            for c in ("width", "height")
+        ),
+        e(
+            "ExpectColumnValuesToBeInSet",
+            "mode_convertible_to_rgb",
+            "Image modes can be converted to RGB.",
+            column="mode",
+            value_set=RGB_CONVERTIBLE_MODES,
+        ),
+        e(
+            "ExpectColumnValuesToBeUnique",
+            "unique_in_batch",
+            "No image appears twice in the batch (by sha256).",
+            column="sha256",
+        ),
+        e(
+            "ExpectColumnValuesToBeInSet",
+            "known_or_allowed_label",
+            "Labels are known classes, or new classes are allowed (validation.allow_new_classes).",
+            column="label",
+            value_set=allowed_labels,
+        ),
+    ]
 
 
 def _class_expectations(policy: ValidationPolicy) -> list:
     e = _expectation
     return [
-        e("ExpectColumnValuesToBeBetween", "min_images_per_class",
-          f"Every class has at least {policy.min_images_per_class} images "
-          "(validation.min_images_per_class).",
-          column="images", min_value=policy.min_images_per_class),
-        e("ExpectColumnValuesToBeBetween", "min_images_per_new_class",
-          f"Every new class has at least {policy.min_images_per_new_class} images "
-          "(validation.min_images_per_new_class).",
-          column="new_class_images", min_value=policy.min_images_per_new_class),
-        e("ExpectColumnValuesToBeBetween", "class_balance",
-          f"The largest class has at most {policy.max_class_imbalance:g}x the images of the "
-          "smallest (validation.max_class_imbalance).",
-          column="ratio_to_smallest", max_value=policy.max_class_imbalance),
-    ]  # fmt: skip
+        e(
+            "ExpectColumnValuesToBeBetween",
+            "min_images_per_class",
+            f"Every class has at least {policy.min_images_per_class} images "
+            "(validation.min_images_per_class).",
+            column="images",
+            min_value=policy.min_images_per_class,
+        ),
+        e(
+            "ExpectColumnValuesToBeBetween",
+            "min_images_per_new_class",
+            f"Every new class has at least {policy.min_images_per_new_class} images "
+            "(validation.min_images_per_new_class).",
+            column="new_class_images",
+            min_value=policy.min_images_per_new_class,
+        ),
+        e(
+            "ExpectColumnValuesToBeBetween",
+            "class_balance",
+            f"The largest class has at most {policy.max_class_imbalance:g}x the images of the "
+            "smallest (validation.max_class_imbalance).",
+            column="ratio_to_smallest",
+            max_value=policy.max_class_imbalance,
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- image checks
@@ -252,14 +314,17 @@ def normalise_class_name(name: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
 
 
-def _rows_rule(rule: str, description: str, rows: pd.DataFrame, detail: pd.Series | None,
-               max_examples: int) -> RuleResult:  # fmt: skip
+def _rows_rule(
+    rule: str, description: str, rows: pd.DataFrame, detail: pd.Series | None, max_examples: int
+) -> RuleResult:
     examples = [
         f"{path} ({d})" if detail is not None else str(path)
-        for path, d in zip(rows["path"][:max_examples],
-                           (detail if detail is not None else rows["path"])[:max_examples],
-                           strict=False)
-    ]  # fmt: skip
+        for path, d in zip(
+            rows["path"][:max_examples],
+            (detail if detail is not None else rows["path"])[:max_examples],
+            strict=False,
+        )
+    ]
     return RuleResult(rule, description, rows.empty, len(rows), examples)
 
 
@@ -273,8 +338,10 @@ def _variant_rule(labels: list[str], reference: Reference, max_examples: int) ->
     return RuleResult(
         "class_name_variant",
         "No class name differs from another only by case, whitespace or Unicode form.",
-        not clashes, len(clashes), examples,
-    )  # fmt: skip
+        not clashes,
+        len(clashes),
+        examples,
+    )
 
 
 def _finding_rules(findings: list[Finding], max_examples: int) -> list[RuleResult]:
@@ -286,25 +353,37 @@ def _finding_rules(findings: list[Finding], max_examples: int) -> list[RuleResul
     return rules
 
 
-def _image_rules(manifest: pd.DataFrame, reference: Reference, policy: ValidationPolicy
-                 ) -> list[RuleResult]:  # fmt: skip
+def _image_rules(
+    manifest: pd.DataFrame, reference: Reference, policy: ValidationPolicy
+) -> list[RuleResult]:
     n = policy.max_examples
     broken = manifest[~manifest["decodable"]]
     leaked = manifest[manifest["sha256"].isin(reference.holdout_sha256)]
     duplicated = manifest[manifest["sha256"].isin(reference.train_sha256)]
-    frozen = manifest[(manifest["split"] == "holdout")
-                      & manifest["label"].isin(reference.holdout_classes)]  # fmt: skip
+    frozen = manifest[
+        (manifest["split"] == "holdout") & manifest["label"].isin(reference.holdout_classes)
+    ]
     return [
         _rows_rule("decodable", "Every image decodes completely.", broken, broken["reason"], n),
-        _rows_rule("holdout_leakage", "No image duplicates a holdout image (by sha256).",
-                   leaked, None, n),
-        _rows_rule("duplicate_of_train", "No image is already in the training set (by sha256).",
-                   duplicated, None, n),
-        _rows_rule("frozen_holdout",
-                   "No holdout images for classes whose holdout is already fixed.",
-                   frozen, frozen["label"], n),
+        _rows_rule(
+            "holdout_leakage", "No image duplicates a holdout image (by sha256).", leaked, None, n
+        ),
+        _rows_rule(
+            "duplicate_of_train",
+            "No image is already in the training set (by sha256).",
+            duplicated,
+            None,
+            n,
+        ),
+        _rows_rule(
+            "frozen_holdout",
+            "No holdout images for classes whose holdout is already fixed.",
+            frozen,
+            frozen["label"],
+            n,
+        ),
         _variant_rule(manifest["label"].dropna().tolist(), reference, n),
-    ]  # fmt: skip
+    ]
 
 
 # --------------------------------------------------------------------------- entry point
@@ -337,24 +416,33 @@ def validate_batch(
     manifest = manifest.assign(label=manifest["label"].where(manifest["label"].str.strip() != ""))
     table = class_table(manifest, reference) if not manifest.empty else None
     new_classes = sorted(table.loc[table["new"], "label"]) if table is not None else []
-    allowed = sorted(reference.train_classes | reference.holdout_classes
-                     | (set(new_classes) if policy.allow_new_classes else set()))  # fmt: skip
+    allowed = sorted(
+        reference.train_classes
+        | reference.holdout_classes
+        | (set(new_classes) if policy.allow_new_classes else set())
+    )
     rules: list[RuleResult] = []
     if not manifest.empty:
         context = _gx_context()
         rules += _gx_rule_results(
-            _run_suite(context, "manifest", manifest,
-                       _manifest_expectations(policy, allowed), "path"),
-            "path", policy.max_examples,
-        )  # fmt: skip
+            _run_suite(
+                context, "manifest", manifest, _manifest_expectations(policy, allowed), "path"
+            ),
+            "path",
+            policy.max_examples,
+        )
         rules += _gx_rule_results(
             _run_suite(context, "classes", table, _class_expectations(policy), "label"),
-            "label", policy.max_examples,
-        )  # fmt: skip
+            "label",
+            policy.max_examples,
+        )
         rules += _image_rules(manifest, reference, policy)
     else:
-        rules.append(RuleResult("has_images", "The batch holds at least one image.", False, 1,
-                                [str(batch.source)]))  # fmt: skip
+        rules.append(
+            RuleResult(
+                "has_images", "The batch holds at least one image.", False, 1, [str(batch.source)]
+            )
+        )
     rules += _finding_rules(batch.findings, policy.max_examples)
     return ValidationReport(
         batch_id=batch.batch_id,

@@ -115,8 +115,11 @@ class DvcStore:
         log = self.versions_dir / VERSION_LOG
         if not log.is_file():
             return []
-        return [DatasetVersion(**json.loads(line)) for line in log.read_text().splitlines()
-                if line.strip()]  # fmt: skip
+        return [
+            DatasetVersion(**json.loads(line))
+            for line in log.read_text().splitlines()
+            if line.strip()
+        ]
 
     def find(self, version: str) -> DatasetVersion:
         """The recorded version whose id starts with ``version`` (a unique prefix is enough)."""

@@ -187,8 +187,14 @@ def data_validate(batch: BatchArg) -> None:
 
     _, paths = _intake(settings)
     with console.status("Checking…") as spinner:
-        checked = check_batch(batch, settings.dataset_dir, paths, settings.ingest,
-                              settings.validation, progress=spinner.update)  # fmt: skip
+        checked = check_batch(
+            batch,
+            settings.dataset_dir,
+            paths,
+            settings.ingest,
+            settings.validation,
+            progress=spinner.update,
+        )
     discard(checked)
     report_dir = settings.workspace / "reports" / checked.batch_id
     checked.report.write(report_dir)
@@ -208,14 +214,22 @@ def data_add(batch: BatchArg) -> None:
     store, paths = _intake(settings)
     with console.status("Adding…") as spinner:
         try:
-            result = add_batch(batch, store, paths, settings.ingest, settings.validation,
-                               settings.split, progress=spinner.update)  # fmt: skip
+            result = add_batch(
+                batch,
+                store,
+                paths,
+                settings.ingest,
+                settings.validation,
+                settings.split,
+                progress=spinner.update,
+            )
         except DvcError as exc:
             raise _fail(f"{exc}\nThe dataset was left as it was.") from exc
     _print_report(result.report)
     if result.quarantined is not None:
-        console.print(f"Quarantined in {result.quarantined} (report.html inside); "
-                      "the dataset is unchanged.")  # fmt: skip
+        console.print(
+            f"Quarantined in {result.quarantined} (report.html inside); the dataset is unchanged."
+        )
         raise typer.Exit(code=1)
     assert result.version is not None and result.added is not None
     added = "; ".join(f"{split}: {sum(c.values())}" for split, c in result.added.items())
@@ -231,10 +245,15 @@ def data_versions() -> None:
     table = Table("", "version", "created", "batch", "train", "holdout", "classes")
     for v in store.versions():
         classes = sorted(set().union(*(c.keys() for c in v.counts.values())))
-        table.add_row("*" if v.version == current else "", v.version, v.created_at, v.batch_id,
-                      str(sum(v.counts.get("train", {}).values())),
-                      str(sum(v.counts.get("holdout", {}).values())),
-                      str(len(classes)))  # fmt: skip
+        table.add_row(
+            "*" if v.version == current else "",
+            v.version,
+            v.created_at,
+            v.batch_id,
+            str(sum(v.counts.get("train", {}).values())),
+            str(sum(v.counts.get("holdout", {}).values())),
+            str(len(classes)),
+        )
     console.print(table)
 
 
@@ -276,8 +295,9 @@ def _sample_holdout(settings: Settings, class_names: list[str]):
         return load_images(paths, labels, class_names, size)
 
 
-def _source_images(settings: Settings, source: Path, exclude_classes: set[str],
-                   exclude_sample: bool, progress):  # fmt: skip
+def _source_images(
+    settings: Settings, source: Path, exclude_classes: set[str], exclude_sample: bool, progress
+):
     """Decoded training images of a batch-shaped source, minus the excluded ones."""
     import hashlib
     import shutil
@@ -294,13 +314,19 @@ def _source_images(settings: Settings, source: Path, exclude_classes: set[str],
         size = (settings.architecture.input_size, settings.architecture.input_size)
         progress(f"Decoding {len(manifest)} images")
         images = images_from_manifest(staged.files_dir, manifest, size, exclude_classes, excluded)
-        used = manifest[manifest["decodable"] & ~manifest["label"].isin(exclude_classes)
-                        & ~manifest["sha256"].isin(excluded)]  # fmt: skip
+        used = manifest[
+            manifest["decodable"]
+            & ~manifest["label"].isin(exclude_classes)
+            & ~manifest["sha256"].isin(excluded)
+        ]
         digest = hashlib.sha256("\n".join(sorted(used["sha256"])).encode()).hexdigest()
     finally:
         shutil.rmtree(staged.root, ignore_errors=True)
-    return images, {"source": str(source), "images_digest": digest,
-                    "excluded_sample_images": len(excluded)}  # fmt: skip
+    return images, {
+        "source": str(source),
+        "images_digest": digest,
+        "excluded_sample_images": len(excluded),
+    }
 
 
 @train_app.command("bootstrap")
@@ -332,10 +358,12 @@ def train_bootstrap(
     started = time.monotonic()
     config = settings.train.model_copy(update={"epochs": epochs} if epochs else {})
     if source is None:
-        raise _fail("training on the dataset's train split comes with the registry; "
-                    "pass --source for now")  # fmt: skip
-    images, data_card = _source_images(settings, source, set(exclude_class), exclude_sample,
-                                       console.print)  # fmt: skip
+        raise _fail(
+            "training on the dataset's train split comes with the registry; pass --source for now"
+        )
+    images, data_card = _source_images(
+        settings, source, set(exclude_class), exclude_sample, console.print
+    )
     loaded, _ = bootstrap(images, settings.architecture, config, progress=console.print)
     if exclude_sample:
         holdout = _sample_holdout(settings, loaded.class_names)
@@ -406,8 +434,9 @@ def _compare_on_holdout(settings: Settings, champion, challenger, holdout) -> di
     from pipelines.train import images_from_index
 
     known = holdout[holdout["label"].isin(challenger.class_names)]
-    images = images_from_index(settings.dataset_dir, known, challenger.input_size,
-                               challenger.class_names)  # fmt: skip
+    images = images_from_index(
+        settings.dataset_dir, known, challenger.input_size, challenger.class_names
+    )
     report = compare_on_holdout(champion, challenger, images.x, images.y)
     for key, value in report.items():
         console.print(f"  {key}: {value}")
@@ -434,5 +463,7 @@ def model_import(
     out = out or settings.workspace / "models" / f"imported-{file.stem}.keras"
     save_model(loaded, out)
     height, width = loaded.input_size
-    console.print(f"Imported {file}: {width}x{height} RGB in, {len(loaded.class_names)} classes "
-                  f"({', '.join(loaded.class_names)}). Saved {out}")  # fmt: skip
+    console.print(
+        f"Imported {file}: {width}x{height} RGB in, {len(loaded.class_names)} classes "
+        f"({', '.join(loaded.class_names)}). Saved {out}"
+    )

@@ -51,14 +51,19 @@ def validate() -> None:
     from pipelines.validate import validate_batch
 
     settings, params = _settings_and_params()
-    manifest = pd.read_csv(BUILD / "manifest.csv", keep_default_na=False,
-                           dtype={"split": "object"}).replace({"split": {"": None}})  # fmt: skip
+    manifest = pd.read_csv(
+        BUILD / "manifest.csv", keep_default_na=False, dtype={"split": "object"}
+    ).replace({"split": {"": None}})
     manifest["width"] = pd.to_numeric(manifest["width"]).astype("Int64")
     manifest["height"] = pd.to_numeric(manifest["height"]).astype("Int64")
     manifest["mode"] = manifest["mode"].replace("", None)
     findings = [Finding(**f) for f in json.loads((BUILD / "findings.json").read_text())]
-    files = [BatchFile(p, label, split) for p, label, split in
-             zip(manifest["path"], manifest["label"], manifest["split"], strict=True)]  # fmt: skip
+    files = [
+        BatchFile(p, label, split)
+        for p, label, split in zip(
+            manifest["path"], manifest["label"], manifest["split"], strict=True
+        )
+    ]
     staged = StagedBatch("batch", Path(params["batch"]), BUILD / "batch", files, findings)
     reference = reference_of(load_index(settings.dataset_dir))
     report = validate_batch(staged, manifest, reference, settings.validation)

@@ -40,8 +40,14 @@ def refit_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def write_image(path: Path, seed: int, size: tuple[int, int] = (24, 24), mode: str = "RGB",
-                fmt: str | None = None, **save_args) -> Path:  # fmt: skip
+def write_image(
+    path: Path,
+    seed: int,
+    size: tuple[int, int] = (24, 24),
+    mode: str = "RGB",
+    fmt: str | None = None,
+    **save_args,
+) -> Path:
     """A small distinct image (seeded noise), saved in the format its suffix names."""
     import numpy as np
     from PIL import Image
@@ -56,8 +62,9 @@ def write_image(path: Path, seed: int, size: tuple[int, int] = (24, 24), mode: s
     return path
 
 
-def write_class_folders(root: Path, counts: dict[str, int], seed: int = 0,
-                        suffix: str = ".png") -> Path:  # fmt: skip
+def write_class_folders(
+    root: Path, counts: dict[str, int], seed: int = 0, suffix: str = ".png"
+) -> Path:
     """A batch of class sub-folders: ``root/<class>/<i>.png`` with distinct images."""
     for c, (label, n) in enumerate(sorted(counts.items())):
         for i in range(n):

@@ -29,10 +29,19 @@ def repo(tmp_path: Path) -> tuple[DvcStore, IntakePaths]:
     root.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     work = tmp_path / "workspace"
-    store = DvcStore(repo=root, dataset_dir=root / "data", remote=str(work / "remote"),
-                     cache_dir=work / "cache", versions_dir=work / "versions")  # fmt: skip
-    paths = IntakePaths(staging=work / "staging", quarantine=work / "quarantine",
-                        accepted=work / "batches", lock=work / "intake.lock")  # fmt: skip
+    store = DvcStore(
+        repo=root,
+        dataset_dir=root / "data",
+        remote=str(work / "remote"),
+        cache_dir=work / "cache",
+        versions_dir=work / "versions",
+    )
+    paths = IntakePaths(
+        staging=work / "staging",
+        quarantine=work / "quarantine",
+        accepted=work / "batches",
+        lock=work / "intake.lock",
+    )
     return store, paths
 
 
@@ -49,8 +58,9 @@ def seed_batch(root: Path) -> Path:
 
 
 def dataset_state(store: DvcStore) -> tuple[pd.DataFrame, set[str]]:
-    files = {str(p.relative_to(store.dataset_dir)) for p in store.dataset_dir.rglob("*")
-             if p.is_file()}  # fmt: skip
+    files = {
+        str(p.relative_to(store.dataset_dir)) for p in store.dataset_dir.rglob("*") if p.is_file()
+    }
     return load_index(store.dataset_dir), files
 
 
@@ -68,8 +78,7 @@ def test_merge_version_checkout_round_trip(tmp_path: Path, repo) -> None:
     old_holdout = v1_index[v1_index["split"] == "holdout"].reset_index(drop=True)
     still = v2_index[(v2_index["split"] == "holdout") & (v2_index["label"] != "bird")]
     pd.testing.assert_frame_equal(still.reset_index(drop=True), old_holdout)  # holdout fixed
-    assert [v.version for v in store.versions()] == [first.version.version,
-                                                     second.version.version]  # fmt: skip
+    assert [v.version for v in store.versions()] == [first.version.version, second.version.version]
     assert store.current_version() == second.version.version
 
     store.checkout(first.version.version[:8])
@@ -148,9 +157,10 @@ def test_killed_merge_leaves_dataset_unchanged(tmp_path: Path, repo, point: str)
     batch = write_class_folders(tmp_path / "b2", {"cat": 4, "bird": 6}, seed=5)
 
     crashed = subprocess.run(
-        [sys.executable, "-c", CRASHER, point, str(store.repo), str(paths.lock.parent),
-         str(batch)], capture_output=True, text=True,
-    )  # fmt: skip
+        [sys.executable, "-c", CRASHER, point, str(store.repo), str(paths.lock.parent), str(batch)],
+        capture_output=True,
+        text=True,
+    )
     assert crashed.returncode == -9, crashed.stderr
 
     recover_dataset(store.dataset_dir)

@@ -60,8 +60,9 @@ def test_bootstrap_makes_a_model_that_carries_its_classes(champion, tmp_path: Pa
     assert read_class_names(path) == ["red", "green", "blue"]
     again = load_refit_model(path)
     x = coloured(["red", "green", "blue"], 2, 1).x
-    np.testing.assert_allclose(predict_proba(again.model, x), predict_proba(champion.model, x),
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        predict_proba(again.model, x), predict_proba(champion.model, x), atol=1e-6
+    )
 
 
 def test_grown_head_ranks_old_classes_exactly_as_before(champion) -> None:
@@ -170,11 +171,14 @@ def test_refuses_output_count_mismatch(tmp_path: Path) -> None:
     assert "4 outputs but 3 class names" in refusal(path)
 
 
-@pytest.mark.parametrize(("classes", "existing", "message"), [
-    (["a", "a", "b"], None, "duplicate class names"),
-    (["a", " ", "b"], None, "non-empty"),
-    (["b", "a", "c"], ["a", "b"], "cannot be reordered"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("classes", "existing", "message"),
+    [
+        (["a", "a", "b"], None, "duplicate class names"),
+        (["a", " ", "b"], None, "non-empty"),
+        (["b", "a", "c"], ["a", "b"], "cannot be reordered"),
+    ],
+)
 def test_refuses_bad_class_lists(tmp_path: Path, classes, existing, message) -> None:
     path = tmp_path / "ok.keras"
     user_model().save(path)

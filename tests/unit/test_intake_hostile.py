@@ -24,12 +24,14 @@ from tests.conftest import write_class_folders, write_image
 
 LIMITS = IngestLimits(max_total_mb=40, max_files=500)
 POLICY = ValidationPolicy(min_images_per_class=2, min_images_per_new_class=3)
-EXISTING = Reference(train_classes=frozenset({"cat", "dog"}),
-                     holdout_classes=frozenset({"cat", "dog"}))  # fmt: skip
+EXISTING = Reference(
+    train_classes=frozenset({"cat", "dog"}), holdout_classes=frozenset({"cat", "dog"})
+)
 
 
-def check(source: Path, staging: Path, reference: Reference = EXISTING,
-          policy: ValidationPolicy = POLICY) -> ValidationReport:  # fmt: skip
+def check(
+    source: Path, staging: Path, reference: Reference = EXISTING, policy: ValidationPolicy = POLICY
+) -> ValidationReport:
     batch = stage_batch(source, staging, LIMITS)
     return validate_batch(batch, build_manifest(batch, LIMITS), reference, policy)
 
@@ -174,8 +176,11 @@ def test_corrupt_images_fail_with_reasons(tmp_path: Path, staging: Path) -> None
     (folder / "cat" / "text.jpg").write_text("this is not a JPEG")
     examples = failed(check(folder, staging))["decodable"]
     assert len(examples) == 3
-    assert {e.split(" ")[0] for e in examples} == {"cat/truncated.jpg", "cat/corrupt.png",
-                                                     "cat/text.jpg"}  # fmt: skip
+    assert {e.split(" ")[0] for e in examples} == {
+        "cat/truncated.jpg",
+        "cat/corrupt.png",
+        "cat/text.jpg",
+    }
     assert all("cannot decode" in e for e in examples)
 
 
@@ -212,8 +217,11 @@ def test_decompression_bomb_image_fails(tmp_path: Path, staging: Path) -> None:
 
 
 def test_labels_csv_naming_missing_files_fails(tmp_path: Path, staging: Path) -> None:
-    members = {**good_members(3), "labels.csv": b"filename,label\n"
-               b"cat/0.png,cat\ncat/1.png,cat\ncat/2.png,cat\nghost.png,cat\n"}  # fmt: skip
+    members = {
+        **good_members(3),
+        "labels.csv": b"filename,label\n"
+        b"cat/0.png,cat\ncat/1.png,cat\ncat/2.png,cat\nghost.png,cat\n",
+    }
     report = check(zip_with(tmp_path / "csv.zip", members), staging)
     assert failed(report) == {"missing_file": ["ghost.png (named in labels.csv line 5)"]}
 
@@ -222,8 +230,9 @@ FULL_WIDTH_CAT = "\uff43\uff41\uff54"
 
 
 @pytest.mark.parametrize("variant", ["Cat ", "CAT", FULL_WIDTH_CAT])
-def test_label_variants_of_existing_classes_fail(tmp_path: Path, staging: Path,
-                                                 variant: str) -> None:  # fmt: skip
+def test_label_variants_of_existing_classes_fail(
+    tmp_path: Path, staging: Path, variant: str
+) -> None:
     rows = "".join(f"{i}.png,{variant}\n" for i in range(3))
     members = {f"{i}.png": png_bytes(i) for i in range(3)}
     members["labels.csv"] = ("filename,label\n" + rows).encode()
@@ -261,14 +270,20 @@ def test_leakage_and_training_duplicates_fail(tmp_path: Path, staging: Path) -> 
     import hashlib
 
     folder = write_class_folders(tmp_path / "batch", {"cat": 4})
-    digest = [hashlib.sha256((folder / "cat" / f"{i:04d}.png").read_bytes()).hexdigest()
-              for i in range(2)]  # fmt: skip
-    reference = Reference(frozenset({"cat"}), frozenset({"cat"}),
-                          train_sha256=frozenset({digest[0]}),
-                          holdout_sha256=frozenset({digest[1]}))  # fmt: skip
+    digest = [
+        hashlib.sha256((folder / "cat" / f"{i:04d}.png").read_bytes()).hexdigest() for i in range(2)
+    ]
+    reference = Reference(
+        frozenset({"cat"}),
+        frozenset({"cat"}),
+        train_sha256=frozenset({digest[0]}),
+        holdout_sha256=frozenset({digest[1]}),
+    )
     report = check(folder, staging, reference=reference)
-    assert failed(report) == {"holdout_leakage": ["cat/0001.png"],
-                              "duplicate_of_train": ["cat/0000.png"]}  # fmt: skip
+    assert failed(report) == {
+        "holdout_leakage": ["cat/0001.png"],
+        "duplicate_of_train": ["cat/0000.png"],
+    }
 
 
 # --- odd but legitimate images are accepted -------------------------------------------------
