@@ -329,6 +329,25 @@ def _source_images(
     }
 
 
+def _dataset_images(
+    settings: Settings, split: str, exclude_classes: set[str], class_names: list[str] | None = None
+):
+    """Decoded images of one split of the current dataset, and a data card."""
+    from pipelines.dataset import load_index
+    from pipelines.train import images_from_index
+
+    index = load_index(settings.dataset_dir)
+    rows = index[(index["split"] == split) & ~index["label"].isin(exclude_classes)]
+    if class_names is not None:
+        rows = rows[rows["label"].isin(class_names)]
+    if rows.empty:
+        raise _fail(f"the dataset has no {split} images; add a batch with `refit data add`")
+    size = (settings.architecture.input_size, settings.architecture.input_size)
+    store, _ = _intake(settings)
+    images = images_from_index(settings.dataset_dir, rows, size, class_names)
+    return images, {"dataset_version": store.current_version(), "split": split}
+
+
 @train_app.command("bootstrap")
 def train_bootstrap(
     source: Annotated[
@@ -358,17 +377,20 @@ def train_bootstrap(
     started = time.monotonic()
     config = settings.train.model_copy(update={"epochs": epochs} if epochs else {})
     if source is None:
-        raise _fail(
-            "training on the dataset's train split comes with the registry; pass --source for now"
+        images, data_card = _dataset_images(settings, "train", set(exclude_class))
+    else:
+        images, data_card = _source_images(
+            settings, source, set(exclude_class), exclude_sample, console.print
         )
-    images, data_card = _source_images(
-        settings, source, set(exclude_class), exclude_sample, console.print
-    )
     loaded, _ = bootstrap(images, settings.architecture, config, progress=console.print)
-    if exclude_sample:
-        holdout = _sample_holdout(settings, loaded.class_names)
+    if source is None:
+        holdout, _ = _dataset_images(settings, "holdout", set(exclude_class), loaded.class_names)
+        title = "holdout (dataset)"
+    elif exclude_sample:
+        holdout, title = _sample_holdout(settings, loaded.class_names), "holdout (embedded sample)"
+    if source is None or exclude_sample:
         metrics = holdout_metrics(loaded.model, loaded.class_names, holdout.x, holdout.y)
-        loaded.card["holdout (embedded sample, never trained on)"] = metrics
+        loaded.card[title] = metrics
         console.print(
             f"Holdout accuracy {metrics['accuracy']:.4f} "
             f"(with flip TTA {metrics['accuracy_tta']:.4f}) on {metrics['images']} images"
