@@ -103,3 +103,23 @@ class FinetuneConfig(BaseModel):
     label_smoothing: float = Field(default=0.1, description="Label smoothing of the loss.")
     time_budget_s: float = Field(default=170, description="Wall-time budget of both phases.")
     seed: int = Field(default=0, description="Seed of the replay sample and shuffling.")
+
+
+class GatePolicy(BaseModel):
+    """When a challenger may replace the champion (the "blessing")."""
+
+    min_delta: float = Field(
+        default=0.0, description="Same classes: challenger accuracy >= champion + this."
+    )
+    max_recall_drop: float = Field(
+        default=0.03, description="Same classes: no class's recall may drop by more."
+    )
+    max_old_accuracy_drop: float = Field(
+        default=0.02, description="New classes: old-class accuracy may drop at most this."
+    )
+    new_class_min_recall: float = Field(
+        default=0.8, description="New classes: each needs at least this recall."
+    )
+    min_accuracy: float = Field(
+        default=0.5, description="Absolute floor, and the only check when there is no champion."
+    )
