@@ -224,3 +224,13 @@ def class_counts(index: pd.DataFrame) -> dict[str, dict[str, int]]:
         split: {str(k): int(v) for k, v in rows["label"].value_counts().sort_index().items()}
         for split, rows in index.groupby("split")
     }
+
+
+def evaluation_holdout(index: pd.DataFrame) -> pd.DataFrame:
+    """Holdout rows of the classes the dataset trains on: what every candidate is judged on.
+
+    A class with holdout images but no training images yet (``truck`` in the embedded seed)
+    is not judged until a batch brings its training data.
+    """
+    trained = set(index.loc[index["split"] == "train", "label"])
+    return index[(index["split"] == "holdout") & index["label"].isin(trained)]

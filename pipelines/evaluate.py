@@ -12,13 +12,14 @@ import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-from pipelines.modelfile import LoadedModel
-from pipelines.predict import predict_proba
-from pipelines.train import ImageSet
+if TYPE_CHECKING:  # heavy (TensorFlow): imported where used
+    from pipelines.modelfile import LoadedModel
+    from pipelines.train import ImageSet
 
 CALIBRATION_BINS = 10
 
@@ -132,9 +133,12 @@ def check_coverage(model_classes: list[str], holdout_classes: list[str]) -> None
         )
 
 
-def evaluate(loaded: LoadedModel, holdout: ImageSet, tta: bool = False
-             ) -> tuple[Evaluation, np.ndarray]:  # fmt: skip
+def evaluate(
+    loaded: LoadedModel, holdout: ImageSet, tta: bool = False
+) -> tuple[Evaluation, np.ndarray]:
     """Evaluate ``loaded`` on ``holdout``; returns the metrics and the probabilities."""
+    from pipelines.predict import predict_proba
+
     present = [holdout.class_names[i] for i in np.unique(holdout.y)]
     check_coverage(loaded.class_names, present)
     images = holdout.relabel(loaded.class_names)
@@ -202,8 +206,9 @@ def _calibration_figure(probs: np.ndarray, y: np.ndarray, ece: float, path: Path
     return path
 
 
-def _worst_figure(images: ImageSet, probs: np.ndarray, class_names: list[str], path: Path,
-                  count: int = 16) -> Path:  # fmt: skip
+def _worst_figure(
+    images: ImageSet, probs: np.ndarray, class_names: list[str], path: Path, count: int = 16
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -219,8 +224,11 @@ def _worst_figure(images: ImageSet, probs: np.ndarray, class_names: list[str], p
         ax.axis("off")
     for ax, i in zip(np.ravel(axes), worst, strict=False):
         ax.imshow(images.x[i])
-        ax.set_title(f"true {class_names[images.y[i]]}\npred {class_names[predicted[i]]} "
-                     f"{probs[i, predicted[i]]:.2f}", fontsize=8)  # fmt: skip
+        ax.set_title(
+            f"true {class_names[images.y[i]]}\npred {class_names[predicted[i]]} "
+            f"{probs[i, predicted[i]]:.2f}",
+            fontsize=8,
+        )
     fig.suptitle("Most confident mistakes")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -228,8 +236,9 @@ def _worst_figure(images: ImageSet, probs: np.ndarray, class_names: list[str], p
     return path
 
 
-def write_figures(evaluation: Evaluation, probs: np.ndarray, holdout: ImageSet, out_dir: Path,
-                  prefix: str = "") -> list[Path]:  # fmt: skip
+def write_figures(
+    evaluation: Evaluation, probs: np.ndarray, holdout: ImageSet, out_dir: Path, prefix: str = ""
+) -> list[Path]:
     """Confusion matrices (PNG + JSON), reliability diagram and worst-mistakes grid."""
     out_dir.mkdir(parents=True, exist_ok=True)
     images = holdout.relabel(evaluation.class_names)

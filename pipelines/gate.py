@@ -45,8 +45,10 @@ class Decision:
             f"| {'✅' if c.passed else '❌'} | `{c.name}` | {c.detail} |" for c in self.checks
         )
         new = f"\n\nNew classes: {', '.join(self.new_classes)}" if self.new_classes else ""
-        return (f"### Gate decision: {verdict}\n\nBaseline: {self.baseline}{new}\n\n"
-                f"| | check | detail |\n|---|---|---|\n{rows}\n")  # fmt: skip
+        return (
+            f"### Gate decision: {verdict}\n\nBaseline: {self.baseline}{new}\n\n"
+            f"| | check | detail |\n|---|---|---|\n{rows}\n"
+        )
 
 
 def _floor(challenger: Evaluation, policy: GatePolicy) -> Check:
@@ -59,11 +61,14 @@ def _floor(challenger: Evaluation, policy: GatePolicy) -> Check:
 
 def _same_classes(challenger: Evaluation, champion: Evaluation, policy: GatePolicy) -> list[Check]:
     needed = champion.accuracy + policy.min_delta
-    checks = [Check(
-        "accuracy_vs_champion", challenger.accuracy >= needed,
-        f"challenger {challenger.accuracy:.4f} vs champion {champion.accuracy:.4f} "
-        f"+ min_delta {policy.min_delta:.4f}",
-    )]  # fmt: skip
+    checks = [
+        Check(
+            "accuracy_vs_champion",
+            challenger.accuracy >= needed,
+            f"challenger {challenger.accuracy:.4f} vs champion {champion.accuracy:.4f} "
+            f"+ min_delta {policy.min_delta:.4f}",
+        )
+    ]
     drops = {
         name: champion.recall(name) - challenger.recall(name)
         for name in champion.per_class
@@ -71,34 +76,49 @@ def _same_classes(challenger: Evaluation, champion: Evaluation, policy: GatePoli
     }
     worst = max(drops, key=drops.get) if drops else None
     too_big = sorted(n for n, d in drops.items() if d > policy.max_recall_drop)
-    detail = (f"largest recall drop {drops[worst]:+.4f} ({worst}) vs tolerance "
-              f"{policy.max_recall_drop:.4f}" if worst else "no shared classes")  # fmt: skip
+    detail = (
+        f"largest recall drop {drops[worst]:+.4f} ({worst}) vs tolerance "
+        f"{policy.max_recall_drop:.4f}"
+        if worst
+        else "no shared classes"
+    )
     if too_big:
         detail += f"; too large for {', '.join(too_big)}"
     checks.append(Check("per_class_recall", not too_big, detail))
     return checks
 
 
-def _new_classes(challenger: Evaluation, champion: Evaluation, new: list[str],
-                 policy: GatePolicy) -> list[Check]:  # fmt: skip
+def _new_classes(
+    challenger: Evaluation, champion: Evaluation, new: list[str], policy: GatePolicy
+) -> list[Check]:
     old = [c for c in champion.class_names if c in champion.per_class]
     old_after = accuracy_on(challenger, old)
-    checks = [Check(
-        "old_class_accuracy", old_after >= champion.accuracy - policy.max_old_accuracy_drop,
-        f"challenger {old_after:.4f} on old classes vs champion {champion.accuracy:.4f} "
-        f"- tolerance {policy.max_old_accuracy_drop:.4f}",
-    )]  # fmt: skip
+    checks = [
+        Check(
+            "old_class_accuracy",
+            old_after >= champion.accuracy - policy.max_old_accuracy_drop,
+            f"challenger {old_after:.4f} on old classes vs champion {champion.accuracy:.4f} "
+            f"- tolerance {policy.max_old_accuracy_drop:.4f}",
+        )
+    ]
     for name in new:
         recall = challenger.recall(name) if name in challenger.per_class else 0.0
-        checks.append(Check(
-            f"new_class_recall.{name}", recall >= policy.new_class_min_recall,
-            f"recall {recall:.4f} vs floor {policy.new_class_min_recall:.4f}",
-        ))  # fmt: skip
+        checks.append(
+            Check(
+                f"new_class_recall.{name}",
+                recall >= policy.new_class_min_recall,
+                f"recall {recall:.4f} vs floor {policy.new_class_min_recall:.4f}",
+            )
+        )
     return checks
 
 
-def decide(challenger: Evaluation, champion: Evaluation | None, policy: GatePolicy,
-           champion_label: str = "champion") -> Decision:  # fmt: skip
+def decide(
+    challenger: Evaluation,
+    champion: Evaluation | None,
+    policy: GatePolicy,
+    champion_label: str = "champion",
+) -> Decision:
     """Bless or refuse the challenger.
 
     Args:

@@ -1,0 +1,393 @@
+"""The registry: MLflow tracking of candidate models, registry versions, aliases, history.
+
+One MLflow experiment per registered model. A candidate's run records its parameters,
+per-epoch curves, holdout metrics of challenger and champion, figures, the data-validation
+report, the dataset version as an MLflow dataset input, tags (git sha, batch id, parent
+version) and the gate decision; the Keras model is logged with the ``mlflow.keras`` flavour
+and explicit ``pip_requirements`` (inferring them costs ~26 s per model), its class names
+in the model metadata, and registered as a new version.
+
+Aliases, never the deprecated stages: ``champion`` is what serves, ``previous`` what served
+before it. An alias moves only after the version is fully registered, and every move is
+appended to a promotion history kept as tags on the registered model (who, what, why,
+when, metrics). Calls to the tracking server are retried with backoff; when it stays
+down, :class:`RegistryUnavailable` says so and nothing moved.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import TypeVar
+
+import pandas as pd
+
+from pipelines.modelfile import LoadedModel, save_model
+
+CHAMPION, PREVIOUS = "champion", "previous"
+HISTORY_PREFIX = "history."
+T = TypeVar("T")
+
+
+class RegistryError(RuntimeError):
+    """A registry action is not possible; the message says why. Nothing moved."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The MLflow server did not answer after the retries."""
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    tracking_uri: str
+    registry_uri: str
+    model_name: str
+    artifact_location: str | None = None  # for clients that write to a database directly
+    retries: int = 4
+    backoff_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A registered version as `refit model list` shows it."""
+
+    version: str
+    aliases: list[str]
+    created: str
+    run_id: str
+    accuracy: float | None
+    dataset_version: str | None
+    class_names: list[str]
+    decision: str | None
+
+
+def pip_requirements() -> list[str]:
+    """What the logged model needs, pinned to what trained it (no slow inference)."""
+    return [
+        f"tensorflow-cpu=={package_version('tensorflow-cpu')}",
+        f"keras=={package_version('keras')}",
+    ]
+
+
+def git_sha() -> str | None:
+    done = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    )
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+class Registry:
+    """Refit's view of one registered model in MLflow."""
+
+    def __init__(self, config: RegistryConfig) -> None:
+        from mlflow import MlflowClient
+
+        # We retry with our own backoff; MLflow's own HTTP retries would add minutes.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        self.config = config
+        self.name = config.model_name
+        self.client = MlflowClient(config.tracking_uri, config.registry_uri)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run an MLflow call, retrying with exponential backoff while the server is down."""
+        from mlflow.exceptions import MlflowException
+
+        delay = self.config.backoff_s
+        for attempt in range(1, self.config.retries + 1):
+            try:
+                return fn()
+            except MlflowException as exc:
+                if not _is_connection_error(exc) or attempt == self.config.retries:
+                    if _is_connection_error(exc):
+                        raise RegistryUnavailable(
+                            f"MLflow at {self.config.tracking_uri} did not answer to {what} "
+                            f"after {attempt} tries; is it running (`refit up`)?"
+                        ) from exc
+                    raise
+            except OSError as exc:
+                if attempt == self.config.retries:
+                    raise RegistryUnavailable(
+                        f"MLflow at {self.config.tracking_uri} did not answer to {what} after "
+                        f"{attempt} tries ({exc}); is it running (`refit up`)?"
+                    ) from exc
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def experiment_id(self) -> str:
+        def get_or_create() -> str:
+            found = self.client.get_experiment_by_name(self.name)
+            if found is not None:
+                return found.experiment_id
+            return self.client.create_experiment(
+                self.name, artifact_location=self.config.artifact_location
+            )
+
+        return self._call("find the experiment", get_or_create)
+
+    def _ensure_registered_model(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        def ensure() -> None:
+            try:
+                self.client.get_registered_model(self.name)
+            except MlflowException as exc:
+                if not _missing(exc):
+                    raise
+                self.client.create_registered_model(
+                    self.name, description="Image classifier kept up to date by Refit."
+                )
+
+        self._call("create the registered model", ensure)
+
+    # -- logging and registering ---------------------------------------------------------
+
+    def log_candidate(
+        self,
+        model: LoadedModel,
+        *,
+        run_name: str,
+        params: dict,
+        curves: dict[str, list[float]],
+        metrics: dict[str, float],
+        artifacts: list[Path],
+        decision_markdown: str,
+        tags: dict[str, str],
+        dataset: pd.DataFrame | None = None,
+        dataset_version: str | None = None,
+    ) -> tuple[str, str]:
+        """Log a candidate's run and register its model as a new version.
+
+        Returns:
+            (run id, registered version). No alias moves here.
+        """
+        import mlflow.keras
+        from mlflow.models import infer_signature
+
+        import mlflow
+
+        mlflow.set_tracking_uri(self.config.tracking_uri)
+        mlflow.set_registry_uri(self.config.registry_uri)
+        experiment = self.experiment_id()
+        self._ensure_registered_model()
+        all_tags = {
+            "git_sha": git_sha() or "unknown",
+            "class_names": json.dumps(model.class_names),
+            **tags,
+        }
+
+        def log() -> tuple[str, str]:
+            with mlflow.start_run(experiment_id=experiment, run_name=run_name) as run:
+                mlflow.set_tags(all_tags)
+                mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+                for key, values in curves.items():
+                    for step, value in enumerate(values):
+                        mlflow.log_metric(key, value, step=step)
+                mlflow.log_metrics(metrics)
+                for path in artifacts:
+                    mlflow.log_artifact(
+                        str(path),
+                        artifact_path="evaluation"
+                        if path.suffix in (".png", ".json")
+                        else "reports",
+                    )
+                mlflow.log_text(decision_markdown, "decision.md")
+                if dataset is not None:
+                    mlflow.log_input(
+                        mlflow.data.from_pandas(
+                            dataset,
+                            source=f"dvc:{dataset_version}",
+                            name="refit-dataset",
+                            digest=(dataset_version or "")[:36] or None,
+                        ),
+                        context="training",
+                    )
+                with tempfile.TemporaryDirectory() as tmp:
+                    save_model(model, Path(tmp) / "model.keras")
+                    mlflow.log_artifact(str(Path(tmp) / "model.keras"), artifact_path="file")
+                x = __import__("numpy").zeros((1, *model.model.input_shape[1:]), "float32")
+                signature = infer_signature(x, model.model(x).numpy())
+                info = mlflow.keras.log_model(
+                    model.model,
+                    name="model",
+                    pip_requirements=pip_requirements(),
+                    signature=signature,
+                    metadata={"class_names": model.class_names},
+                )
+                registered = self.client.create_model_version(
+                    self.name,
+                    info.model_uri,
+                    run_id=run.info.run_id,
+                    tags=all_tags,
+                    model_id=info.model_id,
+                )
+                return run.info.run_id, registered.version
+
+        return self._call("log the candidate", log)
+
+    # -- aliases and history -------------------------------------------------------------
+
+    def alias_version(self, alias: str) -> str | None:
+        """The version an alias points at, or None."""
+        from mlflow.exceptions import MlflowException
+
+        def read() -> str | None:
+            try:
+                aliases = self.client.get_registered_model(self.name).aliases
+            except MlflowException as exc:
+                if _missing(exc):
+                    return None
+                raise
+            return aliases.get(alias)
+
+        return self._call(f"read alias {alias}", read)
+
+    def _record(self, action: str, version: str, reason: str, **details) -> None:
+        entry = {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "who": _who(),
+            "action": action,
+            "version": version,
+            "reason": reason,
+            **details,
+        }
+        key = f"{HISTORY_PREFIX}{len(self.history()) + 1:05d}"
+        self._call(
+            "write the history",
+            lambda: self.client.set_registered_model_tag(self.name, key, json.dumps(entry)),
+        )
+
+    def history(self) -> list[dict]:
+        """Every alias move, oldest first."""
+        tags = self._call(
+            "read the history", lambda: self.client.get_registered_model(self.name).tags
+        )
+        return [json.loads(v) for k, v in sorted(tags.items()) if k.startswith(HISTORY_PREFIX)]
+
+    def _version_exists(self, version: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._call(
+                "find the version", lambda: self.client.get_model_version(self.name, version)
+            )
+        except MlflowException as exc:
+            raise RegistryError(f"{self.name} has no version {version}") from exc
+
+    def promote(
+        self, version: str, reason: str, action: str = "promote", metrics: dict | None = None
+    ) -> None:
+        """Make ``version`` the champion; the old champion becomes ``previous``."""
+        self._version_exists(version)
+        current = self.alias_version(CHAMPION)
+        if current == version:
+            raise RegistryError(f"version {version} is already the champion")
+        if current is not None:
+            self._call(
+                "move previous",
+                lambda: self.client.set_registered_model_alias(self.name, PREVIOUS, current),
+            )
+        self._call(
+            "move champion",
+            lambda: self.client.set_registered_model_alias(self.name, CHAMPION, version),
+        )
+        self._record(action, version, reason, from_version=current, metrics=metrics or {})
+
+    def rollback(self, reason: str, to: str | None = None) -> str:
+        """Move the champion back to ``previous`` (or to version ``to``); returns it."""
+        target = to or self.alias_version(PREVIOUS)
+        if target is None:
+            raise RegistryError("there is no previous version to roll back to")
+        self.promote(target, reason, action="rollback")
+        return target
+
+    # -- reading -------------------------------------------------------------------------
+
+    def versions(self) -> list[VersionInfo]:
+        """Every version, newest first, with its aliases and key metrics."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            aliases = self._call(
+                "read aliases", lambda: self.client.get_registered_model(self.name).aliases
+            )
+        except MlflowException:
+            return []
+        found = self._call(
+            "list versions", lambda: self.client.search_model_versions(f"name='{self.name}'")
+        )
+        rows = []
+        for mv in sorted(found, key=lambda v: int(v.version), reverse=True):
+            run = self._call("read the run", lambda mv=mv: self.client.get_run(mv.run_id))
+            rows.append(
+                VersionInfo(
+                    version=mv.version,
+                    aliases=sorted(a for a, v in aliases.items() if v == mv.version),
+                    created=time.strftime(
+                        "%Y-%m-%d %H:%M", time.localtime(mv.creation_timestamp / 1000)
+                    ),
+                    run_id=mv.run_id,
+                    accuracy=run.data.metrics.get("challenger.accuracy"),
+                    dataset_version=mv.tags.get("dataset_version"),
+                    class_names=json.loads(mv.tags.get("class_names", "[]")),
+                    decision=mv.tags.get("gate"),
+                )
+            )
+        return rows
+
+    def load(self, ref: str) -> LoadedModel:
+        """Load a version (``"3"``) or alias (``"champion"``) with its class names."""
+        import mlflow.keras
+
+        uri = f"models:/{self.name}/{ref}" if ref.isdigit() else f"models:/{self.name}@{ref}"
+        if not ref.isdigit() and self.alias_version(ref) is None:
+            raise RegistryError(f"{self.name} has no version with alias {ref!r}")
+        mlflow.set_registry_uri(self.config.registry_uri)
+        mlflow.set_tracking_uri(self.config.tracking_uri)
+        model = self._call("load the model", lambda: mlflow.keras.load_model(uri))
+        version = ref if ref.isdigit() else self.alias_version(ref)
+        mv = self._call(
+            "read the version", lambda: self.client.get_model_version(self.name, version)
+        )
+        card = {"registered_model": self.name, "version": version}
+        return LoadedModel(model, json.loads(mv.tags["class_names"]), card)
+
+    def export(self, ref: str, out: Path) -> Path:
+        """Write a version or alias as a Refit model file (.keras, or .h5 for older tools)."""
+        return save_model(self.load(ref), out)
+
+
+def _missing(exc: Exception) -> bool:
+    """Whether an MLflow error says the thing asked for does not exist."""
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _is_connection_error(exc: Exception) -> bool:
+    text = str(exc)
+    return any(
+        s in text
+        for s in (
+            "Connection refused",
+            "Max retries exceeded",
+            "Failed to establish",
+            "API request to",
+        )
+    )
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except OSError:
+        return "refit"

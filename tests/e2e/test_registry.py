@@ -1,0 +1,131 @@
+"""Real MLflow (sqlite in a temp dir): first run, pass, fail, rollback and its history,
+export round trip, figures as artifacts with class names, and a server that is down."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from pipelines.candidate import judge
+from pipelines.config import ArchitectureConfig, GatePolicy, TrainConfig
+from pipelines.modelfile import load_refit_model
+from pipelines.predict import predict_proba
+from pipelines.registry import Registry, RegistryConfig, RegistryError, RegistryUnavailable
+from pipelines.train import ImageSet, bootstrap
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.e2e
+
+CLASSES = ["red", "green", "blue"]
+SPEC = ArchitectureConfig(input_size=24, widths=(8, 16, 16))
+POLICY = GatePolicy(min_accuracy=0.5, min_delta=0.0, max_recall_drop=0.2)
+
+
+def coloured(per_class: int, seed: int) -> ImageSet:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 90, (3 * per_class, 24, 24, 3)).astype(np.uint8)
+    y = np.repeat(np.arange(3), per_class)
+    for i, label in enumerate(y):
+        x[i, :, :, label] += 150
+    return ImageSet(x, y, CLASSES)
+
+
+@pytest.fixture(scope="module")
+def models():
+    """A good model (trained a few epochs) and a useless one (no training)."""
+    good, result = bootstrap(coloured(30, 0), SPEC, TrainConfig(
+        epochs=4, batch_size=16, val_share=0.1, patience=0, time_budget_s=120),
+        progress=lambda m: None)  # fmt: skip
+    bad, _ = bootstrap(coloured(3, 1), SPEC, TrainConfig(
+        epochs=1, batch_size=16, val_share=0.34, patience=0, time_budget_s=60, peak_lr=1e-6),
+        progress=lambda m: None)  # fmt: skip
+    return good, bad, result.history
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return Registry(RegistryConfig(uri, uri, "refit-test", str(tmp_path / "artifacts")))
+
+
+def test_first_run_pass_fail_rollback_history_export(registry, models, tmp_path: Path) -> None:
+    good, bad, curves = models
+    holdout = coloured(10, 99)
+    assert registry.alias_version("champion") is None
+
+    first = judge(good, holdout, registry, POLICY, run_name="bootstrap good", curves=curves,
+                  tags={"batch_id": "batch-1"})  # fmt: skip
+    assert first.promoted and first.decision.baseline == "no baseline"
+    assert registry.alias_version("champion") == first.version
+
+    worse = judge(bad, holdout, registry, POLICY, run_name="finetune bad")
+    assert not worse.promoted
+    assert registry.alias_version("champion") == first.version  # the alias did not move
+    assert worse.decision.baseline == f"champion v{first.version}"
+
+    again = judge(good, holdout, registry, POLICY, run_name="finetune equal")  # ties pass
+    assert again.promoted and registry.alias_version("previous") == first.version
+
+    rows = {v.version: v for v in registry.versions()}
+    assert rows[again.version].aliases == ["champion"]
+    assert rows[first.version].aliases == ["previous"]
+    assert rows[worse.version].decision == "failed"
+    assert rows[first.version].class_names == CLASSES
+
+    assert registry.rollback("bad numbers in production") == first.version
+    assert registry.alias_version("champion") == first.version
+    history = registry.history()
+    assert [h["action"] for h in history] == ["promote", "promote", "rollback"]
+    assert history[-1]["reason"] == "bad numbers in production"
+    assert history[-1]["from_version"] == again.version and history[-1]["who"]
+
+    # The exported file predicts exactly what the registered champion predicts.
+    for suffix in (".keras", ".h5"):
+        out = registry.export("champion", tmp_path / f"champion{suffix}")
+        exported = load_refit_model(out) if suffix == ".keras" else None
+        if exported is not None:
+            assert exported.class_names == CLASSES
+            np.testing.assert_allclose(predict_proba(exported.model, holdout.x),
+                                       predict_proba(registry.load("champion").model, holdout.x),
+                                       atol=1e-6)  # fmt: skip
+        assert out.stat().st_size > 0
+
+    # Figures and reports are artifacts of the run, with class names in them.
+    artifacts = {a.path for a in registry.client.list_artifacts(first.run_id, "evaluation")}
+    for name in (
+        "confusion_counts.png",
+        "confusion_normalised.png",
+        "calibration.png",
+        "worst_mistakes.png",
+        "confusion.json",
+    ):
+        assert f"evaluation/{name}" in artifacts
+    local = registry.client.download_artifacts(first.run_id, "evaluation/confusion.json",
+                                               str(tmp_path))  # fmt: skip
+    assert json.loads(Path(local).read_text())["class_names"] == CLASSES
+    run = registry.client.get_run(first.run_id)
+    assert run.data.tags["gate"] == "passed" and run.data.tags["batch_id"] == "batch-1"
+    assert run.info.run_name == "bootstrap good"
+    assert len(registry.client.get_metric_history(first.run_id, "loss")) == len(curves["loss"])
+
+
+def test_rollback_without_previous_and_missing_alias_are_errors(registry) -> None:
+    with pytest.raises(RegistryError, match="no previous version"):
+        registry.rollback("nothing to go back to")
+    with pytest.raises(RegistryError, match="no version with alias 'champion'"):
+        registry.load("champion")
+
+
+def test_server_down_is_retried_then_a_clear_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    down = Registry(RegistryConfig(url, url, "refit-test", retries=2, backoff_s=0.05))
+    with pytest.raises(RegistryUnavailable, match="did not answer"):
+        down.alias_version("champion")
