@@ -41,11 +41,21 @@ def _only_classes(holdout: ImageSet, classes: list[str]) -> ImageSet:
     return holdout.take(np.flatnonzero(keep))
 
 
-def judge(challenger: LoadedModel, holdout: ImageSet, registry: Registry, policy: GatePolicy,
-          *, run_name: str, params: dict | None = None,
-          curves: dict[str, list[float]] | None = None, tags: dict[str, str] | None = None,
-          reports: list[Path] | None = None, dataset: pd.DataFrame | None = None,
-          dataset_version: str | None = None) -> Judgement:  # fmt: skip
+def judge(
+    challenger: LoadedModel,
+    holdout: ImageSet,
+    registry: Registry,
+    policy: GatePolicy,
+    *,
+    run_name: str,
+    params: dict | None = None,
+    curves: dict[str, list[float]] | None = None,
+    tags: dict[str, str] | None = None,
+    reports: list[Path] | None = None,
+    dataset: pd.DataFrame | None = None,
+    dataset_dir: Path | None = None,
+    dataset_version: str | None = None,
+) -> Judgement:
     """Evaluate, gate, register and (if blessed) promote ``challenger``.
 
     Args:
@@ -55,7 +65,8 @@ def judge(challenger: LoadedModel, holdout: ImageSet, registry: Registry, policy
         policy: the gate's thresholds.
         run_name: a readable MLflow run name, e.g. ``finetune +truck batch-...``.
         params, curves, tags, reports: what the training step produced, logged with the run.
-        dataset, dataset_version: the dataset index and its DVC version, logged as input.
+        dataset, dataset_dir, dataset_version: the dataset index, where it lives and its DVC
+            version (the input's digest).
     """
     champion_version = registry.alias_version(CHAMPION)
     challenger_eval, challenger_probs = evaluate(challenger, holdout)

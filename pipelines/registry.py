@@ -165,6 +165,7 @@ class Registry:
         decision_markdown: str,
         tags: dict[str, str],
         dataset: pd.DataFrame | None = None,
+        dataset_source: str | None = None,
         dataset_version: str | None = None,
     ) -> tuple[str, str]:
         """Log a candidate's run and register its model as a new version.
@@ -207,7 +208,7 @@ class Registry:
                     mlflow.log_input(
                         mlflow.data.from_pandas(
                             dataset,
-                            source=f"dvc:{dataset_version}",
+                            source=dataset_source,
                             name="refit-dataset",
                             digest=(dataset_version or "")[:36] or None,
                         ),
@@ -232,7 +233,7 @@ class Registry:
                     tags=all_tags,
                     model_id=info.model_id,
                 )
-                return run.info.run_id, registered.version
+                return run.info.run_id, str(registered.version)
 
         return self._call("log the candidate", log)
 
@@ -249,7 +250,8 @@ class Registry:
                 if _missing(exc):
                     return None
                 raise
-            return aliases.get(alias)
+            found = aliases.get(alias)
+            return None if found is None else str(found)
 
         return self._call(f"read alias {alias}", read)
 
@@ -332,8 +334,8 @@ class Registry:
             run = self._call("read the run", lambda mv=mv: self.client.get_run(mv.run_id))
             rows.append(
                 VersionInfo(
-                    version=mv.version,
-                    aliases=sorted(a for a, v in aliases.items() if v == mv.version),
+                    version=str(mv.version),
+                    aliases=sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
                     created=time.strftime(
                         "%Y-%m-%d %H:%M", time.localtime(mv.creation_timestamp / 1000)
                     ),

@@ -489,3 +489,125 @@ def model_import(
         f"Imported {file}: {width}x{height} RGB in, {len(loaded.class_names)} classes "
         f"({', '.join(loaded.class_names)}). Saved {out}"
     )
+
+
+def _registry(settings: Settings):
+    from pipelines.registry import Registry, RegistryConfig
+
+    uri = str(settings.mlflow_tracking_uri)
+    direct = not uri.startswith("http")  # a database, not a server: artifacts go to ours
+    return Registry(RegistryConfig(
+        tracking_uri=uri, registry_uri=str(settings.mlflow_registry_uri),
+        model_name=settings.registered_model_name,
+        artifact_location=str(settings.mlflow_artifact_root) if direct else None,
+    ))  # fmt: skip
+
+
+def _registry_call(fn):
+    """Run a registry action, turning its errors into a clear message and exit code 1."""
+    from pipelines.registry import RegistryError
+
+    try:
+        return fn()
+    except RegistryError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@model_app.command("register")
+def model_register(
+    file: Annotated[Path, typer.Argument(help="A Refit model file (.keras).")],
+    reason: Annotated[str, typer.Option(help="Why this model is a candidate.")] = "registered",
+) -> None:
+    """Judge a model file against the champion on the dataset holdout; promote if blessed."""
+    settings = _settings()
+    from pipelines.candidate import judge
+    from pipelines.dataset import evaluation_holdout, load_index
+    from pipelines.evaluate import EvaluationError
+    from pipelines.modelfile import ModelRefused, load_refit_model
+    from pipelines.train import images_from_index
+
+    try:
+        challenger = load_refit_model(file)
+    except (ModelRefused, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    index = load_index(settings.dataset_dir)
+    rows = evaluation_holdout(index)
+    if rows.empty:
+        raise _fail("the dataset has no holdout to judge on; add a batch with `refit data add`")
+    store, _ = _intake(settings)
+    with console.status("Evaluating, registering…"):
+        holdout = images_from_index(settings.dataset_dir, rows, challenger.input_size)
+        try:
+            outcome = _registry_call(lambda: judge(
+                challenger, holdout, _registry(settings), settings.gate,
+                run_name=f"register {file.name}", tags={"reason": reason},
+                dataset=index, dataset_dir=settings.dataset_dir,
+                dataset_version=store.current_version(),
+                params=challenger.card.get("train", {}),
+            ))  # fmt: skip
+        except EvaluationError as exc:
+            raise _fail(str(exc)) from exc
+    console.print(outcome.decision.markdown(), highlight=False)
+    state = "promoted to champion" if outcome.promoted else "registered, champion unchanged"
+    console.print(f"Version {outcome.version}: {state}.")
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """Registered versions with aliases, holdout accuracy and dataset version."""
+    settings = _settings()
+    rows = _registry_call(lambda: _registry(settings).versions())
+    table = Table("version", "aliases", "created", "accuracy", "gate", "dataset", "classes")
+    for row in rows:
+        accuracy = f"{row.accuracy:.4f}" if row.accuracy is not None else ""
+        table.add_row(row.version, ", ".join(row.aliases), row.created, accuracy,
+                      row.decision or "", (row.dataset_version or "")[:12],
+                      str(len(row.class_names)))  # fmt: skip
+    console.print(table)
+
+
+@model_app.command("promote")
+def model_promote(
+    version: Annotated[str, typer.Argument(help="The version to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the history).")],
+) -> None:
+    """Make a version the champion by hand (recorded; bypasses the gate)."""
+    settings = _settings()
+    _registry_call(lambda: _registry(settings).promote(version, reason, action="manual promote"))
+    console.print(f"Version {version} is now the champion.")
+
+
+@model_app.command("rollback")
+def model_rollback(
+    reason: Annotated[str, typer.Option(help="Why (recorded in the history).")],
+    to: Annotated[
+        str | None, typer.Option(help="Version to go back to (default: previous).")
+    ] = None,
+) -> None:
+    """Move the champion back to the previous version (or to --to)."""
+    settings = _settings()
+    target = _registry_call(lambda: _registry(settings).rollback(reason, to))
+    console.print(f"Rolled back: version {target} is the champion again.")
+
+
+@model_app.command("history")
+def model_history() -> None:
+    """Every alias move: who, what, why, when."""
+    settings = _settings()
+    table = Table("when", "who", "action", "version", "from", "reason")
+    for entry in _registry_call(lambda: _registry(settings).history()):
+        table.add_row(entry["when"], entry["who"], entry["action"], entry["version"],
+                      str(entry.get("from_version") or ""), entry["reason"])  # fmt: skip
+    console.print(table)
+
+
+@model_app.command("export")
+def model_export(
+    out: Annotated[Path, typer.Option(help="File to write: .keras, or .h5 for older tools.")],
+    alias: Annotated[str, typer.Option(help="Alias to export.")] = "champion",
+    version: Annotated[str | None, typer.Option(help="Export this version instead.")] = None,
+) -> None:
+    """Download a registered model as a file (class names inside)."""
+    settings = _settings()
+    path = _registry_call(lambda: _registry(settings).export(version or alias, out))
+    console.print(f"Wrote {path}")

@@ -28,6 +28,7 @@ from pydantic_settings import (
 from pipelines.config import (
     ArchitectureConfig,
     FinetuneConfig,
+    GatePolicy,
     IngestLimits,
     SplitPolicy,
     TrainConfig,
@@ -118,6 +119,7 @@ class Settings(BaseSettings):
     architecture: ArchitectureConfig = Field(default_factory=ArchitectureConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    gate: GatePolicy = Field(default_factory=GatePolicy)
 
     @classmethod
     def settings_customise_sources(
