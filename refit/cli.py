@@ -406,20 +406,31 @@ def train_bootstrap(
 
 @train_app.command("finetune")
 def train_finetune(
-    model: Annotated[Path, typer.Option(help="The model to fine-tune (.keras from Refit).")],
+    model: Annotated[
+        Path | None,
+        typer.Option(help="A model file to fine-tune (default: the registry's champion)."),
+    ] = None,
     batch_id: Annotated[
         str | None,
         typer.Option(
             help="The merged batch to learn from (default: the latest dataset version's)."
         ),
     ] = None,
+    register: Annotated[
+        bool,
+        typer.Option(
+            help="Judge the result against the champion; register it, promote if blessed."
+        ),
+    ] = True,
     out: Annotated[Path | None, typer.Option(help="Model file to write (.keras).")] = None,
 ) -> None:
-    """Fine-tune a model on a merged batch with replay; grows the head for new classes."""
+    """Fine-tune on a merged batch with replay (growing the head for new classes), then
+    judge the challenger against the champion and promote it only if the gate blesses it."""
     import time
 
     settings = _settings()
-    from pipelines.dataset import load_index
+    from pipelines.candidate import judge
+    from pipelines.dataset import evaluation_holdout, load_index
     from pipelines.modelfile import ModelRefused, load_refit_model, model_card_markdown, save_model
     from pipelines.train import finetune, images_from_index
 
@@ -430,7 +441,11 @@ def train_finetune(
     if batch_id is None or index.empty:
         raise _fail("no dataset yet: add a batch with `refit data add` first")
     try:
-        champion = load_refit_model(model)
+        champion = (
+            load_refit_model(model)
+            if model is not None
+            else _registry_call(lambda: _registry(settings).load("champion"))
+        )
     except (ModelRefused, OSError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     size = champion.input_size
@@ -439,15 +454,31 @@ def train_finetune(
     old = images_from_index(settings.dataset_dir, train[train["batch_id"] != batch_id], size)
     if len(new) == 0:
         raise _fail(f"batch {batch_id} has no training images in the dataset")
-    challenger, _ = finetune(champion, new, old, settings.finetune, progress=console.print)
-    holdout = index[index["split"] == "holdout"]
-    report = _compare_on_holdout(settings, champion, challenger, holdout)
-    challenger.card["batch_id"] = batch_id
-    challenger.card["holdout"] = report
+    challenger, fits = finetune(champion, new, old, settings.finetune, progress=console.print)
+    report = _compare_on_holdout(settings, champion, challenger, index[index["split"] == "holdout"])
+    challenger.card |= {"batch_id": batch_id, "holdout": report}
     out = out or settings.workspace / "models" / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}.keras"
     save_model(challenger, out)
     out.with_suffix(".md").write_text(model_card_markdown(challenger, f"Model {out.name}"))
     console.print(f"Saved {out}")
+    if not register:
+        return
+    added = challenger.class_names[len(champion.class_names) :]
+    holdout = images_from_index(settings.dataset_dir, evaluation_holdout(index), size)
+    curves = {f"{phase}.{key}": values for phase, fit in zip(("head", "finetune"), fits,
+                                                              strict=False)
+              for key, values in fit.history.items()}  # fmt: skip
+    with console.status("Judging against the champion…"):
+        outcome = _registry_call(lambda: judge(
+            challenger, holdout, _registry(settings), settings.gate,
+            run_name=f"finetune {'+' + ','.join(added) + ' ' if added else ''}{batch_id}",
+            params=settings.finetune.model_dump(), curves=curves,
+            tags={"batch_id": batch_id, "recipe": "finetune"}, dataset=index,
+            dataset_dir=settings.dataset_dir, dataset_version=store.current_version(),
+        ))  # fmt: skip
+    console.print(outcome.decision.markdown(), highlight=False)
+    state = "promoted to champion" if outcome.promoted else "registered, champion unchanged"
+    console.print(f"Version {outcome.version}: {state}.")
 
 
 def _compare_on_holdout(settings: Settings, champion, challenger, holdout) -> dict:
