@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import GatePolicy
-from pipelines.evaluate import Evaluation, evaluate, write_figures
+from pipelines.evaluate import Evaluation, curves_figure, evaluate, write_figures
 from pipelines.gate import Decision, decide
 from pipelines.modelfile import LoadedModel
 from pipelines.registry import CHAMPION, Registry
@@ -87,6 +87,8 @@ def judge(
     metrics["gate.passed"] = float(decision.passed)
     with tempfile.TemporaryDirectory() as tmp:
         figures = write_figures(challenger_eval, challenger_probs, holdout, Path(tmp))
+        if curves:
+            figures.append(curves_figure(curves, Path(tmp) / "training_curves.png"))
         if champion_eval is not None:
             figures += write_figures(
                 champion_eval, champion_probs, champion_images, Path(tmp), prefix="champion_"

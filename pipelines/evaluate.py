@@ -265,3 +265,25 @@ def accuracy_on(evaluation: Evaluation, classes: list[str]) -> float:
     rows = [evaluation.class_names.index(c) for c in classes if c in evaluation.class_names]
     total = matrix[rows].sum()
     return float(matrix[rows, rows].sum() / total) if total else float("nan")
+
+
+def curves_figure(curves: dict[str, list[float]], path: Path) -> Path:
+    """Training curves (loss and accuracy per epoch, one line per series)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, values in sorted(curves.items()):
+        ax = axes[0] if name.endswith("loss") else axes[1]
+        ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+    for ax, title in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -182,6 +182,8 @@ class Registry:
         mlflow.set_registry_uri(self.config.registry_uri)
         experiment = self.experiment_id()
         self._ensure_registered_model()
+        if dataset is not None:
+            tags = {**tags, "dataset.index_sha256": _frame_digest(dataset)}
         all_tags = {
             "git_sha": git_sha() or "unknown",
             "class_names": json.dumps(model.class_names),
@@ -368,6 +370,13 @@ class Registry:
     def export(self, ref: str, out: Path) -> Path:
         """Write a version or alias as a Refit model file (.keras, or .h5 for older tools)."""
         return save_model(self.load(ref), out)
+
+
+def _frame_digest(frame: pd.DataFrame) -> str:
+    """sha256 of a table's CSV form: the manifest digest of the dataset index."""
+    import hashlib
+
+    return hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()
 
 
 def _missing(exc: Exception) -> bool:

@@ -474,6 +474,7 @@ def train_finetune(
             run_name=f"finetune {'+' + ','.join(added) + ' ' if added else ''}{batch_id}",
             params=settings.finetune.model_dump(), curves=curves,
             tags={"batch_id": batch_id, "recipe": "finetune"}, dataset=index,
+            reports=sorted((settings.accepted_dir / batch_id).glob("report.*")),
             dataset_dir=settings.dataset_dir, dataset_version=store.current_version(),
         ))  # fmt: skip
     console.print(outcome.decision.markdown(), highlight=False)

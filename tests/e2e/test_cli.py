@@ -1,0 +1,78 @@
+"""The `refit` commands end to end, as a user types them: real files, GX, DVC and MLflow
+(sqlite), clear errors with exit code 1 and never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_class_folders
+
+pytestmark = pytest.mark.e2e
+
+REFIT = str(Path(sys.executable).parent / "refit")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    workspace = tmp_path / "workspace"
+    return {**os.environ, "COLUMNS": "200", "REFIT_DVC_REPO": str(repo),
+            "REFIT_WORKSPACE": str(workspace),
+            "REFIT_MLFLOW_TRACKING_URI": f"sqlite:///{workspace / 'mlflow.db'}",
+            "REFIT_VALIDATION__MIN_IMAGES_PER_NEW_CLASS": "3",
+            "REFIT_GATE__MIN_ACCURACY": "0"}  # fmt: skip
+
+
+def refit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([REFIT, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_hostile_batch_gets_a_clear_error_and_no_traceback(tmp_path: Path, env) -> None:
+    source = tmp_path / "slip.zip"
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr("../../evil.png", b"x")
+    for command in ("validate", "add"):
+        result = refit(env, "data", command, str(source))
+        assert result.returncode == 1
+        assert "Traceback" not in result.stdout + result.stderr
+        assert "zip_slip" in result.stdout and "slip.zip" in result.stdout
+    assert not (Path(env["REFIT_DVC_REPO"]) / "data").exists()
+    assert (Path(env["REFIT_WORKSPACE"]) / "quarantine").is_dir()
+
+
+def test_data_and_model_commands(tmp_path: Path, env) -> None:
+    batch = write_class_folders(tmp_path / "batch", {"cat": 10, "dog": 10}, seed=1)
+    added = refit(env, "data", "add", str(batch))
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert "Dataset version" in added.stdout
+    assert "batch-" in refit(env, "data", "versions").stdout
+
+    import keras
+
+    inputs = keras.Input((24, 24, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs))
+    keras.Model(inputs, outputs).save(tmp_path / "user.keras")
+    imported = refit(env, "model", "import", str(tmp_path / "user.keras"), "--classes",
+                     "cat,dog", "--out", str(tmp_path / "imported.keras"))  # fmt: skip
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    refused = refit(env, "model", "import", str(tmp_path / "user.keras"), "--classes", "cat")
+    assert refused.returncode == 1 and "2 outputs but 1 class names" in refused.stderr
+
+    registered = refit(env, "model", "register", str(tmp_path / "imported.keras"))
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    assert "no baseline" in registered.stdout and "promoted to champion" in registered.stdout
+    listed = refit(env, "model", "list").stdout
+    assert "champion" in listed
+    exported = refit(env, "model", "export", "--out", str(tmp_path / "champion.h5"))
+    assert exported.returncode == 0 and (tmp_path / "champion.h5").stat().st_size > 0
+    rollback = refit(env, "model", "rollback", "--reason", "test")
+    assert rollback.returncode == 1 and "no previous version" in rollback.stderr
+    assert "Traceback" not in rollback.stderr
