@@ -106,11 +106,14 @@ def test_first_run_pass_fail_rollback_history_export(registry, models, tmp_path:
         "calibration.png",
         "worst_mistakes.png",
         "confusion.json",
+        "training_curves.png",
     ):
         assert f"evaluation/{name}" in artifacts
     local = registry.client.download_artifacts(first.run_id, "evaluation/confusion.json",
                                                str(tmp_path))  # fmt: skip
     assert json.loads(Path(local).read_text())["class_names"] == CLASSES
+    champion_figures = {a.path for a in registry.client.list_artifacts(worse.run_id, "evaluation")}
+    assert "evaluation/champion_confusion_counts.png" in champion_figures
     run = registry.client.get_run(first.run_id)
     assert run.data.tags["gate"] == "passed" and run.data.tags["batch_id"] == "batch-1"
     assert run.info.run_name == "bootstrap good"
