@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_class_folders
+from tests.conftest import git_repo, write_class_folders
 
 pytestmark = pytest.mark.e2e
 
@@ -20,9 +20,7 @@ REFIT = str(Path(sys.executable).parent / "refit")
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    repo = git_repo(tmp_path / "repo")
     workspace = tmp_path / "workspace"
     return {**os.environ, "COLUMNS": "200", "REFIT_DVC_REPO": str(repo),
             "REFIT_WORKSPACE": str(workspace),

@@ -15,7 +15,7 @@ from pipelines.config import IngestLimits, SplitPolicy, ValidationPolicy
 from pipelines.dataset import load_index, recover_dataset
 from pipelines.intake import IntakePaths, add_batch
 from pipelines.versions import DvcStore
-from tests.conftest import write_class_folders
+from tests.conftest import git_repo, write_class_folders
 
 pytestmark = pytest.mark.e2e
 
@@ -25,9 +25,7 @@ SPLIT = SplitPolicy(holdout_share=0.2, seed=7)
 
 @pytest.fixture
 def repo(tmp_path: Path) -> tuple[DvcStore, IntakePaths]:
-    root = tmp_path / "repo"
-    root.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    root = git_repo(tmp_path / "repo")
     work = tmp_path / "workspace"
     store = DvcStore(
         repo=root,

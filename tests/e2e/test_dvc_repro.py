@@ -17,15 +17,13 @@ from pipelines.config import ValidationPolicy
 from pipelines.intake import IntakePaths, add_batch
 from pipelines.versions import DvcStore
 from refit.settings import PROJECT_ROOT, Settings
-from tests.conftest import write_class_folders
+from tests.conftest import git_repo, write_class_folders
 
 pytestmark = pytest.mark.e2e
 
 
 def test_dvc_repro_validates_a_batch_and_trains_and_evaluates(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    repo = git_repo(tmp_path / "repo")
     shutil.copy(PROJECT_ROOT / "dvc.yaml", repo)
     shutil.copytree(PROJECT_ROOT / "pipelines", repo / "pipelines")  # code deps of the stages
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())

@@ -6,13 +6,9 @@ import os
 import pickle
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
-
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras
 
 from pipelines.config import ArchitectureConfig, FinetuneConfig, TrainConfig
 from pipelines.modelfile import (
@@ -26,6 +22,7 @@ from pipelines.modelfile import (
 from pipelines.predict import predict_proba
 from pipelines.surgery import grow_head
 from pipelines.train import ImageSet, bootstrap, finetune
+from tests.conftest import coloured_images
 
 pytestmark = pytest.mark.e2e
 
@@ -36,13 +33,7 @@ QUIET = dict(progress=lambda message: None)
 
 
 def coloured(classes: list[str], per_class: int, seed: int) -> ImageSet:
-    """Images whose class is their dominant colour channel, plus noise: learnable fast."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 90, (len(classes) * per_class, SIZE, SIZE, 3)).astype(np.uint8)
-    y = np.repeat(np.arange(len(classes)), per_class)
-    for i, label in enumerate(y):
-        x[i, :, :, label % 3] += 150
-    return ImageSet(x, y, list(classes))
+    return coloured_images(classes, per_class, seed, SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,10 @@ export round trip, figures as artifacts with class names, and a server that is d
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from pipelines.candidate import judge
 from pipelines.config import ArchitectureConfig, GatePolicy, TrainConfig
@@ -20,7 +15,7 @@ from pipelines.modelfile import load_refit_model
 from pipelines.predict import predict_proba
 from pipelines.registry import Registry, RegistryConfig, RegistryError, RegistryUnavailable
 from pipelines.train import ImageSet, bootstrap
-from tests.conftest import free_port
+from tests.conftest import coloured_images, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -30,12 +25,7 @@ POLICY = GatePolicy(min_accuracy=0.5, min_delta=0.0, max_recall_drop=0.2)
 
 
 def coloured(per_class: int, seed: int) -> ImageSet:
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 90, (3 * per_class, 24, 24, 3)).astype(np.uint8)
-    y = np.repeat(np.arange(3), per_class)
-    for i, label in enumerate(y):
-        x[i, :, :, label] += 150
-    return ImageSet(x, y, CLASSES)
+    return coloured_images(CLASSES, per_class, seed)
 
 
 @pytest.fixture(scope="module")
