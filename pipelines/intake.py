@@ -125,6 +125,8 @@ def add_batch(
     with intake_lock(paths.lock):
         for note in recover_dataset(store.dataset_dir):
             progress(f"Recovered: {note}")
+        if store.restore_pointer():
+            progress("Recovered: data.dvc pointed at an unrecorded version; reset it")
         checked = check_batch(source, store.dataset_dir, paths, limits, policy, progress)
         if not checked.report.passed:
             target = quarantine(

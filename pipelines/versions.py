@@ -92,6 +92,16 @@ class DvcStore:
         outs = yaml.safe_load(self.dvc_file.read_text()).get("outs") or [{}]
         return outs[0].get("md5")
 
+    def restore_pointer(self) -> bool:
+        """Point ``data.dvc`` back at the last recorded version if a crash left it ahead
+        (``dvc add`` done, version never recorded). Returns whether it had to."""
+        recorded = self.versions()
+        current = self.current_version()
+        if not recorded or current in {v.version for v in recorded}:
+            return False
+        shutil.copyfile(self.versions_dir / f"{recorded[-1].version}.dvc", self.dvc_file)
+        return True
+
     def add_version(self, batch_id: str, counts: dict[str, dict[str, int]]) -> DatasetVersion:
         """``dvc add`` + ``dvc push`` the dataset directory and record the version."""
         self._dvc("add", "-q", str(self.dataset_dir.relative_to(self.repo)))

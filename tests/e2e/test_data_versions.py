@@ -135,8 +135,10 @@ CRASHER = textwrap.dedent("""
                 die()
             return result
         Path.rename = crash_after_first
-    elif point == "version":  # killed after the swap, before DVC recorded the version
+    elif point == "version":  # killed after the swap, before DVC ran
         versions.DvcStore.add_version = die
+    elif point == "record":  # killed after `dvc add` + push, before the version was recorded
+        versions.shutil.copyfile = die
     store = versions.DvcStore(repo, repo / "data", str(work / "remote"), work / "cache",
                               work / "versions")
     paths = IntakePaths(work / "staging", work / "quarantine", work / "batches",
@@ -147,7 +149,7 @@ CRASHER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("point", ["building", "swap", "version"])
+@pytest.mark.parametrize("point", ["building", "swap", "version", "record"])
 def test_killed_merge_leaves_dataset_unchanged(tmp_path: Path, repo, point: str) -> None:
     store, paths = repo
     first = add(seed_batch(tmp_path / "seed"), repo)
@@ -162,6 +164,7 @@ def test_killed_merge_leaves_dataset_unchanged(tmp_path: Path, repo, point: str)
     assert crashed.returncode == -9, crashed.stderr
 
     recover_dataset(store.dataset_dir)
+    store.restore_pointer()
     after = dataset_state(store)
     pd.testing.assert_frame_equal(after[0], before[0])
     assert after[1] == before[1]
