@@ -71,7 +71,7 @@ def _without_optimizer(model: keras.Model) -> keras.Model:
     """An uncompiled copy: model files hold weights, not optimizer state."""
     if getattr(model, "optimizer", None) is None:
         return model
-    copy = keras.models.clone_model(model)
+    copy = type(model).from_config(model.get_config())  # clone_model would keep the optimizer
     copy.set_weights(model.get_weights())
     return copy
 

@@ -17,7 +17,7 @@ def predict_proba(
 ) -> np.ndarray:
     """Probabilities (N, K) for images ``x`` (N, H, W, 3; 0-255)."""
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def call(batch):
         probs = model(batch, training=False)
         if tta:
