@@ -91,7 +91,7 @@ class FinetuneConfig(BaseModel):
 
     head_epochs: int = Field(default=2, description="Phase 1: epochs training the head only.")
     head_lr: float = Field(default=0.05, description="Phase 1 peak learning rate.")
-    epochs: int = Field(default=10, description="Phase 2: epochs with the top unfrozen.")
+    epochs: int = Field(default=14, description="Phase 2: epochs with the top unfrozen.")
     lr: float = Field(default=0.05, description="Phase 2 peak learning rate.")
     unfreeze_layers: int = Field(
         default=-1, description="Phase 2: weight layers unfrozen from the top (-1: all)."
