@@ -44,7 +44,7 @@ def bare_fit(images, spec, batch: int, epochs: int) -> float:
     model.compile(
         keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
         keras.losses.CategoricalCrossentropy(label_smoothing=0.2),
-        ["accuracy"],
+        metrics=["accuracy"],
     )
     x = images.x.astype(np.float32)
     y = np.eye(len(images.class_names), dtype=np.float32)[images.y]
