@@ -32,7 +32,7 @@ def coloured(per_class: int, seed: int) -> ImageSet:
 def models():
     """A good model (trained a few epochs) and a useless one (no training)."""
     good, result = bootstrap(coloured(30, 0), SPEC, TrainConfig(
-        epochs=4, batch_size=16, val_share=0.1, patience=0, time_budget_s=120),
+        epochs=6, batch_size=16, val_share=0.1, patience=0, time_budget_s=120, peak_lr=0.05),
         progress=lambda m: None)  # fmt: skip
     bad, _ = bootstrap(coloured(3, 1), SPEC, TrainConfig(
         epochs=1, batch_size=16, val_share=0.34, patience=0, time_budget_s=60, peak_lr=1e-6),
