@@ -96,6 +96,7 @@ def judge(
         all_tags = {
             "gate": "passed" if decision.passed else "failed",
             "gate.baseline": decision.baseline,
+            "gate.reasons": "; ".join(decision.reasons)[:4900],
             "parent_version": champion_version or "none",
             "dataset_version": dataset_version or "unknown",
             **(tags or {}),

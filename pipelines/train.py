@@ -55,7 +55,13 @@ class ImageSet:
 
     def relabel(self, class_names: list[str]) -> ImageSet:
         """The same images with labels indexing another (super)set of class names."""
-        mapping = np.array([class_names.index(c) for c in self.class_names])
+        present = {self.class_names[i] for i in np.unique(self.y)}
+        missing = sorted(present - set(class_names))
+        if missing:
+            raise ValueError(f"classes {missing} are not among {class_names}")
+        mapping = np.array(
+            [class_names.index(c) if c in class_names else -1 for c in self.class_names]
+        )
         return ImageSet(self.x, mapping[self.y], list(class_names))
 
     @staticmethod

@@ -92,7 +92,8 @@ def git_repo(path: Path) -> Path:
 
 
 def coloured_images(classes: list[str], per_class: int, seed: int, size: int = 24):
-    """An ImageSet whose class is its dominant colour channel plus noise: learnable fast."""
+    """An ImageSet whose class is its dominant colour channel(s) plus noise: learnable fast.
+    Classes 0-2 light one channel each; classes 3-5 light two."""
     import numpy as np
 
     from pipelines.train import ImageSet
@@ -102,4 +103,6 @@ def coloured_images(classes: list[str], per_class: int, seed: int, size: int = 2
     y = np.repeat(np.arange(len(classes)), per_class)
     for i, label in enumerate(y):
         x[i, :, :, label % 3] += 150
+        if label >= 3:
+            x[i, :, :, (label + 1) % 3] += 150
     return ImageSet(x, y, list(classes))

@@ -122,3 +122,32 @@ def test_server_down_is_retried_then_a_clear_error() -> None:
     down = Registry(RegistryConfig(url, url, "refit-test", retries=2, backoff_s=0.05))
     with pytest.raises(RegistryUnavailable, match="did not answer"):
         down.alias_version("champion")
+
+
+def test_new_class_path_is_judged_on_old_classes_and_new_recall(registry, models) -> None:
+    from pipelines.config import FinetuneConfig
+    from pipelines.train import finetune
+
+    good, _, _ = models
+    first = judge(good, coloured(10, 99), registry, POLICY, run_name="bootstrap good")
+    assert first.promoted
+    new = coloured_images(["red", "yellow"], 20, 7)  # yellow: red + green channels
+    old = coloured(20, 8)
+    grown, _ = finetune(
+        good,
+        new,
+        old,
+        FinetuneConfig(head_epochs=1, epochs=3, batch_size=16, time_budget_s=60),
+        progress=lambda m: None,
+    )
+    holdout = coloured_images([*CLASSES, "yellow"], 10, 98)
+    outcome = judge(grown, holdout, registry, POLICY, run_name="finetune +yellow batch-2")
+    names = {c.name for c in outcome.decision.checks}
+    assert names == {"min_accuracy", "old_class_accuracy", "new_class_recall.yellow"}
+    assert outcome.decision.new_classes == ["yellow"]
+    assert outcome.champion is not None and outcome.champion.class_names == CLASSES
+    run = registry.client.get_run(outcome.run_id)
+    assert "new_class_recall.yellow" in run.data.tags["gate.reasons"]
+    assert run.data.tags["parent_version"] == first.version
+    expected = first.version if not outcome.promoted else outcome.version
+    assert registry.alias_version("champion") == expected
