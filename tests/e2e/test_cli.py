@@ -74,3 +74,24 @@ def test_data_and_model_commands(tmp_path: Path, env) -> None:
     rollback = refit(env, "model", "rollback", "--reason", "test")
     assert rollback.returncode == 1 and "no previous version" in rollback.stderr
     assert "Traceback" not in rollback.stderr
+
+
+def test_story_builtin_model_meets_truck(tmp_path: Path, env) -> None:
+    """The user's story on the embedded sample, command by command (short fine-tuning)."""
+    from refit.settings import PROJECT_ROOT
+
+    env = {**env, "REFIT_VALIDATION__MIN_IMAGES_PER_NEW_CLASS": "50",
+           "REFIT_FINETUNE__HEAD_EPOCHS": "1", "REFIT_FINETUNE__EPOCHS": "1"}  # fmt: skip
+    assert refit(env, "sample", "unpack", str(tmp_path / "sample")).returncode == 0
+    seed = refit(env, "data", "add", str(tmp_path / "sample" / "seed"))
+    assert seed.returncode == 0, seed.stdout + seed.stderr
+    first = refit(env, "model", "register", str(PROJECT_ROOT / "models/builtin/model.keras"))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "promoted to champion" in first.stdout  # 9 classes judged; truck has no train data
+    incoming = refit(env, "data", "add", str(tmp_path / "sample" / "incoming"))
+    assert incoming.returncode == 0 and "new classes: truck" in incoming.stdout
+    tuned = refit(env, "train", "finetune")
+    assert tuned.returncode == 0, tuned.stdout + tuned.stderr
+    assert "Grew the output layer by 1 for new classes: truck" in tuned.stdout
+    assert "new_class_recall.truck" in tuned.stdout and "old_class_accuracy" in tuned.stdout
+    assert "Version 2:" in tuned.stdout
