@@ -432,6 +432,7 @@ def train_finetune(
     from pipelines.candidate import judge
     from pipelines.dataset import evaluation_holdout, load_index
     from pipelines.modelfile import ModelRefused, load_refit_model, model_card_markdown, save_model
+    from pipelines.predict import compare_on_holdout
     from pipelines.train import finetune, images_from_index
 
     store, _ = _intake(settings)
@@ -455,7 +456,12 @@ def train_finetune(
     if len(new) == 0:
         raise _fail(f"batch {batch_id} has no training images in the dataset")
     challenger, fits = finetune(champion, new, old, settings.finetune, progress=console.print)
-    report = _compare_on_holdout(settings, champion, challenger, index[index["split"] == "holdout"])
+    holdout = images_from_index(
+        settings.dataset_dir, evaluation_holdout(index), size, challenger.class_names
+    )  # decoded once, for both judgements
+    report = compare_on_holdout(champion, challenger, holdout.x, holdout.y)
+    for key, value in report.items():
+        console.print(f"  {key}: {value}")
     challenger.card |= {"batch_id": batch_id, "holdout": report}
     out = out or settings.workspace / "models" / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}.keras"
     save_model(challenger, out)
@@ -464,37 +470,31 @@ def train_finetune(
     if not register:
         return
     added = challenger.class_names[len(champion.class_names) :]
-    holdout = images_from_index(settings.dataset_dir, evaluation_holdout(index), size)
-    curves = {f"{phase}.{key}": values for phase, fit in zip(("head", "finetune"), fits,
-                                                              strict=False)
-              for key, values in fit.history.items()}  # fmt: skip
+    curves = {
+        f"{phase}.{key}": values
+        for phase, fit in zip(("head", "finetune"), fits, strict=False)
+        for key, values in fit.history.items()
+    }
     with console.status("Judging against the champion…"):
-        outcome = _registry_call(lambda: judge(
-            challenger, holdout, _registry(settings), settings.gate,
-            run_name=f"finetune {'+' + ','.join(added) + ' ' if added else ''}{batch_id}",
-            params=settings.finetune.model_dump(), curves=curves,
-            tags={"batch_id": batch_id, "recipe": "finetune"}, dataset=index,
-            reports=sorted((settings.accepted_dir / batch_id).glob("report.*")),
-            dataset_dir=settings.dataset_dir, dataset_version=store.current_version(),
-        ))  # fmt: skip
+        outcome = _registry_call(
+            lambda: judge(
+                challenger,
+                holdout,
+                _registry(settings),
+                settings.gate,
+                run_name=f"finetune {'+' + ','.join(added) + ' ' if added else ''}{batch_id}",
+                params=settings.finetune.model_dump(),
+                curves=curves,
+                tags={"batch_id": batch_id, "recipe": "finetune"},
+                dataset=index,
+                reports=sorted((settings.accepted_dir / batch_id).glob("report.*")),
+                dataset_dir=settings.dataset_dir,
+                dataset_version=store.current_version(),
+            )
+        )
     console.print(outcome.decision.markdown(), highlight=False)
     state = "promoted to champion" if outcome.promoted else "registered, champion unchanged"
     console.print(f"Version {outcome.version}: {state}.")
-
-
-def _compare_on_holdout(settings: Settings, champion, challenger, holdout) -> dict:
-    """Champion vs challenger on the dataset holdout of the challenger's classes; printed."""
-    from pipelines.predict import compare_on_holdout
-    from pipelines.train import images_from_index
-
-    known = holdout[holdout["label"].isin(challenger.class_names)]
-    images = images_from_index(
-        settings.dataset_dir, known, challenger.input_size, challenger.class_names
-    )
-    report = compare_on_holdout(champion, challenger, images.x, images.y)
-    for key, value in report.items():
-        console.print(f"  {key}: {value}")
-    return report
 
 
 # --------------------------------------------------------------------------- model
@@ -528,11 +528,14 @@ def _registry(settings: Settings):
 
     uri = str(settings.mlflow_tracking_uri)
     direct = not uri.startswith("http")  # a database, not a server: artifacts go to ours
-    return Registry(RegistryConfig(
-        tracking_uri=uri, registry_uri=str(settings.mlflow_registry_uri),
-        model_name=settings.registered_model_name,
-        artifact_location=str(settings.mlflow_artifact_root) if direct else None,
-    ))  # fmt: skip
+    return Registry(
+        RegistryConfig(
+            tracking_uri=uri,
+            registry_uri=str(settings.mlflow_registry_uri),
+            model_name=settings.registered_model_name,
+            artifact_location=str(settings.mlflow_artifact_root) if direct else None,
+        )
+    )
 
 
 def _registry_call(fn):
@@ -570,13 +573,20 @@ def model_register(
     with console.status("Evaluating, registering…"):
         holdout = images_from_index(settings.dataset_dir, rows, challenger.input_size)
         try:
-            outcome = _registry_call(lambda: judge(
-                challenger, holdout, _registry(settings), settings.gate,
-                run_name=f"register {file.name}", tags={"reason": reason},
-                dataset=index, dataset_dir=settings.dataset_dir,
-                dataset_version=store.current_version(),
-                params=challenger.card.get("train", {}),
-            ))  # fmt: skip
+            outcome = _registry_call(
+                lambda: judge(
+                    challenger,
+                    holdout,
+                    _registry(settings),
+                    settings.gate,
+                    run_name=f"register {file.name}",
+                    tags={"reason": reason},
+                    dataset=index,
+                    dataset_dir=settings.dataset_dir,
+                    dataset_version=store.current_version(),
+                    params=challenger.card.get("train", {}),
+                )
+            )
         except EvaluationError as exc:
             raise _fail(str(exc)) from exc
     console.print(outcome.decision.markdown(), highlight=False)
@@ -592,9 +602,15 @@ def model_list() -> None:
     table = Table("version", "aliases", "created", "accuracy", "gate", "dataset", "classes")
     for row in rows:
         accuracy = f"{row.accuracy:.4f}" if row.accuracy is not None else ""
-        table.add_row(row.version, ", ".join(row.aliases), row.created, accuracy,
-                      row.decision or "", (row.dataset_version or "")[:12],
-                      str(len(row.class_names)))  # fmt: skip
+        table.add_row(
+            row.version,
+            ", ".join(row.aliases),
+            row.created,
+            accuracy,
+            row.decision or "",
+            (row.dataset_version or "")[:12],
+            str(len(row.class_names)),
+        )
     console.print(table)
 
 
@@ -628,8 +644,14 @@ def model_history() -> None:
     settings = _settings()
     table = Table("when", "who", "action", "version", "from", "reason")
     for entry in _registry_call(lambda: _registry(settings).history()):
-        table.add_row(entry["when"], entry["who"], entry["action"], entry["version"],
-                      str(entry.get("from_version") or ""), entry["reason"])  # fmt: skip
+        table.add_row(
+            entry["when"],
+            entry["who"],
+            entry["action"],
+            entry["version"],
+            str(entry.get("from_version") or ""),
+            entry["reason"],
+        )
     console.print(table)
 
 
