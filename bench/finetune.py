@@ -25,7 +25,7 @@ from pipelines.intake import IntakePaths, add_batch
 from pipelines.modelfile import load_refit_model
 from pipelines.predict import compare_on_holdout
 from pipelines.sample import unpack_sample
-from pipelines.train import finetune, images_from_index
+from pipelines.train import finetune_on_batch, images_from_index
 from pipelines.versions import DvcStore
 from refit.settings import PROJECT_ROOT, Settings
 
@@ -63,19 +63,19 @@ def main() -> None:
         index = load_index(store.dataset_dir)
         champion = load_refit_model(args.model)
         size = champion.input_size
-        train = index[index["split"] == "train"]
-        new = images_from_index(store.dataset_dir, train[train["batch_id"] == batch_id], size)
-        old = images_from_index(store.dataset_dir, train[train["batch_id"] != batch_id], size)
-        challenger, results = finetune(champion, new, old, settings.finetune, progress=print)
+        challenger, results = finetune_on_batch(
+            champion, store.dataset_dir, index, batch_id, settings.finetune, progress=print
+        )
         holdout = index[index["split"] == "holdout"]
         images = images_from_index(store.dataset_dir, holdout, size, challenger.class_names)
         report = compare_on_holdout(champion, challenger, images.x, images.y)
     seconds = sum(r.seconds for r in results)
     forgetting = report["old_class_accuracy_before"] - report["old_class_accuracy_after"]
     truck = report["new_class_recall"].get("truck", float("nan"))
+    card = challenger.card
     print(
-        f"\nAdd `truck` to {args.model.name}: {len(new)} new + replay, holdout of "
-        f"{report['images']} images"
+        f"\nAdd `truck` to {args.model.name}: {card['new_images']} new + "
+        f"{card['replay_images']} replayed images, holdout of {report['images']} images"
     )
     print(f"{'metric':<40}{'value':>10}{'target':>12}")
     rows = [

@@ -76,27 +76,25 @@ def _without_optimizer(model: keras.Model) -> keras.Model:
     return copy
 
 
-def read_class_names(path: Path) -> list[str] | None:
-    """The class names stored in a Refit model file, or None if it has none."""
+def read_meta(path: Path) -> dict | None:
+    """The Refit metadata (class names, card) stored in a model file, or None."""
     if path.suffix == ".keras" and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             if META_MEMBER in archive.namelist():
-                return json.loads(archive.read(META_MEMBER))["class_names"]
+                return json.loads(archive.read(META_MEMBER))
     if path.suffix == ".h5":
         import h5py
 
         with h5py.File(path, "r") as handle:
             if "refit" in handle.attrs:
-                return json.loads(handle.attrs["refit"])["class_names"]
+                return json.loads(handle.attrs["refit"])
     return None
 
 
-def _read_card(path: Path) -> dict:
-    if path.suffix == ".keras" and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            if META_MEMBER in archive.namelist():
-                return json.loads(archive.read(META_MEMBER)).get("card", {})
-    return {}
+def read_class_names(path: Path) -> list[str] | None:
+    """The class names stored in a Refit model file, or None if it has none."""
+    meta = read_meta(path)
+    return meta["class_names"] if meta else None
 
 
 def _check_container(path: Path) -> None:
@@ -229,11 +227,11 @@ def import_model(
 
 def load_refit_model(path: Path) -> LoadedModel:
     """Load a Refit model file (ours: trusted format, still loaded in safe mode)."""
-    names = read_class_names(path)
-    if names is None:
+    meta = read_meta(path)
+    if meta is None:
         raise ModelRefused(path, "has no class names; import it with `refit model import`")
     model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    return LoadedModel(model, names, _read_card(path))
+    return LoadedModel(model, meta["class_names"], meta.get("card", {}))
 
 
 def model_card_markdown(loaded: LoadedModel, title: str) -> str:

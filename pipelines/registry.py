@@ -28,6 +28,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import pandas as pd
 
 from pipelines.modelfile import LoadedModel, save_model
@@ -101,25 +102,17 @@ class Registry:
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run an MLflow call, retrying with exponential backoff while the server is down."""
-        from mlflow.exceptions import MlflowException
-
         delay = self.config.backoff_s
         for attempt in range(1, self.config.retries + 1):
             try:
                 return fn()
-            except MlflowException as exc:
-                if not _is_connection_error(exc) or attempt == self.config.retries:
-                    if _is_connection_error(exc):
-                        raise RegistryUnavailable(
-                            f"MLflow at {self.config.tracking_uri} did not answer to {what} "
-                            f"after {attempt} tries; is it running (`refit up`)?"
-                        ) from exc
+            except Exception as exc:
+                if not _is_connection_error(exc):
                     raise
-            except OSError as exc:
                 if attempt == self.config.retries:
                     raise RegistryUnavailable(
                         f"MLflow at {self.config.tracking_uri} did not answer to {what} after "
-                        f"{attempt} tries ({exc}); is it running (`refit up`)?"
+                        f"{attempt} tries; is it running (`refit up`)?"
                     ) from exc
             time.sleep(delay)
             delay *= 2
@@ -219,7 +212,7 @@ class Registry:
                 with tempfile.TemporaryDirectory() as tmp:
                     save_model(model, Path(tmp) / "model.keras")
                     mlflow.log_artifact(str(Path(tmp) / "model.keras"), artifact_path="file")
-                x = __import__("numpy").zeros((1, *model.model.input_shape[1:]), "float32")
+                x = np.zeros((1, *model.model.input_shape[1:]), "float32")
                 signature = infer_signature(x, model.model(x).numpy())
                 info = mlflow.keras.log_model(
                     model.model,
@@ -385,6 +378,9 @@ def _missing(exc: Exception) -> bool:
 
 
 def _is_connection_error(exc: Exception) -> bool:
+    """Whether an error means the server could not be reached (worth a retry)."""
+    if isinstance(exc, ConnectionError):
+        return True
     text = str(exc)
     return any(
         s in text

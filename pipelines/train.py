@@ -438,3 +438,28 @@ def finetune(
         "train_seconds": round(sum(r.seconds for r in results), 1),
     }
     return model, results
+
+
+def finetune_on_batch(
+    champion: LoadedModel,
+    dataset_dir: Path,
+    index,
+    batch_id: str,
+    config: FinetuneConfig,
+    progress: Progress = print,
+) -> tuple[LoadedModel, list[FitResult]]:
+    """Fine-tune on one merged batch's training images, replaying the rest of the train split.
+
+    Raises:
+        ValueError: the batch has no training images in the dataset.
+    """
+    size = champion.input_size
+    train = index[index["split"] == "train"]
+    batch_rows = train[train["batch_id"] == batch_id]
+    if batch_rows.empty:
+        raise ValueError(f"batch {batch_id} has no training images in the dataset")
+    new = images_from_index(dataset_dir, batch_rows, size)
+    old = images_from_index(dataset_dir, train[train["batch_id"] != batch_id], size)
+    challenger, fits = finetune(champion, new, old, config, progress)
+    challenger.card["batch_id"] = batch_id
+    return challenger, fits

@@ -317,14 +317,12 @@ def normalise_class_name(name: str) -> str:
 def _rows_rule(
     rule: str, description: str, rows: pd.DataFrame, detail: pd.Series | None, max_examples: int
 ) -> RuleResult:
-    examples = [
-        f"{path} ({d})" if detail is not None else str(path)
-        for path, d in zip(
-            rows["path"][:max_examples],
-            (detail if detail is not None else rows["path"])[:max_examples],
-            strict=False,
-        )
-    ]
+    paths = rows["path"][:max_examples].tolist()
+    if detail is None:
+        examples = [str(path) for path in paths]
+    else:
+        details = detail[:max_examples].tolist()
+        examples = [f"{path} ({d})" for path, d in zip(paths, details, strict=True)]
     return RuleResult(rule, description, rows.empty, len(rows), examples)
 
 

@@ -348,6 +348,20 @@ def _dataset_images(
     return images, {"dataset_version": store.current_version(), "split": split}
 
 
+def _save_with_card(settings: Settings, loaded, out: Path | None, recipe: str) -> Path:
+    """Write a trained model (default: a timestamped file in the workspace) and its card."""
+    import time
+
+    from pipelines.modelfile import model_card_markdown, save_model
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = out or settings.workspace / "models" / f"{recipe}-{stamp}.keras"
+    save_model(loaded, out)
+    out.with_suffix(".md").write_text(model_card_markdown(loaded, f"Model {out.name}"))
+    console.print(f"Saved {out} and its card {out.with_suffix('.md')}")
+    return out
+
+
 @train_app.command("bootstrap")
 def train_bootstrap(
     source: Annotated[
@@ -370,7 +384,6 @@ def train_bootstrap(
     import time
 
     settings = _settings()
-    from pipelines.modelfile import model_card_markdown, save_model
     from pipelines.predict import holdout_metrics
     from pipelines.train import bootstrap
 
@@ -398,10 +411,7 @@ def train_bootstrap(
     loaded.card["data"] = data_card
     loaded.card["wall_time_s"] = round(time.monotonic() - started, 1)
     loaded.card["command"] = "refit " + " ".join(sys.argv[1:])
-    out = out or settings.workspace / "models" / f"bootstrap-{time.strftime('%Y%m%d-%H%M%S')}.keras"
-    save_model(loaded, out)
-    out.with_suffix(".md").write_text(model_card_markdown(loaded, f"Model {out.name}"))
-    console.print(f"Saved {out} and its card {out.with_suffix('.md')}")
+    _save_with_card(settings, loaded, out, "bootstrap")
 
 
 @train_app.command("finetune")
@@ -426,14 +436,13 @@ def train_finetune(
 ) -> None:
     """Fine-tune on a merged batch with replay (growing the head for new classes), then
     judge the challenger against the champion and promote it only if the gate blesses it."""
-    import time
 
     settings = _settings()
     from pipelines.candidate import judge
     from pipelines.dataset import evaluation_holdout, load_index
-    from pipelines.modelfile import ModelRefused, load_refit_model, model_card_markdown, save_model
+    from pipelines.modelfile import ModelRefused, load_refit_model
     from pipelines.predict import compare_on_holdout
-    from pipelines.train import finetune, images_from_index
+    from pipelines.train import finetune_on_batch, images_from_index
 
     store, _ = _intake(settings)
     versions = store.versions()
@@ -449,24 +458,28 @@ def train_finetune(
         )
     except (ModelRefused, OSError, ValueError) as exc:
         raise _fail(str(exc)) from exc
-    size = champion.input_size
-    train = index[index["split"] == "train"]
-    new = images_from_index(settings.dataset_dir, train[train["batch_id"] == batch_id], size)
-    old = images_from_index(settings.dataset_dir, train[train["batch_id"] != batch_id], size)
-    if len(new) == 0:
-        raise _fail(f"batch {batch_id} has no training images in the dataset")
-    challenger, fits = finetune(champion, new, old, settings.finetune, progress=console.print)
+    try:
+        challenger, fits = finetune_on_batch(
+            champion,
+            settings.dataset_dir,
+            index,
+            batch_id,
+            settings.finetune,
+            progress=console.print,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
     holdout = images_from_index(
-        settings.dataset_dir, evaluation_holdout(index), size, challenger.class_names
+        settings.dataset_dir,
+        evaluation_holdout(index),
+        champion.input_size,
+        challenger.class_names,
     )  # decoded once, for both judgements
     report = compare_on_holdout(champion, challenger, holdout.x, holdout.y)
     for key, value in report.items():
         console.print(f"  {key}: {value}")
-    challenger.card |= {"batch_id": batch_id, "holdout": report}
-    out = out or settings.workspace / "models" / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}.keras"
-    save_model(challenger, out)
-    out.with_suffix(".md").write_text(model_card_markdown(challenger, f"Model {out.name}"))
-    console.print(f"Saved {out}")
+    challenger.card["holdout"] = report
+    _save_with_card(settings, challenger, out, "finetune")
     if not register:
         return
     added = challenger.class_names[len(champion.class_names) :]

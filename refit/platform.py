@@ -64,7 +64,6 @@ class PidRecord:
 
     pid: int
     create_time: float
-    url: str
 
     def process(self) -> psutil.Process | None:
         """The live process this record describes, or None if it is gone or was reused."""
@@ -203,7 +202,7 @@ def _spawn(settings: Settings, service: Service) -> PidRecord:
             cwd=settings.workspace,
             start_new_session=True,
         )
-    record = PidRecord(proc.pid, psutil.Process(proc.pid).create_time(), service.url)
+    record = PidRecord(proc.pid, psutil.Process(proc.pid).create_time())
     pid_file(settings, service).write_text(json.dumps(asdict(record)))
     return record
 

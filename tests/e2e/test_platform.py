@@ -73,9 +73,7 @@ def test_up_status_down_lifecycle(platform_env: dict[str, str]) -> None:
     run_dir = Path(env["REFIT_WORKSPACE"]) / "run"
     run_dir.mkdir(parents=True)
     for name in ("mlflow", "prefect"):
-        (run_dir / f"{name}.pid").write_text(
-            json.dumps({"pid": dead_pid(), "create_time": 1.0, "url": ""})
-        )
+        (run_dir / f"{name}.pid").write_text(json.dumps({"pid": dead_pid(), "create_time": 1.0}))
     assert refit(env, "status").stdout.count("stale") == 2
 
     started = refit(env, "up")
