@@ -112,6 +112,7 @@ def judge(
             tags=all_tags,
             dataset=dataset,
             dataset_version=dataset_version,
+            reference_images=holdout.x[:: max(1, len(holdout.x) // 32)][:32],
         )
     promoted = False
     if decision.passed:

@@ -160,8 +160,12 @@ class Registry:
         dataset: pd.DataFrame | None = None,
         dataset_source: str | None = None,
         dataset_version: str | None = None,
+        reference_images: np.ndarray | None = None,
     ) -> tuple[str, str]:
         """Log a candidate's run and register its model as a new version.
+
+        ``reference_images`` (a few holdout images, uint8) travel with the version so that
+        serving can check its ONNX export against Keras on real images.
 
         Returns:
             (run id, registered version). No alias moves here.
@@ -212,6 +216,9 @@ class Registry:
                 with tempfile.TemporaryDirectory() as tmp:
                     save_model(model, Path(tmp) / "model.keras")
                     mlflow.log_artifact(str(Path(tmp) / "model.keras"), artifact_path="file")
+                    if reference_images is not None:
+                        np.save(Path(tmp) / "images.npy", reference_images.astype(np.uint8))
+                        mlflow.log_artifact(str(Path(tmp) / "images.npy"), "reference")
                 x = np.zeros((1, *model.model.input_shape[1:]), "float32")
                 signature = infer_signature(x, model.model(x).numpy())
                 info = mlflow.keras.log_model(

@@ -6,6 +6,7 @@ that need them, so `refit --help` answers at once.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -52,7 +53,7 @@ def _fail(message: str) -> typer.Exit:
 
 @app.command()
 def up() -> None:
-    """Start the local platform (MLflow and Prefect servers with their UIs) in the background."""
+    """Start the local platform in the background: MLflow, Prefect and the serving server."""
     from refit import platform
 
     settings = _settings()
@@ -72,8 +73,42 @@ def up() -> None:
                 f"[yellow]•[/] {result.service.title} is already running "
                 f"(pid {result.pid}) at {result.service.url}"
             )
-    console.print(f"\nMLflow UI:  {settings.mlflow_url}\nPrefect UI: {settings.prefect_url}")
+    token, created = settings.ensure_admin_token()
+    console.print(
+        f"\nMLflow UI:    {settings.mlflow_url}\nPrefect UI:   {settings.prefect_url}"
+        f"\nTry page:     {settings.serving_url}/try\nRetrain page: {settings.serving_url}/retrain"
+        f"\nAPI docs:     {settings.serving_url}/docs"
+    )
+    note = "new, kept in" if created else "from"
+    console.print(f"Admin token:  {token}  ({note} {settings.token_file})", highlight=False)
     console.print(f"Logs in {settings.log_dir}. Stop everything with [bold]refit down[/].")
+
+
+@app.command()
+def serve() -> None:
+    """Run the serving server in the foreground (Ctrl+C stops it); needs a champion."""
+    from refit import platform
+    from serving.champion import RegistrySource
+
+    settings = _settings()
+    source = RegistrySource(
+        str(settings.mlflow_tracking_uri),
+        str(settings.mlflow_registry_uri),
+        settings.registered_model_name,
+    )
+    try:
+        version = source.champion_version()
+    except Exception as exc:
+        raise _fail(f"cannot read the registry at {settings.mlflow_tracking_uri}: {exc}") from exc
+    if version is None:
+        raise _fail(
+            f"no champion: {settings.registered_model_name!r} has no version with alias "
+            "'champion'. Register one first (refit model register models/builtin/model.keras)."
+        )
+    token, _ = settings.ensure_admin_token()
+    console.print(f"Serving champion v{version} at {settings.serving_url} (admin token {token})")
+    service = platform.serving_service(settings)
+    os.execve(service.command[0], service.command, {**os.environ, **service.env})
 
 
 @app.command()

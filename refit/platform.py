@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from refit.settings import Settings, tool_environment
+from refit.settings import PROJECT_ROOT, Settings, config_file, tool_environment
 
 STOP_GRACE_S = 15.0
 HEALTH_POLL_S = 0.5
@@ -131,7 +131,40 @@ def services(settings: Settings) -> list[Service]:
             health_url=f"{settings.prefect_api_url}/health",
             port=settings.prefect_port,
         ),
+        serving_service(settings),
     ]
+
+
+def serving_service(settings: Settings) -> Service:
+    """The BentoML server: the champion's API and the Try / Retrain pages."""
+    return Service(
+        name="serving",
+        title="BentoML serving + pages",
+        command=[
+            _bin("bentoml"),
+            "serve",
+            "serving.service:Refit",
+            "--host",
+            settings.host,
+            "--port",
+            str(settings.serving_port),
+            "--working-dir",
+            str(PROJECT_ROOT),
+        ],
+        env={
+            **tool_environment(settings),
+            # The server reads the same settings: same workspace, same config file.
+            "REFIT_WORKSPACE": str(settings.workspace),
+            "REFIT_CONFIG": str(config_file().resolve()),
+            # The watcher retries on its own schedule; MLflow's 7 backed-off retries would
+            # hold a reload for minutes while the tracking server starts.
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+        },
+        url=settings.serving_url,
+        health_url=f"{settings.serving_url}/livez",  # up before a champion exists
+        port=settings.serving_port,
+    )
 
 
 def pid_file(settings: Settings, service: Service) -> Path:

@@ -1,0 +1,228 @@
+"""The champion in memory: load it from the MLflow registry by alias, warm it, swap it.
+
+:class:`ChampionHolder` keeps one immutable :class:`Champion` (model, engine, class names,
+version). A reload loads and warms the new version *beside* the old one and then replaces
+the reference in one assignment, so every request is answered by one complete model. If the
+new version fails to load, the old one keeps serving and :attr:`ChampionHolder.error` says
+why. A watcher thread polls the alias; the admin endpoint calls :meth:`refresh` at once.
+
+Serving reads the registry only: no training code is imported here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.engines import Engine, best_engine
+
+log = logging.getLogger("refit.serving")
+
+ALIAS = "champion"
+MODEL_FILE_ARTIFACT = "file/model.keras"
+REFERENCE_ARTIFACT = "reference/images.npy"
+
+
+class NoChampion(RuntimeError):
+    """The registry has no champion yet (or cannot be reached)."""
+
+
+@dataclass(frozen=True)
+class Champion:
+    name: str
+    version: str
+    class_names: list[str]
+    input_size: tuple[int, int]  # height, width
+    engine: Engine
+    engine_note: str
+    run_id: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    dataset_version: str | None = None
+    loaded_at: float = field(default_factory=time.time)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self.engine(images)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "classes": self.class_names,
+            "input_size": list(self.input_size),
+            "engine": self.engine.name,
+            "engine_note": self.engine_note,
+            "run_id": self.run_id,
+            "holdout_metrics": self.metrics,
+            "dataset_version": self.dataset_version,
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.loaded_at)),
+        }
+
+
+class RegistrySource:
+    """Reads the champion's version and files from the MLflow registry."""
+
+    def __init__(self, tracking_uri: str, registry_uri: str, name: str) -> None:
+        from mlflow import MlflowClient
+
+        self.name = name
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+
+    def champion_version(self) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.get_registered_model(self.name).aliases.get(ALIAS)
+        except MlflowException as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
+                return None
+            raise
+        return None if found is None else str(found)
+
+    def load(self, version: str, engine: str, tolerance: float) -> Champion:
+        import keras
+        import mlflow.artifacts
+
+        mv = self.client.get_model_version(self.name, version)
+        run = self.client.get_run(mv.run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=mv.run_id,
+                artifact_path=MODEL_FILE_ARTIFACT,
+                dst_path=tmp,
+                tracking_uri=self.tracking_uri,
+            )
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+            reference = self._reference_images(mv.run_id, tmp, model.input_shape[1:3])
+        class_names = json.loads(mv.tags["class_names"])
+        if model.output_shape[-1] != len(class_names):
+            raise ValueError(
+                f"version {version}: {model.output_shape[-1]} outputs but "
+                f"{len(class_names)} class names"
+            )
+        choice = best_engine(model, reference, engine, tolerance)
+        choice.engine(reference[:1])  # warm the chosen engine at batch 1 and batch N
+        choice.engine(reference)
+        metrics = {
+            k.removeprefix("challenger."): v
+            for k, v in run.data.metrics.items()
+            if k.startswith("challenger.") and "recall." not in k
+        }
+        return Champion(
+            name=self.name,
+            version=str(version),
+            class_names=class_names,
+            input_size=tuple(model.input_shape[1:3]),
+            engine=choice.engine,
+            engine_note=choice.note,
+            run_id=mv.run_id,
+            metrics=metrics,
+            dataset_version=mv.tags.get("dataset_version"),
+        )
+
+    def _reference_images(self, run_id: str, tmp: str, size: tuple[int, int]) -> np.ndarray:
+        """Holdout images logged with the version, or seeded synthetic ones if none were."""
+        import mlflow.artifacts
+
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path=REFERENCE_ARTIFACT,
+                dst_path=tmp,
+                tracking_uri=self.tracking_uri,
+            )
+            images = np.load(path, allow_pickle=False)
+            if images.dtype == np.uint8 and images.shape[1:] == (*size, 3):
+                return images
+        except Exception:  # an older version without reference images
+            pass
+        return np.random.default_rng(0).integers(0, 256, (32, *size, 3), dtype=np.uint8)
+
+
+class ChampionHolder:
+    """The serving champion, reloaded when the registry alias moves."""
+
+    def __init__(self, source: RegistrySource, engine: str = "auto", tolerance: float = 1e-5):
+        self.source = source
+        self.engine = engine
+        self.tolerance = tolerance
+        self._current: Champion | None = None
+        self._reload_lock = threading.Lock()
+        self.error: str | None = None
+        self.checked_at: float | None = None
+
+    @property
+    def current(self) -> Champion | None:
+        return self._current
+
+    def require(self) -> Champion:
+        champion = self._current
+        if champion is None:
+            raise NoChampion(
+                self.error
+                or f"no champion yet: {self.source.name!r} has no version with alias "
+                f"{ALIAS!r}; register one (refit model register / refit up --demo)"
+            )
+        return champion
+
+    def refresh(self) -> dict:
+        """Load the alias's version if it differs from the one serving. Never raises."""
+        with self._reload_lock:
+            before = self._current.version if self._current else None
+            try:
+                version = self.source.champion_version()
+            except Exception as exc:
+                self.error = f"cannot read the registry: {exc}"
+                log.warning(self.error)
+                return self._result(before, changed=False)
+            self.checked_at = time.time()
+            if version is None:
+                self.error = (
+                    None
+                    if before
+                    else (
+                        f"no champion yet: {self.source.name!r} has no version with alias {ALIAS!r}"
+                    )
+                )
+                return self._result(before, changed=False)
+            if version == before:
+                self.error = None
+                return self._result(before, changed=False)
+            started = time.perf_counter()
+            try:
+                loaded = self.source.load(version, self.engine, self.tolerance)
+            except Exception as exc:
+                self.error = f"version {version} failed to load, still serving {before}: {exc}"
+                log.error(self.error)
+                return self._result(before, changed=False)
+            self._current = loaded  # the swap: one reference assignment
+            self.error = None
+            log.info(
+                "champion %s -> %s (%s) in %.1f s",
+                before,
+                version,
+                loaded.engine_note,
+                time.perf_counter() - started,
+            )
+            return self._result(version, changed=True, previous=before)
+
+    def _result(self, version: str | None, changed: bool, previous: str | None = None) -> dict:
+        return {"version": version, "changed": changed, "previous": previous, "error": self.error}
+
+    def watch(self, interval_s: float) -> threading.Thread:
+        """Poll the alias every ``interval_s`` seconds in a daemon thread."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(interval_s)
+                self.refresh()
+
+        thread = threading.Thread(target=loop, name="champion-watcher", daemon=True)
+        thread.start()
+        return thread

@@ -1,0 +1,279 @@
+"""The BentoML services: the champion behind an HTTP API with adaptive batching, and the pages.
+
+Two services, one ``bentoml serve serving.service:Refit``:
+
+- :class:`Classifier` holds the champion (``serving.champion``) and exposes the batchable
+  ``classify`` method. BentoML's adaptive batcher only runs when that method is reached
+  through ``bentoml.depends`` from another service, so it lives in its own worker.
+- :class:`Refit` is the public face: decodes uploads (no TensorFlow in this worker), calls
+  ``classify``, and serves ``/predict``, ``/predict_batch``, ``/model``, ``/admin/reload``
+  and the Try and Retrain pages (``serving/web``). BentoML adds ``/healthz``, ``/livez``,
+  ``/readyz`` (ready once the champion is loaded and warmed) and ``/metrics`` (Prometheus).
+
+``classify`` returns one row per image: column 0 is the version of the model that answered
+(NaN when there is no champion), the rest its probabilities. A request is thus answered by
+exactly one complete model even while the champion is being swapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import math
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+import numpy as np
+from fastapi import FastAPI, File, Header, Query, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+
+from refit.settings import Settings
+from serving.images import BadImage, decode
+
+SETTINGS = Settings()
+WEB = Path(__file__).parent / "web"
+
+
+@bentoml.service(name="classifier", workers=1, traffic={"timeout": 60})
+class Classifier:
+    """The champion model with an adaptive batching entry point."""
+
+    def __init__(self) -> None:
+        from serving.champion import ChampionHolder, RegistrySource
+
+        source = RegistrySource(
+            str(SETTINGS.mlflow_tracking_uri),
+            str(SETTINGS.mlflow_registry_uri),
+            SETTINGS.registered_model_name,
+        )
+        self.holder = ChampionHolder(
+            source, SETTINGS.serving.engine, SETTINGS.serving.onnx_tolerance
+        )
+        self.described: dict[str, dict] = {}
+        self.reload()
+        self.holder.watch(SETTINGS.serving.poll_interval_s)
+
+    def __is_ready__(self) -> bool:
+        return self.holder.current is not None
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=SETTINGS.serving.max_batch_size,
+        max_latency_ms=SETTINGS.serving.max_latency_ms,
+    )
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """[version, p_0 .. p_K-1] per uint8 image (N, H, W, 3)."""
+        champion = self.holder.current
+        if champion is None or images.shape[1:3] != champion.input_size:
+            return np.full((len(images), 1), np.nan, dtype=np.float32)
+        probs = champion.predict(images)
+        version = np.full((len(images), 1), float(champion.version), dtype=np.float32)
+        return np.concatenate([version, probs.astype(np.float32)], axis=1)
+
+    @bentoml.api
+    def describe(self, version: str = "") -> dict:
+        """The serving champion (or a recently served ``version``) and the last load error."""
+        champion = self.holder.current
+        if champion is not None:
+            self.described.setdefault(champion.version, champion.describe())
+        found = self.described.get(version) if version else None
+        if found is None and champion is not None:
+            found = self.described[champion.version]
+        return {"model": found, "error": self.holder.error}
+
+    @bentoml.api
+    def reload(self) -> dict:
+        """Check the registry now and swap if the alias moved."""
+        result = self.holder.refresh()
+        if self.holder.current is not None:
+            current = self.holder.current
+            self.described[current.version] = current.describe()
+        return result
+
+
+app = FastAPI(
+    title="Refit",
+    description="The current champion image classifier, its pages and its admin actions.",
+    version="1",
+)
+
+
+class BodyLimit:
+    """413 for request bodies over the limit, counted as they stream in."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and int(declared) > self.max_bytes:
+            return await self._refuse(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send):
+        response = JSONResponse(
+            {"error": f"request body over the limit of {self.max_bytes:,} bytes"}, 413
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+app.add_middleware(BodyLimit, max_bytes=SETTINGS.serving.max_upload_bytes)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _top_k(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
+    order = np.argsort(-probs)[: max(1, min(k, len(classes)))]
+    return [{"label": classes[i], "probability": round(float(probs[i]), 6)} for i in order]
+
+
+@bentoml.service(name="refit", workers=1, traffic={"timeout": 120})
+@bentoml.asgi_app(app, path="/")
+class Refit:
+    """Prediction API, model info, admin reload and the Try / Retrain pages."""
+
+    classifier = bentoml.depends(Classifier)
+
+    def __init__(self) -> None:
+        self.models: dict[str, dict] = {}
+
+    async def _model(self, version: str) -> dict | None:
+        if version not in self.models:
+            described = await self.classifier.to_async.describe(version=version)
+            if described["model"] and described["model"]["version"] == version:
+                self.models[version] = described["model"]
+        return self.models.get(version)
+
+    async def _input_size(self) -> tuple[int, int] | JSONResponse:
+        described = await self.classifier.to_async.describe()
+        if described["model"] is None:
+            return _error(503, described["error"] or "no champion model is loaded yet")
+        self.models.setdefault(described["model"]["version"], described["model"])
+        return tuple(described["model"]["input_size"])
+
+    async def _classify(self, uploads: list[tuple[str, bytes]], top_k: int, tta: bool):
+        size = await self._input_size()
+        if isinstance(size, JSONResponse):
+            return size
+        try:
+            images = np.stack(
+                [decode(data, size, SETTINGS.serving.max_image_pixels, n) for n, data in uploads]
+            )
+        except BadImage as exc:
+            return _error(400, str(exc))
+        batch = np.concatenate([images, images[:, :, ::-1]]) if tta else images
+        for _ in range(3):  # a swap between the size check and the batch: ask again
+            rows = await self.classifier.to_async.classify(batch)
+            versions = rows[:, 0]
+            if not np.isnan(versions).any() and (versions == versions[0]).all():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            return _error(503, "the model was being replaced; try again")
+        version = str(int(versions[0]))
+        probs = rows[:, 1:]
+        if tta:
+            probs = (probs[: len(images)] + probs[len(images) :]) / 2
+        model = await self._model(version)
+        if model is None:
+            return _error(503, f"model version {version} is no longer served; try again")
+        return {
+            "model_version": version,
+            "predictions": [
+                {"file": name, "top_k": _top_k(p, model["classes"], top_k)}
+                for (name, _), p in zip(uploads, probs, strict=True)
+            ],
+        }
+
+    @app.post("/predict", summary="Top-k labels for one uploaded image")
+    async def predict(
+        self,
+        image: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP")],
+        top_k: Annotated[int, Query(ge=1, le=100)] = SETTINGS.serving.top_k,
+        tta: Annotated[bool, Query(description="Average with the mirrored image")] = False,
+    ):
+        upload = (image.filename or "image", await image.read())
+        result = await self._classify([upload], top_k, tta)
+        if isinstance(result, JSONResponse):
+            return result
+        return {"model_version": result["model_version"], **result["predictions"][0]}
+
+    @app.post("/predict_batch", summary="Top-k labels for several uploaded images")
+    async def predict_batch(
+        self,
+        images: Annotated[list[UploadFile], File(description="JPEG, PNG, WebP or BMP files")],
+        top_k: Annotated[int, Query(ge=1, le=100)] = SETTINGS.serving.top_k,
+        tta: bool = False,
+    ):
+        if len(images) > SETTINGS.serving.max_batch_images:
+            return _error(413, f"at most {SETTINGS.serving.max_batch_images} images per call")
+        uploads = [(f.filename or f"image{i}", await f.read()) for i, f in enumerate(images)]
+        return await self._classify(uploads, top_k, tta)
+
+    @app.get("/model", summary="The serving champion: version, classes, holdout metrics")
+    async def model(self):
+        described = await self.classifier.to_async.describe()
+        status = 200 if described["model"] else 503
+        return JSONResponse(_finite(described), status_code=status)
+
+    @app.post("/admin/reload", summary="Check the registry now; swap if `champion` moved")
+    async def reload(self, authorization: Annotated[str | None, Header()] = None):
+        if not _authorized(authorization):
+            return _error(401, "missing or wrong token (Authorization: Bearer <token>)")
+        result = await self.classifier.to_async.reload()
+        return JSONResponse(result, status_code=200 if result["error"] is None else 500)
+
+    @app.get("/", include_in_schema=False)
+    async def index(self):
+        return RedirectResponse("/try")
+
+    @app.get("/try", include_in_schema=False)
+    async def try_page(self):
+        return FileResponse(WEB / "try.html")
+
+    @app.get("/web/{name}", include_in_schema=False)
+    async def asset(self, name: str):
+        path = WEB / Path(name).name
+        if not path.is_file():
+            return _error(404, f"no such page asset: {name}")
+        return FileResponse(path)
+
+
+def _authorized(header: str | None) -> bool:
+    token = SETTINGS.admin_token()
+    if not token or not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header.removeprefix("Bearer ").strip(), token)
+
+
+def _finite(value):
+    """JSON-safe: NaN metrics become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
