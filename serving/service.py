@@ -159,6 +159,15 @@ class Refit:
     def __init__(self) -> None:
         self.models: dict[str, dict] = {}
 
+    async def __is_ready__(self) -> bool:
+        """Ready once the classifier has a champion loaded and warmed (answers within 3 s;
+        BentoML's own dependency probe would wait much longer while the classifier starts)."""
+        try:
+            described = await asyncio.wait_for(self.classifier.to_async.describe(), 3)
+        except Exception:
+            return False
+        return described["model"] is not None
+
     async def _model(self, version: str) -> dict | None:
         if version not in self.models:
             described = await self.classifier.to_async.describe(version=version)
