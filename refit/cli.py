@@ -188,25 +188,9 @@ BatchArg = Annotated[
 
 
 def _intake(settings: Settings):
-    """The dataset store and intake folders, as the settings place them."""
-    from pipelines.intake import IntakePaths
-    from pipelines.versions import DvcStore
+    from refit.wiring import intake
 
-    settings.ensure_workspace()
-    store = DvcStore(
-        repo=settings.dvc_repo,
-        dataset_dir=settings.dataset_dir,
-        remote=str(settings.dvc_remote),
-        cache_dir=settings.dvc_cache_dir,
-        versions_dir=settings.dataset_versions_dir,
-    )
-    paths = IntakePaths(
-        staging=settings.staging_dir,
-        quarantine=settings.quarantine_dir,
-        accepted=settings.accepted_dir,
-        lock=settings.workspace / "intake.lock",
-    )
-    return store, paths
+    return intake(settings)
 
 
 def _print_report(report) -> None:
@@ -572,18 +556,9 @@ def model_import(
 
 
 def _registry(settings: Settings):
-    from pipelines.registry import Registry, RegistryConfig
+    from refit.wiring import registry
 
-    uri = str(settings.mlflow_tracking_uri)
-    direct = not uri.startswith("http")  # a database, not a server: artifacts go to ours
-    return Registry(
-        RegistryConfig(
-            tracking_uri=uri,
-            registry_uri=str(settings.mlflow_registry_uri),
-            model_name=settings.registered_model_name,
-            artifact_location=str(settings.mlflow_artifact_root) if direct else None,
-        )
-    )
+    return registry(settings)
 
 
 def _registry_call(fn):

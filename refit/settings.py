@@ -40,6 +40,28 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_ENV_VAR = "REFIT_CONFIG"
 
 
+class OrchestrationConfig(BaseModel):
+    """Prefect flows and deployments (``flows/``): triggers, schedule, retries."""
+
+    schedule_cron: str = Field(
+        default="0 3 * * 1", description="When scheduled-retrain takes every pending batch."
+    )
+    schedule_timezone: str = Field(default="UTC", description="Time zone of the cron.")
+    incoming_poll_s: float = Field(
+        default=5.0, description="How often the runner looks for files dropped in incoming/."
+    )
+    settle_s: float = Field(
+        default=5.0, description="A dropped file is taken once unchanged for this long."
+    )
+    http_retries: int = Field(default=3, description="Retries of serving/MLflow HTTP steps.")
+    http_retry_delay_s: float = Field(default=5.0, description="Pause between those retries.")
+    train_timeout_s: float = Field(default=3600, description="A fine-tune taking longer fails.")
+    smoke_images: int = Field(default=64, description="Holdout images sent to the live server.")
+    smoke_min_agreement: float = Field(
+        default=0.98, description="Share of live answers that must match the offline ones."
+    )
+
+
 class ServingConfig(BaseModel):
     """The prediction server (``serving/``): batching, hot swap, upload limits."""
 
@@ -137,6 +159,10 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT.parent / "shared" / "datasets" / "cifar10-train.tar.gz",
         description="The full CIFAR-10 training tarball the sample and built-in model come from.",
     )
+    builtin_model: Path = Field(
+        default=PROJECT_ROOT / "models" / "builtin" / "model.keras",
+        description="The built-in model the bootstrap flow starts from by default.",
+    )
     sample_seed: int = Field(default=20261123, description="Seed of the sample cut.")
     dvc_repo: Path = Field(
         default=PROJECT_ROOT, description="Repository whose DVC tracks the dataset."
@@ -157,6 +183,7 @@ class Settings(BaseSettings):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     gate: GatePolicy = Field(default_factory=GatePolicy)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -237,6 +264,16 @@ class Settings(BaseSettings):
     def dataset_versions_dir(self) -> Path:
         """The log of dataset versions and a copy of each version's .dvc file."""
         return self.workspace / "dataset-versions"
+
+    @property
+    def incoming_dir(self) -> Path:
+        """Submitted batches waiting for a retrain (drop files here too)."""
+        return self.workspace / "incoming"
+
+    @property
+    def submissions_dir(self) -> Path:
+        """Submissions a run has finished with, and their outcome."""
+        return self.workspace / "submissions"
 
     @property
     def token_file(self) -> Path:
