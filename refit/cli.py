@@ -85,6 +85,53 @@ def up() -> None:
 
 
 @app.command()
+def demo() -> None:
+    """The whole story: start the platform, make the built-in model champion, submit the
+    embedded batch that brings `truck`, follow the run, ask the endpoint, print a summary."""
+    import httpx
+
+    from refit import runs
+
+    settings = _settings()
+    up()
+    from serving.champion import RegistrySource
+
+    source = RegistrySource(
+        str(settings.mlflow_tracking_uri),
+        str(settings.mlflow_registry_uri),
+        settings.registered_model_name,
+    )
+    if source.champion_version() is None:
+        console.print("\n[bold]1. The built-in model becomes the first champion[/]")
+        if _follow_run(runs.start("bootstrap/bootstrap"), 1800).state != "COMPLETED":
+            raise _fail("the bootstrap run failed; see the Prefect UI")
+    else:
+        console.print(f"\n1. Champion v{source.champion_version()} already serves")
+    sample = settings.workspace / "sample"
+    if not (sample / "incoming").is_dir():
+        from pipelines.sample import unpack_sample
+
+        unpack_sample(settings.sample_archive, sample)
+    incoming = sample / "incoming"
+    console.print(f"\n[bold]2. Submitting the embedded batch {incoming}[/]")
+    from pipelines.submissions import submit
+
+    submission = submit(incoming, settings.incoming_dir)
+    final = _follow_submission(settings, submission.id, 3600)
+    truck = min((sample / "seed" / "holdout" / "truck").iterdir())  # never trained on
+    with truck.open("rb") as image:
+        answer = httpx.post(f"{settings.serving_url}/predict", files={"image": image}, timeout=60)
+    console.print(f"\n[bold]3. The endpoint on {truck.name} (a truck)[/]: {answer.json()}")
+    token, _ = settings.ensure_admin_token()
+    console.print(
+        f"\n[bold]Summary[/]: run {final.state_name}. Decision and numbers above.\n"
+        f"Prefect UI:   {settings.prefect_url}\nMLflow UI:    {settings.mlflow_url}\n"
+        f"Try page:     {settings.serving_url}/try\nRetrain page: {settings.serving_url}/retrain\n"
+        f"Admin token:  {token}\nThe platform keeps running; stop it with [bold]refit down[/]."
+    )
+
+
+@app.command()
 def serve() -> None:
     """Run the serving server in the foreground (Ctrl+C stops it); needs a champion."""
     from refit import platform
@@ -253,6 +300,67 @@ def data_add(batch: BatchArg) -> None:
     assert result.version is not None and result.added is not None
     added = "; ".join(f"{split}: {sum(c.values())}" for split, c in result.added.items())
     console.print(f"Merged ({added}). Dataset version [bold]{result.version.version}[/]")
+
+
+@data_app.command("submit")
+def data_submit(
+    batch: BatchArg,
+    follow: Annotated[bool, typer.Option(help="Follow the retrain run to its decision.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to follow before giving up.")] = 3600,
+) -> None:
+    """Queue a batch for the retrain flow (what the Retrain page and the drop folder do)."""
+    settings = _settings()
+    from pipelines.submissions import submit
+
+    try:
+        submission = submit(batch, settings.incoming_dir)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"Submitted [bold]{submission.id}[/]; the retrain flow will pick it up.")
+    if follow:
+        final = _follow_submission(settings, submission.id, timeout)
+        if final.state != "COMPLETED":
+            raise typer.Exit(code=1)
+
+
+def _follow_submission(settings: Settings, submission_id: str, timeout: float):
+    """Wait for the run that takes a submission, print its steps and its report."""
+    import time
+
+    from refit import runs
+
+    deadline = time.monotonic() + min(timeout, 300)
+    with console.status("Waiting for the retrain run to start (is `refit up` running?)…"):
+        while (run_id := runs.find_submission_run(submission_id)) is None:
+            if time.monotonic() > deadline:
+                raise _fail(
+                    "no retrain run took the submission; check `refit status` and the runner "
+                    f"log in {settings.log_dir}. The batch stays queued in {settings.incoming_dir}."
+                )
+            time.sleep(2)
+    console.print(f"Flow run: {settings.prefect_url}/runs/flow-run/{run_id}")
+    return _follow_run(run_id, timeout)
+
+
+def _follow_run(run_id: str, timeout: float):
+    from rich.markdown import Markdown
+
+    from refit import runs
+
+    shown: set[tuple[str, str]] = set()
+
+    def show(current) -> None:
+        for step in current.steps:
+            if (step["name"], step["state"]) not in shown:
+                shown.add((step["name"], step["state"]))
+                console.print(f"  {step['name']}: {step['state']}")
+
+    final = runs.follow(run_id, show, timeout_s=timeout)
+    if final.report:
+        console.print(Markdown(final.report))
+    colour = "green" if final.state == "COMPLETED" else "red"
+    console.print(f"[{colour}]Run {final.name}: {final.state_name}[/] {final.message}")
+    return final
 
 
 @data_app.command("versions")

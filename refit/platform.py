@@ -49,6 +49,7 @@ class Service:
     url: str
     health_url: str
     port: int
+    needs: tuple[str, ...] = ()  # services that must answer before this one starts
 
 
 class State(StrEnum):
@@ -132,7 +133,31 @@ def services(settings: Settings) -> list[Service]:
             port=settings.prefect_port,
         ),
         serving_service(settings),
+        Service(
+            name="runner",
+            title="Prefect deployments runner",
+            command=[sys.executable, "-m", "flows.deployments"],
+            env={
+                **env,
+                **_refit_env(settings),
+                "PREFECT_RUNNER_SERVER_ENABLE": "true",
+                "PREFECT_RUNNER_SERVER_HOST": settings.host,
+                "PREFECT_RUNNER_SERVER_PORT": str(settings.runner_port),
+            },
+            url=f"{settings.prefect_url}/deployments",
+            health_url=f"http://{settings.host}:{settings.runner_port}/health",
+            port=settings.runner_port,
+            needs=("prefect", "mlflow"),
+        ),
     ]
+
+
+def _refit_env(settings: Settings) -> dict[str, str]:
+    """A child process reads the same settings: same workspace, same config file."""
+    return {
+        "REFIT_WORKSPACE": str(settings.workspace),
+        "REFIT_CONFIG": str(config_file().resolve()),
+    }
 
 
 def serving_service(settings: Settings) -> Service:
@@ -153,9 +178,7 @@ def serving_service(settings: Settings) -> Service:
         ],
         env={
             **tool_environment(settings),
-            # The server reads the same settings: same workspace, same config file.
-            "REFIT_WORKSPACE": str(settings.workspace),
-            "REFIT_CONFIG": str(config_file().resolve()),
+            **_refit_env(settings),
             # The watcher retries on its own schedule; MLflow's 7 backed-off retries would
             # hold a reload for minutes while the tracking server starts.
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
@@ -270,9 +293,21 @@ def up(settings: Settings, on_ready: Callable[[Service], None] = lambda s: None)
                 f"by another process; stop it or choose another port "
                 f"(REFIT_{service.name.upper()}_PORT)."
             )
-    started = [(service, _spawn(settings, service)) for service in to_start]
+    started: list[tuple[Service, PidRecord]] = []
     try:
-        _wait_healthy(settings, started, on_ready)
+        # In waves: a service starts once the services it needs answer.
+        while len(started) < len(to_start):
+            running = {s.name for s in (*[r.service for r in results], *[s for s, _ in started])}
+            wave = [
+                service
+                for service in to_start
+                if service not in [s for s, _ in started] and set(service.needs) <= running
+            ]
+            if not wave:
+                raise PlatformError("services need each other in a cycle: " + str(to_start))
+            spawned = [(service, _spawn(settings, service)) for service in wave]
+            started += spawned
+            _wait_healthy(settings, spawned, on_ready)
     except PlatformError:
         _rollback(settings, started)
         raise

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     mlflow_port: int = Field(default=5000, description="MLflow tracking server + UI.")
     prefect_port: int = Field(default=4200, description="Prefect server + UI.")
     serving_port: int = Field(default=3000, description="BentoML prediction server + pages.")
+    runner_port: int = Field(
+        default=4201, description="Health endpoint of the Prefect deployments runner."
+    )
     startup_timeout_s: float = Field(
         default=180.0, description="How long `refit up` waits for a server to answer."
     )

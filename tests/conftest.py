@@ -47,6 +47,7 @@ def refit_env(tmp_path: Path) -> dict[str, str]:
         "REFIT_MLFLOW_PORT": str(free_port()),
         "REFIT_PREFECT_PORT": str(free_port()),
         "REFIT_SERVING_PORT": str(free_port()),
+        "REFIT_RUNNER_PORT": str(free_port()),
     }
 
 

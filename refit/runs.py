@@ -1,0 +1,128 @@
+"""Flow runs seen from outside Prefect: start a deployment, find the run that took a
+submission, and read a run's steps, state and report. Used by the CLI and the Retrain page
+(both talk to the Prefect API; neither imports the flows)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@dataclass
+class RunView:
+    id: str
+    name: str
+    deployment: str
+    state: str  # Prefect state type, e.g. RUNNING, COMPLETED, FAILED
+    state_name: str
+    message: str
+    steps: list[dict] = field(default_factory=list)  # name, state, started
+    report: str | None = None  # the markdown report artifact, once written
+    progress: float | None = None  # fine-tuning progress, 0-100
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "final": self.final}
+
+
+def _client():
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def start(deployment: str, parameters: dict | None = None) -> str:
+    """Create a run of ``flow/deployment``; returns its id (the runner picks it up)."""
+    with _client() as client:
+        found = client.read_deployment_by_name(deployment)
+        run = client.create_flow_run_from_deployment(found.id, parameters=parameters or {})
+        return str(run.id)
+
+
+def find_submission_run(submission_id: str, limit: int = 50) -> str | None:
+    """The newest run of the retrain flow whose parameters name this submission."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with _client() as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=limit,
+        )
+    for run in runs:
+        if (run.parameters or {}).get("submission") == submission_id:
+            return str(run.id)
+    return None
+
+
+def view(run_id: str) -> RunView:
+    """A run's state, steps (task runs), fine-tuning progress and report."""
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    with _client() as client:
+        run = client.read_flow_run(UUID(run_id))
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+        )
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
+        deployment = client.read_deployment(run.deployment_id).name if run.deployment_id else ""
+    state = run.state
+    steps = sorted(
+        (
+            {
+                "name": t.name.rsplit("-", 1)[0],
+                "state": t.state.name if t.state else "Pending",
+                "started": t.start_time.isoformat() if t.start_time else None,
+            }
+            for t in tasks
+        ),
+        key=lambda s: s["started"] or "",
+    )
+    reports = [a for a in artifacts if a.type == "markdown"]
+    progress = [a for a in artifacts if a.type == "progress"]
+    return RunView(
+        id=str(run.id),
+        name=run.name,
+        deployment=deployment,
+        state=state.type.value if state else "PENDING",
+        state_name=state.name if state else "Pending",
+        message=(state.message or "") if state else "",
+        steps=steps,
+        report="\n\n".join(str(a.data) for a in reports) or None,
+        progress=float(progress[-1].data) if progress else None,
+    )
+
+
+def follow(
+    run_id: str, on_change: Callable[[RunView], None], timeout_s: float = 3600, poll_s: float = 2
+) -> RunView:
+    """Poll a run until it is final, calling ``on_change`` whenever its steps or state move."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        current = view(run_id)
+        key = (current.state_name, len(current.steps), [s["state"] for s in current.steps])
+        if key != last:
+            on_change(current)
+            last = key
+        if current.final:
+            return current
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"flow run {run_id} not finished after {timeout_s:.0f} s")
+        time.sleep(poll_s)
