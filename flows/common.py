@@ -24,6 +24,7 @@ def _retrying(fn):
     config = settings().orchestration
     return task(
         fn,
+        name=fn.__name__.replace("_", " "),
         cache_policy=NO_CACHE,
         retries=config.http_retries,
         retry_delay_seconds=config.http_retry_delay_s,

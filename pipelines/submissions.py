@@ -117,6 +117,15 @@ def pending(incoming: Path) -> list[Submission]:
     return sorted(found, key=lambda s: s.id)
 
 
+def find(incoming: Path, done: Path, submission_id: str) -> Submission | None:
+    """A submission by id, queued or finished."""
+    for root in (incoming, done):
+        folder = root / Path(submission_id).name
+        if (folder / STATE_FILE).is_file():
+            return load(folder)
+    return None
+
+
 def mark_merged(submission: Submission, batch_id: str) -> None:
     submission.status, submission.batch_id = "merged", batch_id
     submission.save()

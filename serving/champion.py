@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -125,6 +126,22 @@ class RegistrySource:
             metrics=metrics,
             dataset_version=mv.tags.get("dataset_version"),
         )
+
+    def download_model_file(self, ref: str, dst: str) -> tuple[str, Path]:
+        """A version's (or alias's) Refit model file; returns (version, path)."""
+        import mlflow.artifacts
+
+        version = self.champion_version() if ref == ALIAS else ref
+        if version is None:
+            raise NoChampion("there is no champion yet")
+        mv = self.client.get_model_version(self.name, version)
+        path = mlflow.artifacts.download_artifacts(
+            run_id=mv.run_id,
+            artifact_path=MODEL_FILE_ARTIFACT,
+            dst_path=dst,
+            tracking_uri=self.tracking_uri,
+        )
+        return version, Path(path)
 
     def _reference_images(self, run_id: str, tmp: str, size: tuple[int, int]) -> np.ndarray:
         """Holdout images logged with the version, or seeded synthetic ones if none were."""

@@ -20,13 +20,18 @@ from __future__ import annotations
 import asyncio
 import hmac
 import math
+import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Annotated
 
+import anyio
 import bentoml
 import numpy as np
-from fastapi import FastAPI, File, Header, Query, UploadFile
+from fastapi import FastAPI, File, Form, Header, Query, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from starlette.background import BackgroundTask
 
 from refit.settings import Settings
 from serving.images import BadImage, decode
@@ -254,9 +259,114 @@ class Refit:
         result = await self.classifier.to_async.reload()
         return JSONResponse(result, status_code=200 if result["error"] is None else 500)
 
+    # -- retraining: uploads go to the queue or start a flow; the page follows the run ---------
+
+    @app.post("/retrain/batch", summary="Submit a labelled batch; the retrain flow takes it")
+    async def submit_batch(
+        self,
+        archive: Annotated[UploadFile, File(description="zip / tar.gz / CSV of a batch")],
+        authorization: Annotated[str | None, Header()] = None,
+    ):
+        if not _authorized(authorization):
+            return _error(401, "missing or wrong token (Authorization: Bearer <token>)")
+        name = Path(archive.filename or "batch.zip").name
+        if not name.lower().endswith(BATCH_SUFFIXES):
+            return _error(400, f"{name}: upload a .zip, .tar, .tar.gz/.tgz or .csv batch")
+        submission = await anyio.to_thread.run_sync(_queue_upload, name, await archive.read())
+        return {"submission": submission, "follow": f"/retrain/submissions/{submission}"}
+
+    @app.post("/retrain/model", summary="Upload your own .keras/.h5 model as a candidate")
+    async def upload_model(
+        self,
+        model: Annotated[UploadFile, File(description=".keras or legacy .h5 classifier")],
+        classes: Annotated[str, Form(description="Class names in output order, comma-separated")],
+        authorization: Annotated[str | None, Header()] = None,
+    ):
+        if not _authorized(authorization):
+            return _error(401, "missing or wrong token (Authorization: Bearer <token>)")
+        name = Path(model.filename or "model.keras").name
+        if Path(name).suffix not in (".keras", ".h5"):
+            return _error(400, f"{name}: only .keras and legacy .h5 model files are accepted")
+        if not [c for c in classes.split(",") if c.strip()]:
+            return _error(400, "classes: give the class names in output order")
+        path = SETTINGS.workspace / "uploads" / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(await model.read())
+        from refit import runs
+
+        try:
+            run_id = await anyio.to_thread.run_sync(
+                runs.start, "bootstrap/bootstrap", {"model": str(path), "classes": classes}
+            )
+        except Exception as exc:
+            return _error(503, f"cannot start the bootstrap flow (is `refit up` running?): {exc}")
+        return {"run": run_id, "follow": f"/retrain/runs/{run_id}"}
+
+    @app.get("/retrain/submissions/{submission}", summary="A submission and its retrain run")
+    async def submission_status(self, submission: str):
+        from pipelines.submissions import find
+
+        found = find(SETTINGS.incoming_dir, SETTINGS.submissions_dir, submission)
+        if found is None:
+            return _error(404, f"no submission {submission!r}")
+        from refit import runs
+
+        try:
+            run_id = await anyio.to_thread.run_sync(runs.find_submission_run, submission)
+            run = await anyio.to_thread.run_sync(runs.view, run_id) if run_id else None
+        except Exception as exc:
+            run, found.detail = None, f"Prefect not reachable: {exc}"
+        return {
+            "submission": {"id": found.id, "status": found.status, "outcome": found.outcome,
+                           "detail": found.detail},
+            "run": _run_json(run),
+        }  # fmt: skip
+
+    @app.get("/retrain/runs/{run_id}", summary="A flow run's steps, state and report")
+    async def run_status(self, run_id: str):
+        from refit import runs
+
+        try:
+            run = await anyio.to_thread.run_sync(runs.view, run_id)
+        except Exception as exc:
+            return _error(404, f"no flow run {run_id}: {exc}")
+        return {"run": _run_json(run)}
+
+    @app.get("/models/{ref}/download", summary="A model version (or `champion`) as .keras")
+    async def download(self, ref: str):
+        from serving.champion import NoChampion
+
+        target = Path(tempfile.mkdtemp(prefix="refit-download-"))
+        try:
+            version, path = await anyio.to_thread.run_sync(
+                self._source().download_model_file, ref, str(target)
+            )
+        except NoChampion as exc:
+            return _error(404, str(exc))
+        except Exception as exc:
+            return _error(404, f"no model version {ref!r}: {exc}")
+        return FileResponse(
+            path,
+            filename=f"{SETTINGS.registered_model_name}-v{version}.keras",
+            background=BackgroundTask(shutil.rmtree, target, ignore_errors=True),
+        )
+
+    def _source(self):
+        from serving.champion import RegistrySource
+
+        return RegistrySource(
+            str(SETTINGS.mlflow_tracking_uri),
+            str(SETTINGS.mlflow_registry_uri),
+            SETTINGS.registered_model_name,
+        )
+
     @app.get("/", include_in_schema=False)
     async def index(self):
         return RedirectResponse("/try")
+
+    @app.get("/retrain", include_in_schema=False)
+    async def retrain_page(self):
+        return FileResponse(WEB / "retrain.html")
 
     @app.get("/try", include_in_schema=False)
     async def try_page(self):
@@ -268,6 +378,28 @@ class Refit:
         if not path.is_file():
             return _error(404, f"no such page asset: {name}")
         return FileResponse(path)
+
+
+BATCH_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".csv")
+
+
+def _queue_upload(name: str, data: bytes) -> str:
+    """Write an uploaded batch to a temp file, then queue it (moved, not copied)."""
+    from pipelines.submissions import submit
+
+    uploads = SETTINGS.workspace / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=uploads))
+    (folder / name).write_bytes(data)
+    submission = submit(folder / name, SETTINGS.incoming_dir, move=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    return submission.id
+
+
+def _run_json(run) -> dict | None:
+    if run is None:
+        return None
+    return {**run.as_dict(), "url": f"{SETTINGS.prefect_url}/runs/flow-run/{run.id}"}
 
 
 def _authorized(header: str | None) -> bool:
