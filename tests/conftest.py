@@ -107,3 +107,14 @@ def coloured_images(classes: list[str], per_class: int, seed: int, size: int = 2
         if label >= 3:
             x[i, :, :, (label + 1) % 3] += 150
     return ImageSet(x, y, list(classes))
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory):
+    """The whole platform (`refit up`) on free ports, shared by the tests that need it."""
+    from tests.live_platform import start_platform
+
+    platform = start_platform(tmp_path_factory.mktemp("live"))
+    platform.run_env()
+    yield platform
+    platform.refit("down")

@@ -1,0 +1,138 @@
+"""The product end to end: real Prefect (server + deployments runner), real MLflow, real DVC,
+real serving, on tiny coloured images. Runs in file order on one platform: bootstrap, a
+passing and a new-class batch submitted at once, a rejected batch, a dropped file, a flow
+killed while training, and serving down during the reload step."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+
+import httpx
+import psutil
+import pytest
+
+from refit import runs
+from tests.live_platform import COLOURS, LivePlatform, tiny_model_file, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def pending(live: LivePlatform) -> list[str]:
+    incoming = live.workspace / "incoming"
+    return sorted(p.name for p in incoming.glob("[!.]*"))
+
+
+def outcome(live: LivePlatform, submission: str) -> dict:
+    from pipelines.submissions import find
+
+    found = find(live.workspace / "incoming", live.workspace / "submissions", submission)
+    assert found is not None
+    return {"status": found.status, "outcome": found.outcome, "detail": found.detail}
+
+
+def submit(live: LivePlatform, batch, follow: bool = False) -> str:
+    done = live.refit("data", "submit", str(batch), "--follow" if follow else "--no-follow")
+    assert "Submitted" in done.stdout, done.stdout + done.stderr
+    return done.stdout.split("Submitted", 1)[1].split()[0].rstrip(";:.")
+
+
+def test_bootstrap_imports_a_users_model_as_first_champion(live: LivePlatform) -> None:
+    model = tiny_model_file(live.root / "user-model.keras")
+    seed = live.batch("seed", COLOURS[:3], 30, seed=1)
+    run_id = runs.start("bootstrap/bootstrap", {"model": str(model), "seed": str(seed)})
+    final = runs.follow(run_id, lambda view: None, timeout_s=300)
+    assert final.state == "COMPLETED", final.message
+    assert [s["name"] for s in final.steps][:3] == [
+        "seed the dataset",
+        "make the model",
+        "judge and promote",
+    ]
+    assert live.champion() == "1"
+    wait_for(lambda: live.served_version() == "1", 60, "serving to load v1")
+    assert len(live.dataset_versions()) == 1
+
+
+def test_two_batches_queue_and_one_brings_a_new_class(live: LivePlatform) -> None:
+    plain = submit(live, live.batch("plain", COLOURS[:3], 12, seed=2))
+    yellow = submit(live, live.batch("yellow", COLOURS, 14, seed=3))
+    for submission in (plain, yellow):
+        wait_for(lambda s=submission: outcome(live, s)["status"] == "done", 400, submission)
+    assert outcome(live, plain)["outcome"] == "promoted"
+    assert outcome(live, yellow)["outcome"] == "promoted"
+    assert len(live.dataset_versions()) == 3  # one version per batch
+    wait_for(lambda: live.served_version() == "3", 60, "serving to load v3")
+    described = httpx.get(f"{live.serving_url}/model").json()["model"]
+    assert described["classes"] == COLOURS  # the head grew; old indices kept
+    view = runs.view(runs.find_submission_run(yellow))
+    assert "new_class_recall.yellow" in view.report and "Live check" in view.report
+
+
+def test_a_rejected_batch_changes_nothing(live: LivePlatform) -> None:
+    bad = live.batch("bad", COLOURS[:3], 6, seed=4)
+    (bad / "red" / "notes.png").write_text("this is not an image")
+    versions, champion = len(live.dataset_versions()), live.champion()
+    submission = submit(live, bad)
+    wait_for(lambda: outcome(live, submission)["status"] == "done", 200, "the rejection")
+    assert outcome(live, submission)["outcome"] == "rejected"
+    final = runs.view(runs.find_submission_run(submission))
+    assert final.state == "FAILED" and "rejected" in final.message
+    assert "notes.png" in final.report
+    assert len(live.dataset_versions()) == versions and live.champion() == champion
+
+
+def test_a_file_dropped_into_incoming_is_retrained_on(live: LivePlatform) -> None:
+    batch = live.batch("dropped", COLOURS, 8, seed=5)
+    before = live.champion()
+    shutil.copytree(batch, live.workspace / "incoming" / "dropped-by-hand")
+    wait_for(lambda: pending(live), 30, "the dropped folder to be adopted")
+    wait_for(lambda: not pending(live), 300, "the run to finish with it")
+    assert live.champion() != before
+
+
+def _flow_process(live: LivePlatform) -> psutil.Process | None:
+    runner = psutil.Process(json.loads((live.workspace / "run" / "runner.pid").read_text())["pid"])
+    children = runner.children(recursive=True)
+    return next((c for c in children if "python" in c.name()), None)
+
+
+def test_killing_the_flow_while_training_keeps_the_champion_and_resumes(live) -> None:
+    champion = live.champion()
+    submission = submit(live, live.batch("killed", COLOURS, 8, seed=6))
+    run_id = wait_for(lambda: runs.find_submission_run(submission), 60, "the run", poll=0.3)
+    wait_for(
+        lambda: any(s["name"] == "fine-tune" for s in runs.view(run_id).steps),
+        120,
+        "training to start",
+        poll=0.3,
+    )
+    process = _flow_process(live)
+    assert process is not None
+    process.kill()  # SIGKILL: no clean-up code runs
+    process.wait(30)
+    assert live.champion() == champion
+    assert outcome(live, submission)["status"] == "merged"  # still queued, resumes at training
+    resumed = runs.start("retrain/scheduled-retrain")  # takes every pending submission
+    final = runs.follow(resumed, lambda view: None, timeout_s=300)
+    assert final.state == "COMPLETED", final.message
+    assert outcome(live, submission)["outcome"] == "promoted"
+
+
+def test_serving_down_during_reload_fails_the_run_and_the_registry_tells(live) -> None:
+    serving_pid = json.loads((live.workspace / "run" / "serving.pid").read_text())["pid"]
+    os.killpg(serving_pid, signal.SIGTERM)
+    psutil.Process(serving_pid).wait(30)
+    try:
+        submission = submit(live, live.batch("unserved", COLOURS, 8, seed=7))
+        wait_for(lambda: outcome(live, submission)["status"] != "pending", 300, "the merge")
+        run_id = runs.find_submission_run(submission)
+        final = runs.follow(run_id, lambda view: None, timeout_s=300)
+        assert final.state == "FAILED"
+        assert any(s["name"] == "reload serving" and s["state"] == "Failed" for s in final.steps)
+        promoted = live.champion()
+        assert promoted is not None  # the registry says which version is champion
+    finally:
+        assert live.refit("up", timeout=300).returncode == 0
+    wait_for(lambda: live.served_version() == promoted, 120, "serving back with the champion")

@@ -1,0 +1,136 @@
+"""The whole platform for end-to-end tests: `refit up` (MLflow, Prefect, serving, the
+deployments runner) in a temp workspace on free ports, a temp git repo for DVC, tiny
+learnable batches (coloured 24x24 images) and fast settings. Started once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import coloured_images, free_port, git_repo
+
+COLOURS = ["red", "green", "blue", "yellow"]  # yellow = red + green: a learnable new class
+TOKEN = "live-test-token"
+
+
+@dataclass
+class LivePlatform:
+    env: dict[str, str]
+    root: Path
+
+    @property
+    def workspace(self) -> Path:
+        return Path(self.env["REFIT_WORKSPACE"])
+
+    @property
+    def serving_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['REFIT_SERVING_PORT']}"
+
+    def refit(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "refit"), *args],
+            env=self.env,
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def batch(self, name: str, classes: list[str], per_class: int, seed: int) -> Path:
+        """A folder batch ``<class>/<i>.png`` of coloured images."""
+        from PIL import Image
+
+        images = coloured_images(COLOURS, per_class, seed)
+        folder = self.root / "batches" / name
+        for pixels, label in zip(images.x, images.y, strict=True):
+            if COLOURS[label] in classes:
+                path = folder / COLOURS[label] / f"{seed}-{len(list(folder.rglob('*')))}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(path)
+        return folder
+
+    def champion(self) -> str | None:
+        from serving.champion import RegistrySource
+
+        url = f"http://127.0.0.1:{self.env['REFIT_MLFLOW_PORT']}"
+        return RegistrySource(url, url, "refit-classifier").champion_version()
+
+    def dataset_versions(self) -> list[dict]:
+        log = self.workspace / "dataset-versions" / "versions.jsonl"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    def served_version(self) -> str | None:
+        model = httpx.get(f"{self.serving_url}/model", timeout=30).json()["model"]
+        return model and model["version"]
+
+    def run_env(self) -> None:
+        """Point this process's Prefect client at the platform (for refit.runs)."""
+        os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{self.env['REFIT_PREFECT_PORT']}/api"
+
+
+def start_platform(root: Path) -> LivePlatform:
+    repo = git_repo(root / "repo")
+    env = {
+        **os.environ,
+        "REFIT_WORKSPACE": str(root / "workspace"),
+        "REFIT_CONFIG": str(root / "no-refit.toml"),
+        "REFIT_DVC_REPO": str(repo),
+        "REFIT_MLFLOW_PORT": str(free_port()),
+        "REFIT_PREFECT_PORT": str(free_port()),
+        "REFIT_SERVING_PORT": str(free_port()),
+        "REFIT_RUNNER_PORT": str(free_port()),
+        "REFIT_SERVING__ADMIN_TOKEN": TOKEN,
+        "REFIT_SERVING__POLL_INTERVAL_S": "2",
+        "REFIT_ORCHESTRATION__INCOMING_POLL_S": "1",
+        "REFIT_ORCHESTRATION__SETTLE_S": "1",
+        "REFIT_ORCHESTRATION__HTTP_RETRIES": "1",
+        "REFIT_ORCHESTRATION__HTTP_RETRY_DELAY_S": "1",
+        "REFIT_ORCHESTRATION__SMOKE_IMAGES": "8",
+        "REFIT_VALIDATION__MIN_IMAGES_PER_NEW_CLASS": "10",
+        "REFIT_FINETUNE__HEAD_EPOCHS": "1",
+        "REFIT_FINETUNE__EPOCHS": "1",
+        "REFIT_FINETUNE__BATCH_SIZE": "16",
+        "REFIT_GATE__MIN_ACCURACY": "0",
+        "REFIT_GATE__MIN_DELTA": "-1",
+        "REFIT_GATE__MAX_RECALL_DROP": "1",
+        "REFIT_GATE__MAX_OLD_ACCURACY_DROP": "1",
+        "REFIT_GATE__NEW_CLASS_MIN_RECALL": "0",
+    }
+    platform = LivePlatform(env, root)
+    started = platform.refit("up", timeout=300)
+    if started.returncode != 0:
+        platform.refit("down")
+        raise RuntimeError(f"refit up failed:\n{started.stdout}\n{started.stderr}")
+    return platform
+
+
+def tiny_model_file(path: Path) -> Path:
+    """A 3-colour classifier trained for a few epochs, saved as a Refit .keras file."""
+    from pipelines.config import ArchitectureConfig, TrainConfig
+    from pipelines.modelfile import save_model
+    from pipelines.train import bootstrap
+
+    model, _ = bootstrap(
+        coloured_images(COLOURS[:3], 30, 0),
+        ArchitectureConfig(input_size=24, widths=(8, 16, 16)),
+        TrainConfig(epochs=4, batch_size=16, val_share=0.1, patience=0, peak_lr=0.05),
+        progress=lambda m: None,
+    )
+    return save_model(model, path)
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
