@@ -84,7 +84,7 @@ def test_a_rejected_batch_changes_nothing(live: LivePlatform) -> None:
 
 
 def test_a_file_dropped_into_incoming_is_retrained_on(live: LivePlatform) -> None:
-    batch = live.batch("dropped", COLOURS, 8, seed=5)
+    batch = live.batch("dropped", COLOURS[:3], 8, seed=5)
     before = live.champion()
     shutil.copytree(batch, live.workspace / "incoming" / "dropped-by-hand")
     wait_for(lambda: pending(live), 30, "the dropped folder to be adopted")
@@ -100,7 +100,7 @@ def _flow_process(live: LivePlatform) -> psutil.Process | None:
 
 def test_killing_the_flow_while_training_keeps_the_champion_and_resumes(live) -> None:
     champion = live.champion()
-    submission = submit(live, live.batch("killed", COLOURS, 8, seed=6))
+    submission = submit(live, live.batch("killed", COLOURS[:3], 8, seed=6))
     run_id = wait_for(lambda: runs.find_submission_run(submission), 60, "the run", poll=0.3)
     wait_for(
         lambda: any(s["name"] == "fine-tune" for s in runs.view(run_id).steps),
@@ -125,7 +125,7 @@ def test_serving_down_during_reload_fails_the_run_and_the_registry_tells(live) -
     os.killpg(serving_pid, signal.SIGTERM)
     psutil.Process(serving_pid).wait(30)
     try:
-        submission = submit(live, live.batch("unserved", COLOURS, 8, seed=7))
+        submission = submit(live, live.batch("unserved", COLOURS[:3], 8, seed=7))
         wait_for(lambda: outcome(live, submission)["status"] != "pending", 300, "the merge")
         run_id = runs.find_submission_run(submission)
         final = runs.follow(run_id, lambda view: None, timeout_s=300)
