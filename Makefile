@@ -1,4 +1,4 @@
-# The two commands a user needs: `make test` and (once orchestration lands) `make demo`.
+# The two commands a user needs: `make demo` and `make test`.
 # Both install what they need: uv into .tools/, then the locked environment into .venv/.
 
 PYTHON ?= python3.11
@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 VENV := .venv
 
-.PHONY: install test test-fast lint format clean
+.PHONY: install demo test test-fast lint format clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -17,6 +17,9 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock
 	touch $@
 
 install: $(VENV)/.installed  ## Install the locked environment into .venv/
+
+demo: install  ## The story: refit up, built-in champion, a batch brings `truck`, summary
+	$(VENV)/bin/refit demo
 
 # pytest's "no tests collected" (exit 5) is not a failure; every other non-zero exit is.
 PYTEST = $(VENV)/bin/pytest $(1); rc=$$?; [ $$rc -ne 5 ] || { echo "no tests collected"; rc=0; }; exit $$rc

@@ -126,6 +126,21 @@ def tiny_model_file(path: Path) -> Path:
     return save_model(model, path)
 
 
+def ensure_champion(live: LivePlatform) -> str:
+    """Run the bootstrap flow with a tiny user model if the platform has no champion yet."""
+    from refit import runs
+
+    if live.champion() is None:
+        model = tiny_model_file(live.root / "user-model.keras")
+        seed = live.batch("seed", COLOURS[:3], 30, seed=1)
+        run_id = runs.start("bootstrap/bootstrap", {"model": str(model), "seed": str(seed)})
+        final = runs.follow(run_id, lambda view: None, timeout_s=300)
+        assert final.state == "COMPLETED", final.message
+    version = live.champion()
+    wait_for(lambda: live.served_version() == version, 60, f"serving to load v{version}")
+    return version
+
+
 def wait_for(predicate, timeout: float, what: str, poll: float = 1.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from refit import runs
-from tests.live_platform import COLOURS, LivePlatform, tiny_model_file, wait_for
+from tests.live_platform import COLOURS, LivePlatform, ensure_champion, tiny_model_file, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -39,31 +39,33 @@ def submit(live: LivePlatform, batch, follow: bool = False) -> str:
     return done.stdout.split("Submitted", 1)[1].split()[0].rstrip(";:.")
 
 
-def test_bootstrap_imports_a_users_model_as_first_champion(live: LivePlatform) -> None:
+def test_bootstrap_imports_a_users_model_as_champion(live: LivePlatform) -> None:
+    before = live.champion()
     model = tiny_model_file(live.root / "user-model.keras")
     seed = live.batch("seed", COLOURS[:3], 30, seed=1)
     run_id = runs.start("bootstrap/bootstrap", {"model": str(model), "seed": str(seed)})
     final = runs.follow(run_id, lambda view: None, timeout_s=300)
     assert final.state == "COMPLETED", final.message
-    assert [s["name"] for s in final.steps][:3] == [
-        "seed the dataset",
-        "make the model",
-        "judge and promote",
-    ]
-    assert live.champion() == "1"
-    wait_for(lambda: live.served_version() == "1", 60, "serving to load v1")
-    assert len(live.dataset_versions()) == 1
+    names = [s["name"] for s in final.steps]
+    assert names[:3] == ["seed the dataset", "make the model", "judge and promote"], names
+    champion = live.champion()
+    assert champion is not None and champion != before
+    wait_for(lambda: live.served_version() == champion, 60, f"serving to load v{champion}")
+    assert len(live.dataset_versions()) >= 1
 
 
 def test_two_batches_queue_and_one_brings_a_new_class(live: LivePlatform) -> None:
+    ensure_champion(live)
+    versions = len(live.dataset_versions())
     plain = submit(live, live.batch("plain", COLOURS[:3], 12, seed=2))
     yellow = submit(live, live.batch("yellow", COLOURS, 14, seed=3))
     for submission in (plain, yellow):
         wait_for(lambda s=submission: outcome(live, s)["status"] == "done", 400, submission)
     assert outcome(live, plain)["outcome"] == "promoted"
     assert outcome(live, yellow)["outcome"] == "promoted"
-    assert len(live.dataset_versions()) == 3  # one version per batch
-    wait_for(lambda: live.served_version() == "3", 60, "serving to load v3")
+    assert len(live.dataset_versions()) == versions + 2  # one version per batch
+    champion = live.champion()
+    wait_for(lambda: live.served_version() == champion, 60, f"serving to load v{champion}")
     described = httpx.get(f"{live.serving_url}/model").json()["model"]
     assert described["classes"] == COLOURS  # the head grew; old indices kept
     view = runs.view(runs.find_submission_run(yellow))
@@ -71,6 +73,7 @@ def test_two_batches_queue_and_one_brings_a_new_class(live: LivePlatform) -> Non
 
 
 def test_a_rejected_batch_changes_nothing(live: LivePlatform) -> None:
+    ensure_champion(live)
     bad = live.batch("bad", COLOURS[:3], 6, seed=4)
     (bad / "red" / "notes.png").write_text("this is not an image")
     versions, champion = len(live.dataset_versions()), live.champion()
@@ -84,6 +87,7 @@ def test_a_rejected_batch_changes_nothing(live: LivePlatform) -> None:
 
 
 def test_a_file_dropped_into_incoming_is_retrained_on(live: LivePlatform) -> None:
+    ensure_champion(live)
     batch = live.batch("dropped", COLOURS[:3], 8, seed=5)
     before = live.champion()
     shutil.copytree(batch, live.workspace / "incoming" / "dropped-by-hand")
@@ -99,6 +103,7 @@ def _flow_process(live: LivePlatform) -> psutil.Process | None:
 
 
 def test_killing_the_flow_while_training_keeps_the_champion_and_resumes(live) -> None:
+    ensure_champion(live)
     champion = live.champion()
     submission = submit(live, live.batch("killed", COLOURS[:3], 8, seed=6))
     run_id = wait_for(lambda: runs.find_submission_run(submission), 60, "the run", poll=0.3)
@@ -121,6 +126,7 @@ def test_killing_the_flow_while_training_keeps_the_champion_and_resumes(live) ->
 
 
 def test_serving_down_during_reload_fails_the_run_and_the_registry_tells(live) -> None:
+    ensure_champion(live)
     serving_pid = json.loads((live.workspace / "run" / "serving.pid").read_text())["pid"]
     os.killpg(serving_pid, signal.SIGTERM)
     psutil.Process(serving_pid).wait(30)

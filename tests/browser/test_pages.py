@@ -1,0 +1,67 @@
+"""The Try and Retrain pages in headless Chromium (Debian's, driven by Playwright) against the
+live platform: upload an image and see a label; upload a batch archive and follow its run to
+the gate decision and a downloadable model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.live_platform import COLOURS, TOKEN, LivePlatform, ensure_champion
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed (apt-get install chromium; .ci/run does it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        yield launched
+        launched.close()
+
+
+def test_try_page_shows_the_top_labels(live: LivePlatform, browser, tmp_path: Path) -> None:
+    version = ensure_champion(live)
+    image = next((live.batch("try", COLOURS[:3], 2, seed=21) / "green").iterdir())
+    page = browser.new_page()
+    page.goto(f"{live.serving_url}/try")
+    page.wait_for_selector(f"text=v{version}")
+    page.set_input_files("#file", str(image))
+    page.wait_for_selector("#version")
+    assert page.inner_text("#version") == f"Model version {version}"
+    labels = page.locator(".bar .label").all_inner_texts()
+    assert len(labels) == 3 and set(labels) == set(COLOURS[:3])
+
+
+def test_retrain_page_follows_a_batch_to_its_decision(live, browser, tmp_path: Path) -> None:
+    ensure_champion(live)
+    folder = live.batch("page-batch", COLOURS[:3], 10, seed=22)
+    archive = Path(shutil.make_archive(str(tmp_path / "page-batch"), "zip", folder))
+    page = browser.new_page()
+    page.goto(f"{live.serving_url}/retrain")
+    page.fill("#token", "wrong")
+    page.set_input_files("#batch", str(archive))
+    page.click("#batch-form button")
+    page.wait_for_selector("text=missing or wrong token")
+    page.fill("#token", TOKEN)
+    page.click("#batch-form button")
+    page.wait_for_selector("text=validate and merge: Completed", timeout=120_000)
+    page.wait_for_selector("#download", timeout=300_000)
+    report = page.inner_text("#report")
+    assert "Gate decision" in report and "PASSED" in report
+    href = page.get_attribute("#download", "href")
+    model = httpx.get(f"{live.serving_url}{href}", timeout=60)
+    assert model.status_code == 200 and model.content[:2] == b"PK"  # a .keras zip
