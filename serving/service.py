@@ -246,6 +246,15 @@ class Refit:
         uploads = [(f.filename or f"image{i}", await f.read()) for i, f in enumerate(images)]
         return await self._classify(uploads, top_k, tta)
 
+    @app.post("/predict/decode-only", include_in_schema=False)
+    async def decode_only(self, image: Annotated[UploadFile, File()]):
+        """The HTTP ceiling for benchmarks: the same upload and decode as /predict, no model."""
+        try:
+            pixels = decode(await image.read(), (32, 32), SETTINGS.serving.max_image_pixels)
+        except BadImage as exc:
+            return _error(400, str(exc))
+        return {"shape": list(pixels.shape)}
+
     @app.get("/model", summary="The serving champion: version, classes, holdout metrics")
     async def model(self):
         described = await self.classifier.to_async.describe()

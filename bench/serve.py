@@ -1,0 +1,281 @@
+"""Benchmark: the serving server against a plain baseline, all measured in the same run.
+
+Registers the built-in model in a temporary (sqlite) MLflow registry, starts the real
+`bentoml serve` (as `refit up` does) and, beside it, the seeds' kind of server: a FastAPI
+app calling ``model.predict`` per request. Then prints:
+
+- throughput with 32 concurrent clients each sending single 32x32 JPEGs, for the baseline,
+  our /predict, and our HTTP ceiling (same upload and decode, no model), with ratios;
+- the raw in-process batched throughput of the model (where the time goes);
+- single-image p50 latency over HTTP vs one in-process call (target: <= 2x + 5 ms);
+- 1,000 requests from 16 clients while the champion is swapped twice: errors, versions.
+
+Targets: >= 3x the baseline, >= 0.7x the HTTP ceiling, 0 errors during swaps.
+Run: .venv/bin/python bench/serve.py [--seconds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from refit.settings import PROJECT_ROOT
+
+TOKEN = "bench-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer in {timeout:.0f} s")
+
+
+def jpegs(n: int) -> list[bytes]:
+    """Holdout images of the embedded sample as 32x32 JPEG uploads."""
+    from pipelines.sample import unpack_sample
+
+    tmp = Path(tempfile.mkdtemp())
+    unpack_sample(PROJECT_ROOT / "samples" / "cifar10-sample.tar.gz", tmp)
+    return [p.read_bytes() for p in sorted((tmp / "seed" / "holdout").rglob("*.jpg"))[:n]]
+
+
+def register_builtin(tmp: Path) -> tuple[str, object]:
+    """The built-in model as champion v1 of a fresh sqlite registry; returns (uri, model)."""
+    from pipelines.candidate import judge
+    from pipelines.config import GatePolicy
+    from pipelines.modelfile import load_refit_model
+    from pipelines.registry import Registry, RegistryConfig
+    from pipelines.train import ImageSet
+
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    registry = Registry(RegistryConfig(uri, uri, "refit-classifier", str(tmp / "artifacts")))
+    model = load_refit_model(PROJECT_ROOT / "models" / "builtin" / "model.keras")
+    x = np.stack([np.asarray(Image.open(io.BytesIO(d)).convert("RGB")) for d in jpegs(64)])
+    holdout = ImageSet(x, np.zeros(len(x), int), model.class_names)  # labels unused here
+    lenient = GatePolicy(min_accuracy=0, min_delta=-1, max_recall_drop=1)
+    judge(model, holdout, registry, lenient, run_name="bench v1")
+    return uri, (registry, model, holdout, lenient)
+
+
+def start_ours(tmp: Path, uri: str) -> tuple[subprocess.Popen, str]:
+    from refit.platform import serving_service
+    from refit.settings import Settings
+
+    config = tmp / "refit.toml"
+    port = free_port()
+    config.write_text(
+        f'workspace = "{tmp / "ws"}"\nmlflow_tracking_uri = "{uri}"\nserving_port = {port}\n'
+        f'[serving]\nadmin_token = "{TOKEN}"\npoll_interval_s = 3600\n'
+    )
+    os.environ["REFIT_CONFIG"] = str(config)
+    service = serving_service(Settings())
+    with open(tmp / "serving.log", "wb") as log:
+        process = subprocess.Popen(
+            service.command,
+            env={**os.environ, **service.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_http(f"{service.url}/readyz")
+    return process, service.url
+
+
+BASELINE_APP = """
+import io, sys, numpy as np, keras
+from fastapi import FastAPI, File, UploadFile
+from PIL import Image
+model = keras.saving.load_model(sys.argv[1], compile=False)
+app = FastAPI()
+@app.post("/predict")
+async def predict(image: UploadFile = File(...)):
+    x = np.asarray(Image.open(io.BytesIO(await image.read())).convert("RGB"))[None]
+    probs = model.predict(x.astype("float32"), verbose=0)[0]
+    return {"label": int(probs.argmax()), "probability": float(probs.max())}
+if __name__ == "__main__":
+    import uvicorn
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
+
+
+def start_baseline(tmp: Path) -> tuple[subprocess.Popen, str]:
+    script = tmp / "baseline_app.py"
+    script.write_text(BASELINE_APP)
+    port = free_port()
+    model = PROJECT_ROOT / "models" / "builtin" / "model.keras"
+    with open(tmp / "baseline.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(model), str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_http(f"http://127.0.0.1:{port}/docs")
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def hammer(url: str, images: list[bytes], clients: int, seconds: float = 0, total: int = 0):
+    """Concurrent clients posting single images; returns (requests/s, latencies, errors, body
+    versions). Runs for ``seconds`` or until ``total`` requests."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    versions: dict[str, int] = {}
+    sent = 0
+    deadline = time.perf_counter() + seconds if seconds else float("inf")
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client(http: httpx.AsyncClient, i: int) -> None:
+        nonlocal sent
+        while time.perf_counter() < deadline and (not total or sent < total):
+            sent += 1
+            data = images[(i + sent) % len(images)]
+            started = time.perf_counter()
+            answer = await http.post(url, files={"image": ("x.jpg", data, "image/jpeg")})
+            latencies.append(time.perf_counter() - started)
+            if answer.status_code != 200:
+                errors.append(f"{answer.status_code} {answer.text[:100]}")
+            elif "model_version" in (body := answer.json()):
+                versions[body["model_version"]] = versions.get(body["model_version"], 0) + 1
+
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        await client(http, 0)  # warm the connection and the server
+        latencies.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http, i) for i in range(clients)))
+        elapsed = time.perf_counter() - started
+    return len(latencies) / elapsed, latencies, errors, versions
+
+
+def in_process(model, images: list[bytes]) -> tuple[float, float]:
+    """(p50 single-image latency, batched images/s) of the engine serving would choose."""
+    from serving.engines import best_engine
+
+    x = np.stack([np.asarray(Image.open(io.BytesIO(d)).convert("RGB")) for d in images])
+    engine = best_engine(model.model, x[:32]).engine
+    singles = []
+    for i in range(200):
+        started = time.perf_counter()
+        engine(x[i % len(x)][None])
+        singles.append(time.perf_counter() - started)
+    batch = np.resize(x, (64, *x.shape[1:]))
+    engine(batch)
+    started, rounds = time.perf_counter(), 30
+    for _ in range(rounds):
+        engine(batch)
+    return statistics.median(singles), rounds * len(batch) / (time.perf_counter() - started)
+
+
+def sequential_p50(url: str, images: list[bytes], n: int = 200) -> float:
+    with httpx.Client(timeout=60) as http:
+        times = []
+        for i in range(n):
+            started = time.perf_counter()
+            http.post(url, files={"image": ("x.jpg", images[i % len(images)], "image/jpeg")})
+            times.append(time.perf_counter() - started)
+    return statistics.median(times[10:])
+
+
+def swap_under_load(url: str, images: list[bytes], registry, model, holdout, policy) -> tuple:
+    from pipelines.candidate import judge
+
+    second = judge(model, holdout, registry, policy, run_name="bench v2").version
+    reload = f"{url}/admin/reload"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def run():
+        load = asyncio.create_task(hammer(f"{url}/predict", images, 16, total=1000))
+        await asyncio.sleep(1.0)
+        async with httpx.AsyncClient(timeout=120) as http:
+            first = (await http.post(reload, headers=headers)).json()  # swap 1: v1 -> v2
+            registry.rollback("bench: swap back", to="1")
+            back = (await http.post(reload, headers=headers)).json()  # swap 2: v2 -> v1
+        return await load, first, back
+
+    (_, latencies, errors, versions), first, back = asyncio.run(run())
+    swaps = [first["version"] == second, back["version"] == "1"]
+    return len(latencies), errors, versions, all(swaps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="refit-bench-serve-"))
+    images = jpegs(256)
+    uri, (registry, model, holdout, policy) = register_builtin(tmp)
+    ours, url = start_ours(tmp, uri)
+    baseline, base_url = start_baseline(tmp)
+    try:
+        engine_note = httpx.get(f"{url}/model").json()["model"]["engine_note"]
+        rows = {}
+        for name, target in (
+            ("baseline: FastAPI + model.predict", f"{base_url}/predict"),
+            ("ours: /predict (BentoML, batched)", f"{url}/predict"),
+            ("ours: HTTP ceiling (decode, no model)", f"{url}/predict/decode-only"),
+        ):
+            rate, latencies, errors, _ = asyncio.run(hammer(target, images, 32, args.seconds))
+            rows[name] = (rate, statistics.median(latencies) * 1000, len(errors))
+        single, batched = in_process(model, images)
+        http_p50 = sequential_p50(f"{url}/predict", images)
+        swapped = swap_under_load(url, images, registry, model, holdout, policy)
+    finally:
+        for process in (ours, baseline):
+            os.killpg(process.pid, 15)
+            process.wait(30)
+    base = rows["baseline: FastAPI + model.predict"][0]
+    ceiling = rows["ours: HTTP ceiling (decode, no model)"][0]
+    ours_rate = rows["ours: /predict (BentoML, batched)"][0]
+    print(f"\nEngine: {engine_note}. 32 clients, single 32x32 JPEGs, {args.seconds:.0f} s each.")
+    print(f"{'server':40} {'req/s':>8} {'p50 ms':>8} {'errors':>7} {'x baseline':>11}")
+    for name, (rate, p50, errors) in rows.items():
+        print(f"{name:40} {rate:8.0f} {p50:8.1f} {errors:7d} {rate / base:10.2f}x")
+    print(f"{'model in process, batch 64 (no HTTP)':40} {batched:8.0f} images/s")
+    print(
+        f"\n/predict vs baseline: {ours_rate / base:.2f}x (target >= 3x); "
+        f"vs HTTP ceiling: {ours_rate / ceiling:.2f}x (target >= 0.7x)"
+    )
+    limit = 2 * single * 1000 + 5
+    print(
+        f"Single image p50: HTTP {http_p50 * 1000:.1f} ms vs in process {single * 1000:.2f} ms "
+        f"(target <= 2x + 5 = {limit:.1f} ms): {'ok' if http_p50 * 1000 <= limit else 'MISSED'}"
+    )
+    requests, errors, versions, swaps_ok = swapped
+    print(
+        f"Hot swap: {requests} requests from 16 clients, 2 swaps "
+        f"({'both done' if swaps_ok else 'NOT DONE'}): {len(errors)} errors, "
+        f"answers by version {versions}"
+    )
+    if errors:
+        print("  first errors:", errors[:3])
+
+
+if __name__ == "__main__":
+    main()
