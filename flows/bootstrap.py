@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from flows.common import reload_serving, report_links, settings, smoke_check
+from flows.common import log, reload_serving, report_links, settings, smoke_check
 
 
 @task(name="seed the dataset", cache_policy=NO_CACHE)
@@ -39,7 +39,7 @@ def seed_dataset(seed: str | None):
         config.ingest,
         config.validation,
         config.split,
-        progress=get_run_logger().info,
+        progress=log().info,
     )
 
 
@@ -56,9 +56,7 @@ def make_model(model: str | None, classes: str | None, from_scratch: bool, epoch
         size = (config.architecture.input_size, config.architecture.input_size)
         train_config = config.train.model_copy(update={"epochs": epochs} if epochs else {})
         images = images_from_index(config.dataset_dir, rows, size)
-        loaded, _ = bootstrap(
-            images, config.architecture, train_config, progress=get_run_logger().info
-        )
+        loaded, _ = bootstrap(images, config.architecture, train_config, progress=log().info)
         return loaded
     if model is None:
         return load_refit_model(config.builtin_model)

@@ -20,6 +20,18 @@ def settings() -> Settings:
     return loaded
 
 
+def log():
+    """The run's logger (shown in the Prefect UI), or a plain one outside a run."""
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        import logging
+
+        return logging.getLogger("refit.flows")
+
+
 def _retrying(fn):
     config = settings().orchestration
     return task(
@@ -80,7 +92,7 @@ def smoke_check(version: str, model) -> dict:
         "agreement": float((live == offline).mean()),
         "accuracy": float((live == truth).mean()),
     }
-    get_run_logger().info("live smoke check: %s", result)
+    log().info("live smoke check: %s", result)
     if body["model_version"] != version:
         raise RuntimeError(f"serving answers with v{body['model_version']}, not v{version}")
     if result["agreement"] < config.orchestration.smoke_min_agreement:

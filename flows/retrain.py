@@ -10,7 +10,7 @@ submission in the queue marked ``merged``; the next run resumes it at fine-tunin
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -19,7 +19,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from flows.common import reload_serving, report_links, settings, smoke_check
+from flows.common import log, reload_serving, report_links, settings, smoke_check
 from pipelines.intake import intake_lock
 
 
@@ -33,7 +33,7 @@ def take_submissions(submission: str | None) -> list:
     if submission is not None:
         queue = [s for s in queue if s.id == submission]
         if not queue:  # an earlier run (e.g. the scheduled one) took it already
-            get_run_logger().info("submission %s is no longer pending; nothing to do", submission)
+            log().info("submission %s is no longer pending; nothing to do", submission)
     return queue
 
 
@@ -46,7 +46,7 @@ def validate_and_merge(submission):
 
     config = settings()
     store, paths = intake(config)
-    log = get_run_logger()
+    logger = log()
     result = add_batch(
         submission.batch,
         store,
@@ -54,7 +54,7 @@ def validate_and_merge(submission):
         config.ingest,
         config.validation,
         config.split,
-        progress=log.info,
+        progress=logger.info,
     )
     if result.version is not None:
         submissions.mark_merged(submission, result.version.batch_id)
@@ -73,12 +73,12 @@ def finetune(batch_id: str, epochs: int | None):
     finetune_config = config.finetune.model_copy(update={"epochs": epochs} if epochs else {})
     total = finetune_config.head_epochs + finetune_config.epochs
     progress_id = create_progress_artifact(0.0, description="fine-tuning epochs done")
-    log = get_run_logger()
+    logger = log()
     done = 0
 
     def progress(message: str) -> None:
         nonlocal done
-        log.info(message)
+        logger.info(message)
         if " epoch " in message:
             done += 1
             update_progress_artifact(progress_id, min(100.0, 100.0 * done / total))

@@ -19,7 +19,7 @@ class RunView:
     state: str  # Prefect state type, e.g. RUNNING, COMPLETED, FAILED
     state_name: str
     message: str
-    steps: list[dict] = field(default_factory=list)  # name, state, started
+    steps: list[dict] = field(default_factory=list)  # name, state, started, seconds
     report: str | None = None  # the markdown report artifact, once written
     progress: float | None = None  # fine-tuning progress, 0-100
 
@@ -89,6 +89,9 @@ def view(run_id: str) -> RunView:
                 "name": t.name.rsplit("-", 1)[0],
                 "state": t.state.name if t.state else "Pending",
                 "started": t.start_time.isoformat() if t.start_time else None,
+                "seconds": (t.end_time - t.start_time).total_seconds()
+                if t.start_time and t.end_time
+                else None,
             }
             for t in tasks
         ),

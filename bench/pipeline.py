@@ -1,0 +1,159 @@
+"""Benchmark: the retrain flow end to end on the live platform, and its orchestration overhead.
+
+Starts a fresh platform (`refit up`: MLflow, Prefect, serving, runner) in a temp workspace
+with a temp DVC repo, makes the built-in model champion (bootstrap flow, not timed), then
+submits the embedded incoming batch (1,004 images, brings `truck`) and times submit -> new
+champion answering on the endpoint, with each step's share (from Prefect's task runs).
+Then, on a second fresh platform, the same steps as plain function calls in this process.
+
+Targets: submit -> new champion answering <= 3 min; flow wall time <= 1.10x plain calls.
+Run: .venv/bin/python bench/pipeline.py
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+REFIT = str(Path(sys.executable).parent / "refit")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def platform(root: Path) -> dict[str, str]:
+    """Start a fresh platform; export its settings into this process too."""
+    repo = root / "repo"
+    repo.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    env = {
+        "REFIT_WORKSPACE": str(root / "workspace"),
+        "REFIT_DVC_REPO": str(repo),
+        "REFIT_CONFIG": str(root / "refit.toml"),
+        **{f"REFIT_{n}_PORT": str(free_port()) for n in ("MLFLOW", "PREFECT", "SERVING", "RUNNER")},
+    }
+    os.environ.update(env)
+    from refit.settings import apply_tool_environment, get_settings
+
+    get_settings.cache_clear()
+    apply_tool_environment(get_settings())
+    subprocess.run([REFIT, "up"], check=True, capture_output=True)
+    return env
+
+
+def bootstrap() -> None:
+    from refit import runs
+
+    final = runs.follow(runs.start("bootstrap/bootstrap"), lambda v: None, timeout_s=900)
+    assert final.state == "COMPLETED", final.message
+
+
+def served_version(url: str) -> str | None:
+    model = httpx.get(f"{url}/model", timeout=30).json()["model"]
+    return model and model["version"]
+
+
+def timed_flow() -> tuple[float, float, list[dict]]:
+    """(submit -> new champion answering, flow run wall time, steps)."""
+    from pipelines.submissions import submit
+    from refit import runs
+    from refit.settings import get_settings
+
+    settings = get_settings()
+    before = served_version(settings.serving_url)
+    started = time.perf_counter()
+    submission = submit(settings.workspace / "sample" / "incoming", settings.incoming_dir)
+    while served_version(settings.serving_url) == before:
+        time.sleep(0.25)
+    answered = time.perf_counter() - started
+    run_id = runs.find_submission_run(submission.id)
+    final = runs.follow(run_id, lambda v: None, timeout_s=600)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(uuid.UUID(run_id))
+    return answered, run.total_run_time.total_seconds(), final.steps
+
+
+def plain_calls() -> tuple[float, dict[str, float]]:
+    """The flow's steps as plain function calls (no Prefect run), timed."""
+    from flows import common, retrain
+    from pipelines.submissions import submit
+    from refit.settings import get_settings
+
+    settings = get_settings()
+    common.settings.cache_clear()
+    submission = submit(settings.workspace / "sample" / "incoming", settings.incoming_dir)
+    shares: dict[str, float] = {}
+
+    def step(name, fn, *args):
+        started = time.perf_counter()
+        result = fn(*args)
+        shares[name] = time.perf_counter() - started
+        return result
+
+    started = time.perf_counter()
+    merged = step("validate and merge", retrain.validate_and_merge.fn, submission)
+    champion, challenger, fits = step(
+        "fine-tune", retrain.finetune.fn, merged.version.batch_id, None
+    )
+    judgement = step(
+        "judge and promote",
+        retrain.judge_and_promote.fn,
+        champion,
+        challenger,
+        fits,
+        merged.version.batch_id,
+        {},
+    )
+    step("reload serving", common.reload_serving.fn, judgement.version)
+    step("smoke check", common.smoke_check.fn, judgement.version, challenger)
+    return time.perf_counter() - started, shares
+
+
+def stop() -> None:
+    subprocess.run([REFIT, "down"], check=True, capture_output=True)
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="refit-bench-pipeline-"))
+    platform(tmp / "a")
+    try:
+        bootstrap()
+        answered, flow_seconds, steps = timed_flow()
+    finally:
+        stop()
+    platform(tmp / "b")
+    try:
+        bootstrap()
+        plain_seconds, plain_steps = plain_calls()
+    finally:
+        stop()
+    print(f"\nSubmit 1,004 images -> new champion answering: {answered:.1f} s (target <= 180 s)")
+    print(f"{'step':24} {'flow s':>8} {'share':>7} {'plain s':>8}")
+    total = sum(s["seconds"] or 0 for s in steps)
+    for s in steps:
+        plain = plain_steps.get(s["name"])
+        print(
+            f"{s['name']:24} {s['seconds'] or 0:8.1f} {(s['seconds'] or 0) / total:7.1%} "
+            f"{'' if plain is None else f'{plain:8.1f}'}"
+        )
+    print(
+        f"\nRetrain flow run {flow_seconds:.1f} s vs the same steps as plain calls "
+        f"{plain_seconds:.1f} s: {flow_seconds / plain_seconds:.3f}x (target <= 1.10x)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
