@@ -87,3 +87,16 @@ def test_telemetry_is_off_and_onednn_on() -> None:
     assert env["DVC_NO_ANALYTICS"] == "1"
     assert env["BENTOML_DO_NOT_TRACK"] == "true"
     assert env["TF_ENABLE_ONEDNN_OPTS"] == "1"
+
+
+def test_admin_token_is_generated_once_private_and_a_setting_wins(tmp_path) -> None:
+    from refit.settings import Settings
+
+    settings = Settings(workspace=tmp_path / "ws")
+    assert settings.admin_token() is None
+    token, created = settings.ensure_admin_token()
+    assert created and len(token) >= 24
+    assert (settings.token_file.stat().st_mode & 0o777) == 0o600
+    assert settings.ensure_admin_token() == (token, False)
+    configured = Settings(workspace=tmp_path / "ws", serving={"admin_token": "mine"})
+    assert configured.admin_token() == "mine"

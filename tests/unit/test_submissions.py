@@ -1,0 +1,58 @@
+"""The pending queue: atomic submit, adopting dropped files once settled, resume state."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines import submissions
+
+
+def test_submit_copies_atomically_and_lists_oldest_first(tmp_path: Path) -> None:
+    batch = tmp_path / "batch.zip"
+    batch.write_bytes(b"zip")
+    incoming = tmp_path / "incoming"
+    first = submissions.submit(batch, incoming)
+    second = submissions.submit(batch, incoming)
+    assert batch.exists()  # copied, not moved
+    assert [s.id for s in submissions.pending(incoming)] == [first.id, second.id]
+    assert first.batch.read_bytes() == b"zip" and first.status == "pending"
+    assert not list(incoming.glob(".*"))  # no half-built submission left behind
+
+
+def test_a_missing_batch_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"nothing\.zip"):
+        submissions.submit(tmp_path / "nothing.zip", tmp_path / "incoming")
+
+
+def test_dropped_files_are_adopted_only_once_settled(tmp_path: Path) -> None:
+    incoming = tmp_path / "incoming"
+    folder = incoming / "dropped"
+    folder.mkdir(parents=True)
+    (folder / "a.png").write_bytes(b"x")
+    assert submissions.adopt_dropped(incoming, settle_s=60) == []  # still being written?
+    old = time.time() - 120
+    for path in (folder, folder / "a.png"):
+        os.utime(path, (old, old))
+    adopted = submissions.adopt_dropped(incoming, settle_s=60)
+    assert len(adopted) == 1 and adopted[0].batch.name == "dropped"
+    assert not folder.exists()  # moved into the submission
+    assert submissions.adopt_dropped(incoming, settle_s=0) == []  # not adopted twice
+
+
+def test_merged_state_survives_and_finish_leaves_the_queue(tmp_path: Path) -> None:
+    batch = tmp_path / "b.csv"
+    batch.write_text("path,label\n")
+    incoming, done = tmp_path / "incoming", tmp_path / "done"
+    sub = submissions.submit(batch, incoming)
+    submissions.mark_merged(sub, "batch-1")
+    again = submissions.pending(incoming)[0]  # as a restarted process reads it
+    assert (again.status, again.batch_id) == ("merged", "batch-1")
+    submissions.finish(again, done, "promoted", "v2")
+    assert submissions.pending(incoming) == []
+    found = submissions.find(incoming, done, sub.id)
+    assert found is not None and (found.status, found.outcome) == ("done", "promoted")
+    assert submissions.find(incoming, done, "../etc") is None
