@@ -163,6 +163,7 @@ class Refit:
 
     def __init__(self) -> None:
         self.models: dict[str, dict] = {}
+        self.input_size: tuple[int, int] | None = None
 
     async def __is_ready__(self) -> bool:
         """Ready once the classifier has a champion loaded and warmed (answers within 3 s;
@@ -180,25 +181,32 @@ class Refit:
                 self.models[version] = described["model"]
         return self.models.get(version)
 
-    async def _input_size(self) -> tuple[int, int] | JSONResponse:
-        described = await self.classifier.to_async.describe()
-        if described["model"] is None:
-            return _error(503, described["error"] or "no champion model is loaded yet")
-        self.models.setdefault(described["model"]["version"], described["model"])
-        return tuple(described["model"]["input_size"])
+    async def _input_size(self, refresh: bool = False) -> tuple[int, int] | JSONResponse:
+        """The champion's input size, asked of the classifier only when not known yet (or
+        when an answer says the champion changed): no extra hop per request."""
+        if self.input_size is None or refresh:
+            described = await self.classifier.to_async.describe()
+            if described["model"] is None:
+                return _error(503, described["error"] or "no champion model is loaded yet")
+            self.models.setdefault(described["model"]["version"], described["model"])
+            self.input_size = tuple(described["model"]["input_size"])
+        return self.input_size
 
     async def _classify(self, uploads: list[tuple[str, bytes]], top_k: int, tta: bool):
-        size = await self._input_size()
-        if isinstance(size, JSONResponse):
-            return size
-        try:
-            images = np.stack(
-                [decode(data, size, SETTINGS.serving.max_image_pixels, n) for n, data in uploads]
-            )
-        except BadImage as exc:
-            return _error(400, str(exc))
-        batch = np.concatenate([images, images[:, :, ::-1]]) if tta else images
-        for _ in range(3):  # a swap between the size check and the batch: ask again
+        for attempt in range(3):  # no champion known, or it changed size: ask, then retry
+            size = await self._input_size(refresh=attempt > 0)
+            if isinstance(size, JSONResponse):
+                return size
+            try:
+                images = np.stack(
+                    [
+                        decode(data, size, SETTINGS.serving.max_image_pixels, n)
+                        for n, data in uploads
+                    ]
+                )
+            except BadImage as exc:
+                return _error(400, str(exc))
+            batch = np.concatenate([images, images[:, :, ::-1]]) if tta else images
             rows = await self.classifier.to_async.classify(batch)
             versions = rows[:, 0]
             if not np.isnan(versions).any() and (versions == versions[0]).all():
