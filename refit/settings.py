@@ -83,6 +83,9 @@ class ServingConfig(BaseModel):
     max_upload_bytes: int = Field(
         default=20_000_000, description="Largest request body (413 beyond)."
     )
+    max_dataset_upload_bytes: int = Field(
+        default=4_000_000_000, description="Largest batch or model upload on the Retrain page."
+    )
     max_image_pixels: int = Field(
         default=40_000_000, description="Largest decoded image (decompression-bomb guard)."
     )

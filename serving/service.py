@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 import anyio
 import bentoml
@@ -122,36 +122,36 @@ app = FastAPI(
 
 
 class BodyLimit:
-    """413 for request bodies over the limit, counted as they stream in."""
+    """413 for request bodies over the limit, counted as they stream in. Dataset and model
+    uploads (``/retrain/...``) have their own, larger limit."""
 
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, upload_max_bytes: int) -> None:
+        self.app, self.max_bytes, self.upload_max_bytes = app, max_bytes, upload_max_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.upload_max_bytes if scope["path"].startswith("/retrain/") else self.max_bytes
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and int(declared) > self.max_bytes:
-            return await self._refuse(scope, receive, send)
+        if declared is not None and int(declared) > limit:
+            return await self._refuse(scope, receive, send, limit)
         seen = 0
 
         async def counted():
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > limit:
                 raise _TooLarge
             return message
 
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, limit)
 
-    async def _refuse(self, scope, receive, send):
-        response = JSONResponse(
-            {"error": f"request body over the limit of {self.max_bytes:,} bytes"}, 413
-        )
+    async def _refuse(self, scope, receive, send, limit: int):
+        response = JSONResponse({"error": f"request body over the limit of {limit:,} bytes"}, 413)
         await response(scope, receive, send)
 
 
@@ -159,7 +159,11 @@ class _TooLarge(Exception):
     pass
 
 
-app.add_middleware(BodyLimit, max_bytes=SETTINGS.serving.max_upload_bytes)
+app.add_middleware(
+    BodyLimit,
+    max_bytes=SETTINGS.serving.max_upload_bytes,
+    upload_max_bytes=SETTINGS.serving.max_dataset_upload_bytes,
+)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -317,7 +321,7 @@ class Refit:
         name = Path(archive.filename or "batch.zip").name
         if not name.lower().endswith(BATCH_SUFFIXES):
             return _error(400, f"{name}: upload a .zip, .tar, .tar.gz/.tgz or .csv batch")
-        submission = await anyio.to_thread.run_sync(_queue_upload, name, await archive.read())
+        submission = await anyio.to_thread.run_sync(_queue_upload, name, archive.file)
         return {"submission": submission, "follow": f"/retrain/submissions/{submission}"}
 
     @app.post("/retrain/model", summary="Upload your own .keras/.h5 model as a candidate")
@@ -336,7 +340,8 @@ class Refit:
             return _error(400, "classes: give the class names in output order")
         path = SETTINGS.workspace / "uploads" / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(await model.read())
+        with path.open("wb") as out:
+            shutil.copyfileobj(model.file, out)
         from refit import runs
 
         try:
@@ -361,11 +366,8 @@ class Refit:
             run = await anyio.to_thread.run_sync(runs.view, run_id) if run_id else None
         except Exception as exc:
             run, found.detail = None, f"Prefect not reachable: {exc}"
-        return {
-            "submission": {"id": found.id, "status": found.status, "outcome": found.outcome,
-                           "detail": found.detail},
-            "run": _run_json(run),
-        }  # fmt: skip
+        state = {k: getattr(found, k) for k in ("id", "status", "outcome", "detail")}
+        return {"submission": state, "run": _run_json(run)}
 
     @app.get("/retrain/runs/{run_id}", summary="A flow run's steps, state and report")
     async def run_status(self, run_id: str):
@@ -428,14 +430,16 @@ class Refit:
 BATCH_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".csv")
 
 
-def _queue_upload(name: str, data: bytes) -> str:
-    """Write an uploaded batch to a temp file, then queue it (moved, not copied)."""
+def _queue_upload(name: str, upload: BinaryIO) -> str:
+    """Copy an uploaded batch (spooled on disk by the server) to a temp file, then queue it
+    (moved, not copied again)."""
     from pipelines.submissions import submit
 
     uploads = SETTINGS.workspace / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(dir=uploads))
-    (folder / name).write_bytes(data)
+    with (folder / name).open("wb") as out:
+        shutil.copyfileobj(upload, out)
     submission = submit(folder / name, SETTINGS.incoming_dir, move=True)
     shutil.rmtree(folder, ignore_errors=True)
     return submission.id
