@@ -223,9 +223,14 @@ def _process(sub, epochs: int | None, gate: dict, rejected: list[str]) -> dict:
             rejected.append(f"{sub.name}: {result.report.summary()}")
             return {"submission": sub.id, "outcome": "rejected"}
         batch_id, summary = result.version.batch_id, result.report.summary()
-    champion, challenger, fits = finetune.with_options(
-        timeout_seconds=config.orchestration.train_timeout_s
-    )(batch_id, epochs)
+    try:
+        champion, challenger, fits = finetune.with_options(
+            timeout_seconds=config.orchestration.train_timeout_s
+        )(batch_id, epochs)
+    except ValueError as exc:  # e.g. no training images: retrying would fail forever
+        submissions.finish(sub, config.submissions_dir, "not-trainable", str(exc))
+        rejected.append(f"{sub.name}: {exc}")
+        return {"submission": sub.id, "outcome": "not-trainable"}
     judgement = judge_and_promote(champion, challenger, fits, batch_id, gate)
     smoke = None
     if judgement.promoted:
