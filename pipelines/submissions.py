@@ -51,8 +51,10 @@ class Submission:
 
 
 def _new_id(name: str) -> str:
+    """Sortable by submission time (to the nanosecond), unique, and readable."""
     stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:40]
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}-{stem}"
+    nanos = time.time_ns() % 1_000_000_000
+    return f"{time.strftime('%Y%m%d-%H%M%S')}.{nanos:09d}-{uuid.uuid4().hex[:4]}-{stem}"
 
 
 def submit(source: Path, incoming: Path, move: bool = False) -> Submission:

@@ -85,14 +85,20 @@ def test_up_status_down_lifecycle(platform_env: dict[str, str]) -> None:
         assert page.status_code == 200 and "<html" in page.text.lower()
     assert httpx.get(f"{mlflow_url}/health").text.strip() == "OK"
     assert httpx.get(f"{prefect_url}/api/health").json() is True
+    # Serving answers (its pages too) before any champion exists; the runner is healthy.
+    serving_url = f"http://127.0.0.1:{env['REFIT_SERVING_PORT']}"
+    assert "<html" in httpx.get(f"{serving_url}/try", timeout=10).text.lower()
+    assert httpx.get(f"http://127.0.0.1:{env['REFIT_RUNNER_PORT']}/health").is_success
+    assert "Admin token:" in started.stdout
 
     first = pid_records(env)
-    assert refit(env, "status").stdout.count("healthy") == 2
+    assert set(first) == {"mlflow", "prefect", "serving", "runner"}
+    assert refit(env, "status").stdout.count("healthy") == 4
 
     # A second `up` says so and starts nothing.
     again = refit(env, "up")
     assert again.returncode == 0
-    assert again.stdout.count("already running") == 2
+    assert again.stdout.count("already running") == 4
     assert pid_records(env) == first
 
     # The MLflow server crashes (its worker survives, holding the port): `up` cleans up
@@ -110,11 +116,11 @@ def test_up_status_down_lifecycle(platform_env: dict[str, str]) -> None:
 
     stopped = refit(env, "down")
     assert stopped.returncode == 0
-    assert stopped.stdout.count("stopped") == 2
+    assert stopped.stdout.count("stopped") == 4
     for record in second.values():
         assert not group_alive(record["pid"])
     assert pid_records(env) == {}
-    assert refit(env, "status").stdout.count("stopped") == 2
+    assert refit(env, "status").stdout.count("stopped") == 4
 
 
 def test_up_refuses_a_port_taken_by_someone_else(platform_env: dict[str, str]) -> None:
