@@ -43,7 +43,9 @@ def test_try_page_shows_the_top_labels(live: LivePlatform, browser, tmp_path: Pa
     page.wait_for_selector("#version")
     assert page.inner_text("#version") == f"Model version {version}"
     labels = page.locator(".bar .label").all_inner_texts()
-    assert len(labels) == 3 and set(labels) == set(COLOURS[:3])
+    classes = httpx.get(f"{live.serving_url}/model").json()["model"]["classes"]
+    assert len(labels) == min(5, len(classes)) and set(labels) <= set(classes)
+    assert labels[0] == "green"  # a green image, by a model that learned colours
 
 
 def test_retrain_page_follows_a_batch_to_its_decision(live, browser, tmp_path: Path) -> None:
