@@ -96,11 +96,7 @@ def demo() -> None:
     up()
     from serving.champion import RegistrySource
 
-    source = RegistrySource(
-        str(settings.mlflow_tracking_uri),
-        str(settings.mlflow_registry_uri),
-        settings.registered_model_name,
-    )
+    source = RegistrySource.from_settings(settings)
     if source.champion_version() is None:
         console.print("\n[bold]1. The built-in model becomes the first champion[/]")
         if _follow_run(runs.start("bootstrap/bootstrap"), 1800).state != "COMPLETED":
@@ -138,11 +134,7 @@ def serve() -> None:
     from serving.champion import RegistrySource
 
     settings = _settings()
-    source = RegistrySource(
-        str(settings.mlflow_tracking_uri),
-        str(settings.mlflow_registry_uri),
-        settings.registered_model_name,
-    )
+    source = RegistrySource.from_settings(settings)
     try:
         version = source.champion_version()
     except Exception as exc:

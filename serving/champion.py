@@ -75,6 +75,15 @@ class RegistrySource:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
 
+    @classmethod
+    def from_settings(cls, settings) -> RegistrySource:
+        """The registry ``refit.settings.Settings`` point at."""
+        return cls(
+            str(settings.mlflow_tracking_uri),
+            str(settings.mlflow_registry_uri),
+            settings.registered_model_name,
+        )
+
     def champion_version(self) -> str | None:
         from mlflow.exceptions import MlflowException
 

@@ -55,11 +55,7 @@ class Classifier:
     def __init__(self) -> None:
         from serving.champion import ChampionHolder, RegistrySource
 
-        source = RegistrySource(
-            str(SETTINGS.mlflow_tracking_uri),
-            str(SETTINGS.mlflow_registry_uri),
-            SETTINGS.registered_model_name,
-        )
+        source = RegistrySource.from_settings(SETTINGS)
         self.holder = ChampionHolder(
             source, SETTINGS.serving.engine, SETTINGS.serving.onnx_tolerance
         )
@@ -401,11 +397,7 @@ class Refit:
     def _source(self):
         from serving.champion import RegistrySource
 
-        return RegistrySource(
-            str(SETTINGS.mlflow_tracking_uri),
-            str(SETTINGS.mlflow_registry_uri),
-            SETTINGS.registered_model_name,
-        )
+        return RegistrySource.from_settings(SETTINGS)
 
     @app.get("/", include_in_schema=False)
     async def index(self):
