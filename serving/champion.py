@@ -187,16 +187,6 @@ class ChampionHolder:
     def current(self) -> Champion | None:
         return self._current
 
-    def require(self) -> Champion:
-        champion = self._current
-        if champion is None:
-            raise NoChampion(
-                self.error
-                or f"no champion yet: {self.source.name!r} has no version with alias "
-                f"{ALIAS!r}; register one (refit model register / refit up --demo)"
-            )
-        return champion
-
     def refresh(self) -> dict:
         """Load the alias's version if it differs from the one serving. Never raises."""
         with self._reload_lock:
