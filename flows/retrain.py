@@ -94,7 +94,7 @@ def finetune(batch_id: str, epochs: int | None):
 @task(name="judge and promote", cache_policy=NO_CACHE)
 def judge_and_promote(champion, challenger, fits, batch_id: str, gate_overrides: dict):
     """Evaluate champion and challenger on the same holdout; register; promote if blessed."""
-    from pipelines.candidate import judge
+    from pipelines.candidate import judge_finetune
     from pipelines.dataset import evaluation_holdout, load_index
     from pipelines.train import images_from_index
     from refit.wiring import intake, registry
@@ -105,25 +105,20 @@ def judge_and_promote(champion, challenger, fits, batch_id: str, gate_overrides:
     holdout = images_from_index(
         config.dataset_dir, evaluation_holdout(index), champion.input_size, challenger.class_names
     )
-    added = challenger.class_names[len(champion.class_names) :]
-    curves = {
-        f"{phase}.{key}": values
-        for phase, fit in zip(("head", "finetune"), fits, strict=False)
-        for key, values in fit.history.items()
-    }
-    return judge(
+    return judge_finetune(
+        champion,
         challenger,
+        fits,
         holdout,
         registry(config),
         config.gate.model_copy(update=gate_overrides),
-        run_name=f"retrain {'+' + ','.join(added) + ' ' if added else ''}{batch_id}",
+        batch_id=batch_id,
         params=config.finetune.model_dump(),
-        curves=curves,
-        tags={"batch_id": batch_id, "recipe": "finetune"},
-        dataset=index,
-        reports=sorted((config.accepted_dir / batch_id).glob("report.*")),
+        index=index,
+        accepted_dir=config.accepted_dir,
         dataset_dir=config.dataset_dir,
         dataset_version=store.current_version(),
+        run_prefix="retrain",
     )
 
 

@@ -125,3 +125,43 @@ def judge(
     return Judgement(
         version, run_id, decision, challenger_eval, champion_eval, champion_version, promoted
     )
+
+
+def judge_finetune(
+    champion: LoadedModel,
+    challenger: LoadedModel,
+    fits: list,
+    holdout: ImageSet,
+    registry: Registry,
+    policy: GatePolicy,
+    *,
+    batch_id: str,
+    params: dict,
+    index: pd.DataFrame,
+    accepted_dir: Path,
+    dataset_dir: Path,
+    dataset_version: str | None,
+    run_prefix: str = "finetune",
+) -> Judgement:
+    """:func:`judge` a fine-tuned challenger, with its curves, data reports and batch tags
+    (what both `refit train finetune` and the retrain flow record)."""
+    added = challenger.class_names[len(champion.class_names) :]
+    curves = {
+        f"{phase}.{key}": values
+        for phase, fit in zip(("head", "finetune"), fits, strict=False)
+        for key, values in fit.history.items()
+    }
+    return judge(
+        challenger,
+        holdout,
+        registry,
+        policy,
+        run_name=f"{run_prefix} {'+' + ','.join(added) + ' ' if added else ''}{batch_id}",
+        params=params,
+        curves=curves,
+        tags={"batch_id": batch_id, "recipe": "finetune"},
+        dataset=index,
+        reports=sorted((accepted_dir / batch_id).glob("report.*")),
+        dataset_dir=dataset_dir,
+        dataset_version=dataset_version,
+    )

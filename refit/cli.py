@@ -557,7 +557,7 @@ def train_finetune(
     judge the challenger against the champion and promote it only if the gate blesses it."""
 
     settings = _settings()
-    from pipelines.candidate import judge
+    from pipelines.candidate import judge_finetune
     from pipelines.dataset import evaluation_holdout, load_index
     from pipelines.modelfile import ModelRefused, load_refit_model
     from pipelines.predict import compare_on_holdout
@@ -601,25 +601,19 @@ def train_finetune(
     _save_with_card(settings, challenger, out, "finetune")
     if not register:
         return
-    added = challenger.class_names[len(champion.class_names) :]
-    curves = {
-        f"{phase}.{key}": values
-        for phase, fit in zip(("head", "finetune"), fits, strict=False)
-        for key, values in fit.history.items()
-    }
     with console.status("Judging against the champion…"):
         outcome = _registry_call(
-            lambda: judge(
+            lambda: judge_finetune(
+                champion,
                 challenger,
+                fits,
                 holdout,
                 _registry(settings),
                 settings.gate,
-                run_name=f"finetune {'+' + ','.join(added) + ' ' if added else ''}{batch_id}",
+                batch_id=batch_id,
                 params=settings.finetune.model_dump(),
-                curves=curves,
-                tags={"batch_id": batch_id, "recipe": "finetune"},
-                dataset=index,
-                reports=sorted((settings.accepted_dir / batch_id).glob("report.*")),
+                index=index,
+                accepted_dir=settings.accepted_dir,
                 dataset_dir=settings.dataset_dir,
                 dataset_version=store.current_version(),
             )
