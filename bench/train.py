@@ -40,7 +40,7 @@ def cifar_subset(n: int) -> tuple:
 
 
 def bare_fit(images, spec, batch: int, epochs: int) -> float:
-    model = build_model(spec, len(images.class_names))
+    model = build_model(spec, len(images.class_names), init_images=images.x)
     model.compile(
         keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
         keras.losses.CategoricalCrossentropy(label_smoothing=0.2),
@@ -55,7 +55,7 @@ def bare_fit(images, spec, batch: int, epochs: int) -> float:
 
 
 def pipeline_fit(images, spec, batch: int, epochs: int) -> float:
-    model = build_model(spec, len(images.class_names))
+    model = build_model(spec, len(images.class_names), init_images=images.x)
     common = dict(
         batch_size=batch,
         peak_lr=0.1,

@@ -54,12 +54,12 @@ class ArchitectureConfig(BaseModel):
     """Which network to build (``pipelines.architectures``)."""
 
     name: str = Field(
-        default="residual_cnn",
-        description="residual_cnn, mobilenet_v3_small, efficientnet_b0 or vgg16.",
+        default="airbench",
+        description="airbench, mobilenet_v3_small, efficientnet_b0 or vgg16.",
     )
     input_size: int = Field(default=32, description="Input height and width of the model.")
     widths: tuple[int, int, int] = Field(
-        default=(48, 96, 192), description="residual_cnn: channels of its three stages."
+        default=(64, 256, 256), description="airbench: channels of its three conv groups."
     )
     backbone_size: int = Field(default=96, description="Applications: resize to this inside.")
     weights: str | None = Field(
@@ -71,17 +71,19 @@ class ArchitectureConfig(BaseModel):
 class TrainConfig(BaseModel):
     """Training from scratch (bootstrap)."""
 
-    epochs: int = Field(default=32, description="Epochs of the one-cycle schedule.")
+    epochs: int = Field(default=40, description="Epochs of the one-cycle schedule.")
     batch_size: int = Field(default=512, description="Images per step.")
-    peak_lr: float = Field(default=0.4, description="Peak learning rate (SGD, Nesterov).")
+    peak_lr: float = Field(default=1.0, description="Peak learning rate (SGD, Nesterov).")
     warmup_share: float = Field(default=0.2, description="Share of the run spent warming up.")
-    momentum: float = Field(default=0.9, description="SGD momentum.")
-    weight_decay: float = Field(default=5e-4, description="Decoupled weight decay.")
+    momentum: float = Field(default=0.85, description="SGD momentum.")
+    weight_decay: float = Field(
+        default=6.7e-3, description="Decoupled weight decay (Keras: shrinks by lr x this per step)."
+    )
     label_smoothing: float = Field(default=0.2, description="Label smoothing of the loss.")
     val_share: float = Field(default=0.05, description="Share held out for validation.")
     patience: int = Field(default=12, description="Early stopping patience (epochs).")
     time_budget_s: float = Field(
-        default=3000, description="Wall-time budget; the schedule compresses to fit it."
+        default=3300, description="Wall-time budget; the schedule compresses to fit it."
     )
     seed: int = Field(default=0, description="Seed of splits, shuffling and augmentation.")
 
@@ -94,7 +96,8 @@ class FinetuneConfig(BaseModel):
     epochs: int = Field(default=14, description="Phase 2: epochs with the top unfrozen.")
     lr: float = Field(default=0.05, description="Phase 2 peak learning rate.")
     unfreeze_layers: int = Field(
-        default=-1, description="Phase 2: weight layers unfrozen from the top (-1: all)."
+        default=3,
+        description="Phase 2: weight layers unfrozen from the top (-1: all). More forget more.",
     )
     replay_ratio: float = Field(
         default=4.0, description="Replayed old training images per new image."

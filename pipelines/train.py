@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipelines.architectures import build_model
+from pipelines.architectures import FROZEN_LAYERS, build_model
 from pipelines.config import ArchitectureConfig, FinetuneConfig, TrainConfig
 from pipelines.ingest import load_rgb
 from pipelines.modelfile import LoadedModel
@@ -304,7 +304,7 @@ def bootstrap(
     """
     rest, held = stratified_split(images.y, config.val_share, config.seed)
     train, val = images.take(rest), images.take(held)
-    model = build_model(spec, len(images.class_names))
+    model = build_model(spec, len(images.class_names), init_images=train.x)
     progress(
         f"Bootstrap {spec.name}: {len(train)} training and {len(val)} validation images, "
         f"{len(images.class_names)} classes, {model.count_params():,} parameters"
@@ -343,9 +343,11 @@ def set_trainable_top(model: keras.Model, n_layers: int) -> None:
     """Freeze everything, then unfreeze the top ``n_layers`` weight layers (-1: all).
 
     Frozen BatchNormalization layers run in inference mode (Keras semantics), so their
-    statistics are kept.
+    statistics are kept. Layers that are fixed by design (``FROZEN_LAYERS``) stay frozen.
     """
-    weighted = [layer for layer in _flat_layers(model) if layer.weights]
+    weighted = [
+        layer for layer in _flat_layers(model) if layer.weights and layer.name not in FROZEN_LAYERS
+    ]
     for layer in weighted:
         layer.trainable = n_layers < 0
     if n_layers >= 0:

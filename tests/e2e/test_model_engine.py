@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from pipelines.architectures import whitening_weights
 from pipelines.config import ArchitectureConfig, FinetuneConfig, TrainConfig
 from pipelines.modelfile import (
     LoadedModel,
@@ -56,6 +57,20 @@ def test_bootstrap_makes_a_model_that_carries_its_classes(champion, tmp_path: Pa
     )
 
 
+def test_whitening_layer_decorrelates_patches_and_stays_frozen(champion) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (64, SIZE, SIZE, 3), np.uint8)
+    images[..., 1] = images[..., 0] // 2 + images[..., 1] // 2  # correlated channels
+    kernel, bias = whitening_weights(images)
+    x = images.astype(np.float32) / 255.0
+    patches = np.lib.stride_tricks.sliding_window_view(x, (2, 2), axis=(1, 2))
+    patches = patches.transpose(0, 1, 2, 4, 5, 3).reshape(-1, 12)
+    whitened = patches @ kernel.reshape(12, -1)[:, :12] + bias[:12]
+    np.testing.assert_allclose(whitened.mean(axis=0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(np.cov(whitened, rowvar=False), np.eye(12), atol=0.05)
+    whiten = champion.model.get_layer("whiten")
+    assert not whiten.trainable  # fixed from the data, even after fine-tuning below
+
+
 def test_grown_head_ranks_old_classes_exactly_as_before(champion) -> None:
     grown = grow_head(champion, ["yellow", "cyan"])
     assert grown.class_names == ["red", "green", "blue", "yellow", "cyan"]
@@ -79,6 +94,11 @@ def test_finetune_adds_a_class_and_keeps_old_indices(champion) -> None:
     assert challenger.card["replay_images"] > 0
     for before, after in zip(weights, champion.model.get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)
+    np.testing.assert_array_equal(  # the whitening layer never trains
+        challenger.model.get_layer("whiten").get_weights()[0],
+        champion.model.get_layer("whiten").get_weights()[0],
+    )
+    assert not challenger.model.get_layer("whiten").trainable
 
 
 def test_tta_shape_and_determinism(champion) -> None:
