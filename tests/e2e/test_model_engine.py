@@ -68,7 +68,7 @@ def test_whitening_layer_decorrelates_patches_and_stays_frozen(champion) -> None
     np.testing.assert_allclose(whitened.mean(axis=0), 0.0, atol=1e-3)
     np.testing.assert_allclose(np.cov(whitened, rowvar=False), np.eye(12), atol=0.05)
     whiten = champion.model.get_layer("whiten")
-    assert not whiten.trainable  # fixed from the data, even after fine-tuning below
+    assert not whiten.trainable  # fixed from the data; fine-tuning keeps it (next tests)
 
 
 def test_grown_head_ranks_old_classes_exactly_as_before(champion) -> None:
