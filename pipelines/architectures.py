@@ -33,7 +33,7 @@ def _head(features, num_classes: int, dropout: float):
     if dropout:
         features = layers.Dropout(dropout, name="dropout")(features)
     logits = layers.Dense(num_classes, name="logits")(features)
-    return layers.Softmax(name="probabilities")(logits)
+    return layers.Softmax(name="probabilities", dtype="float32")(logits)  # also when mixed
 
 
 def _conv_group(x, filters: int, name: str):

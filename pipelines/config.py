@@ -7,6 +7,8 @@ or a `[validation]` table in `refit.toml`). Import-light on purpose.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -84,6 +86,11 @@ class TrainConfig(BaseModel):
     patience: int = Field(default=12, description="Early stopping patience (epochs).")
     time_budget_s: float = Field(
         default=3300, description="Wall-time budget; the schedule compresses to fit it."
+    )
+    precision: Literal["auto", "float32", "mixed_bfloat16"] = Field(
+        default="auto",
+        description="Compute precision while training; auto: bfloat16 where the CPU has "
+        "bf16 instructions (AVX512-BF16, AMX), else float32. Saved models are float32.",
     )
     seed: int = Field(default=0, description="Seed of splits, shuffling and augmentation.")
 

@@ -2,10 +2,12 @@
 
 Images are decoded once into a uint8 array (in a process pool), then fed through tf.data
 with augmentation (random crop with reflect padding + horizontal flip). Both recipes use
-SGD with Nesterov momentum, label smoothing, and a one-cycle learning rate (linear warm-up,
-cosine decay) driven by whichever is further along: the step count or the wall-time budget,
-so a run on a busy machine still ends on time with a fully decayed learning rate.
-Bootstrap keeps the best weights on its validation split (early stopping).
+SGD with Nesterov momentum, label smoothing, and a one-cycle
+learning rate (linear warm-up, cosine decay) driven by whichever is further along: the step
+count or the wall-time budget, so a run on a busy machine still ends on time with a fully
+decayed learning rate.
+Bootstrap keeps the best weights on its validation split (early stopping) and computes in
+bfloat16 where the CPU does so natively; the model it returns is float32 either way.
 
 Fine-tuning grows the head first when the data brings new classes (``pipelines.surgery``),
 then trains in two phases: the head alone with everything else frozen, then the top layers
@@ -18,7 +20,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -291,6 +294,51 @@ def fit(
     )
 
 
+# --------------------------------------------------------------------------- precision
+
+
+def training_precision(choice: str) -> str:
+    """The Keras dtype policy to train in: ``choice``, or for ``auto`` bfloat16 mixed
+    precision where the CPU computes bf16 natively (1.34x faster here) and float32
+    elsewhere (where bf16 is emulated and several times slower)."""
+    if choice != "auto":
+        return choice
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if "avx512_bf16" in flags or "amx_bf16" in flags else "float32"
+
+
+@contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build layers under the Keras dtype policy ``name``; the global policy is restored."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def as_float32(model: keras.Model) -> keras.Model:
+    """A float32 copy of a mixed-precision model (same weights), so that serving and later
+    fine-tuning never depend on bf16 support."""
+
+    def strip(config):
+        if isinstance(config, dict):
+            if config.get("class_name") == "DTypePolicy":
+                return "float32"
+            return {key: strip(value) for key, value in config.items()}
+        if isinstance(config, list):
+            return [strip(value) for value in config]
+        return config
+
+    copy = type(model).from_config(strip(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 # --------------------------------------------------------------------------- recipes
 
 
@@ -304,10 +352,12 @@ def bootstrap(
     """
     rest, held = stratified_split(images.y, config.val_share, config.seed)
     train, val = images.take(rest), images.take(held)
-    model = build_model(spec, len(images.class_names), init_images=train.x)
+    precision = training_precision(config.precision)
+    with dtype_policy(precision):
+        model = build_model(spec, len(images.class_names), init_images=train.x)
     progress(
         f"Bootstrap {spec.name}: {len(train)} training and {len(val)} validation images, "
-        f"{len(images.class_names)} classes, {model.count_params():,} parameters"
+        f"{len(images.class_names)} classes, {model.count_params():,} parameters, {precision}"
     )
     result = fit(
         model,
@@ -326,6 +376,8 @@ def bootstrap(
         progress=progress,
         label="bootstrap",
     )
+    if precision != "float32":
+        model = as_float32(model)
     card = {
         "recipe": "bootstrap",
         "architecture": spec.model_dump(),
@@ -335,6 +387,7 @@ def bootstrap(
         "val_accuracy": max(result.history.get("val_accuracy", [0.0])),
         "train_seconds": round(result.seconds, 1),
         "epochs_run": result.epochs_run,
+        "precision": precision,
     }
     return LoadedModel(model, list(images.class_names), card), result
 

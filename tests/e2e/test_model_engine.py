@@ -71,6 +71,14 @@ def test_whitening_layer_decorrelates_patches_and_stays_frozen(champion) -> None
     assert not whiten.trainable  # fixed from the data; fine-tuning keeps it (next tests)
 
 
+def test_bfloat16_bootstrap_saves_a_float32_model(champion) -> None:
+    config = TINY.model_copy(update={"epochs": 1, "precision": "mixed_bfloat16"})
+    loaded, _ = bootstrap(coloured(["red", "green", "blue"], 10, 2), SPEC, config, **QUIET)
+    assert loaded.card["precision"] == "mixed_bfloat16"
+    assert {layer.dtype_policy.name for layer in loaded.model.layers} == {"float32"}
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored for others
+
+
 def test_grown_head_ranks_old_classes_exactly_as_before(champion) -> None:
     grown = grow_head(champion, ["yellow", "cyan"])
     assert grown.class_names == ["red", "green", "blue", "yellow", "cyan"]
