@@ -2,10 +2,9 @@
 
 Images are decoded once into a uint8 array (in a process pool), then fed through tf.data
 with augmentation (random crop with reflect padding + horizontal flip). Both recipes use
-SGD with Nesterov momentum, label smoothing, and a one-cycle
-learning rate (linear warm-up, cosine decay) driven by whichever is further along: the step
-count or the wall-time budget, so a run on a busy machine still ends on time with a fully
-decayed learning rate.
+SGD with Nesterov momentum, label smoothing, and a one-cycle learning rate (linear warm-up,
+cosine decay) driven by whichever is further along: the step count or the wall-time budget,
+so a run on a busy machine still ends on time with a fully decayed learning rate.
 Bootstrap keeps the best weights on its validation split (early stopping) and computes in
 bfloat16 where the CPU does so natively; the model it returns is float32 either way.
 
