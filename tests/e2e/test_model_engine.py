@@ -71,7 +71,7 @@ def test_whitening_layer_decorrelates_patches_and_stays_frozen(champion) -> None
     assert not whiten.trainable  # fixed from the data; fine-tuning keeps it (next tests)
 
 
-def test_bfloat16_bootstrap_saves_a_float32_model(champion) -> None:
+def test_bfloat16_bootstrap_saves_a_float32_model() -> None:
     config = TINY.model_copy(update={"epochs": 1, "precision": "mixed_bfloat16"})
     loaded, _ = bootstrap(coloured(["red", "green", "blue"], 10, 2), SPEC, config, **QUIET)
     assert loaded.card["precision"] == "mixed_bfloat16"
