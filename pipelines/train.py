@@ -5,8 +5,9 @@ with augmentation (random crop with reflect padding + horizontal flip). Both rec
 SGD with Nesterov momentum, label smoothing, and a one-cycle learning rate (linear warm-up,
 cosine decay) driven by whichever is further along: the step count or the wall-time budget,
 so a run on a busy machine still ends on time with a fully decayed learning rate.
-Bootstrap keeps the best weights on its validation split (early stopping) and computes in
-bfloat16 where the CPU does so natively; the model it returns is float32 either way.
+Bootstrap averages its weights as it goes (airbench's Lookahead), keeps the best weights on
+its validation split (early stopping) and computes in bfloat16 where the CPU does so
+natively; the model it returns is float32 either way.
 
 Fine-tuning grows the head first when the data brings new classes (``pipelines.surgery``),
 then trains in two phases: the head alone with everything else frozen, then the top layers
@@ -202,6 +203,33 @@ class OneCycle(keras.callbacks.Callback):
         self.step += 1
 
 
+class Lookahead(keras.callbacks.Callback):
+    """airbench's Lookahead: every few steps, once ``start`` of the schedule has passed, pull
+    an average of the weights towards the current ones and copy it back into the model.
+    The average's decay grows with the schedule's progress (cubed), so it follows the
+    weights early and averages strongly at the end. BatchNorm statistics are averaged too.
+    """
+
+    def __init__(self, schedule: OneCycle, every: int = 5, start: float = 0.3):
+        super().__init__()
+        self.schedule, self.every, self.start = schedule, every, start
+        self.steps, self.average = 0, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        progress = min(self.schedule.progress(), 1.0)
+        if progress < self.start or self.steps % self.every:
+            return
+        weights = [v for v in self.model.weights if v.dtype.startswith("float")]
+        if self.average is None:
+            self.average = [v.numpy() for v in weights]
+            return
+        decay = 0.95**self.every * progress**3
+        for variable, average in zip(weights, self.average, strict=True):
+            average += (1 - decay) * (variable.numpy() - average)
+            variable.assign(average)
+
+
 class EpochLog(keras.callbacks.Callback):
     """One progress line per epoch: losses, accuracies, learning rate, speed."""
 
@@ -253,8 +281,10 @@ def fit(
     patience: int | None,
     progress: Progress,
     label: str,
+    lookahead: bool = False,
 ) -> FitResult:
-    """Compile and train ``model`` with the one-cycle recipe; returns the history."""
+    """Compile and train ``model`` with the one-cycle recipe (and optionally
+    :class:`Lookahead` weight averaging); returns the history."""
     keras.utils.set_random_seed(seed)
     model.compile(
         optimizer=keras.optimizers.SGD(
@@ -267,10 +297,13 @@ def fit(
         metrics=["accuracy"],
     )
     steps = math.ceil(len(train) / batch_size) * epochs
+    schedule = OneCycle(peak_lr, warmup_share, steps, budget_s)
     callbacks: list[keras.callbacks.Callback] = [
-        OneCycle(peak_lr, warmup_share, steps, budget_s),
+        schedule,
         EpochLog(progress, epochs, len(train), label),
     ]
+    if lookahead:
+        callbacks.append(Lookahead(schedule))
     if val is not None and patience:
         callbacks.append(
             keras.callbacks.EarlyStopping(
@@ -374,6 +407,7 @@ def bootstrap(
         patience=config.patience,
         progress=progress,
         label="bootstrap",
+        lookahead=True,
     )
     if precision != "float32":
         model = as_float32(model)
