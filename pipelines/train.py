@@ -331,7 +331,7 @@ def fit(
 
 def training_precision(choice: str) -> str:
     """The Keras dtype policy to train in: ``choice``, or for ``auto`` bfloat16 mixed
-    precision where the CPU computes bf16 natively (1.34x faster here) and float32
+    precision where the CPU computes bf16 natively (1.26-1.34x faster here) and float32
     elsewhere (where bf16 is emulated and several times slower)."""
     if choice != "auto":
         return choice
