@@ -83,7 +83,10 @@ class TrainConfig(BaseModel):
     )
     label_smoothing: float = Field(default=0.2, description="Label smoothing of the loss.")
     val_share: float = Field(default=0.05, description="Share held out for validation.")
-    patience: int = Field(default=12, description="Early stopping patience (epochs).")
+    patience: int = Field(
+        default=12,
+        description="Early stopping patience (epochs), counted in the run's second half."
+    )
     time_budget_s: float = Field(
         default=3300, description="Wall-time budget; the schedule compresses to fit it."
     )

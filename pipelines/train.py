@@ -257,6 +257,20 @@ class EpochLog(keras.callbacks.Callback):
         )
 
 
+def early_stopping(epochs: int, patience: int) -> keras.callbacks.EarlyStopping:
+    """Stop when validation accuracy has not improved for ``patience`` epochs, restoring
+    the best weights; it only watches the second half of the run. At the one-cycle peak the
+    validation accuracy swings by 10 points from epoch to epoch, and watched from the start
+    a 48-epoch bootstrap stopped at epoch 17, restoring an epoch-5 model (73% holdout)."""
+    return keras.callbacks.EarlyStopping(
+        "val_accuracy",
+        patience=patience,
+        restore_best_weights=True,
+        mode="max",
+        start_from_epoch=epochs // 2,
+    )
+
+
 @dataclass
 class FitResult:
     history: dict[str, list[float]]
@@ -305,11 +319,7 @@ def fit(
     if lookahead:
         callbacks.append(Lookahead(schedule))
     if val is not None and patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                "val_accuracy", patience=patience, restore_best_weights=True, mode="max"
-            )
-        )
+        callbacks.append(early_stopping(epochs, patience))
     start = time.monotonic()
     history = model.fit(
         make_dataset(train, batch_size, True, seed),
