@@ -85,7 +85,7 @@ class TrainConfig(BaseModel):
     val_share: float = Field(default=0.05, description="Share held out for validation.")
     patience: int = Field(
         default=12,
-        description="Early stopping patience (epochs), counted in the run's second half."
+        description="Early stopping patience (epochs), counted in the run's second half.",
     )
     time_budget_s: float = Field(
         default=3300, description="Wall-time budget; the schedule compresses to fit it."
