@@ -34,6 +34,7 @@ from pipelines.architectures import FROZEN_LAYERS, build_model
 from pipelines.config import ArchitectureConfig, FinetuneConfig, TrainConfig
 from pipelines.ingest import load_rgb
 from pipelines.modelfile import LoadedModel
+from pipelines.predict import accuracy, predict_proba
 from pipelines.surgery import grow_head
 
 Progress = Callable[[str], None]
@@ -427,7 +428,9 @@ def bootstrap(
         "train": config.model_dump(),
         "train_images": len(train),
         "val_images": len(val),
-        "val_accuracy": max(result.history.get("val_accuracy", [0.0])),
+        # the returned model's own score: the last epoch's, or the best one's when early
+        # stopping ended the run and restored it (the history's maximum may be neither)
+        "val_accuracy": round(accuracy(predict_proba(model, val.x), val.y), 4),
         "train_seconds": round(result.seconds, 1),
         "epochs_run": result.epochs_run,
         "precision": precision,

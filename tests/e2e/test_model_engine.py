@@ -20,9 +20,9 @@ from pipelines.modelfile import (
     read_class_names,
     save_model,
 )
-from pipelines.predict import predict_proba
+from pipelines.predict import accuracy, predict_proba
 from pipelines.surgery import grow_head
-from pipelines.train import ImageSet, bootstrap, finetune
+from pipelines.train import ImageSet, bootstrap, finetune, stratified_split
 from tests.conftest import coloured_images
 
 pytestmark = pytest.mark.e2e
@@ -37,9 +37,12 @@ def coloured(classes: list[str], per_class: int, seed: int) -> ImageSet:
     return coloured_images(classes, per_class, seed, SIZE)
 
 
+CHAMPION_IMAGES = coloured(["red", "green", "blue"], 20, 0)
+
+
 @pytest.fixture(scope="module")
 def champion() -> LoadedModel:
-    loaded, result = bootstrap(coloured(["red", "green", "blue"], 20, 0), SPEC, TINY, **QUIET)
+    loaded, result = bootstrap(CHAMPION_IMAGES, SPEC, TINY, **QUIET)
     assert result.epochs_run == 2
     return loaded
 
@@ -48,6 +51,11 @@ def test_bootstrap_makes_a_model_that_carries_its_classes(champion, tmp_path: Pa
     assert champion.class_names == ["red", "green", "blue"]
     assert champion.model.output_shape == (None, 3)
     assert champion.card["recipe"] == "bootstrap" and champion.card["train_images"] == 48
+    _, held = stratified_split(CHAMPION_IMAGES.y, TINY.val_share, TINY.seed)
+    val = CHAMPION_IMAGES.take(held)  # the card scores the model it describes
+    assert champion.card["val_accuracy"] == round(
+        accuracy(predict_proba(champion.model, val.x), val.y), 4
+    )
     path = save_model(champion, tmp_path / "m.keras")
     assert read_class_names(path) == ["red", "green", "blue"]
     again = load_refit_model(path)
