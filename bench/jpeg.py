@@ -1,0 +1,150 @@
+"""Benchmark: what the dataset's JPEG compression costs the built-in model's recipe.
+
+The shared CIFAR-10 images are JPEGs at quality 75 with 4:2:0 chroma. The originals are
+not here, so this measures the slope instead: short bootstrap runs (same recipe, same
+split) on the images as shipped (the baseline) and re-encoded at lower qualities, every
+image (training, validation, holdout) alike. libjpeg scales its quantisation steps by
+(200 - 2q) / 100 above quality 50 and 50 / q below, so the accuracy lost per unit of that
+scale, taken back from 0.5 (quality 75) to 0, estimates what the compression costs.
+
+Data: the 9 classes of the built-in model (no `truck`), minus the embedded sample's
+holdout and incoming images; the holdout is the embedded sample's.
+
+Run: .venv/bin/python bench/jpeg.py [--epochs 8] [--qualities 50 30] [--per-class 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+from PIL import Image
+
+from pipelines.architectures import build_model
+from pipelines.predict import accuracy, predict_proba
+from pipelines.sample import sample_hashes, unpack_sample
+from pipelines.train import (
+    ImageSet,
+    dtype_policy,
+    fit,
+    load_images,
+    stratified_split,
+    training_precision,
+)
+from refit.settings import Settings
+
+EXCLUDED_CLASS = "truck"
+
+
+def quantisation_scale(quality: int) -> float:
+    """libjpeg's multiplier of its base quantisation tables at ``quality``."""
+    return (200 - 2 * quality) / 100 if quality >= 50 else 50 / quality
+
+
+def class_folders(root: Path, per_class: int) -> tuple[list[Path], list[str]]:
+    classes = sorted(p.name for p in root.iterdir() if p.name != EXCLUDED_CLASS)
+    files = [sorted((root / c).iterdir()) for c in classes]
+    paths = [p for f in files for p in (f[:per_class] if per_class else f)]
+    return paths, classes
+
+
+def load_data(settings: Settings, work: Path, per_class: int) -> tuple[ImageSet, ImageSet]:
+    """Training images (sample images excluded by hash) and the embedded holdout."""
+    subprocess.run(["tar", "-xzf", str(settings.cifar10_archive), "-C", str(work)], check=True)
+    excluded = sample_hashes(settings.sample_archive)
+    paths, classes = class_folders(work / "train", per_class)
+    paths = [p for p in paths if hashlib.sha256(p.read_bytes()).hexdigest() not in excluded]
+    train = load_images(paths, [p.parent.name for p in paths], classes, (32, 32))
+    unpack_sample(settings.sample_archive, work / "sample")
+    held, _ = class_folders(work / "sample" / "seed" / "holdout", 0)
+    holdout = load_images(held, [p.parent.name for p in held], classes, (32, 32))
+    return train, holdout
+
+
+def reencode(images: ImageSet, quality: int) -> ImageSet:
+    """The same images saved once more as JPEG at ``quality`` (PIL: 4:2:0 chroma)."""
+    out = np.empty_like(images.x)
+    for i, image in enumerate(images.x):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+        out[i] = np.asarray(Image.open(buffer).convert("RGB"))
+    return ImageSet(out, images.y, images.class_names)
+
+
+def run(train: ImageSet, val: ImageSet, holdout: ImageSet, epochs: int, label: str) -> dict:
+    """One short bootstrap with the built-in model's recipe; accuracies of the result."""
+    settings = Settings()
+    config, spec = settings.train, settings.architecture
+    with dtype_policy(training_precision(config.precision)):
+        model = build_model(spec, len(train.class_names), init_images=train.x)
+    fit(
+        model,
+        train,
+        val,
+        epochs=epochs,
+        batch_size=config.batch_size,
+        peak_lr=config.peak_lr,
+        warmup_share=config.warmup_share,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing,
+        budget_s=1e9,
+        seed=config.seed,
+        patience=None,
+        progress=print,
+        label=label,
+        lookahead=True,
+    )
+    return {
+        "val": accuracy(predict_proba(model, val.x), val.y),
+        "holdout": accuracy(predict_proba(model, holdout.x), holdout.y),
+        "holdout_tta": accuracy(predict_proba(model, holdout.x, tta=True), holdout.y),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--qualities", type=int, nargs="+", default=[50, 30])
+    parser.add_argument("--per-class", type=int, default=0, help="0: every image")
+    args = parser.parse_args()
+    settings = Settings()
+    with tempfile.TemporaryDirectory(prefix="refit-bench-jpeg-") as tmp:
+        images, holdout = load_data(settings, Path(tmp), args.per_class)
+    rest, held = stratified_split(images.y, settings.train.val_share, settings.train.seed)
+    train, val = images.take(rest), images.take(held)
+    print(f"{len(train)} training, {len(val)} validation, {len(holdout)} holdout images")
+    rows = [(75, run(train, val, holdout, args.epochs, "as shipped (q75)"))]
+    for quality in args.qualities:
+        sets = [reencode(s, quality) for s in (train, val, holdout)]
+        rows.append((quality, run(*sets, args.epochs, f"q{quality}")))
+    base = rows[0][1]
+    print(f"\n{args.epochs}-epoch bootstrap runs, images re-encoded as JPEG at each quality")
+    print(f"{'quality':<18}{'scale':>7}{'val':>8}{'holdout':>9}{'TTA':>8}{'holdout - base':>16}")
+    for quality, r in rows:
+        name = f"{quality} (as shipped)" if quality == 75 else str(quality)
+        print(
+            f"{name:<18}{quantisation_scale(quality):>7.2f}{r['val']:>8.2%}{r['holdout']:>9.2%}"
+            f"{r['holdout_tta']:>8.2%}{100 * (r['holdout'] - base['holdout']):>+15.2f}p"
+        )
+    for quality, r in rows[1:]:
+        per_unit = [
+            100 * (base[k] - r[k]) / (quantisation_scale(quality) - 0.5) for k in ("val", "holdout")
+        ]
+        print(
+            f"q{quality}: {per_unit[0]:.1f} (val) / {per_unit[1]:.1f} (holdout) points per unit "
+            f"of scale; lossless -> q75 estimated at {per_unit[0] / 2:.1f} / {per_unit[1] / 2:.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
