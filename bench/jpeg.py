@@ -29,17 +29,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 from PIL import Image
 
-from pipelines.architectures import build_model
 from pipelines.predict import accuracy, predict_proba
 from pipelines.sample import sample_hashes, unpack_sample
-from pipelines.train import (
-    ImageSet,
-    dtype_policy,
-    fit,
-    load_images,
-    stratified_split,
-    training_precision,
-)
+from pipelines.train import ImageSet, bootstrap, load_images
 from refit.settings import Settings
 
 EXCLUDED_CLASS = "truck"
@@ -80,34 +72,16 @@ def reencode(images: ImageSet, quality: int) -> ImageSet:
     return ImageSet(out, images.y, images.class_names)
 
 
-def run(train: ImageSet, val: ImageSet, holdout: ImageSet, epochs: int, label: str) -> dict:
-    """One short bootstrap with the built-in model's recipe; accuracies of the result."""
+def run(images: ImageSet, holdout: ImageSet, epochs: int, label: str) -> dict:
+    """One short bootstrap (the built-in model's recipe and split); accuracies of the result."""
     settings = Settings()
-    config, spec = settings.train, settings.architecture
-    with dtype_policy(training_precision(config.precision)):
-        model = build_model(spec, len(train.class_names), init_images=train.x)
-    fit(
-        model,
-        train,
-        val,
-        epochs=epochs,
-        batch_size=config.batch_size,
-        peak_lr=config.peak_lr,
-        warmup_share=config.warmup_share,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        label_smoothing=config.label_smoothing,
-        budget_s=1e9,
-        seed=config.seed,
-        patience=None,
-        progress=print,
-        label=label,
-        lookahead=True,
-    )
+    print(f"\n{label}")
+    config = settings.train.model_copy(update={"epochs": epochs})
+    loaded, _ = bootstrap(images, settings.architecture, config, progress=print)
     return {
-        "val": accuracy(predict_proba(model, val.x), val.y),
-        "holdout": accuracy(predict_proba(model, holdout.x), holdout.y),
-        "holdout_tta": accuracy(predict_proba(model, holdout.x, tta=True), holdout.y),
+        "val": loaded.card["val_accuracy"],
+        "holdout": accuracy(predict_proba(loaded.model, holdout.x), holdout.y),
+        "holdout_tta": accuracy(predict_proba(loaded.model, holdout.x, tta=True), holdout.y),
     }
 
 
@@ -120,12 +94,10 @@ def main() -> None:
     settings = Settings()
     with tempfile.TemporaryDirectory(prefix="refit-bench-jpeg-") as tmp:
         images, holdout = load_data(settings, Path(tmp), args.per_class)
-    rest, held = stratified_split(images.y, settings.train.val_share, settings.train.seed)
-    train, val = images.take(rest), images.take(held)
-    print(f"{len(train)} training, {len(val)} validation, {len(holdout)} holdout images")
-    rows = [(75, run(train, val, holdout, args.epochs, "as shipped (q75)"))]
+    print(f"{len(images)} images (training + validation), {len(holdout)} holdout images")
+    rows = [(75, run(images, holdout, args.epochs, "as shipped (q75)"))]
     for quality in args.qualities:
-        sets = [reencode(s, quality) for s in (train, val, holdout)]
+        sets = [reencode(s, quality) for s in (images, holdout)]
         rows.append((quality, run(*sets, args.epochs, f"q{quality}")))
     base = rows[0][1]
     print(f"\n{args.epochs}-epoch bootstrap runs, images re-encoded as JPEG at each quality")
