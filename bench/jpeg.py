@@ -16,12 +16,8 @@ Run: .venv/bin/python bench/jpeg.py [--epochs 8] [--qualities 50 30] [--per-clas
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import os
-import subprocess
-import tempfile
-from pathlib import Path
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 from pipelines.predict import accuracy, predict_proba
-from pipelines.sample import sample_hashes, unpack_sample
-from pipelines.train import ImageSet, bootstrap, load_images
+from pipelines.train import ImageSet, bootstrap, stratified_sample
+from refit.cli import _sample_holdout, _source_images
 from refit.settings import Settings
 
 EXCLUDED_CLASS = "truck"
@@ -42,24 +38,14 @@ def quantisation_scale(quality: int) -> float:
     return (200 - 2 * quality) / 100 if quality >= 50 else 50 / quality
 
 
-def class_folders(root: Path, per_class: int) -> tuple[list[Path], list[str]]:
-    classes = sorted(p.name for p in root.iterdir() if p.name != EXCLUDED_CLASS)
-    files = [sorted((root / c).iterdir()) for c in classes]
-    paths = [p for f in files for p in (f[:per_class] if per_class else f)]
-    return paths, classes
-
-
-def load_data(settings: Settings, work: Path, per_class: int) -> tuple[ImageSet, ImageSet]:
-    """Training images (sample images excluded by hash) and the embedded holdout."""
-    subprocess.run(["tar", "-xzf", str(settings.cifar10_archive), "-C", str(work)], check=True)
-    excluded = sample_hashes(settings.sample_archive)
-    paths, classes = class_folders(work / "train", per_class)
-    paths = [p for p in paths if hashlib.sha256(p.read_bytes()).hexdigest() not in excluded]
-    train = load_images(paths, [p.parent.name for p in paths], classes, (32, 32))
-    unpack_sample(settings.sample_archive, work / "sample")
-    held, _ = class_folders(work / "sample" / "seed" / "holdout", 0)
-    holdout = load_images(held, [p.parent.name for p in held], classes, (32, 32))
-    return train, holdout
+def load_data(settings: Settings, per_class: int) -> tuple[ImageSet, ImageSet]:
+    """The built-in model's training images (as `refit train bootstrap --exclude-class truck
+    --exclude-sample` reads them), optionally ``per_class`` of each, and the embedded
+    holdout."""
+    images, _ = _source_images(settings, settings.cifar10_archive, {EXCLUDED_CLASS}, True, print)
+    if per_class:
+        images = images.take(stratified_sample(images.y, per_class * len(images.class_names), 0))
+    return images, _sample_holdout(settings, images.class_names)
 
 
 def reencode(images: ImageSet, quality: int) -> ImageSet:
@@ -72,9 +58,8 @@ def reencode(images: ImageSet, quality: int) -> ImageSet:
     return ImageSet(out, images.y, images.class_names)
 
 
-def run(images: ImageSet, holdout: ImageSet, epochs: int, label: str) -> dict:
+def run(settings: Settings, images: ImageSet, holdout: ImageSet, epochs: int, label: str) -> dict:
     """One short bootstrap (the built-in model's recipe and split); accuracies of the result."""
-    settings = Settings()
     print(f"\n{label}")
     config = settings.train.model_copy(update={"epochs": epochs})
     loaded, _ = bootstrap(images, settings.architecture, config, progress=print)
@@ -92,13 +77,12 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=0, help="0: every image")
     args = parser.parse_args()
     settings = Settings()
-    with tempfile.TemporaryDirectory(prefix="refit-bench-jpeg-") as tmp:
-        images, holdout = load_data(settings, Path(tmp), args.per_class)
+    images, holdout = load_data(settings, args.per_class)
     print(f"{len(images)} images (training + validation), {len(holdout)} holdout images")
-    rows = [(75, run(images, holdout, args.epochs, "as shipped (q75)"))]
+    rows = [(75, run(settings, images, holdout, args.epochs, "as shipped (q75)"))]
     for quality in args.qualities:
         sets = [reencode(s, quality) for s in (images, holdout)]
-        rows.append((quality, run(*sets, args.epochs, f"q{quality}")))
+        rows.append((quality, run(settings, *sets, args.epochs, f"q{quality}")))
     base = rows[0][1]
     print(f"\n{args.epochs}-epoch bootstrap runs, images re-encoded as JPEG at each quality")
     print(f"{'quality':<18}{'scale':>7}{'val':>8}{'holdout':>9}{'TTA':>8}{'holdout - base':>16}")
