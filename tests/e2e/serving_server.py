@@ -59,7 +59,9 @@ def start_serving(tmp: Path, **settings: str) -> ServingServer:
         "REFIT_WORKSPACE": str(tmp / "workspace"),
         "REFIT_MLFLOW_TRACKING_URI": tracking_uri,
         "REFIT_SERVING__ADMIN_TOKEN": TOKEN,
-        "REFIT_SERVING__POLL_INTERVAL_S": "2",
+        # the tests reload explicitly; a watcher polling every few seconds raced them (it
+        # could load a new champion first, so the reload answered "unchanged")
+        "REFIT_SERVING__POLL_INTERVAL_S": "3600",
         "BENTOML_HOME": str(tmp / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "true",
         **{f"REFIT_SERVING__{k.upper()}": v for k, v in settings.items()},
