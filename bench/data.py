@@ -24,12 +24,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipelines.config import IngestLimits, SplitPolicy, ValidationPolicy
+from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
+from core.settings import Settings
 from pipelines.dataset import class_counts, load_index, merge_batch, reference_of
 from pipelines.ingest import build_manifest, stage_batch
 from pipelines.validate import validate_batch
 from pipelines.versions import DvcStore
-from refit.settings import Settings
 
 
 def timed(fn, *args, **kwargs):

@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from core.settings import PROJECT_ROOT, Settings
 from pipelines.dataset import load_index
 from pipelines.intake import IntakePaths, add_batch
 from pipelines.modelfile import load_refit_model
@@ -27,7 +28,6 @@ from pipelines.predict import compare_on_holdout
 from pipelines.sample import unpack_sample
 from pipelines.train import finetune_on_batch, images_from_index
 from pipelines.versions import DvcStore
-from refit.settings import PROJECT_ROOT, Settings
 
 
 def build_dataset(settings: Settings, work: Path) -> tuple[DvcStore, str]:

@@ -25,10 +25,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 from PIL import Image
 
+from core.settings import Settings
 from pipelines.predict import accuracy, predict_proba
 from pipelines.train import ImageSet, bootstrap, stratified_sample
 from refit.cli import _sample_holdout, _source_images
-from refit.settings import Settings
 
 EXCLUDED_CLASS = "truck"
 

@@ -45,7 +45,7 @@ def platform(root: Path) -> dict[str, str]:
         **{f"REFIT_{n}_PORT": str(free_port()) for n in ("MLFLOW", "PREFECT", "SERVING", "RUNNER")},
     }
     os.environ.update(env)
-    from refit.settings import apply_tool_environment, get_settings
+    from core.settings import apply_tool_environment, get_settings
 
     get_settings.cache_clear()
     apply_tool_environment(get_settings())
@@ -54,7 +54,7 @@ def platform(root: Path) -> dict[str, str]:
 
 
 def bootstrap() -> None:
-    from refit import runs
+    from core import runs
 
     final = runs.follow(runs.start("bootstrap/bootstrap"), lambda v: None, timeout_s=900)
     assert final.state == "COMPLETED", final.message
@@ -67,9 +67,9 @@ def served_version(url: str) -> str | None:
 
 def timed_flow() -> tuple[float, float, list[dict]]:
     """(submit -> new champion answering, flow run wall time, steps)."""
+    from core import runs
+    from core.settings import get_settings
     from pipelines.submissions import submit
-    from refit import runs
-    from refit.settings import get_settings
 
     settings = get_settings()
     before = served_version(settings.serving_url)
@@ -89,9 +89,9 @@ def timed_flow() -> tuple[float, float, list[dict]]:
 
 def plain_calls() -> tuple[float, dict[str, float]]:
     """The flow's steps as plain function calls (no Prefect run), timed."""
+    from core.settings import get_settings
     from flows import common, retrain
     from pipelines.submissions import submit
-    from refit.settings import get_settings
 
     settings = get_settings()
     common.settings.cache_clear()

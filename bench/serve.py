@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from refit.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 
 TOKEN = "bench-token"
 
@@ -69,11 +69,11 @@ def jpegs(n: int) -> list[bytes]:
 
 def register_builtin(tmp: Path) -> tuple[str, object]:
     """The built-in model as champion v1 of a fresh sqlite registry; returns (uri, model)."""
-    from pipelines.candidate import judge
-    from pipelines.config import GatePolicy
+    from core.policies import GatePolicy
+    from pipelines.candidate import CandidateRun, judge
+    from pipelines.images import ImageSet
     from pipelines.modelfile import load_refit_model
     from pipelines.registry import Registry, RegistryConfig
-    from pipelines.train import ImageSet
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     registry = Registry(RegistryConfig(uri, uri, "refit-classifier", str(tmp / "artifacts")))
@@ -81,13 +81,13 @@ def register_builtin(tmp: Path) -> tuple[str, object]:
     x = np.stack([np.asarray(Image.open(io.BytesIO(d)).convert("RGB")) for d in jpegs(64)])
     holdout = ImageSet(x, np.zeros(len(x), int), model.class_names)  # labels unused here
     lenient = GatePolicy(min_accuracy=0, min_delta=-1, max_recall_drop=1)
-    judge(model, holdout, registry, lenient, run_name="bench v1")
+    judge(model, holdout, registry, lenient, CandidateRun("bench v1"))
     return uri, (registry, model, holdout, lenient)
 
 
 def start_ours(tmp: Path, uri: str) -> tuple[subprocess.Popen, str]:
+    from core.settings import Settings
     from refit.platform import serving_service
-    from refit.settings import Settings
 
     config = tmp / "refit.toml"
     port = free_port()
@@ -205,9 +205,9 @@ def sequential_p50(url: str, images: list[bytes], n: int = 200) -> float:
 
 
 def swap_under_load(url: str, images: list[bytes], registry, model, holdout, policy) -> tuple:
-    from pipelines.candidate import judge
+    from pipelines.candidate import CandidateRun, judge
 
-    second = judge(model, holdout, registry, policy, run_name="bench v2").version
+    second = judge(model, holdout, registry, policy, CandidateRun("bench v2")).version
     reload = f"{url}/admin/reload"
     headers = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -30,9 +30,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
+from core.settings import Settings
 from pipelines.architectures import build_model
 from pipelines.train import dtype_policy, fit, load_images
-from refit.settings import Settings
 
 
 def cifar_subset(n: int) -> tuple:

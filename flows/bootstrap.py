@@ -12,30 +12,29 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from flows.common import log, reload_serving, report_links, settings, smoke_check
+from flows.common import go_live, log, report_links, settings
+from pipelines import reports
 
 
 @task(name="seed the dataset", cache_policy=NO_CACHE)
 def seed_dataset(seed: str | None):
     """Add the seed batch when the dataset is empty; None when there is nothing to do."""
-    from pipelines.dataset import load_index
+    from pipelines import workspace
     from pipelines.intake import add_batch
     from pipelines.sample import unpack_sample
-    from refit.wiring import intake
 
     config = settings()
-    if not load_index(config.dataset_dir).empty:
+    if not workspace.dataset(config).empty:
         return None
     if seed is None:
         unpacked = config.workspace / "sample"
         if not (unpacked / "seed").is_dir():
             unpack_sample(config.sample_archive, unpacked)
         seed = str(unpacked / "seed")
-    store, paths = intake(config)
     return add_batch(
         Path(seed),
-        store,
-        paths,
+        workspace.store(config),
+        workspace.intake_paths(config),
         config.ingest,
         config.validation,
         config.split,
@@ -45,19 +44,17 @@ def seed_dataset(seed: str | None):
 
 @task(name="make the model", cache_policy=NO_CACHE)
 def make_model(model: str | None, classes: str | None, from_scratch: bool, epochs: int | None):
-    from pipelines.dataset import load_index
+    from pipelines import bootstrap, workspace
     from pipelines.modelfile import import_model, load_refit_model
-    from pipelines.train import bootstrap, images_from_index
 
     config = settings()
     if from_scratch:
-        index = load_index(config.dataset_dir)
-        rows = index[index["split"] == "train"]
-        size = (config.architecture.input_size, config.architecture.input_size)
+        size = (config.architecture.input_size,) * 2
+        images, card = bootstrap.dataset_images(workspace.dataset(config), "train", size)
         train_config = config.train.model_copy(update={"epochs": epochs} if epochs else {})
-        images = images_from_index(config.dataset_dir, rows, size)
-        loaded, _ = bootstrap(images, config.architecture, train_config, progress=log().info)
-        return loaded
+        return bootstrap.train_from_scratch(
+            images, config.architecture, train_config, card, progress=log().info
+        )
     if model is None:
         return load_refit_model(config.builtin_model)
     names = [c.strip() for c in classes.split(",")] if classes else None
@@ -68,29 +65,14 @@ def make_model(model: str | None, classes: str | None, from_scratch: bool, epoch
 
 @task(name="judge and promote", cache_policy=NO_CACHE)
 def judge_first(challenger, reason: str):
-    from pipelines.candidate import judge
-    from pipelines.dataset import evaluation_holdout, load_index
-    from pipelines.train import images_from_index
-    from refit.wiring import intake, registry
+    from pipelines import workspace
+    from pipelines.candidate import CandidateRun, judge_model_file
 
     config = settings()
-    store, _ = intake(config)
-    index = load_index(config.dataset_dir)
-    holdout = images_from_index(
-        config.dataset_dir, evaluation_holdout(index), challenger.input_size
-    )
-    return judge(
-        challenger,
-        holdout,
-        registry(config),
-        config.gate,
-        run_name=f"bootstrap ({reason})",
-        tags={"reason": reason, "recipe": "bootstrap"},
-        dataset=index,
-        dataset_dir=config.dataset_dir,
-        dataset_version=store.current_version(),
-        params=challenger.card.get("train", {}),
-    )
+    dataset = workspace.dataset(config)
+    run = CandidateRun(f"bootstrap ({reason})", tags={"reason": reason, "recipe": "bootstrap"})
+    judgement = judge_model_file(challenger, dataset, workspace.registry(config), config.gate, run)
+    return judgement, dataset
 
 
 @flow(name="bootstrap", log_prints=True)
@@ -117,14 +99,8 @@ def bootstrap_flow(
         return Failed(message=f"seed batch rejected: {seeded.report.summary()}")
     challenger = make_model(model, classes, train_from_scratch, epochs)
     reason = "from scratch" if train_from_scratch else Path(model).name if model else "built-in"
-    judgement = judge_first(challenger, reason)
-    smoke = None
-    if judgement.promoted:
-        reload_serving(judgement.version)
-        smoke = smoke_check(judgement.version, challenger)
-    create_markdown_artifact(
-        f"{judgement.decision.markdown()}\n{report_links(judgement.run_id, judgement.version)}"
-        + (f"\nLive check: {smoke}\n" if smoke else ""),
-        key="bootstrap-report",
-    )
+    judgement, dataset = judge_first(challenger, reason)
+    smoke = go_live(judgement.version, challenger, dataset) if judgement.promoted else None
+    links = report_links(judgement.run_id, judgement.version)
+    create_markdown_artifact(reports.bootstrap(judgement, links, smoke), key="bootstrap-report")
     return {"version": judgement.version, "promoted": judgement.promoted}

@@ -1,23 +1,19 @@
-"""What every flow shares: the settings, asking serving to reload, the live smoke check,
-and links into the MLflow UI for reports."""
+"""What every flow shares: the settings, the run's logger, asking serving to reload, the
+live smoke check, and the links that end a report."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import httpx
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from refit.settings import Settings, apply_tool_environment
+from core.settings import Settings, get_settings
 
 
-@lru_cache(maxsize=1)
 def settings() -> Settings:
-    loaded = Settings()
-    apply_tool_environment(loaded)
-    return loaded
+    return get_settings()
 
 
 def log():
@@ -32,26 +28,27 @@ def log():
         return logging.getLogger("refit.flows")
 
 
-def _retrying(fn):
+def http_step(fn):
+    """A task that talks to serving; :func:`with_http_retries` gives it its retries."""
+    return task(fn, name=fn.__name__.replace("_", " "), cache_policy=NO_CACHE)
+
+
+def with_http_retries(step):
+    """``step`` with the retries the settings ask for (read when the run starts)."""
     config = settings().orchestration
-    return task(
-        fn,
-        name=fn.__name__.replace("_", " "),
-        cache_policy=NO_CACHE,
-        retries=config.http_retries,
-        retry_delay_seconds=config.http_retry_delay_s,
+    return step.with_options(
+        retries=config.http_retries, retry_delay_seconds=config.http_retry_delay_s
     )
 
 
-@_retrying
+@http_step
 def reload_serving(version: str) -> dict:
     """Ask the serving server to load the new champion now (the watcher would within its
     poll interval). Fails after retries if serving is down; the registry stays as it is."""
     config = settings()
-    token = config.admin_token()
     answer = httpx.post(
         f"{config.serving_url}/admin/reload",
-        headers={"Authorization": f"Bearer {token}"},
+        headers={"Authorization": f"Bearer {config.admin_token()}"},
         timeout=120,
     )
     answer.raise_for_status()
@@ -61,22 +58,21 @@ def reload_serving(version: str) -> dict:
     return body
 
 
-@_retrying
-def smoke_check(version: str, model) -> dict:
+@http_step
+def smoke_check(version: str, model, dataset) -> dict:
     """Send holdout images to the live endpoint; compare with offline predictions."""
     import numpy as np
 
-    from pipelines.dataset import evaluation_holdout, load_index
+    from pipelines.dataset import evaluation_holdout
     from pipelines.predict import predict_proba
-    from pipelines.train import images_from_index
 
     config = settings()
-    rows = evaluation_holdout(load_index(config.dataset_dir))
+    rows = evaluation_holdout(dataset.index)
     rows = rows.sample(min(len(rows), config.orchestration.smoke_images), random_state=0)
-    images = images_from_index(config.dataset_dir, rows, model.input_size, model.class_names)
+    images = dataset.images(rows, model.input_size, model.class_names)
     offline = np.array(model.class_names)[predict_proba(model.model, images.x).argmax(axis=1)]
     files = [
-        ("images", (path.name, (config.dataset_dir / path).read_bytes()))
+        ("images", (path.name, (dataset.dir / path).read_bytes()))
         for path in map(Path, rows["path"])
     ]
     answer = httpx.post(
@@ -100,12 +96,16 @@ def smoke_check(version: str, model) -> dict:
     return result
 
 
+def go_live(version: str, model, dataset) -> dict:
+    """After a promotion: serving loads ``version`` now, then the live smoke check."""
+    with_http_retries(reload_serving)(version)
+    return with_http_retries(smoke_check)(version, model, dataset)
+
+
 def report_links(run_id: str, version: str) -> str:
+    from pipelines import reports
+
     config = settings()
-    base = config.mlflow_url
-    name = config.registered_model_name
-    return (
-        f"### Links\n- MLflow run: {base}/#/runs/{run_id}\n"
-        f"- Model version: {base}/#/models/{name}/versions/{version}\n"
-        f"- Data reports: `{config.accepted_dir}`\n"
+    return reports.links(
+        config.mlflow_url, config.registered_model_name, run_id, version, config.accepted_dir
     )

@@ -2,8 +2,8 @@
 
 - ``retrain``: runs when the event ``refit.batch.submitted`` arrives (the Retrain page,
   ``refit data submit``, or a file dropped into ``incoming/``), for that submission.
-- ``scheduled-retrain``: the same flow on a cron from settings (default weekly), taking
-  every pending submission.
+- ``scheduled-retrain``: the same flow on a cron from settings (default weekly, in
+  ``orchestration.schedule_timezone``), taking every pending submission.
 - ``bootstrap`` and ``rollback``: manual runs from the Prefect UI or the CLI.
 
 At most one retrain runs at a time: each retrain deployment has a concurrency limit of one
@@ -20,6 +20,7 @@ import time
 
 from prefect import serve
 from prefect.events import DeploymentEventTrigger, emit_event
+from prefect.schedules import Cron
 
 from flows.bootstrap import bootstrap_flow
 from flows.common import settings
@@ -56,7 +57,7 @@ def deployments() -> list:
         retrain.to_deployment(
             "scheduled-retrain",
             description="Retrain on every pending batch, on a schedule.",
-            cron=config.schedule_cron,
+            schedule=Cron(config.schedule_cron, timezone=config.schedule_timezone),
             concurrency_limit=1,
         ),
         bootstrap_flow.to_deployment("bootstrap", description="Make the first champion."),

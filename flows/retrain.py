@@ -2,10 +2,12 @@
 fine-tune (growing the head for new classes) → judge champion vs challenger → register,
 promote → serving reload → live smoke check → report.
 
-Orchestration only: each task calls one ``pipelines`` function. A rejected batch is
+Orchestration only: each task calls ``pipelines`` functions, and the submission's state
+machine (``pipelines.submissions.advance``) says what happens next. A rejected batch is
 quarantined and never reaches the dataset; a failed or killed run never moves the champion
-alias (only ``judge`` moves it, after the gate). A run killed after the merge leaves the
-submission in the queue marked ``merged``; the next run resumes it at fine-tuning.
+alias (only ``judge and promote`` moves it, after the gate). A run killed after the merge
+leaves the submission in the queue marked ``merged``; the next run resumes it at
+fine-tuning.
 """
 
 from __future__ import annotations
@@ -19,14 +21,13 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from flows.common import log, reload_serving, report_links, settings, smoke_check
+from flows.common import go_live, log, report_links, settings
+from pipelines import reports, submissions
 from pipelines.intake import intake_lock
 
 
 @task(name="take submissions", cache_policy=NO_CACHE)
 def take_submissions(submission: str | None) -> list:
-    from pipelines import submissions
-
     config = settings()
     submissions.adopt_dropped(config.incoming_dir, config.orchestration.settle_s)
     queue = submissions.pending(config.incoming_dir)
@@ -40,21 +41,18 @@ def take_submissions(submission: str | None) -> list:
 @task(name="validate and merge", cache_policy=NO_CACHE)
 def validate_and_merge(submission):
     """Ingest + GX validation; merge and version the dataset, or quarantine the batch."""
-    from pipelines import submissions
+    from pipelines import workspace
     from pipelines.intake import add_batch
-    from refit.wiring import intake
 
     config = settings()
-    store, paths = intake(config)
-    logger = log()
     result = add_batch(
         submission.batch,
-        store,
-        paths,
+        workspace.store(config),
+        workspace.intake_paths(config),
         config.ingest,
         config.validation,
         config.split,
-        progress=logger.info,
+        progress=log().info,
     )
     if result.version is not None:
         submissions.mark_merged(submission, result.version.batch_id)
@@ -63,13 +61,18 @@ def validate_and_merge(submission):
 
 @task(name="fine-tune", cache_policy=NO_CACHE)
 def finetune(batch_id: str, epochs: int | None):
-    """Fine-tune the champion on the merged batch with replay; grow the head if needed."""
-    from pipelines.dataset import load_index
+    """Fine-tune the champion on the merged batch with replay; grow the head if needed.
+
+    Returns the champion (downloaded once, judged in the next step), the challenger, its
+    fits and the dataset (its index read once)."""
+    from pipelines import workspace
+    from pipelines.candidate import current_champion
     from pipelines.train import finetune_on_batch
-    from refit.wiring import registry
 
     config = settings()
-    champion = registry(config).load("champion")
+    champion = current_champion(workspace.registry(config))
+    if champion is None:
+        raise RuntimeError("there is no champion to fine-tune; run the bootstrap flow first")
     finetune_config = config.finetune.model_copy(update={"epochs": epochs} if epochs else {})
     total = finetune_config.head_epochs + finetune_config.epochs
     progress_id = create_progress_artifact(0.0, description="fine-tuning epochs done")
@@ -83,85 +86,33 @@ def finetune(batch_id: str, epochs: int | None):
             done += 1
             update_progress_artifact(progress_id, min(100.0, 100.0 * done / total))
 
-    index = load_index(config.dataset_dir)
+    dataset = workspace.dataset(config)
     challenger, fits = finetune_on_batch(
-        champion, config.dataset_dir, index, batch_id, finetune_config, progress=progress
+        champion.model, dataset, batch_id, finetune_config, progress=progress
     )
     update_progress_artifact(progress_id, 100.0)
-    return champion, challenger, fits
+    return champion, challenger, fits, dataset
 
 
 @task(name="judge and promote", cache_policy=NO_CACHE)
-def judge_and_promote(champion, challenger, fits, batch_id: str, gate_overrides: dict):
+def judge_and_promote(champion, challenger, fits, dataset, batch_id: str, gate_overrides: dict):
     """Evaluate champion and challenger on the same holdout; register; promote if blessed."""
-    from pipelines.candidate import judge_finetune
-    from pipelines.dataset import evaluation_holdout, load_index
-    from pipelines.train import images_from_index
-    from refit.wiring import intake, registry
+    from pipelines import candidate, workspace
 
     config = settings()
-    store, _ = intake(config)
-    index = load_index(config.dataset_dir)
-    holdout = images_from_index(
-        config.dataset_dir, evaluation_holdout(index), champion.input_size, challenger.class_names
-    )
-    return judge_finetune(
-        champion,
+    holdout = dataset.holdout_images(champion.model.input_size, challenger.class_names)
+    policy = config.gate.model_copy(update=gate_overrides)
+    assessment = candidate.assess(challenger, holdout, policy, champion)
+    run = candidate.finetune_run(
+        champion.model,
         challenger,
         fits,
-        holdout,
-        registry(config),
-        config.gate.model_copy(update=gate_overrides),
-        batch_id=batch_id,
-        params=config.finetune.model_dump(),
-        index=index,
-        accepted_dir=config.accepted_dir,
-        dataset_dir=config.dataset_dir,
-        dataset_version=store.current_version(),
-        run_prefix="retrain",
+        batch_id,
+        config.finetune.model_dump(),
+        config.accepted_dir,
+        prefix="retrain",
     )
-
-
-def _rejection_report(submission, result) -> str:
-    return (
-        f"## Batch `{submission.name}` rejected\n\n{result.report.summary()}\n\n"
-        f"Quarantined in `{result.quarantined}` (report.html inside). "
-        "The dataset and the champion are unchanged.\n"
-    )
-
-
-def _decision_report(judgement, result_summary: str, smoke: dict | None) -> str:
-    challenger, champion = judgement.challenger, judgement.champion
-    rows = [
-        ("accuracy", challenger.accuracy, champion.accuracy if champion else None),
-        ("macro F1", challenger.macro_f1, champion.macro_f1 if champion else None),
-        ("ECE", challenger.ece, champion.ece if champion else None),
-    ]
-    table = "\n".join(
-        f"| {name} | {new:.4f} | {'-' if old is None else f'{old:.4f}'} |"
-        for name, new, old in rows
-    )
-    per_class = "\n".join(
-        f"| {name} | {stats['recall']:.3f} | {champion.per_class[name]['recall']:.3f} |"
-        if champion and name in champion.per_class
-        else f"| {name} | {stats['recall']:.3f} | new |"
-        for name, stats in challenger.per_class.items()
-    )
-    live = (
-        f"\n\n### Live check\nServing answers with v{smoke['version']}; "
-        f"{smoke['agreement']:.1%} of {smoke['images']} holdout images match the offline "
-        f"predictions (live accuracy {smoke['accuracy']:.4f})."
-        if smoke
-        else ""
-    )
-    return (
-        f"{judgement.decision.markdown()}\n### Champion vs challenger (same holdout)\n"
-        f"| metric | challenger v{judgement.version} | champion "
-        f"{'v' + judgement.champion_version if judgement.champion_version else ''} |\n"
-        f"|---|---|---|\n{table}\n\n### Recall per class\n| class | challenger | champion |\n"
-        f"|---|---|---|\n{per_class}\n\n### Data\n{result_summary}\n\n"
-        f"{report_links(judgement.run_id, judgement.version)}{live}\n"
-    )
+    return candidate.record(assessment, challenger, workspace.registry(config), run, dataset)
 
 
 @flow(name="retrain", log_prints=True)
@@ -181,7 +132,6 @@ def retrain(
         min_delta: how much better than the champion the challenger must be (default: settings).
         max_recall_drop: largest per-class recall drop the gate tolerates (default: settings).
     """
-
     config = settings()
     gate = {
         k: v
@@ -192,56 +142,59 @@ def retrain(
         }.items()
         if v is not None
     }
-    outcomes, rejected = [], []
+    outcomes = []
     with intake_lock(config.workspace / "retrain.lock"):  # one retrain at a time
         for sub in take_submissions(submission):
-            outcomes.append(_process(sub, epochs, gate, rejected))
-    if rejected and len(rejected) == len(outcomes):
-        return Failed(message="rejected: " + " | ".join(rejected), data=outcomes)
+            outcomes.append(_process(sub, epochs, gate))
+    refused = [o for o in outcomes if o["outcome"] in ("rejected", "not-trainable")]
+    if refused and len(refused) == len(outcomes):
+        message = " | ".join(f"{o['name']}: {o['detail']}" for o in refused)
+        return Failed(message=f"rejected: {message}", data=outcomes)
     return outcomes
 
 
-def _process(sub, epochs: int | None, gate: dict, rejected: list[str]) -> dict:
-    """One submission through every step; its outcome."""
-    from pipelines import submissions
+def _finish(sub, outcome: str, detail: str, **extra) -> dict:
+    submissions.finish(sub, settings().submissions_dir, outcome, detail)
+    return {"submission": sub.id, "name": sub.name, "outcome": outcome, "detail": detail, **extra}
 
-    config = settings()
-    if sub.status == "merged":
-        batch_id, summary = sub.batch_id, f"Batch `{sub.batch_id}` (merged by an earlier run)."
-    else:
+
+def _process(sub, epochs: int | None, gate: dict) -> dict:
+    """One submission through the steps its state asks for; its outcome."""
+    from pipelines.train import NotTrainable
+
+    if submissions.next_step(sub.status) == "validate":
         result = validate_and_merge(sub)
         if result.quarantined is not None:
+            summary = result.report.summary()
             create_markdown_artifact(
-                _rejection_report(sub, result), key="retrain-report", description="rejected"
+                reports.rejection(sub.name, summary, result.quarantined),
+                key="retrain-report",
+                description="rejected",
             )
-            submissions.finish(sub, config.submissions_dir, "rejected", result.report.summary())
-            rejected.append(f"{sub.name}: {result.report.summary()}")
-            return {"submission": sub.id, "outcome": "rejected"}
-        batch_id, summary = result.version.batch_id, result.report.summary()
+            return _finish(sub, "rejected", summary)
+        sub = submissions.load(sub.folder)  # as the task left it: merged, with its batch id
+        data_summary = result.report.summary()
+    else:
+        data_summary = f"Batch `{sub.batch_id}` (merged by an earlier run)."
     try:
-        champion, challenger, fits = finetune.with_options(
-            timeout_seconds=config.orchestration.train_timeout_s
-        )(batch_id, epochs)
-    except ValueError as exc:  # e.g. no training images: retrying would fail forever
-        submissions.finish(sub, config.submissions_dir, "not-trainable", str(exc))
-        rejected.append(f"{sub.name}: {exc}")
-        return {"submission": sub.id, "outcome": "not-trainable"}
-    judgement = judge_and_promote(champion, challenger, fits, batch_id, gate)
-    smoke = None
-    if judgement.promoted:
-        reload_serving(judgement.version)
-        smoke = smoke_check(judgement.version, challenger)
+        champion, challenger, fits, dataset = finetune.with_options(
+            timeout_seconds=settings().orchestration.train_timeout_s
+        )(sub.batch_id, epochs)
+    except NotTrainable as exc:  # this data cannot be trained on: retrying would not help
+        return _finish(sub, "not-trainable", str(exc))
+    judgement = judge_and_promote(champion, challenger, fits, dataset, sub.batch_id, gate)
+    smoke = go_live(judgement.version, challenger, dataset) if judgement.promoted else None
+    links = report_links(judgement.run_id, judgement.version)
     create_markdown_artifact(
-        _decision_report(judgement, summary, smoke),
+        reports.decision(judgement, data_summary, links, smoke),
         key="retrain-report",
         description=f"gate decision for v{judgement.version}",
     )
-    outcome = "promoted" if judgement.promoted else "kept-champion"
-    submissions.finish(sub, config.submissions_dir, outcome, f"v{judgement.version}")
-    return {
-        "submission": sub.id,
-        "outcome": outcome,
-        "version": judgement.version,
-        "accuracy": judgement.challenger.accuracy,
-        "champion_accuracy": judgement.champion.accuracy if judgement.champion else None,
-    }
+    return _finish(
+        sub,
+        "promoted" if judgement.promoted else "kept-champion",
+        f"v{judgement.version}",
+        version=judgement.version,
+        accuracy=judgement.challenger.accuracy,
+        champion_accuracy=judgement.champion.accuracy if judgement.champion else None,
+    )

@@ -6,12 +6,12 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import reload_serving, settings
+from flows.common import reload_serving, settings, with_http_retries
 
 
 @task(name="move the champion alias", cache_policy=NO_CACHE)
 def move_alias(reason: str, to: str | None) -> str:
-    from refit.wiring import registry
+    from pipelines.workspace import registry
 
     return registry(settings()).rollback(reason, to)
 
@@ -25,5 +25,5 @@ def rollback(reason: str, to: str | None = None) -> str:
         to: the version to return to (default: the one before the current champion).
     """
     version = move_alias(reason, to)
-    reload_serving(version)
+    with_http_retries(reload_serving)(version)
     return version

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from pipelines.config import ArchitectureConfig
+from core.policies import ArchitectureConfig
 
 ARCHITECTURES = ("airbench", "mobilenet_v3_small", "efficientnet_b0", "vgg16")
 WHITEN_FILTERS = 24  # 2x2x3 patches -> 12 whitened directions and their negatives

@@ -1,26 +1,107 @@
 """Judge a candidate: evaluate challenger and champion on the same holdout, ask the gate,
 log and register the challenger, and promote it only when the gate blesses it.
 
-The order is what keeps the champion safe: evaluate, decide, register the new version
-fully, and only then move the alias. Any failure before the last step leaves the champion
-where it was.
+The order is what keeps the champion safe: evaluate (:func:`assess`), then register the new
+version fully and only then move the alias (:func:`record`). Any failure before the last
+step leaves the champion where it was.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from pipelines.config import GatePolicy
-from pipelines.evaluate import Evaluation, curves_figure, evaluate, write_figures
+from core.contract import (
+    CHALLENGER_PREFIX,
+    CHAMPION,
+    DATASET_VERSION_TAG,
+    GATE_TAG,
+    PARENT_TAG,
+)
+from core.policies import GatePolicy
+from pipelines.dataset import Dataset
+from pipelines.evaluate import (
+    Evaluation,
+    EvaluationError,
+    accuracy_on,
+    curves_figure,
+    evaluate,
+    write_figures,
+)
 from pipelines.gate import Decision, decide
+from pipelines.images import ImageSet
 from pipelines.modelfile import LoadedModel
-from pipelines.registry import CHAMPION, Registry
-from pipelines.train import ImageSet
+from pipelines.registry import Registry
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The model a challenger is compared with: the registry's champion (its version), or
+    a model file it was fine-tuned from (no version)."""
+
+    model: LoadedModel
+    version: str | None = None
+
+
+def current_champion(registry: Registry) -> Baseline | None:
+    """The registry's champion, downloaded once, or None before the first one."""
+    version = registry.alias_version(CHAMPION)
+    return None if version is None else Baseline(registry.load(version), version)
+
+
+@dataclass
+class CandidateRun:
+    """What a candidate's MLflow run records besides its evaluation."""
+
+    name: str
+    params: dict = field(default_factory=dict)
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    reports: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Assessment:
+    """Challenger and baseline evaluated on the same holdout, and the gate's decision."""
+
+    holdout: ImageSet
+    challenger: Evaluation
+    challenger_probs: np.ndarray
+    champion: Evaluation | None
+    champion_probs: np.ndarray | None
+    champion_version: str | None
+    decision: Decision
+
+    def summary(self) -> dict[str, object]:
+        """Old-class accuracy before and after, all-class accuracy, new-class recall."""
+        if self.champion is None:
+            return {"all_class_accuracy_after": round(self.challenger.accuracy, 4)}
+        old = [c for c in self.champion.class_names if c in self.champion.per_class]
+        return {
+            "old_class_accuracy_before": round(self.champion.accuracy, 4),
+            "old_class_accuracy_after": round(accuracy_on(self.challenger, old), 4),
+            "all_class_accuracy_after": round(self.challenger.accuracy, 4),
+            "new_class_recall": {
+                c: round(self.challenger.recall(c), 4)
+                for c in self.decision.new_classes
+                if c in self.challenger.per_class
+            },
+            "images": self.challenger.images,
+        }
+
+    def figures(self, out_dir: Path, curves: dict[str, list[float]]) -> list[Path]:
+        figures = write_figures(self.challenger, self.challenger_probs, self.holdout, out_dir)
+        if curves:
+            figures.append(curves_figure(curves, out_dir / "training_curves.png"))
+        if self.champion is not None:
+            champion_images = self.holdout.only(self.champion.class_names)
+            figures += write_figures(
+                self.champion, self.champion_probs, champion_images, out_dir, "champion_"
+            )
+        return figures
 
 
 @dataclass
@@ -36,9 +117,72 @@ class Judgement:
     promoted: bool
 
 
-def _only_classes(holdout: ImageSet, classes: list[str]) -> ImageSet:
-    keep = np.isin(np.array(holdout.class_names)[holdout.y], classes)
-    return holdout.take(np.flatnonzero(keep))
+def assess(
+    challenger: LoadedModel, holdout: ImageSet, policy: GatePolicy, baseline: Baseline | None
+) -> Assessment:
+    """Evaluate ``challenger`` on ``holdout`` and ``baseline`` on the images of its classes
+    (each predicted once), and ask the gate."""
+    challenger_eval, challenger_probs = evaluate(challenger, holdout)
+    champion_eval = champion_probs = None
+    if baseline is not None:
+        images = holdout.only(baseline.model.class_names)
+        champion_eval, champion_probs = evaluate(baseline.model, images)
+    version = baseline.version if baseline else None
+    label = f"champion v{version}" if version else "the parent model" if baseline else ""
+    decision = decide(challenger_eval, champion_eval, policy, label)
+    return Assessment(
+        holdout, challenger_eval, challenger_probs, champion_eval, champion_probs, version, decision
+    )
+
+
+def record(
+    assessment: Assessment,
+    challenger: LoadedModel,
+    registry: Registry,
+    run: CandidateRun,
+    dataset: Dataset | None = None,
+) -> Judgement:
+    """Log the candidate's run, register it, and promote it if the gate blessed it."""
+    decision = assessment.decision
+    metrics = assessment.challenger.flat_metrics(CHALLENGER_PREFIX)
+    if assessment.champion is not None:
+        metrics |= assessment.champion.flat_metrics("champion.")
+    metrics["gate.passed"] = float(decision.passed)
+    tags = {
+        GATE_TAG: "passed" if decision.passed else "failed",
+        "gate.baseline": decision.baseline,
+        "gate.reasons": "; ".join(decision.reasons)[:4900],
+        PARENT_TAG: assessment.champion_version or "none",
+        DATASET_VERSION_TAG: (dataset.version if dataset else None) or "unknown",
+        **run.tags,
+    }
+    holdout = assessment.holdout
+    with tempfile.TemporaryDirectory() as tmp:
+        run_id, version = registry.log_candidate(
+            challenger,
+            run=run,
+            tags=tags,
+            metrics=metrics,
+            artifacts=assessment.figures(Path(tmp), run.curves) + run.reports,
+            decision_markdown=decision.markdown(),
+            dataset=dataset,
+            reference_images=holdout.x[:: max(1, len(holdout.x) // 32)][:32],
+        )
+    if decision.passed:
+        registry.promote(
+            version,
+            reason=f"gate passed against {decision.baseline}",
+            metrics={"accuracy": assessment.challenger.accuracy},
+        )
+    return Judgement(
+        version,
+        run_id,
+        decision,
+        assessment.challenger,
+        assessment.champion,
+        assessment.champion_version,
+        decision.passed,
+    )
 
 
 def judge(
@@ -46,122 +190,56 @@ def judge(
     holdout: ImageSet,
     registry: Registry,
     policy: GatePolicy,
-    *,
-    run_name: str,
-    params: dict | None = None,
-    curves: dict[str, list[float]] | None = None,
-    tags: dict[str, str] | None = None,
-    reports: list[Path] | None = None,
-    dataset: pd.DataFrame | None = None,
-    dataset_dir: Path | None = None,
-    dataset_version: str | None = None,
+    run: CandidateRun,
+    dataset: Dataset | None = None,
 ) -> Judgement:
-    """Evaluate, gate, register and (if blessed) promote ``challenger``.
-
-    Args:
-        challenger: the candidate model; it must cover every class of ``holdout``.
-        holdout: the fixed holdout images (``pipelines.dataset.evaluation_holdout``).
-        registry: where versions and aliases live.
-        policy: the gate's thresholds.
-        run_name: a readable MLflow run name, e.g. ``finetune +truck batch-...``.
-        params, curves, tags, reports: what the training step produced, logged with the run.
-        dataset, dataset_dir, dataset_version: the dataset index, where it lives and its DVC
-            version (the input's digest).
-    """
-    champion_version = registry.alias_version(CHAMPION)
-    challenger_eval, challenger_probs = evaluate(challenger, holdout)
-    champion_eval = None
-    if champion_version is not None:
-        champion = registry.load(CHAMPION)
-        champion_images = _only_classes(holdout, champion.class_names)
-        champion_eval, champion_probs = evaluate(champion, champion_images)
-    decision = decide(
-        challenger_eval,
-        champion_eval,
-        policy,
-        f"champion v{champion_version}" if champion_version else "",
-    )
-    metrics = challenger_eval.flat_metrics("challenger.")
-    if champion_eval is not None:
-        metrics |= champion_eval.flat_metrics("champion.")
-    metrics["gate.passed"] = float(decision.passed)
-    with tempfile.TemporaryDirectory() as tmp:
-        figures = write_figures(challenger_eval, challenger_probs, holdout, Path(tmp))
-        if curves:
-            figures.append(curves_figure(curves, Path(tmp) / "training_curves.png"))
-        if champion_eval is not None:
-            figures += write_figures(
-                champion_eval, champion_probs, champion_images, Path(tmp), prefix="champion_"
-            )
-        all_tags = {
-            "gate": "passed" if decision.passed else "failed",
-            "gate.baseline": decision.baseline,
-            "gate.reasons": "; ".join(decision.reasons)[:4900],
-            "parent_version": champion_version or "none",
-            "dataset_version": dataset_version or "unknown",
-            **(tags or {}),
-        }
-        run_id, version = registry.log_candidate(
-            challenger,
-            run_name=run_name,
-            params=params or {},
-            curves=curves or {},
-            metrics=metrics,
-            artifacts=figures + list(reports or []),
-            decision_markdown=decision.markdown(),
-            tags=all_tags,
-            dataset=dataset,
-            dataset_version=dataset_version,
-            reference_images=holdout.x[:: max(1, len(holdout.x) // 32)][:32],
-        )
-    promoted = False
-    if decision.passed:
-        registry.promote(
-            version,
-            reason=f"gate passed against {decision.baseline}",
-            metrics={"accuracy": challenger_eval.accuracy},
-        )
-        promoted = True
-    return Judgement(
-        version, run_id, decision, challenger_eval, champion_eval, champion_version, promoted
-    )
+    """Assess ``challenger`` against the registry's champion, record it, promote if blessed."""
+    assessment = assess(challenger, holdout, policy, current_champion(registry))
+    return record(assessment, challenger, registry, run, dataset)
 
 
-def judge_finetune(
-    champion: LoadedModel,
+def judge_model_file(
     challenger: LoadedModel,
-    fits: list,
-    holdout: ImageSet,
+    dataset: Dataset,
     registry: Registry,
     policy: GatePolicy,
-    *,
+    run: CandidateRun,
+) -> Judgement:
+    """Judge a whole model (a file, the built-in model, one trained from scratch) on the
+    dataset's holdout: what registering a model file means.
+
+    Raises:
+        EvaluationError: the dataset has no holdout to judge on.
+    """
+    holdout = dataset.holdout_images(challenger.input_size)
+    if len(holdout) == 0:
+        raise EvaluationError(
+            "the dataset has no holdout to judge on; add a batch with `refit data add`"
+        )
+    run.params = run.params or challenger.card.get("train", {})
+    return judge(challenger, holdout, registry, policy, run, dataset)
+
+
+def finetune_run(
+    parent: LoadedModel,
+    challenger: LoadedModel,
+    fits: list,
     batch_id: str,
     params: dict,
-    index: pd.DataFrame,
     accepted_dir: Path,
-    dataset_dir: Path,
-    dataset_version: str | None,
-    run_prefix: str = "finetune",
-) -> Judgement:
-    """:func:`judge` a fine-tuned challenger, with its curves, data reports and batch tags
-    (what both `refit train finetune` and the retrain flow record)."""
-    added = challenger.class_names[len(champion.class_names) :]
-    curves = {
-        f"{phase}.{key}": values
-        for phase, fit in zip(("head", "finetune"), fits, strict=False)
-        for key, values in fit.history.items()
-    }
-    return judge(
-        challenger,
-        holdout,
-        registry,
-        policy,
-        run_name=f"{run_prefix} {'+' + ','.join(added) + ' ' if added else ''}{batch_id}",
+    prefix: str = "finetune",
+) -> CandidateRun:
+    """The run record of a fine-tuned challenger: its curves, the batch's data reports and
+    tags (what both `refit train finetune` and the retrain flow log)."""
+    added = challenger.class_names[len(parent.class_names) :]
+    return CandidateRun(
+        name=f"{prefix} {'+' + ','.join(added) + ' ' if added else ''}{batch_id}",
         params=params,
-        curves=curves,
+        curves={
+            f"{phase}.{key}": values
+            for phase, fit in zip(("head", "finetune"), fits, strict=False)
+            for key, values in fit.history.items()
+        },
         tags={"batch_id": batch_id, "recipe": "finetune"},
-        dataset=index,
         reports=sorted((accepted_dir / batch_id).glob("report.*")),
-        dataset_dir=dataset_dir,
-        dataset_version=dataset_version,
     )

@@ -31,7 +31,8 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from pipelines.config import SplitPolicy
+from core.policies import SplitPolicy
+from pipelines.images import ImageSet, images_from_rows
 from pipelines.ingest import StagedBatch
 from pipelines.validate import Reference, ValidationReport
 
@@ -207,7 +208,11 @@ def quarantine(
     never moved: only Refit's staging copy is, and a refused upload file is copied.
     """
     target = quarantine_root / batch_id
-    target.mkdir(parents=True, exist_ok=True)
+    for n in range(2, 10_000):  # the same content refused again: keep both
+        if not target.exists():
+            break
+        target = quarantine_root / f"{batch_id}-{n}"
+    target.mkdir(parents=True)
     if staged is not None and staged.root.exists():
         staged.files_dir.rename(target / "files")
         shutil.rmtree(staged.root)
@@ -234,3 +239,40 @@ def evaluation_holdout(index: pd.DataFrame) -> pd.DataFrame:
     """
     trained = set(index.loc[index["split"] == "train", "label"])
     return index[(index["split"] == "holdout") & index["label"].isin(trained)]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset version as the steps read it: its directory, its index (read once) and
+    its DVC version."""
+
+    dir: Path
+    index: pd.DataFrame
+    version: str | None = None
+
+    @classmethod
+    def open(cls, dataset_dir: Path, version: str | None = None) -> Dataset:
+        return cls(dataset_dir, load_index(dataset_dir), version)
+
+    @property
+    def empty(self) -> bool:
+        return self.index.empty
+
+    def rows(
+        self, split: str, classes: list[str] | None = None, exclude: set[str] = frozenset()
+    ) -> pd.DataFrame:
+        """Index rows of one split, optionally of ``classes`` only, minus ``exclude``."""
+        rows = self.index[(self.index["split"] == split) & ~self.index["label"].isin(exclude)]
+        return rows if classes is None else rows[rows["label"].isin(classes)]
+
+    def images(
+        self, rows: pd.DataFrame, size: tuple[int, int], class_names: list[str] | None = None
+    ) -> ImageSet:
+        """Decode index rows at ``size``; labels index ``class_names`` (default: sorted)."""
+        return images_from_rows(self.dir, rows, size, class_names)
+
+    def holdout_images(
+        self, size: tuple[int, int], class_names: list[str] | None = None
+    ) -> ImageSet:
+        """The images every candidate is judged on (:func:`evaluation_holdout`), decoded."""
+        return self.images(evaluation_holdout(self.index), size, class_names)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,9 +44,6 @@ class Evaluation:
 
     def recall(self, name: str) -> float:
         return self.per_class[name]["recall"]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def flat_metrics(self, prefix: str = "") -> dict[str, float]:
         """Scalar metrics for MLflow: overall ones and per-class recall/precision/F1."""

@@ -10,9 +10,9 @@ applies, and the decision says there was no baseline. Every check is kept with i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from pipelines.config import GatePolicy
+from core.policies import GatePolicy
 from pipelines.evaluate import Evaluation, accuracy_on
 
 
@@ -35,9 +35,6 @@ class Decision:
     @property
     def reasons(self) -> list[str]:
         return [f"{'pass' if c.passed else 'FAIL'} {c.name}: {c.detail}" for c in self.checks]
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "reasons": self.reasons}
 
     def markdown(self) -> str:
         verdict = "**blessed**: promote" if self.passed else "**not blessed**: keep the champion"

@@ -35,11 +35,10 @@ from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 
-from pipelines.config import IngestLimits
+from core.policies import IngestLimits
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 LABELS_CSV = "labels.csv"
@@ -430,24 +429,6 @@ def stage_batch(
 
 
 # --------------------------------------------------------------------------- manifest
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """An accepted image as the model sees it: EXIF orientation applied, converted to RGB.
-
-    16-bit and float images are scaled to 8 bits first; transparency is composited on white.
-    """
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            array = np.asarray(image, dtype=np.float64)
-            peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-            image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8))
-        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, rgba)
-        return image.convert("RGB")
 
 
 def _init_worker(max_pixels: int) -> None:

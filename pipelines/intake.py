@@ -9,15 +9,17 @@ fails the merge is rolled back, so the dataset never holds an unversioned state.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
-from pipelines.config import IngestLimits, SplitPolicy, ValidationPolicy
+from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
 from pipelines.dataset import (
     class_counts,
     load_index,
@@ -73,6 +75,15 @@ def intake_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def content_batch_id(manifest: pd.DataFrame) -> str:
+    """A batch's id, from its content: the same images with the same labels and splits get
+    the same id, so the same batches always build the same dataset version."""
+    rows = sorted(
+        zip(manifest["label"], manifest["split"].fillna(""), manifest["sha256"], strict=True)
+    )
+    return "batch-" + hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
 def check_batch(
     source: Path,
     dataset_dir: Path,
@@ -87,7 +98,7 @@ def check_batch(
     discard (:func:`discard`).
     """
     batch_id = new_batch_id()
-    progress(f"Unpacking {source} as {batch_id}")
+    progress(f"Unpacking {source}")
     try:
         staged = stage_batch(source, paths.staging, limits, batch_id)
     except BatchRefused as exc:
@@ -96,7 +107,9 @@ def check_batch(
     manifest = build_manifest(
         staged, limits, lambda done, total: progress(f"Inspected {done}/{total} images")
     )
-    progress("Validating")
+    batch_id = content_batch_id(manifest)
+    staged = replace(staged, batch_id=batch_id)
+    progress(f"Validating {batch_id}")
     reference = reference_of(load_index(dataset_dir))
     report = validate_batch(staged, manifest, reference, policy)
     return CheckedBatch(batch_id, staged, manifest, report)

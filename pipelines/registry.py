@@ -26,15 +26,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pandas as pd
 
+from core import contract
+from core.contract import CHAMPION, HISTORY_PREFIX, PREVIOUS
 from pipelines.modelfile import LoadedModel, save_model
 
-CHAMPION, PREVIOUS = "champion", "previous"
-HISTORY_PREFIX = "history."
+if TYPE_CHECKING:
+    from pipelines.candidate import CandidateRun
+    from pipelines.dataset import Dataset
+
 T = TypeVar("T")
 
 
@@ -150,19 +154,16 @@ class Registry:
         self,
         model: LoadedModel,
         *,
-        run_name: str,
-        params: dict,
-        curves: dict[str, list[float]],
+        run: CandidateRun,
+        tags: dict[str, str],
         metrics: dict[str, float],
         artifacts: list[Path],
         decision_markdown: str,
-        tags: dict[str, str],
-        dataset: pd.DataFrame | None = None,
-        dataset_source: str | None = None,
-        dataset_version: str | None = None,
+        dataset: Dataset | None = None,
         reference_images: np.ndarray | None = None,
     ) -> tuple[str, str]:
-        """Log a candidate's run and register its model as a new version.
+        """Log a candidate's run (``run``: name, params, curves; plus ``tags``, ``metrics``
+        and ``artifacts``) and register its model as a new version.
 
         ``reference_images`` (a few holdout images, uint8) travel with the version so that
         serving can check its ONNX export against Keras on real images.
@@ -180,18 +181,18 @@ class Registry:
         experiment = self.experiment_id()
         self._ensure_registered_model()
         if dataset is not None:
-            tags = {**tags, "dataset.index_sha256": _frame_digest(dataset)}
+            tags = {**tags, "dataset.index_sha256": _frame_digest(dataset.index)}
         all_tags = {
             "git_sha": git_sha() or "unknown",
-            "class_names": json.dumps(model.class_names),
+            contract.CLASS_NAMES_TAG: json.dumps(model.class_names),
             **tags,
         }
 
         def log() -> tuple[str, str]:
-            with mlflow.start_run(experiment_id=experiment, run_name=run_name) as run:
+            with mlflow.start_run(experiment_id=experiment, run_name=run.name) as active:
                 mlflow.set_tags(all_tags)
-                mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-                for key, values in curves.items():
+                mlflow.log_params({k: str(v)[:500] for k, v in run.params.items()})
+                for key, values in run.curves.items():
                     for step, value in enumerate(values):
                         mlflow.log_metric(key, value, step=step)
                 mlflow.log_metrics(metrics)
@@ -206,19 +207,14 @@ class Registry:
                 if dataset is not None:
                     mlflow.log_input(
                         mlflow.data.from_pandas(
-                            dataset,
-                            source=dataset_source,
+                            dataset.index,
+                            source=str(dataset.dir),
                             name="refit-dataset",
-                            digest=(dataset_version or "")[:36] or None,
+                            digest=(dataset.version or "")[:36] or None,
                         ),
                         context="training",
                     )
-                with tempfile.TemporaryDirectory() as tmp:
-                    save_model(model, Path(tmp) / "model.keras")
-                    mlflow.log_artifact(str(Path(tmp) / "model.keras"), artifact_path="file")
-                    if reference_images is not None:
-                        np.save(Path(tmp) / "images.npy", reference_images.astype(np.uint8))
-                        mlflow.log_artifact(str(Path(tmp) / "images.npy"), "reference")
+                self._log_files(model, reference_images)
                 x = np.zeros((1, *model.model.input_shape[1:]), "float32")
                 signature = infer_signature(x, model.model(x).numpy())
                 info = mlflow.keras.log_model(
@@ -231,31 +227,34 @@ class Registry:
                 registered = self.client.create_model_version(
                     self.name,
                     info.model_uri,
-                    run_id=run.info.run_id,
+                    run_id=active.info.run_id,
                     tags=all_tags,
                     model_id=info.model_id,
                 )
-                return run.info.run_id, str(registered.version)
+                return active.info.run_id, str(registered.version)
 
         return self._call("log the candidate", log)
+
+    @staticmethod
+    def _log_files(model: LoadedModel, reference_images: np.ndarray | None) -> None:
+        """The Refit model file and the reference images, where the contract says."""
+        import mlflow
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_model(model, Path(tmp) / contract.MODEL_FILE_NAME)
+            mlflow.log_artifact(str(path), artifact_path=contract.MODEL_FILE_DIR)
+            if reference_images is not None:
+                images = Path(tmp) / contract.REFERENCE_NAME
+                np.save(images, reference_images.astype(np.uint8))
+                mlflow.log_artifact(str(images), contract.REFERENCE_DIR)
 
     # -- aliases and history -------------------------------------------------------------
 
     def alias_version(self, alias: str) -> str | None:
         """The version an alias points at, or None."""
-        from mlflow.exceptions import MlflowException
-
-        def read() -> str | None:
-            try:
-                aliases = self.client.get_registered_model(self.name).aliases
-            except MlflowException as exc:
-                if _missing(exc):
-                    return None
-                raise
-            found = aliases.get(alias)
-            return None if found is None else str(found)
-
-        return self._call(f"read alias {alias}", read)
+        return self._call(
+            f"read alias {alias}", lambda: contract.alias_version(self.client, self.name, alias)
+        )
 
     def _record(self, action: str, version: str, reason: str, **details) -> None:
         entry = {
@@ -342,10 +341,10 @@ class Registry:
                         "%Y-%m-%d %H:%M", time.localtime(mv.creation_timestamp / 1000)
                     ),
                     run_id=mv.run_id,
-                    accuracy=run.data.metrics.get("challenger.accuracy"),
-                    dataset_version=mv.tags.get("dataset_version"),
-                    class_names=json.loads(mv.tags.get("class_names", "[]")),
-                    decision=mv.tags.get("gate"),
+                    accuracy=run.data.metrics.get(f"{contract.CHALLENGER_PREFIX}accuracy"),
+                    dataset_version=mv.tags.get(contract.DATASET_VERSION_TAG),
+                    class_names=json.loads(mv.tags.get(contract.CLASS_NAMES_TAG, "[]")),
+                    decision=mv.tags.get(contract.GATE_TAG),
                 )
             )
         return rows
@@ -365,7 +364,7 @@ class Registry:
             "read the version", lambda: self.client.get_model_version(self.name, version)
         )
         card = {"registered_model": self.name, "version": version}
-        return LoadedModel(model, json.loads(mv.tags["class_names"]), card)
+        return LoadedModel(model, json.loads(mv.tags[contract.CLASS_NAMES_TAG]), card)
 
     def export(self, ref: str, out: Path) -> Path:
         """Write a version or alias as a Refit model file (.keras, or .h5 for older tools)."""

@@ -7,7 +7,9 @@ a CSV or a folder, under ``batch/``) and ``state.json``. Its states:
 - ``merged``: validated and merged into the dataset (``batch_id`` says which batch); a run
   that crashed after this point resumes at fine-tuning instead of merging twice;
 - it leaves the queue once a run finishes with it: moved to ``submissions/<id>/`` with the
-  outcome (``rejected``, ``promoted``, ``kept-champion``) in its state.
+  outcome (``rejected``, ``not-trainable``, ``promoted``, ``kept-champion``) in its state.
+
+:func:`advance` is the state machine (pure); :func:`next_step` says what a run does next.
 
 Files or folders dropped straight into ``incoming/`` are adopted as submissions once they
 have not changed for ``settle_s`` seconds (so a half-copied file is never read).
@@ -25,6 +27,34 @@ from pathlib import Path
 
 STATE_FILE = "state.json"
 BATCH_DIR = "batch"
+
+# The submission state machine: status -> event -> next status. A finished submission
+# ("done") keeps the event that finished it as its outcome.
+TRANSITIONS: dict[str, dict[str, str]] = {
+    "pending": {"merged": "merged", "rejected": "done"},
+    "merged": {"not-trainable": "done", "promoted": "done", "kept-champion": "done"},
+}
+STEPS = {"pending": "validate", "merged": "fine-tune"}
+
+
+def advance(status: str, event: str) -> str:
+    """The status after ``event`` happened to a submission in ``status``.
+
+    Raises:
+        ValueError: ``event`` cannot happen in ``status`` (e.g. merging a merged batch).
+    """
+    try:
+        return TRANSITIONS[status][event]
+    except KeyError:
+        raise ValueError(f"a {status!r} submission cannot become {event!r}") from None
+
+
+def next_step(status: str) -> str | None:
+    """What a run does next with a submission in ``status``: ``validate`` (then merge or
+    reject), ``fine-tune`` (then judge), or None when it is done."""
+    if status not in STEPS and status != "done":
+        raise ValueError(f"unknown submission status {status!r}")
+    return STEPS.get(status)
 
 
 @dataclass
@@ -129,13 +159,16 @@ def find(incoming: Path, done: Path, submission_id: str) -> Submission | None:
 
 
 def mark_merged(submission: Submission, batch_id: str) -> None:
-    submission.status, submission.batch_id = "merged", batch_id
+    submission.status, submission.batch_id = advance(submission.status, "merged"), batch_id
     submission.save()
 
 
 def finish(submission: Submission, done: Path, outcome: str, detail: str = "") -> Submission:
-    """Take a submission out of the queue with its outcome."""
-    submission.status, submission.outcome, submission.detail = "done", outcome, detail
+    """Take a submission out of the queue with its outcome (an event that ends it)."""
+    status = advance(submission.status, outcome)
+    if status != "done":
+        raise ValueError(f"{outcome!r} does not finish a {submission.status!r} submission")
+    submission.status, submission.outcome, submission.detail = status, outcome, detail
     submission.save()
     done.mkdir(parents=True, exist_ok=True)
     target = done / submission.id

@@ -18,21 +18,20 @@ training set, so old classes are not forgotten.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from multiprocessing import get_context
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from core.policies import ArchitectureConfig, FinetuneConfig, TrainConfig
 from pipelines.architectures import FROZEN_LAYERS, build_model
-from pipelines.config import ArchitectureConfig, FinetuneConfig, TrainConfig
-from pipelines.ingest import load_rgb
+from pipelines.dataset import Dataset
+from pipelines.images import ImageSet, stratified_sample, stratified_split
 from pipelines.modelfile import LoadedModel
 from pipelines.predict import accuracy, predict_proba
 from pipelines.surgery import grow_head
@@ -41,118 +40,6 @@ Progress = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------- data
-
-
-@dataclass
-class ImageSet:
-    """Decoded images (N, H, W, 3 uint8) with integer labels indexing ``class_names``."""
-
-    x: np.ndarray
-    y: np.ndarray
-    class_names: list[str]
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def take(self, index: np.ndarray) -> ImageSet:
-        return ImageSet(self.x[index], self.y[index], self.class_names)
-
-    def relabel(self, class_names: list[str]) -> ImageSet:
-        """The same images with labels indexing another (super)set of class names."""
-        present = {self.class_names[i] for i in np.unique(self.y)}
-        missing = sorted(present - set(class_names))
-        if missing:
-            raise ValueError(f"classes {missing} are not among {class_names}")
-        mapping = np.array(
-            [class_names.index(c) if c in class_names else -1 for c in self.class_names]
-        )
-        return ImageSet(self.x, mapping[self.y], list(class_names))
-
-    @staticmethod
-    def concat(sets: list[ImageSet]) -> ImageSet:
-        names = sets[0].class_names
-        assert all(s.class_names == names for s in sets), "relabel to the same classes first"
-        return ImageSet(
-            np.concatenate([s.x for s in sets]), np.concatenate([s.y for s in sets]), names
-        )
-
-
-def _decode(task: tuple[str, int, int]) -> np.ndarray:
-    path, height, width = task
-    image = load_rgb(Path(path))
-    if image.size != (width, height):
-        image = image.resize((width, height), resample=3)  # bicubic
-    return np.asarray(image, dtype=np.uint8)
-
-
-def load_images(
-    paths: list[Path],
-    labels: list[str],
-    class_names: list[str],
-    size: tuple[int, int],
-    workers: int = 0,
-) -> ImageSet:
-    """Decode image files into an :class:`ImageSet` at ``size`` (height, width)."""
-    unknown = sorted(set(labels) - set(class_names))
-    if unknown:
-        raise ValueError(f"labels {unknown} are not among the classes {class_names}")
-    tasks = [(str(p), size[0], size[1]) for p in paths]
-    if len(tasks) < 2_000:
-        arrays = [_decode(t) for t in tasks]
-    else:
-        with get_context("fork").Pool(workers or os.cpu_count() or 1) as pool:
-            arrays = pool.map(_decode, tasks, chunksize=256)
-    x = np.stack(arrays) if arrays else np.zeros((0, *size, 3), np.uint8)
-    y = np.array([class_names.index(label) for label in labels], dtype=np.int64)
-    return ImageSet(x, y, list(class_names))
-
-
-def images_from_manifest(
-    files_dir: Path,
-    manifest,
-    size: tuple[int, int],
-    exclude_classes: set[str] = frozenset(),
-    exclude_sha256: set[str] = frozenset(),
-) -> ImageSet:
-    """The decodable images of a staged batch, minus excluded classes and images."""
-    keep = manifest[
-        manifest["decodable"]
-        & ~manifest["label"].isin(exclude_classes)
-        & ~manifest["sha256"].isin(exclude_sha256)
-    ]
-    classes = sorted(keep["label"].unique())
-    return load_images([files_dir / p for p in keep["path"]], keep["label"].tolist(), classes, size)
-
-
-def images_from_index(
-    dataset_dir: Path, rows, size: tuple[int, int], class_names: list[str] | None = None
-) -> ImageSet:
-    """Decode dataset rows (from ``pipelines.dataset.load_index``) into an ImageSet."""
-    names = class_names or sorted(rows["label"].unique())
-    return load_images([dataset_dir / p for p in rows["path"]], rows["label"].tolist(), names, size)
-
-
-def stratified_split(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (rest, held) with ``share`` of each class held, at least one per class."""
-    rng = np.random.default_rng(seed)
-    held: list[int] = []
-    for label in np.unique(y):
-        members = np.flatnonzero(y == label)
-        rng.shuffle(members)
-        held += members[: max(1, round(len(members) * share))].tolist()
-    held_mask = np.zeros(len(y), bool)
-    held_mask[held] = True
-    return np.flatnonzero(~held_mask), np.flatnonzero(held_mask)
-
-
-def stratified_sample(y: np.ndarray, total: int, seed: int) -> np.ndarray:
-    """About ``total`` indices spread evenly over the classes of ``y`` (fewer if a class
-    has fewer)."""
-    rng = np.random.default_rng(seed)
-    classes = np.unique(y)
-    per_class = math.ceil(total / max(len(classes), 1))
-    picked = [rng.permutation(np.flatnonzero(y == c))[:per_class] for c in classes]
-    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 
 def _augment(pad: int):
@@ -279,53 +166,97 @@ class FitResult:
     epochs_run: int
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """One call of :func:`fit`: SGD + Nesterov, label smoothing, the one-cycle schedule."""
+
+    epochs: int
+    batch_size: int
+    peak_lr: float
+    warmup_share: float
+    momentum: float
+    weight_decay: float
+    label_smoothing: float
+    budget_s: float
+    seed: int
+    patience: int | None = None  # early stopping on the validation split; None: off
+    lookahead: bool = False  # airbench's weight averaging
+
+    @classmethod
+    def bootstrap(cls, config: TrainConfig) -> Recipe:
+        return cls(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            peak_lr=config.peak_lr,
+            warmup_share=config.warmup_share,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            label_smoothing=config.label_smoothing,
+            budget_s=config.time_budget_s,
+            seed=config.seed,
+            patience=config.patience,
+            lookahead=True,
+        )
+
+    @classmethod
+    def finetune_phases(cls, config: FinetuneConfig) -> tuple[Recipe, Recipe]:
+        """(head only, top unfrozen): the wall-time budget split in proportion to epochs."""
+        head_share = config.head_epochs / max(1, config.head_epochs + config.epochs)
+        body = cls(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            peak_lr=config.lr,
+            warmup_share=config.warmup_share,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            label_smoothing=config.label_smoothing,
+            budget_s=config.time_budget_s,
+            seed=config.seed,
+        )
+        head = replace(
+            body,
+            epochs=config.head_epochs,
+            peak_lr=config.head_lr,
+            budget_s=config.time_budget_s * head_share,
+        )
+        return head, body
+
+
 def fit(
     model: keras.Model,
     train: ImageSet,
     val: ImageSet | None,
-    *,
-    epochs: int,
-    batch_size: int,
-    peak_lr: float,
-    warmup_share: float,
-    momentum: float,
-    weight_decay: float,
-    label_smoothing: float,
-    budget_s: float,
-    seed: int,
-    patience: int | None,
+    recipe: Recipe,
     progress: Progress,
     label: str,
-    lookahead: bool = False,
 ) -> FitResult:
-    """Compile and train ``model`` with the one-cycle recipe (and optionally
-    :class:`Lookahead` weight averaging); returns the history."""
-    keras.utils.set_random_seed(seed)
+    """Compile and train ``model`` with ``recipe``; returns the history."""
+    keras.utils.set_random_seed(recipe.seed)
     model.compile(
         optimizer=keras.optimizers.SGD(
-            learning_rate=peak_lr,
-            momentum=momentum,
+            learning_rate=recipe.peak_lr,
+            momentum=recipe.momentum,
             nesterov=True,
-            weight_decay=weight_decay or None,
+            weight_decay=recipe.weight_decay or None,
         ),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
         metrics=["accuracy"],
     )
-    steps = math.ceil(len(train) / batch_size) * epochs
-    schedule = OneCycle(peak_lr, warmup_share, steps, budget_s)
+    steps = math.ceil(len(train) / recipe.batch_size) * recipe.epochs
+    schedule = OneCycle(recipe.peak_lr, recipe.warmup_share, steps, recipe.budget_s)
     callbacks: list[keras.callbacks.Callback] = [
         schedule,
-        EpochLog(progress, epochs, len(train), label),
+        EpochLog(progress, recipe.epochs, len(train), label),
     ]
-    if lookahead:
+    if recipe.lookahead:
         callbacks.append(Lookahead(schedule))
-    if val is not None and patience:
-        callbacks.append(early_stopping(epochs, patience))
+    if val is not None and recipe.patience:
+        callbacks.append(early_stopping(recipe.epochs, recipe.patience))
     start = time.monotonic()
     history = model.fit(
-        make_dataset(train, batch_size, True, seed),
-        validation_data=make_dataset(val, 1024, False, seed) if val is not None else None,
-        epochs=epochs,
+        make_dataset(train, recipe.batch_size, True, recipe.seed),
+        validation_data=make_dataset(val, 1024, False, recipe.seed) if val is not None else None,
+        epochs=recipe.epochs,
         callbacks=callbacks,
         verbose=0,
     )
@@ -402,24 +333,7 @@ def bootstrap(
         f"Bootstrap {spec.name}: {len(train)} training and {len(val)} validation images, "
         f"{len(images.class_names)} classes, {model.count_params():,} parameters, {precision}"
     )
-    result = fit(
-        model,
-        train,
-        val,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        peak_lr=config.peak_lr,
-        warmup_share=config.warmup_share,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        label_smoothing=config.label_smoothing,
-        budget_s=config.time_budget_s,
-        seed=config.seed,
-        patience=config.patience,
-        progress=progress,
-        label="bootstrap",
-        lookahead=True,
-    )
+    result = fit(model, train, val, Recipe.bootstrap(config), progress, "bootstrap")
     if precision != "float32":
         model = as_float32(model)
     card = {
@@ -488,47 +402,14 @@ def finetune(
     replay = old.relabel(names).take(stratified_sample(old.y, replay_n, config.seed))
     mixed = ImageSet.concat([new.relabel(names), replay])
     progress(f"Fine-tune on {len(new)} new + {len(replay)} replayed images")
-    budget_head = (
-        config.time_budget_s * config.head_epochs / max(1, config.head_epochs + config.epochs)
-    )
-    common = dict(
-        batch_size=config.batch_size,
-        warmup_share=0.15,
-        momentum=0.9,
-        weight_decay=5e-4,
-        label_smoothing=config.label_smoothing,
-        seed=config.seed,
-        patience=None,
-        progress=progress,
-    )
+    head, body = Recipe.finetune_phases(config)
     results = []
     if config.head_epochs:
         set_trainable_top(model.model, 0)
-        results.append(
-            fit(
-                model.model,
-                mixed,
-                None,
-                epochs=config.head_epochs,
-                peak_lr=config.head_lr,
-                budget_s=budget_head,
-                label="head",
-                **common,
-            )
-        )
+        results.append(fit(model.model, mixed, None, head, progress, "head"))
     set_trainable_top(model.model, config.unfreeze_layers)
-    results.append(
-        fit(
-            model.model,
-            mixed,
-            None,
-            epochs=config.epochs,
-            peak_lr=config.lr,
-            budget_s=config.time_budget_s - sum(r.seconds for r in results),
-            label="finetune",
-            **common,
-        )
-    )
+    body = replace(body, budget_s=body.budget_s - sum(r.seconds for r in results))
+    results.append(fit(model.model, mixed, None, body, progress, "finetune"))
     set_trainable_top(model.model, -1)
     model.card = {
         **model.card,
@@ -541,10 +422,14 @@ def finetune(
     return model, results
 
 
+class NotTrainable(ValueError):
+    """This data cannot be trained on (e.g. the batch left no training images); retrying
+    would fail the same way."""
+
+
 def finetune_on_batch(
     champion: LoadedModel,
-    dataset_dir: Path,
-    index,
+    dataset: Dataset,
     batch_id: str,
     config: FinetuneConfig,
     progress: Progress = print,
@@ -552,15 +437,15 @@ def finetune_on_batch(
     """Fine-tune on one merged batch's training images, replaying the rest of the train split.
 
     Raises:
-        ValueError: the batch has no training images in the dataset.
+        NotTrainable: the batch has no training images in the dataset.
     """
     size = champion.input_size
-    train = index[index["split"] == "train"]
+    train = dataset.rows("train")
     batch_rows = train[train["batch_id"] == batch_id]
     if batch_rows.empty:
-        raise ValueError(f"batch {batch_id} has no training images in the dataset")
-    new = images_from_index(dataset_dir, batch_rows, size)
-    old = images_from_index(dataset_dir, train[train["batch_id"] != batch_id], size)
+        raise NotTrainable(f"batch {batch_id} has no training images in the dataset")
+    new = dataset.images(batch_rows, size)
+    old = dataset.images(train[train["batch_id"] != batch_id], size)
     challenger, fits = finetune(champion, new, old, config, progress)
     challenger.card["batch_id"] = batch_id
     return challenger, fits

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.config import ValidationPolicy
+from core.policies import ValidationPolicy
 from pipelines.ingest import BatchRefused, Finding, StagedBatch
 
 RGB_CONVERTIBLE_MODES = [

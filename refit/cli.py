@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from refit.settings import Settings
+    from core.settings import Settings
 
 app = typer.Typer(
     help="Refit keeps image classifiers up to date: validate batches, fine-tune, gate, serve.",
@@ -39,7 +39,7 @@ err_console = Console(stderr=True)
 
 def _settings() -> Settings:
     """Load the settings and export the tool environment before any heavy import."""
-    from refit.settings import apply_tool_environment, get_settings
+    from core.settings import apply_tool_environment, get_settings
 
     settings = get_settings()
     apply_tool_environment(settings)
@@ -90,19 +90,19 @@ def demo() -> None:
     embedded batch that brings `truck`, follow the run, ask the endpoint, print a summary."""
     import httpx
 
-    from refit import runs
+    from core import runs
 
     settings = _settings()
     up()
-    from serving.champion import RegistrySource
+    from core.contract import CHAMPION
 
-    source = RegistrySource.from_settings(settings)
-    if source.champion_version() is None:
+    champion = _registry_call(lambda: _registry(settings).alias_version(CHAMPION))
+    if champion is None:
         console.print("\n[bold]1. The built-in model becomes the first champion[/]")
         if _follow_run(runs.start("bootstrap/bootstrap"), 1800).state != "COMPLETED":
             raise _fail("the bootstrap run failed; see the Prefect UI")
     else:
-        console.print(f"\n1. Champion v{source.champion_version()} already serves")
+        console.print(f"\n1. Champion v{champion} already serves")
     sample = settings.workspace / "sample"
     if not (sample / "incoming").is_dir():
         from pipelines.sample import unpack_sample
@@ -130,13 +130,12 @@ def demo() -> None:
 @app.command()
 def serve() -> None:
     """Run the serving server in the foreground (Ctrl+C stops it); needs a champion."""
+    from core.contract import CHAMPION
     from refit import platform
-    from serving.champion import RegistrySource
 
     settings = _settings()
-    source = RegistrySource.from_settings(settings)
     try:
-        version = source.champion_version()
+        version = _registry(settings).alias_version(CHAMPION)
     except Exception as exc:
         raise _fail(f"cannot read the registry at {settings.mlflow_tracking_uri}: {exc}") from exc
     if version is None:
@@ -226,12 +225,6 @@ BatchArg = Annotated[
 ]
 
 
-def _intake(settings: Settings):
-    from refit.wiring import intake
-
-    return intake(settings)
-
-
 def _print_report(report) -> None:
     colour = "green" if report.passed else "red"
     console.print(f"[{colour}]{report.summary()}[/]", highlight=False)
@@ -241,14 +234,14 @@ def _print_report(report) -> None:
 def data_validate(batch: BatchArg) -> None:
     """Check a batch against the current dataset and report; changes nothing."""
     settings = _settings()
+    from pipelines import workspace
     from pipelines.intake import check_batch, discard
 
-    _, paths = _intake(settings)
     with console.status("Checking…") as spinner:
         checked = check_batch(
             batch,
             settings.dataset_dir,
-            paths,
+            workspace.intake_paths(settings),
             settings.ingest,
             settings.validation,
             progress=spinner.update,
@@ -266,16 +259,16 @@ def data_validate(batch: BatchArg) -> None:
 def data_add(batch: BatchArg) -> None:
     """Validate a batch, then merge it into the dataset and version it (or quarantine it)."""
     settings = _settings()
+    from pipelines import workspace
     from pipelines.intake import add_batch
     from pipelines.versions import DvcError
 
-    store, paths = _intake(settings)
     with console.status("Adding…") as spinner:
         try:
             result = add_batch(
                 batch,
-                store,
-                paths,
+                workspace.store(settings),
+                workspace.intake_paths(settings),
                 settings.ingest,
                 settings.validation,
                 settings.split,
@@ -319,7 +312,7 @@ def _follow_submission(settings: Settings, submission_id: str, timeout: float):
     """Wait for the run that takes a submission, print its steps and its report."""
     import time
 
-    from refit import runs
+    from core import runs
 
     deadline = time.monotonic() + min(timeout, 300)
     with console.status("Waiting for the retrain run to start (is `refit up` running?)…"):
@@ -337,7 +330,7 @@ def _follow_submission(settings: Settings, submission_id: str, timeout: float):
 def _follow_run(run_id: str, timeout: float):
     from rich.markdown import Markdown
 
-    from refit import runs
+    from core import runs
 
     shown: set[tuple[str, str]] = set()
 
@@ -359,7 +352,9 @@ def _follow_run(run_id: str, timeout: float):
 def data_versions() -> None:
     """List the recorded dataset versions (the current one is marked)."""
     settings = _settings()
-    store, _ = _intake(settings)
+    from pipelines.workspace import store as dataset_store
+
+    store = dataset_store(settings)
     current = store.current_version()
     table = Table("", "version", "created", "batch", "train", "holdout", "classes")
     for v in store.versions():
@@ -383,11 +378,11 @@ def data_checkout(
     """Restore the dataset directory to a recorded version."""
     settings = _settings()
     from pipelines.versions import DvcError
+    from pipelines.workspace import store
 
-    store, _ = _intake(settings)
     with console.status(f"Restoring {version}…"):
         try:
-            record = store.checkout(version)
+            record = store(settings).checkout(version)
         except DvcError as exc:
             raise _fail(str(exc)) from exc
     console.print(f"Dataset is now version {record.version} (from {record.batch_id}).")
@@ -396,89 +391,18 @@ def data_checkout(
 # --------------------------------------------------------------------------- train
 
 
-def _sample_holdout(settings: Settings, class_names: list[str]):
-    """The embedded sample's holdout images of ``class_names``, decoded."""
-    import tempfile
-
-    from pipelines.sample import unpack_sample
-    from pipelines.train import load_images
-
-    with tempfile.TemporaryDirectory() as tmp:
-        unpack_sample(settings.sample_archive, Path(tmp))
-        root = Path(tmp) / "seed" / "holdout"
-        paths = [
-            p for c in class_names if (root / c).is_dir() for p in sorted((root / c).iterdir())
-        ]
-        labels = [p.parent.name for p in paths]
-        size = (settings.architecture.input_size, settings.architecture.input_size)
-        return load_images(paths, labels, class_names, size)
-
-
-def _source_images(
-    settings: Settings, source: Path, exclude_classes: set[str], exclude_sample: bool, progress
-):
-    """Decoded training images of a batch-shaped source, minus the excluded ones."""
-    import hashlib
-    import shutil
-
-    from pipelines.ingest import build_manifest, new_batch_id, stage_batch
-    from pipelines.sample import sample_hashes
-    from pipelines.train import images_from_manifest
-
-    progress(f"Reading {source}")
-    staged = stage_batch(source, settings.staging_dir, settings.ingest, new_batch_id())
-    try:
-        manifest = build_manifest(staged, settings.ingest)
-        excluded = sample_hashes(settings.sample_archive) if exclude_sample else set()
-        size = (settings.architecture.input_size, settings.architecture.input_size)
-        progress(f"Decoding {len(manifest)} images")
-        images = images_from_manifest(staged.files_dir, manifest, size, exclude_classes, excluded)
-        used = manifest[
-            manifest["decodable"]
-            & ~manifest["label"].isin(exclude_classes)
-            & ~manifest["sha256"].isin(excluded)
-        ]
-        digest = hashlib.sha256("\n".join(sorted(used["sha256"])).encode()).hexdigest()
-    finally:
-        shutil.rmtree(staged.root, ignore_errors=True)
-    return images, {
-        "source": str(source),
-        "images_digest": digest,
-        "excluded_sample_images": len(excluded),
-    }
-
-
-def _dataset_images(
-    settings: Settings, split: str, exclude_classes: set[str], class_names: list[str] | None = None
-):
-    """Decoded images of one split of the current dataset, and a data card."""
-    from pipelines.dataset import load_index
-    from pipelines.train import images_from_index
-
-    index = load_index(settings.dataset_dir)
-    rows = index[(index["split"] == split) & ~index["label"].isin(exclude_classes)]
-    if class_names is not None:
-        rows = rows[rows["label"].isin(class_names)]
-    if rows.empty:
-        raise _fail(f"the dataset has no {split} images; add a batch with `refit data add`")
-    size = (settings.architecture.input_size, settings.architecture.input_size)
-    store, _ = _intake(settings)
-    images = images_from_index(settings.dataset_dir, rows, size, class_names)
-    return images, {"dataset_version": store.current_version(), "split": split}
-
-
-def _save_with_card(settings: Settings, loaded, out: Path | None, recipe: str) -> Path:
-    """Write a trained model (default: a timestamped file in the workspace) and its card."""
+def _model_out(settings: Settings, out: Path | None, recipe: str) -> Path:
+    """Where a trained model goes: ``out``, or a timestamped file in the workspace."""
     import time
 
-    from pipelines.modelfile import model_card_markdown, save_model
+    return out or settings.workspace / "models" / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}.keras"
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = out or settings.workspace / "models" / f"{recipe}-{stamp}.keras"
-    save_model(loaded, out)
-    out.with_suffix(".md").write_text(model_card_markdown(loaded, f"Model {out.name}"))
+
+def _save(loaded, out: Path) -> None:
+    from pipelines.bootstrap import save_with_card
+
+    save_with_card(loaded, out)
     console.print(f"Saved {out} and its card {out.with_suffix('.md')}")
-    return out
 
 
 @train_app.command("bootstrap")
@@ -503,34 +427,40 @@ def train_bootstrap(
     import time
 
     settings = _settings()
-    from pipelines.predict import holdout_metrics
-    from pipelines.train import bootstrap
+    from pipelines import bootstrap, workspace
+    from pipelines.sample import sample_hashes
 
     started = time.monotonic()
     config = settings.train.model_copy(update={"epochs": epochs} if epochs else {})
-    if source is None:
-        images, data_card = _dataset_images(settings, "train", set(exclude_class))
-    else:
-        images, data_card = _source_images(
-            settings, source, set(exclude_class), exclude_sample, console.print
+    size = (settings.architecture.input_size,) * 2
+    excluded = set(exclude_class)
+    dataset = workspace.dataset(settings)
+    holdout = None
+    try:
+        if source is None:
+            images, card = bootstrap.dataset_images(dataset, "train", size, excluded)
+            holdout = lambda names: (  # noqa: E731
+                bootstrap.dataset_images(dataset, "holdout", size, excluded, names)[0],
+                "holdout (dataset)",
+            )
+        else:
+            hashes = sample_hashes(settings.sample_archive) if exclude_sample else set()
+            images, card = bootstrap.source_images(
+                source, settings.staging_dir, settings.ingest, size, excluded, hashes, console.print
+            )
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    if exclude_sample:
+        holdout = lambda names: (  # noqa: E731
+            bootstrap.sample_holdout(settings.sample_archive, names, size),
+            "holdout (embedded sample)",
         )
-    loaded, _ = bootstrap(images, settings.architecture, config, progress=console.print)
-    if source is None:
-        holdout, _ = _dataset_images(settings, "holdout", set(exclude_class), loaded.class_names)
-        title = "holdout (dataset)"
-    elif exclude_sample:
-        holdout, title = _sample_holdout(settings, loaded.class_names), "holdout (embedded sample)"
-    if source is None or exclude_sample:
-        metrics = holdout_metrics(loaded.model, loaded.class_names, holdout.x, holdout.y)
-        loaded.card[title] = metrics
-        console.print(
-            f"Holdout accuracy {metrics['accuracy']:.4f} "
-            f"(with flip TTA {metrics['accuracy_tta']:.4f}) on {metrics['images']} images"
-        )
-    loaded.card["data"] = data_card
+    loaded = bootstrap.train_from_scratch(
+        images, settings.architecture, config, card, holdout, console.print
+    )
     loaded.card["wall_time_s"] = round(time.monotonic() - started, 1)
     loaded.card["command"] = "refit " + " ".join(sys.argv[1:])
-    _save_with_card(settings, loaded, out, "bootstrap")
+    _save(loaded, _model_out(settings, out, "bootstrap"))
 
 
 @train_app.command("finetune")
@@ -555,69 +485,69 @@ def train_finetune(
 ) -> None:
     """Fine-tune on a merged batch with replay (growing the head for new classes), then
     judge the challenger against the champion and promote it only if the gate blesses it."""
-
     settings = _settings()
-    from pipelines.candidate import judge_finetune
-    from pipelines.dataset import evaluation_holdout, load_index
-    from pipelines.modelfile import ModelRefused, load_refit_model
-    from pipelines.predict import compare_on_holdout
-    from pipelines.train import finetune_on_batch, images_from_index
+    from pipelines import candidate, workspace
+    from pipelines.train import NotTrainable, finetune_on_batch
 
-    store, _ = _intake(settings)
-    versions = store.versions()
+    versions = workspace.store(settings).versions()
     batch_id = batch_id or (versions[-1].batch_id if versions else None)
-    index = load_index(settings.dataset_dir)
-    if batch_id is None or index.empty:
+    dataset = workspace.dataset(settings)
+    if batch_id is None or dataset.empty:
         raise _fail("no dataset yet: add a batch with `refit data add` first")
-    try:
-        champion = (
-            load_refit_model(model)
-            if model is not None
-            else _registry_call(lambda: _registry(settings).load("champion"))
-        )
-    except (ModelRefused, OSError, ValueError) as exc:
-        raise _fail(str(exc)) from exc
+    registry = workspace.registry(settings)
+    parent = _parent_model(registry, model)
     try:
         challenger, fits = finetune_on_batch(
-            champion,
-            settings.dataset_dir,
-            index,
-            batch_id,
-            settings.finetune,
-            progress=console.print,
+            parent.model, dataset, batch_id, settings.finetune, progress=console.print
         )
-    except ValueError as exc:
+    except NotTrainable as exc:
         raise _fail(str(exc)) from exc
-    holdout = images_from_index(
-        settings.dataset_dir,
-        evaluation_holdout(index),
-        champion.input_size,
-        challenger.class_names,
-    )  # decoded once, for both judgements
-    report = compare_on_holdout(champion, challenger, holdout.x, holdout.y)
-    for key, value in report.items():
+    holdout = dataset.holdout_images(parent.model.input_size, challenger.class_names)
+    assessment = candidate.assess(challenger, holdout, settings.gate, parent)
+    for key, value in assessment.summary().items():
         console.print(f"  {key}: {value}")
-    challenger.card["holdout"] = report
-    _save_with_card(settings, challenger, out, "finetune")
+    challenger.card["holdout"] = assessment.summary()
+    _save(challenger, _model_out(settings, out, "finetune"))
     if not register:
         return
     with console.status("Judging against the champion…"):
-        outcome = _registry_call(
-            lambda: judge_finetune(
-                champion,
-                challenger,
-                fits,
-                holdout,
-                _registry(settings),
-                settings.gate,
-                batch_id=batch_id,
-                params=settings.finetune.model_dump(),
-                index=index,
-                accepted_dir=settings.accepted_dir,
-                dataset_dir=settings.dataset_dir,
-                dataset_version=store.current_version(),
-            )
+        if parent.version is None:  # fine-tuned from a file: judged against the champion
+            champion = _registry_call(lambda: candidate.current_champion(registry))
+            assessment = candidate.assess(challenger, holdout, settings.gate, champion)
+        run = candidate.finetune_run(
+            parent.model,
+            challenger,
+            fits,
+            batch_id,
+            settings.finetune.model_dump(),
+            settings.accepted_dir,
         )
+        outcome = _registry_call(
+            lambda: candidate.record(assessment, challenger, registry, run, dataset)
+        )
+    _print_judgement(outcome)
+
+
+def _parent_model(registry, model: Path | None):
+    """What to fine-tune: a model file, or the registry's champion (downloaded once)."""
+    from pipelines.candidate import Baseline, current_champion
+    from pipelines.modelfile import ModelRefused, load_refit_model
+
+    try:
+        if model is not None:
+            return Baseline(load_refit_model(model))
+        champion = _registry_call(lambda: current_champion(registry))
+    except (ModelRefused, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    if champion is None:
+        raise _fail(
+            f"{registry.name} has no version with alias 'champion'; register one first "
+            "(refit model register models/builtin/model.keras)"
+        )
+    return champion
+
+
+def _print_judgement(outcome) -> None:
     console.print(outcome.decision.markdown(), highlight=False)
     state = "promoted to champion" if outcome.promoted else "registered, champion unchanged"
     console.print(f"Version {outcome.version}: {state}.")
@@ -650,7 +580,7 @@ def model_import(
 
 
 def _registry(settings: Settings):
-    from refit.wiring import registry
+    from pipelines.workspace import registry
 
     return registry(settings)
 
@@ -672,43 +602,30 @@ def model_register(
 ) -> None:
     """Judge a model file against the champion on the dataset holdout; promote if blessed."""
     settings = _settings()
-    from pipelines.candidate import judge
-    from pipelines.dataset import evaluation_holdout, load_index
+    from pipelines import workspace
+    from pipelines.candidate import CandidateRun, judge_model_file
     from pipelines.evaluate import EvaluationError
     from pipelines.modelfile import ModelRefused, load_refit_model
-    from pipelines.train import images_from_index
 
     try:
         challenger = load_refit_model(file)
     except (ModelRefused, OSError, ValueError) as exc:
         raise _fail(str(exc)) from exc
-    index = load_index(settings.dataset_dir)
-    rows = evaluation_holdout(index)
-    if rows.empty:
-        raise _fail("the dataset has no holdout to judge on; add a batch with `refit data add`")
-    store, _ = _intake(settings)
+    run = CandidateRun(f"register {file.name}", tags={"reason": reason})
     with console.status("Evaluating, registering…"):
-        holdout = images_from_index(settings.dataset_dir, rows, challenger.input_size)
         try:
             outcome = _registry_call(
-                lambda: judge(
+                lambda: judge_model_file(
                     challenger,
-                    holdout,
-                    _registry(settings),
+                    workspace.dataset(settings),
+                    workspace.registry(settings),
                     settings.gate,
-                    run_name=f"register {file.name}",
-                    tags={"reason": reason},
-                    dataset=index,
-                    dataset_dir=settings.dataset_dir,
-                    dataset_version=store.current_version(),
-                    params=challenger.card.get("train", {}),
+                    run,
                 )
             )
         except EvaluationError as exc:
             raise _fail(str(exc)) from exc
-    console.print(outcome.decision.markdown(), highlight=False)
-    state = "promoted to champion" if outcome.promoted else "registered, champion unchanged"
-    console.print(f"Version {outcome.version}: {state}.")
+    _print_judgement(outcome)
 
 
 @model_app.command("list")

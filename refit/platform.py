@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from refit.settings import PROJECT_ROOT, Settings, config_file, tool_environment
+from core.settings import PROJECT_ROOT, Settings, config_file, tool_environment
 
 STOP_GRACE_S = 15.0
 HEALTH_POLL_S = 0.5

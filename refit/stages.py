@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from refit.settings import Settings, apply_tool_environment
+from core.settings import Settings, get_settings
 
 BUILD = Path("build")
 PARAMS = Path("params.yaml")
@@ -27,9 +27,7 @@ PARAMS = Path("params.yaml")
 def _settings_and_params() -> tuple[Settings, dict]:
     params = yaml.safe_load(PARAMS.read_text())
     overrides = {k: params[k] for k in ("validation", "architecture", "train") if k in params}
-    settings = Settings(**overrides)
-    apply_tool_environment(settings)
-    return settings, params
+    return get_settings().overlay(overrides), params
 
 
 def ingest() -> None:
@@ -79,31 +77,27 @@ def validate() -> None:
 
 def train() -> None:
     """Train a model from scratch on the dataset's train split."""
-    from pipelines.dataset import load_index
+    from pipelines import bootstrap, workspace
     from pipelines.modelfile import save_model
-    from pipelines.train import bootstrap, images_from_index
 
     settings, _ = _settings_and_params()
-    index = load_index(settings.dataset_dir)
-    rows = index[index["split"] == "train"]
-    size = (settings.architecture.input_size, settings.architecture.input_size)
-    images = images_from_index(settings.dataset_dir, rows, size)
-    loaded, _ = bootstrap(images, settings.architecture, settings.train)
+    size = (settings.architecture.input_size,) * 2
+    images, card = bootstrap.dataset_images(workspace.dataset(settings), "train", size)
+    loaded = bootstrap.train_from_scratch(images, settings.architecture, settings.train, card)
     save_model(loaded, BUILD / "model.keras")
 
 
 def evaluate() -> None:
     """Holdout metrics of the trained model (classes it knows) into build/metrics.json."""
-    from pipelines.dataset import load_index
+    from pipelines import workspace
     from pipelines.modelfile import load_refit_model
     from pipelines.predict import holdout_metrics
-    from pipelines.train import images_from_index
 
     settings, _ = _settings_and_params()
     loaded = load_refit_model(BUILD / "model.keras")
-    index = load_index(settings.dataset_dir)
-    rows = index[(index["split"] == "holdout") & index["label"].isin(loaded.class_names)]
-    images = images_from_index(settings.dataset_dir, rows, loaded.input_size, loaded.class_names)
+    dataset = workspace.dataset(settings)
+    rows = dataset.rows("holdout", loaded.class_names)
+    images = dataset.images(rows, loaded.input_size, loaded.class_names)
     metrics = holdout_metrics(loaded.model, loaded.class_names, images.x, images.y)
     (BUILD / "metrics.json").write_text(json.dumps(metrics, indent=2))
 

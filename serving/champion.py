@@ -21,13 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core import contract
+from core.contract import CHAMPION
 from serving.engines import Engine, best_engine
 
 log = logging.getLogger("refit.serving")
-
-ALIAS = "champion"
-MODEL_FILE_ARTIFACT = "file/model.keras"
-REFERENCE_ARTIFACT = "reference/images.npy"
 
 
 class NoChampion(RuntimeError):
@@ -77,7 +75,7 @@ class RegistrySource:
 
     @classmethod
     def from_settings(cls, settings) -> RegistrySource:
-        """The registry ``refit.settings.Settings`` point at."""
+        """The registry ``core.settings.Settings`` point at."""
         return cls(
             str(settings.mlflow_tracking_uri),
             str(settings.mlflow_registry_uri),
@@ -85,15 +83,7 @@ class RegistrySource:
         )
 
     def champion_version(self) -> str | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            found = self.client.get_registered_model(self.name).aliases.get(ALIAS)
-        except MlflowException as exc:
-            if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
-                return None
-            raise
-        return None if found is None else str(found)
+        return contract.alias_version(self.client, self.name, CHAMPION)
 
     def load(self, version: str, engine: str, tolerance: float) -> Champion:
         import keras
@@ -104,13 +94,13 @@ class RegistrySource:
         with tempfile.TemporaryDirectory() as tmp:
             path = mlflow.artifacts.download_artifacts(
                 run_id=mv.run_id,
-                artifact_path=MODEL_FILE_ARTIFACT,
+                artifact_path=contract.MODEL_FILE_ARTIFACT,
                 dst_path=tmp,
                 tracking_uri=self.tracking_uri,
             )
             model = keras.saving.load_model(path, compile=False, safe_mode=True)
             reference = self._reference_images(mv.run_id, tmp, model.input_shape[1:3])
-        class_names = json.loads(mv.tags["class_names"])
+        class_names = json.loads(mv.tags[contract.CLASS_NAMES_TAG])
         if model.output_shape[-1] != len(class_names):
             raise ValueError(
                 f"version {version}: {model.output_shape[-1]} outputs but "
@@ -119,10 +109,11 @@ class RegistrySource:
         choice = best_engine(model, reference, engine, tolerance)
         choice.engine(reference[:1])  # warm the chosen engine at batch 1 and batch N
         choice.engine(reference)
+        prefix = contract.CHALLENGER_PREFIX
         metrics = {
-            k.removeprefix("challenger."): v
+            k.removeprefix(prefix): v
             for k, v in run.data.metrics.items()
-            if k.startswith("challenger.") and "recall." not in k
+            if k.startswith(prefix) and "recall." not in k
         }
         return Champion(
             name=self.name,
@@ -133,20 +124,20 @@ class RegistrySource:
             engine_note=choice.note,
             run_id=mv.run_id,
             metrics=metrics,
-            dataset_version=mv.tags.get("dataset_version"),
+            dataset_version=mv.tags.get(contract.DATASET_VERSION_TAG),
         )
 
     def download_model_file(self, ref: str, dst: str) -> tuple[str, Path]:
         """A version's (or alias's) Refit model file; returns (version, path)."""
         import mlflow.artifacts
 
-        version = self.champion_version() if ref == ALIAS else ref
+        version = self.champion_version() if ref == CHAMPION else ref
         if version is None:
             raise NoChampion("there is no champion yet")
         mv = self.client.get_model_version(self.name, version)
         path = mlflow.artifacts.download_artifacts(
             run_id=mv.run_id,
-            artifact_path=MODEL_FILE_ARTIFACT,
+            artifact_path=contract.MODEL_FILE_ARTIFACT,
             dst_path=dst,
             tracking_uri=self.tracking_uri,
         )
@@ -159,7 +150,7 @@ class RegistrySource:
         try:
             path = mlflow.artifacts.download_artifacts(
                 run_id=run_id,
-                artifact_path=REFERENCE_ARTIFACT,
+                artifact_path=contract.REFERENCE_ARTIFACT,
                 dst_path=tmp,
                 tracking_uri=self.tracking_uri,
             )
@@ -181,7 +172,6 @@ class ChampionHolder:
         self._current: Champion | None = None
         self._reload_lock = threading.Lock()
         self.error: str | None = None
-        self.checked_at: float | None = None
 
     @property
     def current(self) -> Champion | None:
@@ -197,13 +187,13 @@ class ChampionHolder:
                 self.error = f"cannot read the registry: {exc}"
                 log.warning(self.error)
                 return self._result(before, changed=False)
-            self.checked_at = time.time()
             if version is None:
                 self.error = (
                     None
                     if before
                     else (
-                        f"no champion yet: {self.source.name!r} has no version with alias {ALIAS!r}"
+                        f"no champion yet: {self.source.name!r} has no version with "
+                        f"alias {CHAMPION!r}"
                     )
                 )
                 return self._result(before, changed=False)

@@ -5,9 +5,10 @@ Two services, one ``bentoml serve serving.service:Refit``:
 - :class:`Classifier` holds the champion (``serving.champion``) and exposes the batchable
   ``classify`` method. BentoML's adaptive batcher only runs when that method is reached
   through ``bentoml.depends`` from another service, so it lives in its own worker.
-- :class:`Refit` is the public face: decodes uploads (no TensorFlow in this worker), calls
-  ``classify``, and serves ``/predict``, ``/predict_batch``, ``/model``, ``/admin/reload``
-  and the Try and Retrain pages (``serving/web``). BentoML adds ``/healthz``, ``/livez``,
+- :class:`Refit` is the public face: decodes uploads (``pipelines.images``, no TensorFlow
+  in this worker), calls ``classify``, and serves ``/predict``, ``/predict_batch``,
+  ``/model``, ``/admin/reload`` and the Try and Retrain pages (``serving/web``; the Retrain
+  page's routes are ``serving.retrain``). BentoML adds ``/healthz``, ``/livez``,
   ``/readyz`` (ready once the champion is loaded and warmed) and ``/metrics`` (Prometheus).
 
 ``classify`` returns one row per image: column 0 is the version of the model that answered
@@ -18,26 +19,25 @@ exactly one complete model even while the champion is being swapped.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import math
-import shutil
-import tempfile
-import time
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import Annotated
 
-import anyio
 import bentoml
 import numpy as np
-from fastapi import FastAPI, File, Form, Header, Query, UploadFile
+from fastapi import FastAPI, File, Header, Query, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
-from starlette.background import BackgroundTask
 
-from refit.settings import Settings
-from serving.images import BadImage, decode
+from core.settings import get_settings
+from pipelines.images import BadImage, decode_upload
+from serving import retrain
+from serving.retrain import UNAUTHORIZED, authorized, error
 
-SETTINGS = Settings()
+# BentoML takes the batching knobs from the decorators below: the one place serving reads
+# its settings while the module loads. Everything else reads them per request.
+BATCHING = get_settings().serving
 WEB = Path(__file__).parent / "web"
+IMAGE_FORMATS = "JPEG, PNG, WebP, BMP, GIF or TIFF"
 
 
 # BentoML 1.4 recycles the caller's connection pool every 100 requests or 300 s and closes
@@ -55,21 +55,21 @@ class Classifier:
     def __init__(self) -> None:
         from serving.champion import ChampionHolder, RegistrySource
 
-        source = RegistrySource.from_settings(SETTINGS)
-        self.holder = ChampionHolder(
-            source, SETTINGS.serving.engine, SETTINGS.serving.onnx_tolerance
-        )
+        settings = get_settings()
+        config = settings.serving
+        source = RegistrySource.from_settings(settings)
+        self.holder = ChampionHolder(source, config.engine, config.onnx_tolerance)
         self.described: dict[str, dict] = {}
         self.reload()
-        self.holder.watch(SETTINGS.serving.poll_interval_s)
+        self.holder.watch(config.poll_interval_s)
 
     def __is_ready__(self) -> bool:
         return self.holder.current is not None
 
     @bentoml.api(
         batchable=True,
-        max_batch_size=SETTINGS.serving.max_batch_size,
-        max_latency_ms=SETTINGS.serving.max_latency_ms,
+        max_batch_size=BATCHING.max_batch_size,
+        max_latency_ms=BATCHING.max_latency_ms,
     )
     def classify(self, images: np.ndarray) -> np.ndarray:
         """[version, p_0 .. p_K-1] per uint8 image (N, H, W, 3); batched under load."""
@@ -115,19 +115,22 @@ app = FastAPI(
     description="The current champion image classifier, its pages and its admin actions.",
     version="1",
 )
+app.include_router(retrain.router)
 
 
 class BodyLimit:
-    """413 for request bodies over the limit, counted as they stream in. Dataset and model
-    uploads (``/retrain/...``) have their own, larger limit."""
+    """413 for request bodies over ``serving.max_upload_bytes``, counted as they stream in.
+    Dataset and model uploads (``/retrain/...``) have their own, larger limit."""
 
-    def __init__(self, app, max_bytes: int, upload_max_bytes: int) -> None:
-        self.app, self.max_bytes, self.upload_max_bytes = app, max_bytes, upload_max_bytes
+    def __init__(self, app) -> None:
+        self.app = app
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.upload_max_bytes if scope["path"].startswith("/retrain/") else self.max_bytes
+        config = get_settings().serving
+        uploads = scope["path"].startswith("/retrain/")
+        limit = config.max_dataset_upload_bytes if uploads else config.max_upload_bytes
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and int(declared) > limit:
             return await self._refuse(scope, receive, send, limit)
@@ -155,15 +158,7 @@ class _TooLarge(Exception):
     pass
 
 
-app.add_middleware(
-    BodyLimit,
-    max_bytes=SETTINGS.serving.max_upload_bytes,
-    upload_max_bytes=SETTINGS.serving.max_dataset_upload_bytes,
-)
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+app.add_middleware(BodyLimit)
 
 
 def _top_k(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
@@ -205,7 +200,7 @@ class Refit:
         if self.input_size is None or refresh:
             described = await self.classifier.to_async.describe()
             if described["model"] is None:
-                return _error(503, described["error"] or "no champion model is loaded yet")
+                return error(503, described["error"] or "no champion model is loaded yet")
             self.models.setdefault(described["model"]["version"], described["model"])
             self.input_size = tuple(described["model"]["input_size"])
         return self.input_size
@@ -220,20 +215,17 @@ class Refit:
         finally:
             self.in_flight -= 1
 
-    async def _classify(self, uploads: list[tuple[str, bytes]], top_k: int, tta: bool):
+    async def _classify(self, uploads: list[tuple[str, bytes]], top_k: int | None, tta: bool):
+        top_k = top_k or get_settings().serving.top_k
         for attempt in range(3):  # no champion known, or it changed size: ask, then retry
             size = await self._input_size(refresh=attempt > 0)
             if isinstance(size, JSONResponse):
                 return size
+            max_pixels = get_settings().serving.max_image_pixels
             try:
-                images = np.stack(
-                    [
-                        decode(data, size, SETTINGS.serving.max_image_pixels, n)
-                        for n, data in uploads
-                    ]
-                )
+                images = np.stack([decode_upload(data, size, max_pixels, n) for n, data in uploads])
             except BadImage as exc:
-                return _error(400, str(exc))
+                return error(400, str(exc))
             batch = np.concatenate([images, images[:, :, ::-1]]) if tta else images
             rows = await self._call_model(batch)
             versions = rows[:, 0]
@@ -241,14 +233,14 @@ class Refit:
                 break
             await asyncio.sleep(0.05)
         else:
-            return _error(503, "the model was being replaced; try again")
+            return error(503, "the model was being replaced; try again")
         version = str(int(versions[0]))
         probs = rows[:, 1:]
         if tta:
             probs = (probs[: len(images)] + probs[len(images) :]) / 2
         model = await self._model(version)
         if model is None:
-            return _error(503, f"model version {version} is no longer served; try again")
+            return error(503, f"model version {version} is no longer served; try again")
         return {
             "model_version": version,
             "predictions": [
@@ -260,8 +252,8 @@ class Refit:
     @app.post("/predict", summary="Top-k labels for one uploaded image")
     async def predict(
         self,
-        image: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP")],
-        top_k: Annotated[int, Query(ge=1, le=100)] = SETTINGS.serving.top_k,
+        image: Annotated[UploadFile, File(description=IMAGE_FORMATS)],
+        top_k: Annotated[int | None, Query(ge=1, le=100)] = None,
         tta: Annotated[bool, Query(description="Average with the mirrored image")] = False,
     ):
         upload = (image.filename or "image", await image.read())
@@ -273,23 +265,15 @@ class Refit:
     @app.post("/predict_batch", summary="Top-k labels for several uploaded images")
     async def predict_batch(
         self,
-        images: Annotated[list[UploadFile], File(description="JPEG, PNG, WebP or BMP files")],
-        top_k: Annotated[int, Query(ge=1, le=100)] = SETTINGS.serving.top_k,
+        images: Annotated[list[UploadFile], File(description=IMAGE_FORMATS)],
+        top_k: Annotated[int | None, Query(ge=1, le=100)] = None,
         tta: bool = False,
     ):
-        if len(images) > SETTINGS.serving.max_batch_images:
-            return _error(413, f"at most {SETTINGS.serving.max_batch_images} images per call")
+        most = get_settings().serving.max_batch_images
+        if len(images) > most:
+            return error(413, f"at most {most} images per call")
         uploads = [(f.filename or f"image{i}", await f.read()) for i, f in enumerate(images)]
         return await self._classify(uploads, top_k, tta)
-
-    @app.post("/predict/decode-only", include_in_schema=False)
-    async def decode_only(self, image: Annotated[UploadFile, File()]):
-        """The HTTP ceiling for benchmarks: the same upload and decode as /predict, no model."""
-        try:
-            pixels = decode(await image.read(), (32, 32), SETTINGS.serving.max_image_pixels)
-        except BadImage as exc:
-            return _error(400, str(exc))
-        return {"shape": list(pixels.shape)}
 
     @app.get("/model", summary="The serving champion: version, classes, holdout metrics")
     async def model(self):
@@ -299,105 +283,10 @@ class Refit:
 
     @app.post("/admin/reload", summary="Check the registry now; swap if `champion` moved")
     async def reload(self, authorization: Annotated[str | None, Header()] = None):
-        if not _authorized(authorization):
-            return _error(401, "missing or wrong token (Authorization: Bearer <token>)")
+        if not authorized(authorization):
+            return error(401, UNAUTHORIZED)
         result = await self.classifier.to_async.reload()
         return JSONResponse(result, status_code=200 if result["error"] is None else 500)
-
-    # -- retraining: uploads go to the queue or start a flow; the page follows the run ---------
-
-    @app.post("/retrain/batch", summary="Submit a labelled batch; the retrain flow takes it")
-    async def submit_batch(
-        self,
-        archive: Annotated[UploadFile, File(description="zip / tar.gz / CSV of a batch")],
-        authorization: Annotated[str | None, Header()] = None,
-    ):
-        if not _authorized(authorization):
-            return _error(401, "missing or wrong token (Authorization: Bearer <token>)")
-        name = Path(archive.filename or "batch.zip").name
-        if not name.lower().endswith(BATCH_SUFFIXES):
-            return _error(400, f"{name}: upload a .zip, .tar, .tar.gz/.tgz or .csv batch")
-        submission = await anyio.to_thread.run_sync(_queue_upload, name, archive.file)
-        return {"submission": submission, "follow": f"/retrain/submissions/{submission}"}
-
-    @app.post("/retrain/model", summary="Upload your own .keras/.h5 model as a candidate")
-    async def upload_model(
-        self,
-        model: Annotated[UploadFile, File(description=".keras or legacy .h5 classifier")],
-        classes: Annotated[str, Form(description="Class names in output order, comma-separated")],
-        authorization: Annotated[str | None, Header()] = None,
-    ):
-        if not _authorized(authorization):
-            return _error(401, "missing or wrong token (Authorization: Bearer <token>)")
-        name = Path(model.filename or "model.keras").name
-        if Path(name).suffix not in (".keras", ".h5"):
-            return _error(400, f"{name}: only .keras and legacy .h5 model files are accepted")
-        if not [c for c in classes.split(",") if c.strip()]:
-            return _error(400, "classes: give the class names in output order")
-        path = SETTINGS.workspace / "uploads" / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as out:
-            shutil.copyfileobj(model.file, out)
-        from refit import runs
-
-        try:
-            run_id = await anyio.to_thread.run_sync(
-                runs.start, "bootstrap/bootstrap", {"model": str(path), "classes": classes}
-            )
-        except Exception as exc:
-            return _error(503, f"cannot start the bootstrap flow (is `refit up` running?): {exc}")
-        return {"run": run_id, "follow": f"/retrain/runs/{run_id}"}
-
-    @app.get("/retrain/submissions/{submission}", summary="A submission and its retrain run")
-    async def submission_status(self, submission: str):
-        from pipelines.submissions import find
-
-        found = find(SETTINGS.incoming_dir, SETTINGS.submissions_dir, submission)
-        if found is None:
-            return _error(404, f"no submission {submission!r}")
-        from refit import runs
-
-        try:
-            run_id = await anyio.to_thread.run_sync(runs.find_submission_run, submission)
-            run = await anyio.to_thread.run_sync(runs.view, run_id) if run_id else None
-        except Exception as exc:
-            run, found.detail = None, f"Prefect not reachable: {exc}"
-        state = {k: getattr(found, k) for k in ("id", "status", "outcome", "detail")}
-        return {"submission": state, "run": _run_json(run)}
-
-    @app.get("/retrain/runs/{run_id}", summary="A flow run's steps, state and report")
-    async def run_status(self, run_id: str):
-        from refit import runs
-
-        try:
-            run = await anyio.to_thread.run_sync(runs.view, run_id)
-        except Exception as exc:
-            return _error(404, f"no flow run {run_id}: {exc}")
-        return {"run": _run_json(run)}
-
-    @app.get("/models/{ref}/download", summary="A model version (or `champion`) as .keras")
-    async def download(self, ref: str):
-        from serving.champion import NoChampion
-
-        target = Path(tempfile.mkdtemp(prefix="refit-download-"))
-        try:
-            version, path = await anyio.to_thread.run_sync(
-                self._source().download_model_file, ref, str(target)
-            )
-        except NoChampion as exc:
-            return _error(404, str(exc))
-        except Exception as exc:
-            return _error(404, f"no model version {ref!r}: {exc}")
-        return FileResponse(
-            path,
-            filename=f"{SETTINGS.registered_model_name}-v{version}.keras",
-            background=BackgroundTask(shutil.rmtree, target, ignore_errors=True),
-        )
-
-    def _source(self):
-        from serving.champion import RegistrySource
-
-        return RegistrySource.from_settings(SETTINGS)
 
     @app.get("/", include_in_schema=False)
     async def index(self):
@@ -415,39 +304,8 @@ class Refit:
     async def asset(self, name: str):
         path = WEB / Path(name).name
         if not path.is_file():
-            return _error(404, f"no such page asset: {name}")
+            return error(404, f"no such page asset: {name}")
         return FileResponse(path)
-
-
-BATCH_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".csv")
-
-
-def _queue_upload(name: str, upload: BinaryIO) -> str:
-    """Copy an uploaded batch (spooled on disk by the server) to a temp file, then queue it
-    (moved, not copied again)."""
-    from pipelines.submissions import submit
-
-    uploads = SETTINGS.workspace / "uploads"
-    uploads.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(dir=uploads))
-    with (folder / name).open("wb") as out:
-        shutil.copyfileobj(upload, out)
-    submission = submit(folder / name, SETTINGS.incoming_dir, move=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    return submission.id
-
-
-def _run_json(run) -> dict | None:
-    if run is None:
-        return None
-    return {**run.as_dict(), "url": f"{SETTINGS.prefect_url}/runs/flow-run/{run.id}"}
-
-
-def _authorized(header: str | None) -> bool:
-    token = SETTINGS.admin_token()
-    if not token or not header or not header.startswith("Bearer "):
-        return False
-    return hmac.compare_digest(header.removeprefix("Bearer ").strip(), token)
 
 
 def _finite(value):

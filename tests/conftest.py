@@ -33,7 +33,7 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith("REFIT_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("REFIT_CONFIG", str(tmp_path / "no-such-refit.toml"))
-    from refit.settings import get_settings
+    from core.settings import get_settings
 
     get_settings.cache_clear()
 
@@ -97,7 +97,7 @@ def coloured_images(classes: list[str], per_class: int, seed: int, size: int = 2
     Classes 0-2 light one channel each; classes 3-5 light two."""
     import numpy as np
 
-    from pipelines.train import ImageSet
+    from pipelines.images import ImageSet
 
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 90, (len(classes) * per_class, size, size, 3)).astype(np.uint8)

@@ -71,7 +71,7 @@ class LivePlatform:
         return model and model["version"]
 
     def run_env(self) -> None:
-        """Point this process's Prefect client at the platform (for refit.runs)."""
+        """Point this process's Prefect client at the platform (for core.runs)."""
         os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{self.env['REFIT_PREFECT_PORT']}/api"
 
 
@@ -113,7 +113,7 @@ def start_platform(root: Path) -> LivePlatform:
 
 def tiny_model_file(path: Path) -> Path:
     """A 3-colour classifier trained for a few epochs, saved as a Refit .keras file."""
-    from pipelines.config import ArchitectureConfig, TrainConfig
+    from core.policies import ArchitectureConfig, TrainConfig
     from pipelines.modelfile import save_model
     from pipelines.train import bootstrap
 
@@ -128,7 +128,7 @@ def tiny_model_file(path: Path) -> Path:
 
 def ensure_champion(live: LivePlatform) -> str:
     """Run the bootstrap flow with a tiny user model if the platform has no champion yet."""
-    from refit import runs
+    from core import runs
 
     if live.champion() is None:
         model = tiny_model_file(live.root / "user-model.keras")

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import git_repo, write_class_folders
 
@@ -78,13 +79,19 @@ def test_data_and_model_commands(tmp_path: Path, env) -> None:
 
 def test_story_builtin_model_meets_truck(tmp_path: Path, env) -> None:
     """The user's story on the embedded sample, command by command (short fine-tuning)."""
-    from refit.settings import PROJECT_ROOT
+    from core.settings import PROJECT_ROOT
 
     env = {**env, "REFIT_VALIDATION__MIN_IMAGES_PER_NEW_CLASS": "50",
            "REFIT_FINETUNE__HEAD_EPOCHS": "1", "REFIT_FINETUNE__EPOCHS": "1"}  # fmt: skip
     assert refit(env, "sample", "unpack", str(tmp_path / "sample")).returncode == 0
     seed = refit(env, "data", "add", str(tmp_path / "sample" / "seed"))
     assert seed.returncode == 0, seed.stdout + seed.stderr
+    # The pointer committed at the repository root is exactly this first dataset version.
+    committed, made = (
+        yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+        for root in (PROJECT_ROOT, Path(env["REFIT_DVC_REPO"]))
+    )
+    assert made == committed, "data.dvc no longer matches the demo's first intake"
     first = refit(env, "model", "register", str(PROJECT_ROOT / "models/builtin/model.keras"))
     assert first.returncode == 0, first.stdout + first.stderr
     assert "promoted to champion" in first.stdout  # 9 classes judged; truck has no train data

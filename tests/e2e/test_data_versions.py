@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.config import IngestLimits, SplitPolicy, ValidationPolicy
+from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
 from pipelines.dataset import load_index, recover_dataset
 from pipelines.intake import IntakePaths, add_batch
 from pipelines.versions import DvcStore
@@ -114,7 +114,7 @@ CRASHER = textwrap.dedent("""
     from pathlib import Path
     import pipelines.dataset as dataset
     import pipelines.versions as versions
-    from pipelines.config import IngestLimits, SplitPolicy, ValidationPolicy
+    from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
     from pipelines.intake import IntakePaths, add_batch
 
     point, repo, work, batch = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]

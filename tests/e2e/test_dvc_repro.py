@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config import ValidationPolicy
+from core.policies import ValidationPolicy
+from core.settings import PROJECT_ROOT, Settings
 from pipelines.intake import IntakePaths, add_batch
 from pipelines.versions import DvcStore
-from refit.settings import PROJECT_ROOT, Settings
 from tests.conftest import git_repo, write_class_folders
 
 pytestmark = pytest.mark.e2e

@@ -10,8 +10,9 @@ import keras
 import numpy as np
 import pytest
 
+from core.policies import ArchitectureConfig, FinetuneConfig, TrainConfig
 from pipelines.architectures import whitening_weights
-from pipelines.config import ArchitectureConfig, FinetuneConfig, TrainConfig
+from pipelines.images import ImageSet, stratified_split
 from pipelines.modelfile import (
     LoadedModel,
     ModelRefused,
@@ -22,7 +23,7 @@ from pipelines.modelfile import (
 )
 from pipelines.predict import accuracy, predict_proba
 from pipelines.surgery import grow_head
-from pipelines.train import ImageSet, bootstrap, finetune, stratified_split
+from pipelines.train import bootstrap, finetune
 from tests.conftest import coloured_images
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from refit import runs
+from core import runs
 from tests.live_platform import COLOURS, LivePlatform, ensure_champion, tiny_model_file, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.candidate import judge
-from pipelines.config import ArchitectureConfig, GatePolicy, TrainConfig
+from core.policies import ArchitectureConfig, GatePolicy, TrainConfig
+from pipelines.candidate import CandidateRun, judge
+from pipelines.images import ImageSet
 from pipelines.modelfile import load_refit_model
 from pipelines.predict import predict_proba
 from pipelines.registry import Registry, RegistryConfig, RegistryError, RegistryUnavailable
-from pipelines.train import ImageSet, bootstrap
+from pipelines.train import bootstrap
 from tests.conftest import coloured_images, free_port
 
 pytestmark = pytest.mark.e2e
@@ -51,17 +52,17 @@ def test_first_run_pass_fail_rollback_history_export(registry, models, tmp_path:
     holdout = coloured(10, 99)
     assert registry.alias_version("champion") is None
 
-    first = judge(good, holdout, registry, POLICY, run_name="bootstrap good", curves=curves,
-                  tags={"batch_id": "batch-1"})  # fmt: skip
+    first = judge(good, holdout, registry, POLICY, CandidateRun("bootstrap good", curves=curves,
+                  tags={"batch_id": "batch-1"}))  # fmt: skip
     assert first.promoted and first.decision.baseline == "no baseline"
     assert registry.alias_version("champion") == first.version
 
-    worse = judge(bad, holdout, registry, POLICY, run_name="finetune bad")
+    worse = judge(bad, holdout, registry, POLICY, CandidateRun("finetune bad"))
     assert not worse.promoted
     assert registry.alias_version("champion") == first.version  # the alias did not move
     assert worse.decision.baseline == f"champion v{first.version}"
 
-    again = judge(good, holdout, registry, POLICY, run_name="finetune equal")  # ties pass
+    again = judge(good, holdout, registry, POLICY, CandidateRun("finetune equal"))  # ties pass
     assert again.promoted and registry.alias_version("previous") == first.version
 
     rows = {v.version: v for v in registry.versions()}
@@ -125,11 +126,11 @@ def test_server_down_is_retried_then_a_clear_error() -> None:
 
 
 def test_new_class_path_is_judged_on_old_classes_and_new_recall(registry, models) -> None:
-    from pipelines.config import FinetuneConfig
+    from core.policies import FinetuneConfig
     from pipelines.train import finetune
 
     good, _, _ = models
-    first = judge(good, coloured(10, 99), registry, POLICY, run_name="bootstrap good")
+    first = judge(good, coloured(10, 99), registry, POLICY, CandidateRun("bootstrap good"))
     assert first.promoted
     new = coloured_images(["red", "yellow"], 20, 7)  # yellow: red + green channels
     old = coloured(20, 8)
@@ -141,7 +142,7 @@ def test_new_class_path_is_judged_on_old_classes_and_new_recall(registry, models
         progress=lambda m: None,
     )
     holdout = coloured_images([*CLASSES, "yellow"], 10, 98)
-    outcome = judge(grown, holdout, registry, POLICY, run_name="finetune +yellow batch-2")
+    outcome = judge(grown, holdout, registry, POLICY, CandidateRun("finetune +yellow batch-2"))
     names = {c.name for c in outcome.decision.checks}
     assert names == {"min_accuracy", "old_class_accuracy", "new_class_recall.yellow"}
     assert outcome.decision.new_classes == ["yellow"]

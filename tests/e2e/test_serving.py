@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.candidate import judge
-from pipelines.config import ArchitectureConfig, GatePolicy, TrainConfig
+from core.policies import ArchitectureConfig, GatePolicy, TrainConfig
+from pipelines.candidate import CandidateRun, judge
 from pipelines.predict import predict_proba
 from pipelines.train import bootstrap
 from tests.conftest import coloured_images
@@ -49,7 +49,7 @@ def server(tmp_path_factory):
 
 def register(server: ServingServer, model, name: str):
     holdout = coloured_images(CLASSES, 6, 7)
-    return judge(model, holdout, server.registry(), LENIENT, run_name=name)
+    return judge(model, holdout, server.registry(), LENIENT, CandidateRun(name))
 
 
 def encode(pixels: np.ndarray, fmt: str = "PNG") -> bytes:

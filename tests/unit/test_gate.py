@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.config import GatePolicy
+from core.policies import GatePolicy
 from pipelines.evaluate import EvaluationError, check_coverage, metrics_from_probs
 from pipelines.gate import decide
 

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.config import IngestLimits, ValidationPolicy
-from pipelines.ingest import BatchRefused, build_manifest, load_rgb, stage_batch
+from core.policies import IngestLimits, ValidationPolicy
+from pipelines.images import load_rgb
+from pipelines.ingest import BatchRefused, build_manifest, stage_batch
 from pipelines.validate import Reference, ValidationReport, validate_batch
 from tests.conftest import write_class_folders, write_image
 

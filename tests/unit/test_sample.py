@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
 from pipelines.sample import NEW_CLASS, SamplePlan, cut_sample, unpack_sample
-from refit.settings import Settings
 
 
 @pytest.fixture(scope="module")

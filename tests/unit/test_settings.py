@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from refit.settings import Settings, tool_environment
+from core.settings import Settings, tool_environment
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_telemetry_is_off_and_onednn_on() -> None:
 
 
 def test_admin_token_is_generated_once_private_and_a_setting_wins(tmp_path) -> None:
-    from refit.settings import Settings
+    from core.settings import Settings
 
     settings = Settings(workspace=tmp_path / "ws")
     assert settings.admin_token() is None

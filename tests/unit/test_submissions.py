@@ -56,3 +56,48 @@ def test_merged_state_survives_and_finish_leaves_the_queue(tmp_path: Path) -> No
     found = submissions.find(incoming, done, sub.id)
     assert found is not None and (found.status, found.outcome) == ("done", "promoted")
     assert submissions.find(incoming, done, "../etc") is None
+
+
+@pytest.mark.parametrize(
+    ("status", "event", "after"),
+    [
+        ("pending", "merged", "merged"),
+        ("pending", "rejected", "done"),
+        ("merged", "promoted", "done"),
+        ("merged", "kept-champion", "done"),
+        ("merged", "not-trainable", "done"),
+    ],
+)
+def test_the_state_machine_moves_a_submission_on(status: str, event: str, after: str) -> None:
+    assert submissions.advance(status, event) == after
+
+
+@pytest.mark.parametrize(
+    ("status", "event"),
+    [
+        ("merged", "merged"),  # never merged twice
+        ("pending", "promoted"),  # never promoted before it was merged
+        ("done", "rejected"),  # a finished submission stays finished
+        ("pending", "not-trainable"),
+    ],
+)
+def test_the_state_machine_refuses_impossible_moves(status: str, event: str) -> None:
+    with pytest.raises(ValueError, match="cannot become"):
+        submissions.advance(status, event)
+
+
+def test_next_step_resumes_a_merged_submission_at_fine_tuning() -> None:
+    assert submissions.next_step("pending") == "validate"
+    assert submissions.next_step("merged") == "fine-tune"
+    assert submissions.next_step("done") is None
+    with pytest.raises(ValueError, match="unknown"):
+        submissions.next_step("lost")
+
+
+def test_finish_refuses_an_outcome_that_cannot_end_the_submission(tmp_path: Path) -> None:
+    batch = tmp_path / "b.csv"
+    batch.write_text("path,label\n")
+    sub = submissions.submit(batch, tmp_path / "incoming")
+    with pytest.raises(ValueError):
+        submissions.finish(sub, tmp_path / "done", "promoted")  # not merged yet
+    assert submissions.pending(tmp_path / "incoming")[0].status == "pending"  # unchanged

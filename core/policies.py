@@ -1,7 +1,7 @@
 """Typed policies of the pipeline steps.
 
 Plain pydantic models with defaults, so each step's inputs are explicit and the one settings
-object (`refit.settings.Settings`) can compose them (`REFIT_VALIDATION__MIN_IMAGES_PER_CLASS`,
+object (`core.settings.Settings`) can compose them (`REFIT_VALIDATION__MIN_IMAGES_PER_CLASS`,
 or a `[validation]` table in `refit.toml`). Import-light on purpose.
 """
 
@@ -112,6 +112,9 @@ class FinetuneConfig(BaseModel):
     replay_ratio: float = Field(
         default=4.0, description="Replayed old training images per new image."
     )
+    warmup_share: float = Field(default=0.15, description="Share of each phase warming up.")
+    momentum: float = Field(default=0.9, description="SGD momentum.")
+    weight_decay: float = Field(default=5e-4, description="Decoupled weight decay.")
     batch_size: int = Field(default=256, description="Images per step.")
     label_smoothing: float = Field(default=0.1, description="Label smoothing of the loss.")
     time_budget_s: float = Field(default=170, description="Wall-time budget of both phases.")

@@ -1,38 +1,50 @@
-"""The pipelines objects the settings describe: the dataset store, the intake folders and
-the model registry. Shared by the CLI and the Prefect flows, so both act on the same state.
-Heavy modules are imported inside the functions."""
+"""The pipelines' objects the settings describe: the DVC-versioned dataset, the intake
+folders and the model registry. Shared by the CLI, the flows and the DVC stages, so all of
+them act on the same state. Heavy modules are imported inside the functions."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from core.settings import Settings
+    from pipelines.dataset import Dataset
     from pipelines.intake import IntakePaths
     from pipelines.registry import Registry
     from pipelines.versions import DvcStore
-    from refit.settings import Settings
 
 
-def intake(settings: Settings) -> tuple[DvcStore, IntakePaths]:
-    """The DVC-versioned dataset and the intake folders (staging, quarantine, accepted)."""
-    from pipelines.intake import IntakePaths
+def store(settings: Settings) -> DvcStore:
+    """The DVC repository that versions the dataset."""
     from pipelines.versions import DvcStore
 
     settings.ensure_workspace()
-    store = DvcStore(
+    return DvcStore(
         repo=settings.dvc_repo,
         dataset_dir=settings.dataset_dir,
         remote=str(settings.dvc_remote),
         cache_dir=settings.dvc_cache_dir,
         versions_dir=settings.dataset_versions_dir,
     )
-    paths = IntakePaths(
+
+
+def intake_paths(settings: Settings) -> IntakePaths:
+    """Where batches are staged, quarantined and archived, and the intake lock."""
+    from pipelines.intake import IntakePaths
+
+    return IntakePaths(
         staging=settings.staging_dir,
         quarantine=settings.quarantine_dir,
         accepted=settings.accepted_dir,
         lock=settings.workspace / "intake.lock",
     )
-    return store, paths
+
+
+def dataset(settings: Settings) -> Dataset:
+    """The current dataset version: its index, read once, and its DVC version."""
+    from pipelines.dataset import Dataset
+
+    return Dataset.open(settings.dataset_dir, store(settings).current_version())
 
 
 def registry(settings: Settings) -> Registry:

@@ -26,7 +26,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from pipelines.config import (
+from core.policies import (
     ArchitectureConfig,
     FinetuneConfig,
     GatePolicy,
@@ -306,6 +306,18 @@ class Settings(BaseSettings):
             handle.write(token + "\n")
         return token, True
 
+    def overlay(self, overrides: dict) -> Settings:
+        """These settings with ``overrides`` (nested tables merged key by key) laid over."""
+
+        def merge(base: dict, top: dict) -> dict:
+            merged = dict(base)
+            for key, value in top.items():
+                nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+                merged[key] = merge(base[key], value) if nested else value
+            return merged
+
+        return Settings(**merge(self.model_dump(), overrides))
+
     def ensure_workspace(self) -> None:
         """Create the workspace directories (idempotent)."""
         for path in (
@@ -352,5 +364,8 @@ def apply_tool_environment(settings: Settings) -> None:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, loaded once."""
-    return Settings()
+    """The process-wide settings, loaded once, with the tool environment exported (the one
+    way every entry point loads them; nothing reads settings at import time)."""
+    settings = Settings()
+    apply_tool_environment(settings)
+    return settings

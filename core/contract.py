@@ -1,0 +1,45 @@
+"""The registry contract: what a registered version carries, written once for the code that
+writes it (``pipelines.registry``) and the code that serves it (``serving.champion``).
+
+Aliases only, never stages: ``champion`` serves, ``previous`` served before it.
+"""
+
+from __future__ import annotations
+
+CHAMPION, PREVIOUS = "champion", "previous"
+
+# Artifacts of a version's run.
+MODEL_FILE_DIR, MODEL_FILE_NAME = "file", "model.keras"
+MODEL_FILE_ARTIFACT = f"{MODEL_FILE_DIR}/{MODEL_FILE_NAME}"  # the Refit model file
+REFERENCE_DIR, REFERENCE_NAME = "reference", "images.npy"
+REFERENCE_ARTIFACT = f"{REFERENCE_DIR}/{REFERENCE_NAME}"  # holdout images, uint8 (N, H, W, 3)
+
+# Tags of a version (and its run).
+CLASS_NAMES_TAG = "class_names"  # JSON list, in output order
+DATASET_VERSION_TAG = "dataset_version"
+GATE_TAG = "gate"  # passed / failed
+PARENT_TAG = "parent_version"
+
+# Metrics of a version's run: the challenger's holdout metrics carry this prefix.
+CHALLENGER_PREFIX = "challenger."
+
+# Tags of the registered model: the promotion history, one JSON entry per alias move.
+HISTORY_PREFIX = "history."
+
+
+def alias_version(client, model_name: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or None (also when the model does not exist yet).
+
+    ``client`` is an ``mlflow.MlflowClient``; read aliases from the registered model, as
+    ``search_model_versions`` leaves them empty.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.get_registered_model(model_name).aliases.get(alias)
+    except MlflowException as exc:
+        missing = "RESOURCE_DOES_NOT_EXIST"
+        if getattr(exc, "error_code", "") == missing or missing in str(exc):
+            return None
+        raise
+    return None if found is None else str(found)

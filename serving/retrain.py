@@ -1,0 +1,151 @@
+"""The Retrain page's control plane: batch and model uploads (token required), following a
+submission or flow run, and model downloads. Mounted on the public service's app.
+
+Uploads go to the submission queue (``pipelines.submissions``) or start the bootstrap flow
+through the Prefect API (``core.runs``); downloads read the registry. No model runs here.
+"""
+
+from __future__ import annotations
+
+import hmac
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, BinaryIO
+
+import anyio
+from fastapi import APIRouter, File, Form, Header, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.background import BackgroundTask
+
+from core.settings import Settings, get_settings
+
+BATCH_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".csv")
+UNAUTHORIZED = "missing or wrong token (Authorization: Bearer <token>)"
+
+router = APIRouter()
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def authorized(header: str | None) -> bool:
+    """Whether ``header`` carries the admin token (compared in constant time)."""
+    token = get_settings().admin_token()
+    if not token or not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header.removeprefix("Bearer ").strip(), token)
+
+
+@router.post("/retrain/batch", summary="Submit a labelled batch; the retrain flow takes it")
+async def submit_batch(
+    archive: Annotated[UploadFile, File(description="zip / tar.gz / CSV of a batch")],
+    authorization: Annotated[str | None, Header()] = None,
+):
+    if not authorized(authorization):
+        return error(401, UNAUTHORIZED)
+    name = Path(archive.filename or "batch.zip").name
+    if not name.lower().endswith(BATCH_SUFFIXES):
+        return error(400, f"{name}: upload a .zip, .tar, .tar.gz/.tgz or .csv batch")
+    submission = await anyio.to_thread.run_sync(_queue_upload, get_settings(), name, archive.file)
+    return {"submission": submission, "follow": f"/retrain/submissions/{submission}"}
+
+
+@router.post("/retrain/model", summary="Upload your own .keras/.h5 model as a candidate")
+async def upload_model(
+    model: Annotated[UploadFile, File(description=".keras or legacy .h5 classifier")],
+    classes: Annotated[str, Form(description="Class names in output order, comma-separated")],
+    authorization: Annotated[str | None, Header()] = None,
+):
+    from core import runs
+
+    if not authorized(authorization):
+        return error(401, UNAUTHORIZED)
+    name = Path(model.filename or "model.keras").name
+    if Path(name).suffix not in (".keras", ".h5"):
+        return error(400, f"{name}: only .keras and legacy .h5 model files are accepted")
+    if not [c for c in classes.split(",") if c.strip()]:
+        return error(400, "classes: give the class names in output order")
+    path = get_settings().workspace / "uploads" / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        shutil.copyfileobj(model.file, out)
+    try:
+        run_id = await anyio.to_thread.run_sync(
+            runs.start, "bootstrap/bootstrap", {"model": str(path), "classes": classes}
+        )
+    except Exception as exc:
+        return error(503, f"cannot start the bootstrap flow (is `refit up` running?): {exc}")
+    return {"run": run_id, "follow": f"/retrain/runs/{run_id}"}
+
+
+@router.get("/retrain/submissions/{submission}", summary="A submission and its retrain run")
+async def submission_status(submission: str):
+    from core import runs
+    from pipelines.submissions import find
+
+    settings = get_settings()
+    found = find(settings.incoming_dir, settings.submissions_dir, submission)
+    if found is None:
+        return error(404, f"no submission {submission!r}")
+    try:
+        run_id = await anyio.to_thread.run_sync(runs.find_submission_run, submission)
+        run = await anyio.to_thread.run_sync(runs.view, run_id) if run_id else None
+    except Exception as exc:
+        run, found.detail = None, f"Prefect not reachable: {exc}"
+    state = {k: getattr(found, k) for k in ("id", "status", "outcome", "detail")}
+    return {"submission": state, "run": _run_json(settings, run)}
+
+
+@router.get("/retrain/runs/{run_id}", summary="A flow run's steps, state and report")
+async def run_status(run_id: str):
+    from core import runs
+
+    try:
+        run = await anyio.to_thread.run_sync(runs.view, run_id)
+    except Exception as exc:
+        return error(404, f"no flow run {run_id}: {exc}")
+    return {"run": _run_json(get_settings(), run)}
+
+
+@router.get("/models/{ref}/download", summary="A model version (or `champion`) as .keras")
+async def download(ref: str):
+    from serving.champion import NoChampion, RegistrySource
+
+    settings = get_settings()
+    source = RegistrySource.from_settings(settings)
+    target = Path(tempfile.mkdtemp(prefix="refit-download-"))
+    try:
+        version, path = await anyio.to_thread.run_sync(source.download_model_file, ref, str(target))
+    except NoChampion as exc:
+        return error(404, str(exc))
+    except Exception as exc:
+        return error(404, f"no model version {ref!r}: {exc}")
+    return FileResponse(
+        path,
+        filename=f"{settings.registered_model_name}-v{version}.keras",
+        background=BackgroundTask(shutil.rmtree, target, ignore_errors=True),
+    )
+
+
+def _queue_upload(settings: Settings, name: str, upload: BinaryIO) -> str:
+    """Copy an uploaded batch (spooled on disk by the server) to a temp file, then queue it
+    (moved, not copied again)."""
+    from pipelines.submissions import submit
+
+    uploads = settings.workspace / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=uploads))
+    with (folder / name).open("wb") as out:
+        shutil.copyfileobj(upload, out)
+    submission = submit(folder / name, settings.incoming_dir, move=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    return submission.id
+
+
+def _run_json(settings: Settings, run) -> dict | None:
+    if run is None:
+        return None
+    return {**run.as_dict(), "url": f"{settings.prefect_url}/runs/flow-run/{run.id}"}

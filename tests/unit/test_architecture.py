@@ -1,0 +1,119 @@
+"""The house plan, checked on the code: doors between packages go one way, and serving
+never reaches training code. Reads every product module's imports (AST, including imports
+inside functions), so a lazy import cannot hide a wrong door."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("core", "pipelines", "flows", "serving", "refit")
+# What each package may import of ours (the shell, refit, may import every room).
+ALLOWED = {
+    "core": set(),
+    "pipelines": {"core"},
+    "flows": {"core", "pipelines"},
+    "serving": {"core", "pipelines"},
+    "refit": {"core", "pipelines", "flows", "serving"},
+}
+TRAINING = {
+    "pipelines.train",
+    "pipelines.architectures",
+    "pipelines.surgery",
+    "pipelines.predict",
+    "pipelines.bootstrap",
+    "pipelines.candidate",
+    "pipelines.evaluate",
+    "pipelines.modelfile",
+    "pipelines.registry",
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path
+    return found
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Our modules ``path`` imports (``from pkg import mod`` counts as ``pkg.mod``)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {n for n in names if n in modules}
+
+
+MODULES = _modules()
+GRAPH = {name: _imports(path, MODULES) for name, path in MODULES.items()}
+
+
+def _package(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_the_walk_sees_the_product() -> None:
+    assert {"core.settings", "pipelines.train", "serving.service", "refit.cli"} <= set(MODULES)
+    assert "pipelines.images" in GRAPH["serving.service"]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_package_imports_only_through_its_doors(package: str) -> None:
+    wrong = sorted(
+        f"{module} -> {target}"
+        for module, targets in GRAPH.items()
+        if _package(module) == package
+        for target in targets
+        if _package(target) != package and _package(target) not in ALLOWED[package]
+    )
+    assert not wrong, f"doors that go the wrong way: {wrong}"
+
+
+def test_no_cycle_between_packages() -> None:
+    edges = {
+        (_package(m), _package(t))
+        for m, ts in GRAPH.items()
+        for t in ts
+        if _package(m) != _package(t)
+    }
+    for a, b in edges:
+        assert (b, a) not in edges, f"{a} and {b} import each other"
+    reach = {p: {b for a, b in edges if a == p} for p in PACKAGES}
+    for _ in PACKAGES:  # transitive closure
+        reach = {p: r | {x for q in r for x in reach[q]} for p, r in reach.items()}
+    assert not [p for p in PACKAGES if p in reach[p]], f"cycle through {reach}"
+
+
+def test_serving_never_reaches_training_code() -> None:
+    seen, todo = set(), [m for m in MODULES if _package(m) == "serving"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += GRAPH[module]
+    assert not seen & TRAINING, f"serving reaches {sorted(seen & TRAINING)}"
+
+
+def test_no_settings_object_is_built_at_import_time() -> None:
+    """Settings come from ``core.settings.get_settings()`` inside functions; only the BentoML
+    entry module reads them at module level (its decorators need the batching knobs)."""
+    offenders = []
+    for name, path in MODULES.items():
+        for node in ast.parse(path.read_text()).body:
+            if not isinstance(node, ast.Assign | ast.AnnAssign) or node.value is None:
+                continue
+            calls = [n for n in ast.walk(node.value) if isinstance(n, ast.Call)]
+            names = {getattr(c.func, "id", getattr(c.func, "attr", "")) for c in calls}
+            if names & {"Settings", "get_settings"} and name != "serving.service":
+                offenders.append(name)
+    assert not offenders
