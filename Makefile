@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 VENV := .venv
 
-.PHONY: install demo test test-fast lint format clean
+.PHONY: install browser demo test test-fast lint format clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -18,13 +18,24 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock
 
 install: $(VENV)/.installed  ## Install the locked environment into .venv/
 
+# The browser tests drive Debian's chromium: installed through apt when missing and root.
+browser:  ## Make sure chromium is there for tests/browser
+	@command -v chromium >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian's chromium for the browser tests (apt-get)…"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "error: the browser tests need chromium: run 'sudo apt-get install chromium' (Debian/Ubuntu), then make test again" >&2; \
+		exit 1; \
+	fi
+
 demo: install  ## The story: refit up, built-in champion, a batch brings `truck`, summary
 	$(VENV)/bin/refit demo
 
 # pytest's "no tests collected" (exit 5) is not a failure; every other non-zero exit is.
 PYTEST = $(VENV)/bin/pytest $(1); rc=$$?; [ $$rc -ne 5 ] || { echo "no tests collected"; rc=0; }; exit $$rc
 
-test: install  ## Run the whole test suite (unit + end-to-end)
+test: install browser  ## Run the whole test suite (unit + end-to-end + browser)
 	@$(call PYTEST,)
 
 test-fast: install  ## Skip the slow end-to-end tests while iterating

@@ -25,7 +25,7 @@ from pathlib import Path
 from PIL import Image
 
 from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
-from core.settings import Settings
+from core.settings import get_settings
 from pipelines.dataset import class_counts, load_index, merge_batch, reference_of
 from pipelines.ingest import build_manifest, stage_batch
 from pipelines.validate import validate_batch
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--skip-full", action="store_true", help="skip the 50k end-to-end run")
     args = parser.parse_args()
-    tarball = Settings().cifar10_archive
+    tarball = get_settings().cifar10_archive
     with tempfile.TemporaryDirectory(prefix="refit-bench-") as tmp:
         work = Path(tmp)
         subprocess.run(["tar", "-xzf", str(tarball), "-C", str(work)], check=True)

@@ -25,10 +25,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 from PIL import Image
 
-from core.settings import Settings
+from core.settings import Settings, get_settings
+from pipelines.bootstrap import sample_holdout, source_images
+from pipelines.images import ImageSet, stratified_sample
 from pipelines.predict import accuracy, predict_proba
-from pipelines.train import ImageSet, bootstrap, stratified_sample
-from refit.cli import _sample_holdout, _source_images
+from pipelines.sample import sample_hashes
+from pipelines.train import bootstrap
 
 EXCLUDED_CLASS = "truck"
 
@@ -42,10 +44,15 @@ def load_data(settings: Settings, per_class: int) -> tuple[ImageSet, ImageSet]:
     """The built-in model's training images (as `refit train bootstrap --exclude-class truck
     --exclude-sample` reads them), optionally ``per_class`` of each, and the embedded
     holdout."""
-    images, _ = _source_images(settings, settings.cifar10_archive, {EXCLUDED_CLASS}, True, print)
+    size = (settings.architecture.input_size,) * 2
+    excluded = sample_hashes(settings.sample_archive)
+    images, _ = source_images(
+        settings.cifar10_archive, settings.staging_dir, settings.ingest, size,
+        {EXCLUDED_CLASS}, excluded,
+    )  # fmt: skip
     if per_class:
         images = images.take(stratified_sample(images.y, per_class * len(images.class_names), 0))
-    return images, _sample_holdout(settings, images.class_names)
+    return images, sample_holdout(settings.sample_archive, images.class_names, size)
 
 
 def reencode(images: ImageSet, quality: int) -> ImageSet:
@@ -76,7 +83,7 @@ def main() -> None:
     parser.add_argument("--qualities", type=int, nargs="+", default=[50, 30])
     parser.add_argument("--per-class", type=int, default=0, help="0: every image")
     args = parser.parse_args()
-    settings = Settings()
+    settings = get_settings()
     images, holdout = load_data(settings, args.per_class)
     print(f"{len(images)} images (training + validation), {len(holdout)} holdout images")
     rows = [(75, run(settings, images, holdout, args.epochs, "as shipped (q75)"))]

@@ -45,10 +45,10 @@ def platform(root: Path) -> dict[str, str]:
         **{f"REFIT_{n}_PORT": str(free_port()) for n in ("MLFLOW", "PREFECT", "SERVING", "RUNNER")},
     }
     os.environ.update(env)
-    from core.settings import apply_tool_environment, get_settings
+    from core.settings import get_settings
 
     get_settings.cache_clear()
-    apply_tool_environment(get_settings())
+    get_settings()
     subprocess.run([REFIT, "up"], check=True, capture_output=True)
     return env
 
@@ -94,7 +94,6 @@ def plain_calls() -> tuple[float, dict[str, float]]:
     from pipelines.submissions import submit
 
     settings = get_settings()
-    common.settings.cache_clear()
     submission = submit(settings.workspace / "sample" / "incoming", settings.incoming_dir)
     shares: dict[str, float] = {}
 
@@ -106,20 +105,14 @@ def plain_calls() -> tuple[float, dict[str, float]]:
 
     started = time.perf_counter()
     merged = step("validate and merge", retrain.validate_and_merge.fn, submission)
-    champion, challenger, fits = step(
+    champion, challenger, fits, dataset = step(
         "fine-tune", retrain.finetune.fn, merged.version.batch_id, None
     )
     judgement = step(
-        "judge and promote",
-        retrain.judge_and_promote.fn,
-        champion,
-        challenger,
-        fits,
-        merged.version.batch_id,
-        {},
+        "judge and promote", retrain.judge_and_promote.fn, champion, challenger, fits, dataset, {}
     )
     step("reload serving", common.reload_serving.fn, judgement.version)
-    step("smoke check", common.smoke_check.fn, judgement.version, challenger)
+    step("smoke check", common.smoke_check.fn, judgement.version, challenger, dataset)
     return time.perf_counter() - started, shares
 
 

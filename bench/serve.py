@@ -86,7 +86,7 @@ def register_builtin(tmp: Path) -> tuple[str, object]:
 
 
 def start_ours(tmp: Path, uri: str) -> tuple[subprocess.Popen, str]:
-    from core.settings import Settings
+    from core.settings import get_settings
     from refit.platform import serving_service
 
     config = tmp / "refit.toml"
@@ -96,7 +96,8 @@ def start_ours(tmp: Path, uri: str) -> tuple[subprocess.Popen, str]:
         f'[serving]\nadmin_token = "{TOKEN}"\npoll_interval_s = 3600\n'
     )
     os.environ["REFIT_CONFIG"] = str(config)
-    service = serving_service(Settings())
+    get_settings.cache_clear()
+    service = serving_service(get_settings())
     with open(tmp / "serving.log", "wb") as log:
         process = subprocess.Popen(
             service.command,
@@ -139,6 +140,23 @@ def start_baseline(tmp: Path) -> tuple[subprocess.Popen, str]:
             start_new_session=True,
         )
     wait_http(f"http://127.0.0.1:{port}/docs")
+    return process, f"http://127.0.0.1:{port}"
+
+
+def start_ceiling(tmp: Path) -> tuple[subprocess.Popen, str]:
+    """bench/ceiling.py: the same upload and decode in BentoML, no model."""
+    port = free_port()
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    command = [bentoml, "serve", "bench.ceiling:Ceiling", "--host", "127.0.0.1"]
+    with open(tmp / "ceiling.log", "wb") as log:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_http(f"http://127.0.0.1:{port}/readyz")
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -234,22 +252,23 @@ def main() -> None:
     uri, (registry, model, holdout, policy) = register_builtin(tmp)
     ours, url = start_ours(tmp, uri)
     baseline, base_url = start_baseline(tmp)
+    ceiling_server, ceiling_url = start_ceiling(tmp)
     try:
         engine_note = httpx.get(f"{url}/model").json()["model"]["engine_note"]
         rows = {}
         for name, target in (
             ("baseline: FastAPI + model.predict", f"{base_url}/predict"),
             ("ours: /predict (BentoML, batched)", f"{url}/predict"),
-            ("ours: HTTP ceiling (decode, no model)", f"{url}/predict/decode-only"),
+            ("ours: HTTP ceiling (decode, no model)", f"{ceiling_url}/predict"),
         ):
             rate, latencies, errors, _ = asyncio.run(hammer(target, images, 32, args.seconds))
             rows[name] = (rate, statistics.median(latencies) * 1000, len(errors))
         single, batched = in_process(model, images)
         http_p50 = sequential_p50(f"{url}/predict", images)
-        floor_p50 = sequential_p50(f"{url}/predict/decode-only", images)
+        floor_p50 = sequential_p50(f"{ceiling_url}/predict", images)
         swapped = swap_under_load(url, images, registry, model, holdout, policy)
     finally:
-        for process in (ours, baseline):
+        for process in (ours, baseline, ceiling_server):
             os.killpg(process.pid, 15)
             process.wait(30)
     base = rows["baseline: FastAPI + model.predict"][0]

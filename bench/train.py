@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
@@ -30,13 +31,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
-from core.settings import Settings
+from core.settings import get_settings
 from pipelines.architectures import build_model
-from pipelines.train import dtype_policy, fit, load_images
+from pipelines.images import load_images
+from pipelines.train import Recipe, dtype_policy, fit
 
 
 def cifar_subset(n: int) -> tuple:
-    settings = Settings()
+    settings = get_settings()
     tmp = tempfile.mkdtemp(prefix="refit-bench-train-")
     subprocess.run(["tar", "-xzf", str(settings.cifar10_archive), "-C", tmp], check=True)
     root = Path(tmp) / "train"
@@ -71,7 +73,8 @@ def pipeline_runner(images, spec, batch: int, precision: str) -> Callable[[int],
     again, as every real run does once."""
     with dtype_policy(precision):
         model = build_model(spec, len(images.class_names), init_images=images.x)
-    common = dict(
+    recipe = Recipe(
+        epochs=1,
         batch_size=batch,
         peak_lr=0.1,
         warmup_share=0.2,
@@ -80,15 +83,13 @@ def pipeline_runner(images, spec, batch: int, precision: str) -> Callable[[int],
         label_smoothing=0.2,
         budget_s=1e9,
         seed=0,
-        patience=None,
-        progress=lambda m: None,
-        label="bench",
-        lookahead=True,  # as bootstrap does
     )
-    fit(model, images, None, epochs=1, **common)  # warm-up, as for the baseline
+    quiet = lambda m: None  # noqa: E731
+    fit(model, images, None, recipe, quiet, "bench")  # warm-up, as for the baseline
 
     def timed(epochs: int) -> float:
-        return epochs * len(images) / fit(model, images, None, epochs=epochs, **common).seconds
+        timed_recipe = replace(recipe, epochs=epochs)
+        return epochs * len(images) / fit(model, images, None, timed_recipe, quiet, "bench").seconds
 
     return timed
 

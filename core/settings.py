@@ -106,6 +106,11 @@ def config_file() -> Path:
     return Path(os.environ.get(CONFIG_ENV_VAR, DEFAULT_CONFIG_FILE))
 
 
+def _in_workspace(name: str, doc: str) -> property:
+    """A derived location inside the workspace (a property, so it follows ``workspace``)."""
+    return property(lambda self: self.workspace / name, doc=doc)
+
+
 class Settings(BaseSettings):
     """Everything Refit can be configured with. See the README's "Configuration" table."""
 
@@ -126,6 +131,10 @@ class Settings(BaseSettings):
     serving_port: int = Field(default=3000, description="BentoML prediction server + pages.")
     runner_port: int = Field(
         default=4201, description="Health endpoint of the Prefect deployments runner."
+    )
+    verbose: bool = Field(
+        default=False,
+        description="Show the libraries' own log lines and warnings (`refit --verbose`).",
     )
     startup_timeout_s: float = Field(
         default=180.0, description="How long `refit up` waits for a server to answer."
@@ -227,64 +236,37 @@ class Settings(BaseSettings):
     # Derived locations. Properties, so they always agree with the fields above.
     @property
     def mlflow_url(self) -> str:
-        return f"http://{self.host}:{self.mlflow_port}"
+        return self._url(self.mlflow_port)
 
     @property
     def prefect_url(self) -> str:
-        return f"http://{self.host}:{self.prefect_port}"
+        return self._url(self.prefect_port)
 
     @property
     def serving_url(self) -> str:
-        return f"http://{self.host}:{self.serving_port}"
+        return self._url(self.serving_port)
 
-    @property
-    def run_dir(self) -> Path:
-        """Pid files of the background servers."""
-        return self.workspace / "run"
+    def _url(self, port: int) -> str:
+        return f"http://{self.host}:{port}"
 
-    @property
-    def log_dir(self) -> Path:
-        """Log files of the background servers."""
-        return self.workspace / "logs"
-
-    @property
-    def staging_dir(self) -> Path:
-        """Batches being checked."""
-        return self.workspace / "staging"
-
-    @property
-    def quarantine_dir(self) -> Path:
-        """Failed batches with their reports."""
-        return self.workspace / "quarantine"
-
-    @property
-    def accepted_dir(self) -> Path:
-        """Reports and manifests of merged batches."""
-        return self.workspace / "batches"
-
-    @property
-    def dvc_cache_dir(self) -> Path:
-        return self.workspace / "dvc-cache"
-
-    @property
-    def dataset_versions_dir(self) -> Path:
-        """The log of dataset versions and a copy of each version's .dvc file."""
-        return self.workspace / "dataset-versions"
-
-    @property
-    def incoming_dir(self) -> Path:
-        """Submitted batches waiting for a retrain (drop files here too)."""
-        return self.workspace / "incoming"
-
-    @property
-    def submissions_dir(self) -> Path:
-        """Submissions a run has finished with, and their outcome."""
-        return self.workspace / "submissions"
-
-    @property
-    def token_file(self) -> Path:
-        """The generated admin token (mode 600), when none is configured."""
-        return self.workspace / "admin-token"
+    run_dir = _in_workspace("run", "Pid files of the background servers.")
+    log_dir = _in_workspace("logs", "Log files of the background servers.")
+    staging_dir = _in_workspace("staging", "Batches being checked.")
+    quarantine_dir = _in_workspace("quarantine", "Failed batches with their reports.")
+    accepted_dir = _in_workspace("batches", "Reports and manifests of merged batches.")
+    dvc_cache_dir = _in_workspace("dvc-cache", "The DVC cache.")
+    dataset_versions_dir = _in_workspace(
+        "dataset-versions", "The log of dataset versions and a copy of each version's .dvc file."
+    )
+    incoming_dir = _in_workspace(
+        "incoming", "Submitted batches waiting for a retrain (drop files here too)."
+    )
+    submissions_dir = _in_workspace(
+        "submissions", "Submissions a run has finished with, and their outcome."
+    )
+    token_file = _in_workspace(
+        "admin-token", "The generated admin token (mode 600), when none is configured."
+    )
 
     def admin_token(self) -> str | None:
         """The token privileged requests must carry, or None if none exists yet."""

@@ -20,7 +20,6 @@ from pipelines import reports
 def seed_dataset(seed: str | None):
     """Add the seed batch when the dataset is empty; None when there is nothing to do."""
     from pipelines import workspace
-    from pipelines.intake import add_batch
     from pipelines.sample import unpack_sample
 
     config = settings()
@@ -31,15 +30,7 @@ def seed_dataset(seed: str | None):
         if not (unpacked / "seed").is_dir():
             unpack_sample(config.sample_archive, unpacked)
         seed = str(unpacked / "seed")
-    return add_batch(
-        Path(seed),
-        workspace.store(config),
-        workspace.intake_paths(config),
-        config.ingest,
-        config.validation,
-        config.split,
-        progress=log().info,
-    )
+    return workspace.add_batch(config, Path(seed), progress=log().info)
 
 
 @task(name="make the model", cache_policy=NO_CACHE)

@@ -42,18 +42,8 @@ def take_submissions(submission: str | None) -> list:
 def validate_and_merge(submission):
     """Ingest + GX validation; merge and version the dataset, or quarantine the batch."""
     from pipelines import workspace
-    from pipelines.intake import add_batch
 
-    config = settings()
-    result = add_batch(
-        submission.batch,
-        workspace.store(config),
-        workspace.intake_paths(config),
-        config.ingest,
-        config.validation,
-        config.split,
-        progress=log().info,
-    )
+    result = workspace.add_batch(settings(), submission.batch, progress=log().info)
     if result.version is not None:
         submissions.mark_merged(submission, result.version.batch_id)
     return result
@@ -95,7 +85,7 @@ def finetune(batch_id: str, epochs: int | None):
 
 
 @task(name="judge and promote", cache_policy=NO_CACHE)
-def judge_and_promote(champion, challenger, fits, dataset, batch_id: str, gate_overrides: dict):
+def judge_and_promote(champion, challenger, fits, dataset, gate_overrides: dict):
     """Evaluate champion and challenger on the same holdout; register; promote if blessed."""
     from pipelines import candidate, workspace
 
@@ -104,13 +94,7 @@ def judge_and_promote(champion, challenger, fits, dataset, batch_id: str, gate_o
     policy = config.gate.model_copy(update=gate_overrides)
     assessment = candidate.assess(challenger, holdout, policy, champion)
     run = candidate.finetune_run(
-        champion.model,
-        challenger,
-        fits,
-        batch_id,
-        config.finetune.model_dump(),
-        config.accepted_dir,
-        prefix="retrain",
+        champion.model, challenger, fits, config.finetune, config.accepted_dir, "retrain"
     )
     return candidate.record(assessment, challenger, workspace.registry(config), run, dataset)
 
@@ -182,7 +166,7 @@ def _process(sub, epochs: int | None, gate: dict) -> dict:
         )(sub.batch_id, epochs)
     except NotTrainable as exc:  # this data cannot be trained on: retrying would not help
         return _finish(sub, "not-trainable", str(exc))
-    judgement = judge_and_promote(champion, challenger, fits, dataset, sub.batch_id, gate)
+    judgement = judge_and_promote(champion, challenger, fits, dataset, gate)
     smoke = go_live(judgement.version, challenger, dataset) if judgement.promoted else None
     links = report_links(judgement.run_id, judgement.version)
     create_markdown_artifact(

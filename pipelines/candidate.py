@@ -21,7 +21,7 @@ from core.contract import (
     GATE_TAG,
     PARENT_TAG,
 )
-from core.policies import GatePolicy
+from core.policies import FinetuneConfig, GatePolicy
 from pipelines.dataset import Dataset
 from pipelines.evaluate import (
     Evaluation,
@@ -224,17 +224,17 @@ def finetune_run(
     parent: LoadedModel,
     challenger: LoadedModel,
     fits: list,
-    batch_id: str,
-    params: dict,
+    config: FinetuneConfig,
     accepted_dir: Path,
     prefix: str = "finetune",
 ) -> CandidateRun:
-    """The run record of a fine-tuned challenger: its curves, the batch's data reports and
-    tags (what both `refit train finetune` and the retrain flow log)."""
+    """The run record of a challenger fine-tuned from ``parent`` with ``config``: its curves,
+    its batch's data reports and tags (what `refit train finetune` and the retrain flow log)."""
+    batch_id = challenger.card["batch_id"]
     added = challenger.class_names[len(parent.class_names) :]
     return CandidateRun(
         name=f"{prefix} {'+' + ','.join(added) + ' ' if added else ''}{batch_id}",
-        params=params,
+        params=config.model_dump(),
         curves={
             f"{phase}.{key}": values
             for phase, fit in zip(("head", "finetune"), fits, strict=False)

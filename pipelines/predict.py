@@ -53,28 +53,3 @@ def holdout_metrics(
         "accuracy_tta": round(accuracy(flipped, y), 4),
         "recall": {k: round(v, 4) for k, v in recall_per_class(plain, y, class_names).items()},
     }
-
-
-def compare_on_holdout(champion, challenger, x: np.ndarray, y: np.ndarray) -> dict[str, object]:
-    """Old-class accuracy before and after, all-class accuracy and new-class recall.
-
-    ``y`` indexes the challenger's classes; the champion's classes are its first N
-    (head surgery keeps old indices), the rest are new.
-    """
-    n_old = len(champion.class_names)
-    old = y < n_old
-    before = predict_proba(champion.model, x[old])
-    after = predict_proba(challenger.model, x)
-    recalls = recall_per_class(after, y, challenger.class_names)
-    return {
-        "old_class_accuracy_before": round(accuracy(before, y[old]), 4),
-        "old_class_accuracy_after": round(accuracy(after[old], y[old]), 4),
-        "all_class_accuracy_after": round(accuracy(after, y), 4),
-        "all_class_accuracy_after_tta": round(
-            accuracy(predict_proba(challenger.model, x, tta=True), y), 4
-        ),
-        "new_class_recall": {
-            c: round(recalls[c], 4) for c in challenger.class_names[n_old:] if c in recalls
-        },
-        "images": len(y),
-    }

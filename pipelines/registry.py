@@ -171,9 +171,6 @@ class Registry:
         Returns:
             (run id, registered version). No alias moves here.
         """
-        import mlflow.keras
-        from mlflow.models import infer_signature
-
         import mlflow
 
         mlflow.set_tracking_uri(self.config.tracking_uri)
@@ -191,39 +188,9 @@ class Registry:
         def log() -> tuple[str, str]:
             with mlflow.start_run(experiment_id=experiment, run_name=run.name) as active:
                 mlflow.set_tags(all_tags)
-                mlflow.log_params({k: str(v)[:500] for k, v in run.params.items()})
-                for key, values in run.curves.items():
-                    for step, value in enumerate(values):
-                        mlflow.log_metric(key, value, step=step)
-                mlflow.log_metrics(metrics)
-                for path in artifacts:
-                    mlflow.log_artifact(
-                        str(path),
-                        artifact_path="evaluation"
-                        if path.suffix in (".png", ".json")
-                        else "reports",
-                    )
-                mlflow.log_text(decision_markdown, "decision.md")
-                if dataset is not None:
-                    mlflow.log_input(
-                        mlflow.data.from_pandas(
-                            dataset.index,
-                            source=str(dataset.dir),
-                            name="refit-dataset",
-                            digest=(dataset.version or "")[:36] or None,
-                        ),
-                        context="training",
-                    )
+                _log_record(run, metrics, artifacts, decision_markdown, dataset)
                 self._log_files(model, reference_images)
-                x = np.zeros((1, *model.model.input_shape[1:]), "float32")
-                signature = infer_signature(x, model.model(x).numpy())
-                info = mlflow.keras.log_model(
-                    model.model,
-                    name="model",
-                    pip_requirements=pip_requirements(),
-                    signature=signature,
-                    metadata={"class_names": model.class_names},
-                )
+                info = _log_keras(model)
                 registered = self.client.create_model_version(
                     self.name,
                     info.model_uri,
@@ -369,6 +336,50 @@ class Registry:
     def export(self, ref: str, out: Path) -> Path:
         """Write a version or alias as a Refit model file (.keras, or .h5 for older tools)."""
         return save_model(self.load(ref), out)
+
+
+def _log_record(
+    run: CandidateRun,
+    metrics: dict[str, float],
+    artifacts: list[Path],
+    decision_markdown: str,
+    dataset: Dataset | None,
+) -> None:
+    """Into the active MLflow run: params, curves per step, metrics, figures and reports,
+    the decision, and the dataset version as an input."""
+    import mlflow
+
+    mlflow.log_params({k: str(v)[:500] for k, v in run.params.items()})
+    for key, values in run.curves.items():
+        for step, value in enumerate(values):
+            mlflow.log_metric(key, value, step=step)
+    mlflow.log_metrics(metrics)
+    for path in artifacts:
+        folder = "evaluation" if path.suffix in (".png", ".json") else "reports"
+        mlflow.log_artifact(str(path), artifact_path=folder)
+    mlflow.log_text(decision_markdown, "decision.md")
+    if dataset is not None:
+        digest = (dataset.version or "")[:36] or None
+        frame = mlflow.data.from_pandas(
+            dataset.index, source=str(dataset.dir), name="refit-dataset", digest=digest
+        )
+        mlflow.log_input(frame, context="training")
+
+
+def _log_keras(model: LoadedModel):
+    """The model in the ``mlflow.keras`` flavour, with explicit requirements (inferring them
+    costs ~26 s) and its class names in the metadata."""
+    import mlflow.keras
+    from mlflow.models import infer_signature
+
+    x = np.zeros((1, *model.model.input_shape[1:]), "float32")
+    return mlflow.keras.log_model(
+        model.model,
+        name="model",
+        pip_requirements=pip_requirements(),
+        signature=infer_signature(x, model.model(x).numpy()),
+        metadata={"class_names": model.class_names},
+    )
 
 
 def _frame_digest(frame: pd.DataFrame) -> str:

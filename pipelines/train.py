@@ -183,17 +183,17 @@ class Recipe:
     lookahead: bool = False  # airbench's weight averaging
 
     @classmethod
+    def _of(cls, config: TrainConfig | FinetuneConfig, **rest) -> Recipe:
+        shared = ("batch_size", "warmup_share", "momentum", "weight_decay", "label_smoothing")
+        return cls(**{k: getattr(config, k) for k in (*shared, "seed")}, **rest)
+
+    @classmethod
     def bootstrap(cls, config: TrainConfig) -> Recipe:
-        return cls(
+        return cls._of(
+            config,
             epochs=config.epochs,
-            batch_size=config.batch_size,
             peak_lr=config.peak_lr,
-            warmup_share=config.warmup_share,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            label_smoothing=config.label_smoothing,
             budget_s=config.time_budget_s,
-            seed=config.seed,
             patience=config.patience,
             lookahead=True,
         )
@@ -202,16 +202,8 @@ class Recipe:
     def finetune_phases(cls, config: FinetuneConfig) -> tuple[Recipe, Recipe]:
         """(head only, top unfrozen): the wall-time budget split in proportion to epochs."""
         head_share = config.head_epochs / max(1, config.head_epochs + config.epochs)
-        body = cls(
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            peak_lr=config.lr,
-            warmup_share=config.warmup_share,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            label_smoothing=config.label_smoothing,
-            budget_s=config.time_budget_s,
-            seed=config.seed,
+        body = cls._of(
+            config, epochs=config.epochs, peak_lr=config.lr, budget_s=config.time_budget_s
         )
         head = replace(
             body,
@@ -432,7 +424,8 @@ def finetune_on_batch(
     dataset: Dataset,
     batch_id: str,
     config: FinetuneConfig,
-    progress: Progress = print,
+    *,
+    progress: Progress,
 ) -> tuple[LoadedModel, list[FitResult]]:
     """Fine-tune on one merged batch's training images, replaying the rest of the train split.
 

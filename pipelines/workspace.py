@@ -1,9 +1,12 @@
 """The pipelines' objects the settings describe: the DVC-versioned dataset, the intake
-folders and the model registry. Shared by the CLI, the flows and the DVC stages, so all of
-them act on the same state. Heavy modules are imported inside the functions."""
+folders and the model registry, and taking a batch in with them. Shared by the CLI, the
+flows and the DVC stages, so all of them act on the same state. Heavy modules are imported
+inside the functions."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -61,4 +64,20 @@ def registry(settings: Settings) -> Registry:
             model_name=settings.registered_model_name,
             artifact_location=str(settings.mlflow_artifact_root) if direct else None,
         )
+    )
+
+
+def add_batch(settings: Settings, source: Path, progress: Callable[[str], None] = print):
+    """Take a batch in with the configured limits and policies: validated, then merged and
+    versioned, or quarantined (:func:`pipelines.intake.add_batch`)."""
+    from pipelines import intake
+
+    return intake.add_batch(
+        source,
+        store(settings),
+        intake_paths(settings),
+        settings.ingest,
+        settings.validation,
+        settings.split,
+        progress=progress,
     )

@@ -37,12 +37,27 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _settings() -> Settings:
-    """Load the settings and export the tool environment before any heavy import."""
-    from core.settings import apply_tool_environment, get_settings
+@app.callback()
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show the libraries' own log lines and warnings.")
+    ] = False,
+) -> None:
+    if verbose:
+        os.environ["REFIT_VERBOSE"] = "1"
+
+
+def _settings(tensorflow: bool = False) -> Settings:
+    """Load the settings (exporting the tool environment before any heavy import); with
+    ``tensorflow``, load it now, keeping its start-up lines off the terminal."""
+    from core.settings import get_settings
+    from refit import quiet
 
     settings = get_settings()
-    apply_tool_environment(settings)
+    if not settings.verbose:
+        quiet.quiet_libraries()
+        if tensorflow:
+            quiet.load_tensorflow_quietly()
     return settings
 
 
@@ -260,20 +275,11 @@ def data_add(batch: BatchArg) -> None:
     """Validate a batch, then merge it into the dataset and version it (or quarantine it)."""
     settings = _settings()
     from pipelines import workspace
-    from pipelines.intake import add_batch
     from pipelines.versions import DvcError
 
     with console.status("Adding…") as spinner:
         try:
-            result = add_batch(
-                batch,
-                workspace.store(settings),
-                workspace.intake_paths(settings),
-                settings.ingest,
-                settings.validation,
-                settings.split,
-                progress=spinner.update,
-            )
+            result = workspace.add_batch(settings, batch, progress=spinner.update)
         except DvcError as exc:
             raise _fail(f"{exc}\nThe dataset was left as it was.") from exc
     _print_report(result.report)
@@ -390,6 +396,28 @@ def data_checkout(
 
 # --------------------------------------------------------------------------- train
 
+ModelOut = Annotated[Path | None, typer.Option(help="Model file to write (.keras).")]
+SourceOpt = Annotated[
+    Path | None,
+    typer.Option(help="Batch-shaped images to train on (default: the dataset's train split)."),
+]
+ExcludeSampleOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Leave out the embedded sample's holdout and incoming images; report on its holdout."
+    ),
+]
+ParentOpt = Annotated[
+    Path | None, typer.Option(help="A model file to fine-tune (default: the registry's champion).")
+]
+BatchIdOpt = Annotated[
+    str | None,
+    typer.Option(help="The merged batch to learn from (default: the latest dataset version's)."),
+]
+RegisterOpt = Annotated[
+    bool, typer.Option(help="Judge the result against the champion; register, promote if blessed.")
+]
+
 
 def _model_out(settings: Settings, out: Path | None, recipe: str) -> Path:
     """Where a trained model goes: ``out``, or a timestamped file in the workspace."""
@@ -407,26 +435,17 @@ def _save(loaded, out: Path) -> None:
 
 @train_app.command("bootstrap")
 def train_bootstrap(
-    source: Annotated[
-        Path | None,
-        typer.Option(help="Batch-shaped images to train on (default: the dataset's train split)."),
-    ] = None,
+    source: SourceOpt = None,
     exclude_class: Annotated[list[str], typer.Option(help="Leave this class out.")] = [],  # noqa: B006
-    exclude_sample: Annotated[
-        bool,
-        typer.Option(
-            help="Leave out the embedded sample's holdout and incoming images; report on its "
-            "holdout."
-        ),
-    ] = False,
+    exclude_sample: ExcludeSampleOpt = False,
     epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Model file to write (.keras).")] = None,
+    out: ModelOut = None,
 ) -> None:
     """Train a model from scratch and save it with its class names and a model card."""
     import sys
     import time
 
-    settings = _settings()
+    settings = _settings(tensorflow=True)
     from pipelines import bootstrap, workspace
     from pipelines.sample import sample_hashes
 
@@ -465,27 +484,14 @@ def train_bootstrap(
 
 @train_app.command("finetune")
 def train_finetune(
-    model: Annotated[
-        Path | None,
-        typer.Option(help="A model file to fine-tune (default: the registry's champion)."),
-    ] = None,
-    batch_id: Annotated[
-        str | None,
-        typer.Option(
-            help="The merged batch to learn from (default: the latest dataset version's)."
-        ),
-    ] = None,
-    register: Annotated[
-        bool,
-        typer.Option(
-            help="Judge the result against the champion; register it, promote if blessed."
-        ),
-    ] = True,
-    out: Annotated[Path | None, typer.Option(help="Model file to write (.keras).")] = None,
+    model: ParentOpt = None,
+    batch_id: BatchIdOpt = None,
+    register: RegisterOpt = True,
+    out: ModelOut = None,
 ) -> None:
     """Fine-tune on a merged batch with replay (growing the head for new classes), then
     judge the challenger against the champion and promote it only if the gate blesses it."""
-    settings = _settings()
+    settings = _settings(tensorflow=True)
     from pipelines import candidate, workspace
     from pipelines.train import NotTrainable, finetune_on_batch
 
@@ -508,19 +514,21 @@ def train_finetune(
         console.print(f"  {key}: {value}")
     challenger.card["holdout"] = assessment.summary()
     _save(challenger, _model_out(settings, out, "finetune"))
-    if not register:
-        return
+    if register:
+        _register_finetuned(settings, registry, parent, challenger, fits, assessment, dataset)
+
+
+def _register_finetuned(settings, registry, parent, challenger, fits, assessment, dataset):
+    """Judge a fine-tuned challenger against the registry's champion (the assessment made
+    against its parent, when the parent was the champion); register; promote if blessed."""
+    from pipelines import candidate
+
     with console.status("Judging against the champion…"):
-        if parent.version is None:  # fine-tuned from a file: judged against the champion
+        if parent.version is None:  # fine-tuned from a file
             champion = _registry_call(lambda: candidate.current_champion(registry))
-            assessment = candidate.assess(challenger, holdout, settings.gate, champion)
+            assessment = candidate.assess(challenger, assessment.holdout, settings.gate, champion)
         run = candidate.finetune_run(
-            parent.model,
-            challenger,
-            fits,
-            batch_id,
-            settings.finetune.model_dump(),
-            settings.accepted_dir,
+            parent.model, challenger, fits, settings.finetune, settings.accepted_dir
         )
         outcome = _registry_call(
             lambda: candidate.record(assessment, challenger, registry, run, dataset)
@@ -563,7 +571,7 @@ def model_import(
     out: Annotated[Path | None, typer.Option(help="Where to write the .keras.")] = None,
 ) -> None:
     """Check a user's classifier (safe mode, no Lambda, HxWx3 in, softmax out) and re-save it."""
-    settings = _settings()
+    settings = _settings(tensorflow=True)
     from pipelines.modelfile import ModelRefused, import_model, save_model
 
     try:
@@ -601,7 +609,7 @@ def model_register(
     reason: Annotated[str, typer.Option(help="Why this model is a candidate.")] = "registered",
 ) -> None:
     """Judge a model file against the champion on the dataset holdout; promote if blessed."""
-    settings = _settings()
+    settings = _settings(tensorflow=True)
     from pipelines import workspace
     from pipelines.candidate import CandidateRun, judge_model_file
     from pipelines.evaluate import EvaluationError
@@ -696,6 +704,6 @@ def model_export(
     version: Annotated[str | None, typer.Option(help="Export this version instead.")] = None,
 ) -> None:
     """Download a registered model as a file (class names inside)."""
-    settings = _settings()
+    settings = _settings(tensorflow=True)
     path = _registry_call(lambda: _registry(settings).export(version or alias, out))
     console.print(f"Wrote {path}")

@@ -90,66 +90,64 @@ def _bin(name: str) -> str:
 
 def services(settings: Settings) -> list[Service]:
     """The servers `refit up` runs, in start order."""
-    env = tool_environment(settings)
     return [
-        Service(
-            name="mlflow",
-            title="MLflow tracking server + UI",
-            command=[
-                _bin("mlflow"),
-                "server",
-                "--host",
-                settings.host,
-                "--port",
-                str(settings.mlflow_port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                str(settings.mlflow_backend_uri),
-                "--artifacts-destination",
-                str(settings.mlflow_artifact_root),
-            ],
-            env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            url=settings.mlflow_url,
-            health_url=f"{settings.mlflow_url}/health",
-            port=settings.mlflow_port,
-        ),
-        Service(
-            name="prefect",
-            title="Prefect server + UI",
-            command=[
-                _bin("prefect"),
-                "server",
-                "start",
-                "--host",
-                settings.host,
-                "--port",
-                str(settings.prefect_port),
-                "--analytics-off",
-            ],
-            env={**env, "PREFECT_UI_API_URL": str(settings.prefect_api_url)},
-            url=settings.prefect_url,
-            health_url=f"{settings.prefect_api_url}/health",
-            port=settings.prefect_port,
-        ),
+        _mlflow_service(settings),
+        _prefect_service(settings),
         serving_service(settings),
-        Service(
-            name="runner",
-            title="Prefect deployments runner",
-            command=[sys.executable, "-m", "flows.deployments"],
-            env={
-                **env,
-                **_refit_env(settings),
-                "PREFECT_RUNNER_SERVER_ENABLE": "true",
-                "PREFECT_RUNNER_SERVER_HOST": settings.host,
-                "PREFECT_RUNNER_SERVER_PORT": str(settings.runner_port),
-            },
-            url=f"{settings.prefect_url}/deployments",
-            health_url=f"http://{settings.host}:{settings.runner_port}/health",
-            port=settings.runner_port,
-            needs=("prefect", "mlflow"),
-        ),
+        _runner_service(settings),
     ]
+
+
+def _mlflow_service(settings: Settings) -> Service:
+    command = [
+        _bin("mlflow"), "server", "--host", settings.host, "--port", str(settings.mlflow_port),
+        "--workers", "1", "--backend-store-uri", str(settings.mlflow_backend_uri),
+        "--artifacts-destination", str(settings.mlflow_artifact_root),
+    ]  # fmt: skip
+    return Service(
+        name="mlflow",
+        title="MLflow tracking server + UI",
+        command=command,
+        env={**tool_environment(settings), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        url=settings.mlflow_url,
+        health_url=f"{settings.mlflow_url}/health",
+        port=settings.mlflow_port,
+    )
+
+
+def _prefect_service(settings: Settings) -> Service:
+    command = [
+        _bin("prefect"), "server", "start", "--host", settings.host,
+        "--port", str(settings.prefect_port), "--analytics-off",
+    ]  # fmt: skip
+    return Service(
+        name="prefect",
+        title="Prefect server + UI",
+        command=command,
+        env={**tool_environment(settings), "PREFECT_UI_API_URL": str(settings.prefect_api_url)},
+        url=settings.prefect_url,
+        health_url=f"{settings.prefect_api_url}/health",
+        port=settings.prefect_port,
+    )
+
+
+def _runner_service(settings: Settings) -> Service:
+    return Service(
+        name="runner",
+        title="Prefect deployments runner",
+        command=[sys.executable, "-m", "flows.deployments"],
+        env={
+            **tool_environment(settings),
+            **_refit_env(settings),
+            "PREFECT_RUNNER_SERVER_ENABLE": "true",
+            "PREFECT_RUNNER_SERVER_HOST": settings.host,
+            "PREFECT_RUNNER_SERVER_PORT": str(settings.runner_port),
+        },
+        url=f"{settings.prefect_url}/deployments",
+        health_url=f"http://{settings.host}:{settings.runner_port}/health",
+        port=settings.runner_port,
+        needs=("prefect", "mlflow"),
+    )
 
 
 def _refit_env(settings: Settings) -> dict[str, str]:

@@ -1,24 +1,40 @@
 """What `refit up` serves: the schedule carries the cron and time zone from settings, and
-each retrain deployment runs one at a time."""
+each retrain deployment runs one at a time. (In a subprocess: importing Prefect here would
+fix its settings for the whole test session.)"""
 
 from __future__ import annotations
 
-import pytest
+import json
+import os
+import subprocess
+import sys
+
+PROBE = """
+import json
+from flows.deployments import deployments
+found = {d.name: d for d in deployments()}
+(schedule,) = found["scheduled-retrain"].schedules
+print(json.dumps({
+    "cron": schedule.schedule.cron,
+    "timezone": schedule.schedule.timezone,
+    "retrain_schedules": len(found["retrain"].schedules),
+    "retrain_triggers": len(found["retrain"].triggers),
+    "limits": [found[n].concurrency_limit for n in ("retrain", "scheduled-retrain")],
+}))
+"""
 
 
-def test_the_schedule_uses_the_configured_cron_and_time_zone(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from core.settings import get_settings
-    from flows.deployments import deployments
-
-    monkeypatch.setenv("REFIT_ORCHESTRATION__SCHEDULE_CRON", "30 4 * * 2")
-    monkeypatch.setenv("REFIT_ORCHESTRATION__SCHEDULE_TIMEZONE", "Europe/Berlin")
-    get_settings.cache_clear()
-    found = {d.name: d for d in deployments()}
-    (schedule,) = found["scheduled-retrain"].schedules
-    assert schedule.schedule.cron == "30 4 * * 2"
-    assert schedule.schedule.timezone == "Europe/Berlin"
-    assert not found["retrain"].schedules and found["retrain"].triggers
-    for name in ("retrain", "scheduled-retrain"):
-        assert found[name].concurrency_limit == 1
+def test_the_schedule_uses_the_configured_cron_and_time_zone() -> None:
+    env = {
+        **os.environ,
+        "REFIT_ORCHESTRATION__SCHEDULE_CRON": "30 4 * * 2",
+        "REFIT_ORCHESTRATION__SCHEDULE_TIMEZONE": "Europe/Berlin",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["cron"] == "30 4 * * 2" and found["timezone"] == "Europe/Berlin"
+    assert found["retrain_schedules"] == 0 and found["retrain_triggers"] == 1
+    assert found["limits"] == [1, 1]

@@ -86,7 +86,7 @@ def test_exif_rotation_is_applied(tmp_path: Path) -> None:
 def test_bad_uploads_name_the_rule(tmp_path: Path) -> None:
     with pytest.raises(BadImage, match="empty upload"):
         decode_upload(b"", SIZE, 1000, "e.png")
-    with pytest.raises(BadImage, match="t.jpg: not a JPEG"):
+    with pytest.raises(BadImage, match=r"t\.jpg: not a JPEG"):
         decode_upload(b"hello", SIZE, 1000, "t.jpg")
     buffer = io.BytesIO()
     Image.new("RGB", (100, 100)).save(buffer, "PNG")
