@@ -288,7 +288,7 @@ def main() -> None:
         f"Single image p50: HTTP {http_p50 * 1000:.1f} ms vs in process {single * 1000:.2f} ms "
         f"(target <= 2x + 5 = {limit:.1f} ms): {'ok' if http_p50 * 1000 <= limit else 'MISSED'}"
     )
-    print(f"  (the same request to the decode-only endpoint, no model: {floor_p50 * 1000:.1f} ms)")
+    print(f"  (the same request to the HTTP ceiling, no model: {floor_p50 * 1000:.1f} ms)")
     requests, errors, versions, swaps_ok = swapped
     print(
         f"Hot swap: {requests} requests from 16 clients, 2 swaps "

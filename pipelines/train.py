@@ -1,7 +1,7 @@
 """Train: bootstrap a model from scratch, or fine-tune the champion on new data with replay.
 
-Images are decoded once into a uint8 array (in a process pool), then fed through tf.data
-with augmentation (random crop with reflect padding + horizontal flip). Both recipes use
+Images arrive decoded once into a uint8 array (``pipelines.images``), then are fed through
+tf.data with augmentation (random crop with reflect padding + horizontal flip). Both recipes use
 SGD with Nesterov momentum, label smoothing, and a one-cycle learning rate (linear warm-up,
 cosine decay) driven by whichever is further along: the step count or the wall-time budget,
 so a run on a busy machine still ends on time with a fully decayed learning rate.

@@ -1,1 +1,2 @@
-"""The shell of Refit: settings, the `refit` CLI, and the local platform's servers."""
+"""The shell of Refit (the roof): the `refit` CLI, the local platform's servers and the DVC
+stage entry points. It may import every package; none imports it."""

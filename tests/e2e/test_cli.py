@@ -102,3 +102,5 @@ def test_story_builtin_model_meets_truck(tmp_path: Path, env) -> None:
     assert "Grew the output layer by 1 for new classes: truck" in tuned.stdout
     assert "new_class_recall.truck" in tuned.stdout and "old_class_accuracy" in tuned.stdout
     assert "Version 2:" in tuned.stdout
+    for noise in ("oneDNN custom operations", "absl::InitializeLog", "structure of `inputs`"):
+        assert noise not in tuned.stdout + tuned.stderr + first.stdout + first.stderr
