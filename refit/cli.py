@@ -588,8 +588,12 @@ def model_import(
 
 
 def _registry(settings: Settings):
+    """The model registry (its module loads TensorFlow: quietly, unless --verbose)."""
     from pipelines.workspace import registry
+    from refit import quiet
 
+    if not settings.verbose:
+        quiet.load_tensorflow_quietly()
     return registry(settings)
 
 
