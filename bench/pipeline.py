@@ -45,11 +45,12 @@ def platform(root: Path) -> dict[str, str]:
         **{f"REFIT_{n}_PORT": str(free_port()) for n in ("MLFLOW", "PREFECT", "SERVING", "RUNNER")},
     }
     os.environ.update(env)
-    from core.settings import get_settings
+    from core.settings import apply_tool_environment, get_settings
 
     get_settings.cache_clear()
     get_settings()
     subprocess.run([REFIT, "up"], check=True, capture_output=True)
+    apply_tool_environment(get_settings())  # with the Prefect credential `refit up` made
     return env
 
 

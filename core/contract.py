@@ -23,8 +23,12 @@ PARENT_TAG = "parent_version"
 # Metrics of a version's run: the challenger's holdout metrics carry this prefix.
 CHALLENGER_PREFIX = "challenger."
 
-# Tags of the registered model: the promotion history, one JSON entry per alias move.
+# Tags of the registered model: the promotion history, one JSON entry per alias move, and
+# the intent of a move under way (so a reader can complete or undo one a crash cut short).
 HISTORY_PREFIX = "history."
+PENDING_MOVE_TAG = "promotion.pending"
+# Tag of a blessed version that was not promoted, and why (the champion moved meanwhile).
+NOT_PROMOTED_TAG = "gate.not_promoted"
 
 
 def alias_version(client, model_name: str, alias: str) -> str | None:

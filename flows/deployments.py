@@ -7,7 +7,9 @@
 - ``bootstrap`` and ``rollback``: manual runs from the Prefect UI or the CLI.
 
 At most one retrain runs at a time: each retrain deployment has a concurrency limit of one
-(further runs wait in the UI as queued) and the flow holds a file lock while it works.
+(further runs wait in the UI as queued) and the flow holds a file lock while it works. Runs
+take submissions first in first out, and a submission whose run crashed is announced again
+(``orchestration.retry_after_s``); a duplicate run finds nothing left to do.
 Schedules stay active across restarts (``pause_on_shutdown=False``).
 
 Run with ``python -m flows.deployments`` (``refit up`` does it in the background).
@@ -66,21 +68,33 @@ def deployments() -> list:
 
 
 def watch_drop_folder() -> None:
-    """Adopt files dropped into incoming/ and announce every pending submission once."""
+    """Adopt files dropped into incoming/ and announce every pending submission; announce
+    one again when no run has it in hand after ``orchestration.retry_after_s`` (its run
+    crashed, or the event was lost), so nothing stays stranded until a restart."""
     from pipelines import submissions
 
     config = settings()
-    announced: set[str] = set()
+    announced: dict[str, float] = {}
     while True:
         try:
             submissions.adopt_dropped(config.incoming_dir, config.orchestration.settle_s)
             for pending in submissions.pending(config.incoming_dir):
-                if pending.id not in announced:
+                last = announced.get(pending.id)
+                due = last is None or time.monotonic() - last >= config.orchestration.retry_after_s
+                if due and (last is None or not _in_hand(pending.id)):
                     announce(pending.id)
-                    announced.add(pending.id)
+                    announced[pending.id] = time.monotonic()
         except Exception as exc:  # keep watching; the next poll retries
             print(f"drop folder watcher: {exc}", flush=True)
         time.sleep(config.orchestration.incoming_poll_s)
+
+
+def _in_hand(submission_id: str) -> bool:
+    """Whether a retrain run for this submission is scheduled or running."""
+    from core import runs
+
+    run_id = runs.find_submission_run(submission_id)
+    return run_id is not None and not runs.view(run_id).final
 
 
 def main() -> None:

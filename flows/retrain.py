@@ -30,11 +30,9 @@ from pipelines.intake import intake_lock
 def take_submissions(submission: str | None) -> list:
     config = settings()
     submissions.adopt_dropped(config.incoming_dir, config.orchestration.settle_s)
-    queue = submissions.pending(config.incoming_dir)
-    if submission is not None:
-        queue = [s for s in queue if s.id == submission]
-        if not queue:  # an earlier run (e.g. the scheduled one) took it already
-            log().info("submission %s is no longer pending; nothing to do", submission)
+    queue = submissions.in_order(submissions.pending(config.incoming_dir), submission)
+    if not queue and submission is not None:  # an earlier run took it already
+        log().info("submission %s is no longer pending; nothing to do", submission)
     return queue
 
 
@@ -146,7 +144,10 @@ def _process(sub, epochs: int | None, gate: dict) -> dict:
     """One submission through the steps its state asks for; its outcome."""
     from pipelines.train import NotTrainable
 
-    if submissions.next_step(sub.status) == "validate":
+    step = submissions.next_step(sub.status)
+    if step == "go live":
+        return _go_live_again(sub)
+    if step == "validate":
         result = validate_and_merge(sub)
         if result.quarantined is not None:
             summary = result.report.summary()
@@ -167,6 +168,7 @@ def _process(sub, epochs: int | None, gate: dict) -> dict:
     except NotTrainable as exc:  # this data cannot be trained on: retrying would not help
         return _finish(sub, "not-trainable", str(exc))
     judgement = judge_and_promote(champion, challenger, fits, dataset, gate)
+    submissions.mark_judged(sub, judgement.version, judgement.promoted)
     smoke = go_live(judgement.version, challenger, dataset) if judgement.promoted else None
     links = report_links(judgement.run_id, judgement.version)
     create_markdown_artifact(
@@ -177,8 +179,29 @@ def _process(sub, epochs: int | None, gate: dict) -> dict:
     return _finish(
         sub,
         "promoted" if judgement.promoted else "kept-champion",
-        f"v{judgement.version}",
+        f"v{judgement.version} {judgement.note}".strip(),
         version=judgement.version,
         accuracy=judgement.challenger.accuracy,
         champion_accuracy=judgement.champion.accuracy if judgement.champion else None,
     )
+
+
+def _go_live_again(sub) -> dict:
+    """A submission judged by a run that failed afterwards: serving loads its version and
+    the smoke check runs; nothing is trained or registered again."""
+    from core.contract import CHAMPION
+    from pipelines import workspace
+
+    config = settings()
+    registry, smoke = workspace.registry(config), None
+    if sub.promoted and registry.alias_version(CHAMPION) == sub.version:
+        smoke = go_live(sub.version, registry.load(sub.version), workspace.dataset(config))
+    create_markdown_artifact(
+        f"## Resumed `{sub.name}` at going live\n\nVersion {sub.version} was judged by an "
+        f"earlier run ({'promoted' if sub.promoted else 'not promoted'}); nothing was trained "
+        f"again.{reports.live_check(smoke)}\n",
+        key="retrain-report",
+        description=f"resumed v{sub.version}",
+    )
+    outcome = "promoted" if sub.promoted else "kept-champion"
+    return _finish(sub, outcome, f"v{sub.version} (resumed)", version=sub.version)

@@ -19,6 +19,7 @@ from core.contract import (
     CHAMPION,
     DATASET_VERSION_TAG,
     GATE_TAG,
+    NOT_PROMOTED_TAG,
     PARENT_TAG,
 )
 from core.policies import FinetuneConfig, GatePolicy
@@ -34,7 +35,7 @@ from pipelines.evaluate import (
 from pipelines.gate import Decision, decide
 from pipelines.images import ImageSet
 from pipelines.modelfile import LoadedModel
-from pipelines.registry import Registry
+from pipelines.registry import ChampionMoved, Registry
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class Judgement:
     champion: Evaluation | None
     champion_version: str | None
     promoted: bool
+    note: str = ""  # why a blessed challenger was not promoted
 
 
 def assess(
@@ -168,12 +170,18 @@ def record(
             dataset=dataset,
             reference_images=holdout.x[:: max(1, len(holdout.x) // 32)][:32],
         )
+    promoted, note = decision.passed, ""
     if decision.passed:
-        registry.promote(
-            version,
-            reason=f"gate passed against {decision.baseline}",
-            metrics={"accuracy": assessment.challenger.accuracy},
-        )
+        try:  # compare-and-set: only over the champion it was judged against
+            registry.promote(
+                version,
+                reason=f"gate passed against {decision.baseline}",
+                metrics={"accuracy": assessment.challenger.accuracy},
+                expected=assessment.champion_version,
+            )
+        except ChampionMoved as exc:
+            promoted, note = False, f"blessed but not promoted: {exc}"
+            registry.tag_version(version, NOT_PROMOTED_TAG, note)
     return Judgement(
         version,
         run_id,
@@ -181,7 +189,8 @@ def record(
         assessment.challenger,
         assessment.champion,
         assessment.champion_version,
-        decision.passed,
+        promoted,
+        note,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import signal
 import warnings
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -127,6 +128,13 @@ def decode_upload(
     return to_model_input(image, size)
 
 
+def plain_signals() -> None:
+    """In a forked pool worker: the default signal handlers, not the parent's (a worker
+    that inherits an orchestrator's SIGTERM handler can hang the pool on shutdown)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; workers just stop
+
+
 def _decode_file(task: tuple[str, int, int]) -> np.ndarray:
     path, height, width = task
     with Image.open(path) as image:
@@ -149,7 +157,7 @@ def load_images(
     if len(tasks) < POOL_THRESHOLD:
         arrays = [_decode_file(t) for t in tasks]
     else:
-        with get_context("fork").Pool(workers or os.cpu_count() or 1) as pool:
+        with get_context("fork").Pool(workers or os.cpu_count() or 1, plain_signals) as pool:
             arrays = pool.map(_decode_file, tasks, chunksize=256)
     x = np.stack(arrays) if arrays else np.zeros((0, *size, 3), np.uint8)
     y = np.array([class_names.index(label) for label in labels], dtype=np.int64)

@@ -39,6 +39,7 @@ import pandas as pd
 from PIL import Image
 
 from core.policies import IngestLimits
+from pipelines.images import plain_signals
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 LABELS_CSV = "labels.csv"
@@ -179,6 +180,7 @@ def _extract_zip(source: Path, dest: Path, limits: IngestLimits) -> None:
     budget = _Budget(limits, source)
     with archive:
         infos = [i for i in archive.infolist() if not i.is_dir()]
+        _check_declared(source, limits, len(infos))
         declared = sum(i.file_size for i in infos)
         if declared > limits.max_total_mb << 20:
             raise BatchRefused(
@@ -203,9 +205,37 @@ def _extract_zip(source: Path, dest: Path, limits: IngestLimits) -> None:
                 ) from exc
 
 
+def _check_declared(source: Path, limits: IngestLimits, files: int, size: int = 0) -> None:
+    """Refuse an archive by what its headers declare, before anything is extracted."""
+    if files > limits.max_files:
+        raise BatchRefused(
+            "too_many_files",
+            source,
+            f"holds {files} files, more than {limits.max_files} (ingest.max_files)",
+        )
+    if size > limits.max_total_mb << 20:
+        raise BatchRefused(
+            "too_large",
+            source,
+            f"declares {size >> 20} MB uncompressed, more than {limits.max_total_mb} MB"
+            " (ingest.max_total_mb)",
+        )
+
+
+def _scan_tar(source: Path, limits: IngestLimits) -> None:
+    """A first pass over the tar headers only (nothing written): counts and sizes."""
+    files = size = 0
+    with tarfile.open(source, mode="r|*") as archive:
+        for member in archive:
+            if member.isfile():
+                files, size = files + 1, size + member.size
+                _check_declared(source, limits, files, size)
+
+
 def _extract_tar(source: Path, dest: Path, limits: IngestLimits) -> None:
     budget = _Budget(limits, source)
     try:
+        _scan_tar(source, limits)
         # Stream mode reads members in order, so a huge archive is refused early.
         with tarfile.open(source, mode="r|*") as archive:
             for member in archive:
@@ -431,8 +461,10 @@ def stage_batch(
 # --------------------------------------------------------------------------- manifest
 
 
-def _init_worker(max_pixels: int) -> None:
+def _init_worker(max_pixels: int, pool: bool = False) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels
+    if pool:
+        plain_signals()
 
 
 def inspect_image(path: Path, max_pixels: int) -> tuple:
@@ -481,7 +513,7 @@ def build_manifest(
         rows = [_inspect_task(t) for t in tasks]
     else:
         workers = limits.workers or os.cpu_count() or 1
-        with get_context("fork").Pool(workers, _init_worker, (limits.max_pixels,)) as pool:
+        with get_context("fork").Pool(workers, _init_worker, (limits.max_pixels, True)) as pool:
             for row in pool.imap(_inspect_task, tasks, chunksize=256):
                 rows.append(row)
                 if progress and len(rows) % 1000 == 0:

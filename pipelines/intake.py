@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -75,6 +76,25 @@ def intake_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+STALE_STAGING_S = 3600.0
+
+
+def sweep_staging(staging: Path, older_than_s: float = STALE_STAGING_S) -> list[str]:
+    """Remove what killed intakes left in staging (untouched for ``older_than_s``: a check
+    still running elsewhere is never that old)."""
+    if not staging.is_dir():
+        return []
+    now, done = time.time(), []
+    for entry in staging.iterdir():
+        if now - entry.stat().st_mtime >= older_than_s:
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink()
+            done.append(f"swept {entry.name} from staging")
+    return done
+
+
 def content_batch_id(manifest: pd.DataFrame) -> str:
     """A batch's id, from its content: the same images with the same labels and splits get
     the same id, so the same batches always build the same dataset version."""
@@ -136,7 +156,7 @@ def add_batch(
         The result: the report, and the new dataset version or the quarantine folder.
     """
     with intake_lock(paths.lock):
-        for note in recover_dataset(store.dataset_dir):
+        for note in recover_dataset(store.dataset_dir) + sweep_staging(paths.staging):
             progress(f"Recovered: {note}")
         if store.restore_pointer():
             progress("Recovered: data.dvc pointed at an unrecorded version; reset it")

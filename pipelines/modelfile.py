@@ -21,6 +21,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from pipelines.names import RULE, is_valid
+
 META_MEMBER = "refit.json"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -150,6 +152,9 @@ def check_class_names(class_names: list[str], existing: list[str] | None = None)
     names = [str(n).strip() for n in class_names]
     if not names or any(not n for n in names):
         raise ValueError("class names must be non-empty")
+    unsafe = [n for n in names if not is_valid(n)]
+    if unsafe:
+        raise ValueError(f"class names must be {RULE}: {unsafe}")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"duplicate class names: {duplicates}")

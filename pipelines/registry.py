@@ -50,6 +50,13 @@ class RegistryUnavailable(RegistryError):
     """The MLflow server did not answer after the retries."""
 
 
+class ChampionMoved(RegistryError):
+    """The champion is no longer the one a promotion was judged against."""
+
+
+ANY = object()  # promote(expected=ANY): no compare-and-set (a manual promote or rollback)
+
+
 @dataclass(frozen=True)
 class RegistryConfig:
     tracking_uri: str
@@ -223,26 +230,13 @@ class Registry:
             f"read alias {alias}", lambda: contract.alias_version(self.client, self.name, alias)
         )
 
-    def _record(self, action: str, version: str, reason: str, **details) -> None:
-        entry = {
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "who": _who(),
-            "action": action,
-            "version": version,
-            "reason": reason,
-            **details,
-        }
-        key = f"{HISTORY_PREFIX}{len(self.history()) + 1:05d}"
-        self._call(
-            "write the history",
-            lambda: self.client.set_registered_model_tag(self.name, key, json.dumps(entry)),
-        )
+    def _tags(self) -> dict[str, str]:
+        return self._call("read the tags", lambda: self.client.get_registered_model(self.name).tags)
 
     def history(self) -> list[dict]:
         """Every alias move, oldest first."""
-        tags = self._call(
-            "read the history", lambda: self.client.get_registered_model(self.name).tags
-        )
+        self.complete_pending()
+        tags = self._tags()
         return [json.loads(v) for k, v in sorted(tags.items()) if k.startswith(HISTORY_PREFIX)]
 
     def _version_exists(self, version: str) -> None:
@@ -256,26 +250,102 @@ class Registry:
             raise RegistryError(f"{self.name} has no version {version}") from exc
 
     def promote(
-        self, version: str, reason: str, action: str = "promote", metrics: dict | None = None
+        self,
+        version: str,
+        reason: str,
+        action: str = "promote",
+        metrics: dict | None = None,
+        expected: object = ANY,
     ) -> None:
-        """Make ``version`` the champion; the old champion becomes ``previous``."""
+        """Make ``version`` the champion; the old champion becomes ``previous``.
+
+        One move as readers see it: the intent is written first, then ``champion`` moves
+        (the only step readers act on), then ``previous`` and the history follow; a crash in
+        between is completed by the next :meth:`complete_pending`. With ``expected``, a
+        compare-and-set: refused with :class:`ChampionMoved` unless the champion is still
+        ``expected`` (the version the challenger was judged against; None: no champion).
+        """
+        self.complete_pending()
         self._version_exists(version)
         current = self.alias_version(CHAMPION)
+        if expected is not ANY and current != expected:
+            raise ChampionMoved(
+                f"the champion is {_label(current)}, not {_label(expected)} as when version "
+                f"{version} was judged"
+            )
         if current == version:
             raise RegistryError(f"version {version} is already the champion")
-        if current is not None:
-            self._call(
-                "move previous",
-                lambda: self.client.set_registered_model_alias(self.name, PREVIOUS, current),
-            )
+        history = [k for k in self._tags() if k.startswith(HISTORY_PREFIX)]
+        entry = {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "who": _who(),
+            "action": action,
+            "version": version,
+            "reason": reason,
+            "from_version": current,
+            "metrics": metrics or {},
+        }
+        intent = {"key": f"{HISTORY_PREFIX}{len(history) + 1:05d}", "entry": entry}
+        self._set_tag(contract.PENDING_MOVE_TAG, json.dumps(intent))
         self._call(
             "move champion",
             lambda: self.client.set_registered_model_alias(self.name, CHAMPION, version),
         )
-        self._record(action, version, reason, from_version=current, metrics=metrics or {})
+        self._finish_move(intent)
+
+    def _set_tag(self, key: str, value: str) -> None:
+        self._call(
+            "write a tag", lambda: self.client.set_registered_model_tag(self.name, key, value)
+        )
+
+    def _finish_move(self, intent: dict) -> None:
+        """The steps after ``champion`` moved; each may be repeated."""
+        entry = intent["entry"]
+        if entry["from_version"] is not None:
+            self._call(
+                "move previous",
+                lambda: self.client.set_registered_model_alias(
+                    self.name, PREVIOUS, entry["from_version"]
+                ),
+            )
+        self._set_tag(intent["key"], json.dumps(entry))
+        self._call(
+            "clear the intent",
+            lambda: self.client.delete_registered_model_tag(self.name, contract.PENDING_MOVE_TAG),
+        )
+
+    def tag_version(self, version: str, key: str, value: str) -> None:
+        self._call(
+            "tag the version",
+            lambda: self.client.set_model_version_tag(self.name, version, key, value[:4900]),
+        )
+
+    def complete_pending(self) -> str | None:
+        """Complete an alias move a crash cut short (``champion`` had moved), or drop its
+        intent (it had not). Returns what was done, or None when nothing was pending."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            pending = self._tags().get(contract.PENDING_MOVE_TAG)
+        except MlflowException as exc:
+            if _missing(exc):
+                return None
+            raise
+        if not pending:
+            return None
+        intent = json.loads(pending)
+        if self.alias_version(CHAMPION) == intent["entry"]["version"]:
+            self._finish_move(intent)
+            return f"completed the move of champion to version {intent['entry']['version']}"
+        self._call(
+            "drop the intent",
+            lambda: self.client.delete_registered_model_tag(self.name, contract.PENDING_MOVE_TAG),
+        )
+        return f"dropped an unfinished move to version {intent['entry']['version']}"
 
     def rollback(self, reason: str, to: str | None = None) -> str:
         """Move the champion back to ``previous`` (or to version ``to``); returns it."""
+        self.complete_pending()
         target = to or self.alias_version(PREVIOUS)
         if target is None:
             raise RegistryError("there is no previous version to roll back to")
@@ -289,6 +359,7 @@ class Registry:
         from mlflow.exceptions import MlflowException
 
         try:
+            self.complete_pending()
             aliases = self._call(
                 "read aliases", lambda: self.client.get_registered_model(self.name).aliases
             )
@@ -408,6 +479,10 @@ def _is_connection_error(exc: Exception) -> bool:
             "API request to",
         )
     )
+
+
+def _label(version: object) -> str:
+    return "none" if version is None else f"v{version}"
 
 
 def _who() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,10 +19,16 @@ def links(mlflow_url: str, model_name: str, run_id: str, version: str, reports: 
     )
 
 
+def _text(value: object) -> str:
+    """Text from users (file, batch and class names) as it must reach a markdown page:
+    never as markup."""
+    return html.escape(str(value), quote=False)
+
+
 def rejection(batch_name: str, summary: str, quarantined: Path) -> str:
-    """A batch that failed validation."""
+    """A batch that failed validation (its names may be anything: shown escaped)."""
     return (
-        f"## Batch `{batch_name}` rejected\n\n{summary}\n\n"
+        f"## Batch `{_text(batch_name)}` rejected\n\n{_text(summary)}\n\n"
         f"Quarantined in `{quarantined}` (report.html inside). "
         "The dataset and the champion are unchanged.\n"
     )
@@ -65,16 +72,18 @@ def decision(judgement: Judgement, data_summary: str, links_md: str, smoke: dict
     """The gate's decision, champion vs challenger on the same holdout, recall per class,
     the data, the links and the live check."""
     champion = f"v{judgement.champion_version}" if judgement.champion_version else ""
+    note = f"\n**{judgement.note}**\n" if judgement.note else ""
     return (
-        f"{judgement.decision.markdown()}\n### Champion vs challenger (same holdout)\n"
+        f"{judgement.decision.markdown()}{note}\n### Champion vs challenger (same holdout)\n"
         f"| metric | challenger v{judgement.version} | champion {champion} |\n"
         f"|---|---|---|\n{_metric_rows(judgement)}\n\n"
         f"### Recall per class\n| class | challenger | champion |\n"
-        f"|---|---|---|\n{_recall_rows(judgement)}\n\n### Data\n{data_summary}\n\n"
+        f"|---|---|---|\n{_recall_rows(judgement)}\n\n### Data\n{_text(data_summary)}\n\n"
         f"{links_md}{live_check(smoke)}\n"
     )
 
 
 def bootstrap(judgement: Judgement, links_md: str, smoke: dict | None) -> str:
     """The first champion's report."""
-    return f"{judgement.decision.markdown()}\n{links_md}{live_check(smoke)}\n"
+    note = f"\n**{judgement.note}**\n" if judgement.note else ""
+    return f"{judgement.decision.markdown()}{note}\n{links_md}{live_check(smoke)}\n"

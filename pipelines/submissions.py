@@ -6,6 +6,8 @@ a CSV or a folder, under ``batch/``) and ``state.json``. Its states:
 - ``pending``: waiting for a retrain run;
 - ``merged``: validated and merged into the dataset (``batch_id`` says which batch); a run
   that crashed after this point resumes at fine-tuning instead of merging twice;
+- ``judged``: the challenger is registered, promoted or not (``version``); a run that
+  failed after this point (serving down at reload) only goes live, never fine-tunes again;
 - it leaves the queue once a run finishes with it: moved to ``submissions/<id>/`` with the
   outcome (``rejected``, ``not-trainable``, ``promoted``, ``kept-champion``) in its state.
 
@@ -32,9 +34,15 @@ BATCH_DIR = "batch"
 # ("done") keeps the event that finished it as its outcome.
 TRANSITIONS: dict[str, dict[str, str]] = {
     "pending": {"merged": "merged", "rejected": "done"},
-    "merged": {"not-trainable": "done", "promoted": "done", "kept-champion": "done"},
+    "merged": {
+        "judged": "judged",
+        "not-trainable": "done",
+        "promoted": "done",
+        "kept-champion": "done",
+    },
+    "judged": {"promoted": "done", "kept-champion": "done"},
 }
-STEPS = {"pending": "validate", "merged": "fine-tune"}
+STEPS = {"pending": "validate", "merged": "fine-tune", "judged": "go live"}
 
 
 def advance(status: str, event: str) -> str:
@@ -51,7 +59,8 @@ def advance(status: str, event: str) -> str:
 
 def next_step(status: str) -> str | None:
     """What a run does next with a submission in ``status``: ``validate`` (then merge or
-    reject), ``fine-tune`` (then judge), or None when it is done."""
+    reject), ``fine-tune`` (then judge), ``go live`` (a judged challenger: serving reloads
+    and the smoke check runs, never a second fine-tune), or None when it is done."""
     if status not in STEPS and status != "done":
         raise ValueError(f"unknown submission status {status!r}")
     return STEPS.get(status)
@@ -65,6 +74,8 @@ class Submission:
     name: str = ""
     submitted_at: str = ""
     batch_id: str | None = None
+    version: str | None = None  # the registered challenger, once judged
+    promoted: bool | None = None
     outcome: str | None = None
     detail: str | None = None
 
@@ -161,6 +172,23 @@ def find(incoming: Path, done: Path, submission_id: str) -> Submission | None:
 def mark_merged(submission: Submission, batch_id: str) -> None:
     submission.status, submission.batch_id = advance(submission.status, "merged"), batch_id
     submission.save()
+
+
+def mark_judged(submission: Submission, version: str, promoted: bool) -> None:
+    """The challenger is registered (and promoted or not): a later run only goes live."""
+    submission.status = advance(submission.status, "judged")
+    submission.version, submission.promoted = version, promoted
+    submission.save()
+
+
+def in_order(queue: list[Submission], submission_id: str | None) -> list[Submission]:
+    """What a run takes, first in first out: every pending submission, or those up to and
+    including ``submission_id`` (a run started for a later one takes the older ones first;
+    one whose submission is gone takes nothing)."""
+    if submission_id is None:
+        return queue
+    ids = [s.id for s in queue]
+    return queue[: ids.index(submission_id) + 1] if submission_id in ids else []
 
 
 def finish(submission: Submission, done: Path, outcome: str, detail: str = "") -> Submission:

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.policies import ValidationPolicy
+from pipelines import names
 from pipelines.ingest import BatchRefused, Finding, StagedBatch
 
 RGB_CONVERTIBLE_MODES = [
@@ -48,7 +49,6 @@ RGB_CONVERTIBLE_MODES = [
     "LAB",
     "HSV",
 ]
-CLASS_NAME_REGEX = r"^(?!\.{1,2}$)[^\s/\\\x00-\x1f](?:[^/\\\x00-\x1f]{0,62}[^\s/\\\x00-\x1f])?$"
 INGEST_RULES = {
     "not_an_image": "Every file is an image (by extension).",
     "missing_file": "Every file labels.csv names exists.",
@@ -237,9 +237,9 @@ def _manifest_expectations(policy: ValidationPolicy, allowed_labels: list[str]) 
         e(
             "ExpectColumnValuesToMatchRegex",
             "valid_class_name",
-            "Class names are 1-64 characters, no slashes, no leading/trailing whitespace.",
+            f"Class names are {names.RULE}.",
             column="label",
-            regex=CLASS_NAME_REGEX,
+            regex=names.CLASS_NAME_REGEX,
         ),
         *(
             e(

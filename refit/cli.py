@@ -69,9 +69,12 @@ def _fail(message: str) -> typer.Exit:
 @app.command()
 def up() -> None:
     """Start the local platform in the background: MLflow, Prefect and the serving server."""
+    from core.settings import apply_tool_environment
     from refit import platform
 
     settings = _settings()
+    auth, _ = settings.ensure_prefect_auth()  # before any server or client needs it
+    apply_tool_environment(settings)
     with console.status("Starting servers…") as spinner:
 
         def ready(service: platform.Service) -> None:
@@ -96,6 +99,7 @@ def up() -> None:
     )
     note = "new, kept in" if created else "from"
     console.print(f"Admin token:  {token}  ({note} {settings.token_file})", highlight=False)
+    console.print(f"Prefect login: {auth}  (in {settings.prefect_auth_file})", highlight=False)
     console.print(f"Logs in {settings.log_dir}. Stop everything with [bold]refit down[/].")
 
 
@@ -175,6 +179,8 @@ def down() -> None:
     for result in results:
         if result.was in (platform.State.HEALTHY, platform.State.UNHEALTHY):
             console.print(f"[green]✓[/] stopped {result.service.title} (pid {result.pid})")
+        elif result.was is platform.State.ORPHANED:
+            console.print(f"[green]✓[/] stopped the workers {result.service.title} left behind")
         elif result.was is platform.State.STALE:
             console.print(f"[yellow]•[/] removed a stale pid file of {result.service.title}")
         else:
@@ -188,7 +194,11 @@ def status() -> None:
 
     settings = _settings()
     table = Table("server", "state", "pid", "url")
-    colours = {platform.State.HEALTHY: "green", platform.State.UNHEALTHY: "red"}
+    colours = {
+        platform.State.HEALTHY: "green",
+        platform.State.UNHEALTHY: "red",
+        platform.State.ORPHANED: "red",
+    }
     for current in platform.status(settings):
         colour = colours.get(current.state, "dim")
         table.add_row(
@@ -521,6 +531,7 @@ def train_finetune(
 def _register_finetuned(settings, registry, parent, challenger, fits, assessment, dataset):
     """Judge a fine-tuned challenger against the registry's champion (the assessment made
     against its parent, when the parent was the champion); register; promote if blessed."""
+    from core.contract import PARENT_TAG
     from pipelines import candidate
 
     with console.status("Judging against the champion…"):
@@ -530,6 +541,8 @@ def _register_finetuned(settings, registry, parent, challenger, fits, assessment
         run = candidate.finetune_run(
             parent.model, challenger, fits, settings.finetune, settings.accepted_dir
         )
+        if parent.version is None:
+            run.tags[PARENT_TAG] = "a model file"  # lineage names the real parent
         outcome = _registry_call(
             lambda: candidate.record(assessment, challenger, registry, run, dataset)
         )
@@ -557,6 +570,8 @@ def _parent_model(registry, model: Path | None):
 
 def _print_judgement(outcome) -> None:
     console.print(outcome.decision.markdown(), highlight=False)
+    if outcome.note:
+        console.print(f"[yellow]{outcome.note}[/]", highlight=False)
     state = "promoted to champion" if outcome.promoted else "registered, champion unchanged"
     console.print(f"Version {outcome.version}: {state}.")
 

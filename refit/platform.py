@@ -57,6 +57,7 @@ class State(StrEnum):
     UNHEALTHY = "running, not answering"
     STOPPED = "stopped"
     STALE = "stopped (stale pid file)"
+    ORPHANED = "crashed, its workers still running (refit down or up stops them)"
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,8 @@ def service_status(settings: Settings, service: Service) -> ServiceStatus:
     if not path.exists():
         return ServiceStatus(service, State.STOPPED, None)
     record = read_pid_record(path)
+    if record is not None and record.process() is None and _group_members(record):
+        return ServiceStatus(service, State.ORPHANED, record.pid)
     if record is None or record.process() is None:
         return ServiceStatus(service, State.STALE, record.pid if record else None)
     state = State.HEALTHY if is_healthy(service.health_url) else State.UNHEALTHY
@@ -359,16 +362,18 @@ def _wait_healthy(
 def _group_members(record: PidRecord) -> list[psutil.Process]:
     """Processes of the session a server was started in (the server and its workers).
 
-    The server was started as the leader of a new session, so its process group id is its
-    pid; members must also be younger than the leader. This finds workers orphaned by a
-    crash of the leader, and nothing else.
+    The server was started as the leader of a new session, so its session id is its pid,
+    and every process it starts stays in that session even when it makes a process group of
+    its own (BentoML's workers do); members must also be younger than the leader. This
+    finds workers orphaned by a crash of the leader, and nothing else.
     """
     members = []
     for proc in psutil.process_iter(["create_time"]):
         try:
             if (
-                os.getpgid(proc.pid) == record.pid
+                os.getsid(proc.pid) == record.pid
                 and proc.info["create_time"] >= record.create_time - 0.5
+                and proc.status() != psutil.STATUS_ZOMBIE
             ):
                 members.append(proc)
         except (OSError, psutil.Error):

@@ -68,8 +68,10 @@ async def upload_model(
         return error(400, f"{name}: only .keras and legacy .h5 model files are accepted")
     if not [c for c in classes.split(",") if c.strip()]:
         return error(400, "classes: give the class names in output order")
-    path = get_settings().workspace / "uploads" / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    uploads = get_settings().workspace / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=uploads)
+    path = Path(folder) / name  # a folder of its own: two uploads of one name never collide
     with path.open("wb") as out:
         shutil.copyfileobj(model.file, out)
     try:
@@ -119,10 +121,10 @@ async def download(ref: str):
     target = Path(tempfile.mkdtemp(prefix="refit-download-"))
     try:
         version, path = await anyio.to_thread.run_sync(source.download_model_file, ref, str(target))
-    except NoChampion as exc:
-        return error(404, str(exc))
     except Exception as exc:
-        return error(404, f"no model version {ref!r}: {exc}")
+        shutil.rmtree(target, ignore_errors=True)
+        missing = str(exc) if isinstance(exc, NoChampion) else f"no model version {ref!r}: {exc}"
+        return error(404, missing)
     return FileResponse(
         path,
         filename=f"{settings.registered_model_name}-v{version}.keras",

@@ -19,12 +19,16 @@ exactly one complete model even while the champion is being swapped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
 
+import anyio
 import bentoml
 import numpy as np
+from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, File, Header, Query, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
@@ -119,8 +123,10 @@ app.include_router(retrain.router)
 
 
 class BodyLimit:
-    """413 for request bodies over ``serving.max_upload_bytes``, counted as they stream in.
-    Dataset and model uploads (``/retrain/...``) have their own, larger limit."""
+    """Limits checked before a body is taken in: an upload to ``/retrain/...`` without the
+    admin token is refused (401) before a byte of it is read; a body over its limit
+    (``serving.max_upload_bytes``; uploads: ``max_dataset_upload_bytes``) gets 413, whether
+    it declares its length or streams in chunks."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -129,24 +135,36 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         config = get_settings().serving
+        headers = dict(scope.get("headers", []))
         uploads = scope["path"].startswith("/retrain/")
+        if uploads and scope["method"] == "POST":
+            token = headers.get(b"authorization", b"").decode("latin-1") or None
+            if not authorized(token):
+                return await error(401, UNAUTHORIZED)(scope, receive, send)
         limit = config.max_dataset_upload_bytes if uploads else config.max_upload_bytes
-        declared = dict(scope.get("headers", [])).get(b"content-length")
+        declared = headers.get(b"content-length")
         if declared is not None and int(declared) > limit:
             return await self._refuse(scope, receive, send, limit)
-        seen = 0
+        seen, over, answered = 0, False, False
 
         async def counted():
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
+                over = True
                 raise _TooLarge
             return message
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
+        async def guarded(message):  # once over the limit, the app's own answer is dropped
+            nonlocal answered
+            if not over:
+                answered = True
+                await send(message)
+
+        with contextlib.suppress(_TooLarge):
+            await self.app(scope, counted, guarded)
+        if over and not answered:
             await self._refuse(scope, receive, send, limit)
 
     async def _refuse(self, scope, receive, send, limit: int):
@@ -159,6 +177,23 @@ class _TooLarge(Exception):
 
 
 app.add_middleware(BodyLimit)
+
+
+class Overloaded(Exception):
+    """The classifier shed a request: answered 503 with Retry-After, never 500."""
+
+
+def busy() -> JSONResponse:
+    return JSONResponse(
+        {"error": "the server is busy; try again shortly"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+def _decode_all(uploads: list[tuple[str, bytes]], size: tuple[int, int]) -> np.ndarray:
+    max_pixels = get_settings().serving.max_image_pixels
+    return np.stack([decode_upload(data, size, max_pixels, name) for name, data in uploads])
 
 
 def _top_k(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
@@ -206,12 +241,20 @@ class Refit:
         return self.input_size
 
     async def _call_model(self, batch: np.ndarray) -> np.ndarray:
-        """Alone: straight to the model. With company: through the adaptive batcher."""
+        """Alone: straight to the model. With company: through the adaptive batcher.
+
+        Raises:
+            Overloaded: the batcher shed the request (over its latency budget).
+        """
         self.in_flight += 1
         try:
             if self.in_flight == 1:
                 return await self.classifier.to_async.classify_now(batch)
             return await self.classifier.to_async.classify(batch)
+        except BentoMLException as exc:
+            if exc.error_code in (HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.TOO_MANY_REQUESTS):
+                raise Overloaded(str(exc)) from exc
+            raise
         finally:
             self.in_flight -= 1
 
@@ -221,13 +264,15 @@ class Refit:
             size = await self._input_size(refresh=attempt > 0)
             if isinstance(size, JSONResponse):
                 return size
-            max_pixels = get_settings().serving.max_image_pixels
-            try:
-                images = np.stack([decode_upload(data, size, max_pixels, n) for n, data in uploads])
+            try:  # off the event loop: a large image must not stall other requests
+                images = await anyio.to_thread.run_sync(_decode_all, uploads, size)
             except BadImage as exc:
                 return error(400, str(exc))
             batch = np.concatenate([images, images[:, :, ::-1]]) if tta else images
-            rows = await self._call_model(batch)
+            try:
+                rows = await self._call_model(batch)
+            except Overloaded:
+                return busy()
             versions = rows[:, 0]
             if not np.isnan(versions).any() and (versions == versions[0]).all():
                 break

@@ -73,6 +73,8 @@ class LivePlatform:
     def run_env(self) -> None:
         """Point this process's Prefect client at the platform (for core.runs)."""
         os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{self.env['REFIT_PREFECT_PORT']}/api"
+        auth = (self.workspace / "prefect-auth").read_text().strip()
+        os.environ["PREFECT_API_AUTH_STRING"] = auth
 
 
 def start_platform(root: Path) -> LivePlatform:
@@ -90,6 +92,7 @@ def start_platform(root: Path) -> LivePlatform:
         "REFIT_SERVING__POLL_INTERVAL_S": "2",
         "REFIT_ORCHESTRATION__INCOMING_POLL_S": "1",
         "REFIT_ORCHESTRATION__SETTLE_S": "1",
+        "REFIT_ORCHESTRATION__RETRY_AFTER_S": "5",
         "REFIT_ORCHESTRATION__HTTP_RETRIES": "1",
         "REFIT_ORCHESTRATION__HTTP_RETRY_DELAY_S": "1",
         "REFIT_ORCHESTRATION__SMOKE_IMAGES": "8",

@@ -110,9 +110,8 @@ def test_killing_the_flow_while_training_keeps_the_champion_and_resumes(live) ->
     process.wait(30)
     assert live.champion() == champion
     assert outcome(live, submission)["status"] == "merged"  # still queued, resumes at training
-    resumed = runs.start("retrain/scheduled-retrain")  # takes every pending submission
-    final = runs.follow(resumed, lambda view: None, timeout_s=300)
-    assert final.state == "COMPLETED", final.message
+    # Nobody restarts anything: the watcher announces the stranded submission again.
+    wait_for(lambda: outcome(live, submission)["status"] == "done", 300, "the retried run")
     assert outcome(live, submission)["outcome"] == "promoted"
 
 
@@ -130,6 +129,45 @@ def test_serving_down_during_reload_fails_the_run_and_the_registry_tells(live) -
         assert any(s["name"] == "reload serving" and s["state"] == "Failed" for s in final.steps)
         promoted = live.champion()
         assert promoted is not None  # the registry says which version is champion
+        assert outcome(live, submission)["status"] == "judged"  # not trained again later
+        registered = len(live.refit("model", "list").stdout.splitlines())
     finally:
         assert live.refit("up", timeout=300).returncode == 0
     wait_for(lambda: live.served_version() == promoted, 120, "serving back with the champion")
+    # A later run only goes live: finished exactly once, with the version already registered.
+    wait_for(lambda: outcome(live, submission)["status"] == "done", 300, "the resumed run")
+    assert outcome(live, submission)["outcome"] == "promoted"
+    assert f"v{promoted}" in outcome(live, submission)["detail"]
+    assert len(live.refit("model", "list").stdout.splitlines()) == registered
+
+
+def test_the_prefect_api_refuses_anonymous_and_foreign_callers(live: LivePlatform) -> None:
+    """Nothing that starts a flow (a rollback moves the champion) is reachable without the
+    credential `refit up` made; no other origin is let in by CORS."""
+    api = f"http://127.0.0.1:{live.env['REFIT_PREFECT_PORT']}/api"
+    user, password = (live.workspace / "prefect-auth").read_text().strip().split(":", 1)
+    evil = {"Origin": "http://evil.example"}
+    assert httpx.post(f"{api}/deployments/filter", json={}, headers=evil).status_code == 401
+    found = httpx.post(f"{api}/deployments/filter", json={}, auth=(user, password))
+    assert found.status_code == 200
+    rollback = next(d["id"] for d in found.json() if d["name"] == "rollback")
+    champion = live.champion()
+    forged = httpx.post(
+        f"{api}/deployments/{rollback}/create_flow_run",
+        json={"parameters": {"reason": "forged"}},
+        headers=evil,
+    )
+    assert forged.status_code == 401
+    assert forged.headers.get("access-control-allow-origin") in (None, live_origin(live))
+    preflight = httpx.options(
+        f"{api}/deployments/{rollback}/create_flow_run",
+        headers={**evil, "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.headers.get("access-control-allow-origin") in (None, live_origin(live))
+    assert httpx.get(f"{api}/health").status_code == 200  # probes stay open
+    assert live.champion() == champion
+    assert oct((live.workspace / "prefect-auth").stat().st_mode & 0o777) == "0o600"
+
+
+def live_origin(live: LivePlatform) -> str:
+    return f"http://127.0.0.1:{live.env['REFIT_PREFECT_PORT']}"

@@ -5,13 +5,13 @@ Runs the installed `refit` console script against a temporary workspace and free
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -39,16 +39,23 @@ def pid_records(env: dict[str, str]) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in run_dir.glob("*.pid")}
 
 
-def group_alive(pgid: int) -> list[int]:
-    """Pids still alive in a process group (a server and its workers)."""
+def group_alive(sid: int) -> list[int]:
+    """Pids still alive in a server's session (the server and its workers, whatever process
+    groups they made)."""
     alive = []
     for proc in psutil.process_iter():
         try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
                 alive.append(proc.pid)
         except (OSError, psutil.Error):
             continue
     return alive
+
+
+def wait_gone(pid: int, timeout: float = 10) -> None:
+    """Until a killed process (reaped by init, not by us) has left the process table."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait(timeout)
 
 
 def dead_pid() -> int:
@@ -104,8 +111,8 @@ def test_up_status_down_lifecycle(platform_env: dict[str, str]) -> None:
     # The MLflow server crashes (its worker survives, holding the port): `up` cleans up
     # after it and restarts only MLflow.
     os.kill(first["mlflow"]["pid"], signal.SIGKILL)
-    time.sleep(0.5)
-    assert "stale" in refit(env, "status").stdout
+    wait_gone(first["mlflow"]["pid"])
+    assert "workers still running" in refit(env, "status").stdout
     restarted = refit(env, "up")
     assert restarted.returncode == 0, restarted.stderr + restarted.stdout
     second = pid_records(env)
@@ -114,9 +121,19 @@ def test_up_status_down_lifecycle(platform_env: dict[str, str]) -> None:
     assert not group_alive(first["mlflow"]["pid"])
     assert httpx.get(f"{mlflow_url}/health").is_success
 
+    # Serving's arbiter is killed alone: its workers (process groups of their own) keep
+    # the port; `refit status` says so and `refit down` still finds and stops them.
+    serving = second["serving"]["pid"]
+    workers = [p for p in group_alive(serving) if p != serving]
+    assert workers
+    os.kill(serving, signal.SIGKILL)
+    wait_gone(serving)
+    assert group_alive(serving) and "workers still running" in refit(env, "status").stdout
+
     stopped = refit(env, "down")
     assert stopped.returncode == 0
     assert stopped.stdout.count("stopped") == 4
+    assert "left behind" in stopped.stdout
     for record in second.values():
         assert not group_alive(record["pid"])
     assert pid_records(env) == {}

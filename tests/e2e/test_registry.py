@@ -152,3 +152,66 @@ def test_new_class_path_is_judged_on_old_classes_and_new_recall(registry, models
     assert run.data.tags["parent_version"] == first.version
     expected = first.version if not outcome.promoted else outcome.version
     assert registry.alias_version("champion") == expected
+
+
+def _torn_once(registry: Registry, alias: str) -> None:
+    """The next move of ``alias`` dies as a killed process would leave it (nothing after)."""
+    real = registry.client.set_registered_model_alias
+
+    def dying(name, which, version):
+        if which == alias:
+            registry.client.set_registered_model_alias = real
+            raise KeyboardInterrupt(f"killed before moving {alias}")
+        return real(name, which, version)
+
+    registry.client.set_registered_model_alias = dying
+
+
+def test_a_promotion_cut_short_is_completed_by_the_next_reader(registry, models) -> None:
+    good, _, _ = models
+    holdout = coloured(10, 99)
+    first = judge(good, holdout, registry, POLICY, CandidateRun("first"))
+    _torn_once(registry, "previous")  # champion moves, then the process dies
+    with pytest.raises(KeyboardInterrupt):
+        judge(good, holdout, registry, POLICY, CandidateRun("second"))
+    second = str(int(first.version) + 1)
+    assert registry.alias_version("champion") == second
+
+    fresh = Registry(registry.config)  # another process: the CLI, the next run
+    assert [h["version"] for h in fresh.history()] == [first.version, second]
+    assert fresh.alias_version("previous") == first.version
+    assert fresh.rollback("the second was bad") == first.version  # rollback still works
+    assert fresh.alias_version("champion") == first.version
+
+
+def test_a_promotion_killed_before_the_champion_moved_leaves_it(registry, models) -> None:
+    good, _, _ = models
+    holdout = coloured(10, 99)
+    first = judge(good, holdout, registry, POLICY, CandidateRun("first"))
+    _torn_once(registry, "champion")
+    with pytest.raises(KeyboardInterrupt):
+        judge(good, holdout, registry, POLICY, CandidateRun("second"))
+    fresh = Registry(registry.config)
+    assert fresh.alias_version("champion") == first.version
+    assert fresh.complete_pending() is not None  # the intent is dropped, nothing moved
+    assert [h["version"] for h in fresh.history()] == [first.version]
+    assert fresh.alias_version("previous") is None
+
+
+def test_promotion_is_a_compare_and_set_on_the_judged_champion(registry, models) -> None:
+    """A rollback made while a challenger was judged is not silently undone."""
+    from pipelines.candidate import assess, current_champion, record
+
+    good, _, _ = models
+    holdout = coloured(10, 99)
+    first = judge(good, holdout, registry, POLICY, CandidateRun("first"))
+    second = judge(good, holdout, registry, POLICY, CandidateRun("second"))
+    assessment = assess(good, holdout, POLICY, current_champion(registry))  # against v2
+    registry.rollback("rolled back while the challenger trained")  # champion: v1 again
+    late = record(assessment, good, registry, CandidateRun("late"))
+    assert assessment.decision.passed and not late.promoted
+    assert "not promoted" in late.note and f"v{first.version}" in late.note
+    assert registry.alias_version("champion") == first.version
+    tags = registry.client.get_model_version(registry.name, late.version).tags
+    assert tags["parent_version"] == second.version  # judged against, and says so
+    assert "not promoted" in tags["gate.not_promoted"]

@@ -124,6 +124,22 @@ def test_too_many_files_are_refused(tmp_path: Path, staging: Path) -> None:
     members = {f"cat/{i}.png": b"x" for i in range(LIMITS.max_files + 1)}
     error = refused(zip_with(tmp_path / "many.zip", members), staging)
     assert error.rule == "too_many_files" and "ingest.max_files" in str(error)
+    assert "holds" in str(error)  # refused from its headers, before extracting a file
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "tar"])
+def test_a_tar_is_refused_from_its_headers_before_extraction(
+    tmp_path: Path, staging: Path, kind: str
+) -> None:
+    source = tmp_path / f"many.{kind}"
+    with tarfile.open(source, "w:gz" if kind == "tar.gz" else "w") as archive:
+        for i in range(LIMITS.max_files + 1):
+            info = tarfile.TarInfo(f"cat/{i}.png")
+            info.size = 1
+            archive.addfile(info, io.BytesIO(b"x"))
+    error = refused(source, staging)
+    assert error.rule == "too_many_files" and "holds" in str(error)
+    assert not [p for p in staging.rglob("*") if p.is_file()]
 
 
 def test_random_bytes_named_zip_are_refused(tmp_path: Path, staging: Path) -> None:

@@ -65,3 +65,18 @@ def test_only_classes_with_training_images_are_judged() -> None:
     )
     assert evaluation_holdout(index)["label"].tolist() == ["cat"]
     assert class_counts(index) == {"holdout": {"cat": 1, "truck": 2}, "train": {"cat": 1}}
+
+
+def test_staging_left_by_killed_intakes_is_swept(tmp_path) -> None:
+    import os
+    import time
+
+    from pipelines.intake import sweep_staging
+
+    old, fresh = tmp_path / "batch-old", tmp_path / "batch-fresh"
+    for folder in (old, fresh):
+        (folder / "files").mkdir(parents=True)
+    stale = time.time() - 7200
+    os.utime(old, (stale, stale))
+    assert sweep_staging(tmp_path, older_than_s=3600) == ["swept batch-old from staging"]
+    assert not old.exists() and fresh.exists()  # a check still running is left alone

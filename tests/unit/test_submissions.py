@@ -101,3 +101,28 @@ def test_finish_refuses_an_outcome_that_cannot_end_the_submission(tmp_path: Path
     with pytest.raises(ValueError):
         submissions.finish(sub, tmp_path / "done", "promoted")  # not merged yet
     assert submissions.pending(tmp_path / "incoming")[0].status == "pending"  # unchanged
+
+
+def test_a_judged_submission_only_goes_live_again(tmp_path: Path) -> None:
+    batch = tmp_path / "b.csv"
+    batch.write_text("path,label\n")
+    sub = submissions.submit(batch, tmp_path / "incoming")
+    submissions.mark_merged(sub, "batch-1")
+    submissions.mark_judged(sub, "7", promoted=True)
+    again = submissions.pending(tmp_path / "incoming")[0]  # the next run reads it
+    assert (again.status, again.version, again.promoted) == ("judged", "7", True)
+    assert submissions.next_step(again.status) == "go live"
+    with pytest.raises(ValueError):
+        submissions.mark_judged(again, "8", promoted=True)  # never judged twice
+    submissions.finish(again, tmp_path / "done", "promoted", "v7")
+
+
+def test_runs_take_submissions_first_in_first_out(tmp_path: Path) -> None:
+    batch = tmp_path / "b.csv"
+    batch.write_text("path,label\n")
+    made = [submissions.submit(batch, tmp_path / "incoming") for _ in range(3)]
+    queue = submissions.pending(tmp_path / "incoming")
+    assert [s.id for s in queue] == [s.id for s in made]
+    assert [s.id for s in submissions.in_order(queue, made[1].id)] == [made[0].id, made[1].id]
+    assert submissions.in_order(queue, "gone") == []
+    assert len(submissions.in_order(queue, None)) == 3
