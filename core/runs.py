@@ -62,6 +62,31 @@ def find_submission_run(submission_id: str, limit: int = 50) -> str | None:
     return None
 
 
+def recent_failures(limit: int = 10) -> list[RunView]:
+    """The newest retrain runs, among the last ``limit``, that crashed or failed."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with _client() as client:
+        found = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=limit,
+        )
+    bad = [r for r in found if r.state and r.state.type.value in ("CRASHED", "FAILED")]
+    return [
+        RunView(
+            id=str(r.id),
+            name=r.name,
+            deployment="",
+            state=r.state.type.value,
+            state_name=r.state.name,
+            message=r.state.message or "",
+        )
+        for r in bad
+    ]
+
+
 def view(run_id: str) -> RunView:
     """A run's state, steps (task runs), fine-tuning progress and report."""
     from uuid import UUID

@@ -199,7 +199,8 @@ def status() -> None:
         platform.State.UNHEALTHY: "red",
         platform.State.ORPHANED: "red",
     }
-    for current in platform.status(settings):
+    states = platform.status(settings)
+    for current in states:
         colour = colours.get(current.state, "dim")
         table.add_row(
             current.service.title,
@@ -208,6 +209,32 @@ def status() -> None:
             current.service.url,
         )
     console.print(table)
+    prefect_up = any(
+        c.service.name == "prefect" and c.state is platform.State.HEALTHY for c in states
+    )
+    _print_queue(settings, prefect_up)
+
+
+def _print_queue(settings: Settings, prefect_up: bool) -> None:
+    """Submissions still queued (a stuck one shows here) and retrain runs that crashed."""
+    from core import runs
+    from pipelines.submissions import pending
+
+    queued = pending(settings.incoming_dir)
+    if queued:
+        table = Table("submission", "state", "submitted", "batch")
+        for sub in queued:
+            table.add_row(sub.id, sub.status, sub.submitted_at, sub.batch_id or "")
+        console.print(table)
+    if not prefect_up:
+        return
+    try:
+        broken = runs.recent_failures()
+    except Exception as exc:
+        console.print(f"[yellow]•[/] cannot read the retrain runs from Prefect: {exc}")
+        return
+    for run in broken:
+        console.print(f"[red]•[/] retrain run {run.name} ended {run.state_name}: {run.message}")
 
 
 @sample_app.command("unpack")

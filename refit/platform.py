@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -52,6 +53,9 @@ class Service:
     needs: tuple[str, ...] = ()  # services that must answer before this one starts
 
 
+SERVER_TAG = "REFIT_SERVER_TAG"
+
+
 class State(StrEnum):
     HEALTHY = "healthy"
     UNHEALTHY = "running, not answering"
@@ -66,6 +70,7 @@ class PidRecord:
 
     pid: int
     create_time: float
+    tag: str = ""  # in the environment of the server and of every process it starts
 
     def process(self) -> psutil.Process | None:
         """The live process this record describes, or None if it is gone or was reused."""
@@ -247,19 +252,20 @@ def _log_tail(path: Path) -> str:
 
 def _spawn(settings: Settings, service: Service) -> PidRecord:
     log = log_file(settings, service)
+    tag = f"{service.name}-{secrets.token_hex(8)}"
     with open(log, "ab") as out:
         out.write(f"\n--- refit up {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
         out.flush()
         proc = subprocess.Popen(
             service.command,
-            env={**os.environ, **service.env},
+            env={**os.environ, **service.env, SERVER_TAG: tag},
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=settings.workspace,
             start_new_session=True,
         )
-    record = PidRecord(proc.pid, psutil.Process(proc.pid).create_time())
+    record = PidRecord(proc.pid, psutil.Process(proc.pid).create_time(), tag)
     pid_file(settings, service).write_text(json.dumps(asdict(record)))
     return record
 
@@ -360,21 +366,23 @@ def _wait_healthy(
 
 
 def _group_members(record: PidRecord) -> list[psutil.Process]:
-    """Processes of the session a server was started in (the server and its workers).
+    """The processes of a server: the server and everything it started.
 
-    The server was started as the leader of a new session, so its session id is its pid,
-    and every process it starts stays in that session even when it makes a process group of
-    its own (BentoML's workers do); members must also be younger than the leader. This
-    finds workers orphaned by a crash of the leader, and nothing else.
+    Each server is started with a tag of its own in its environment, which every process
+    it starts inherits, even one that makes a session of its own (BentoML's workers do);
+    members must also be younger than the server. This finds workers orphaned by a crash
+    of the server, and nothing else. (Records without a tag: the server's session.)
     """
     members = []
     for proc in psutil.process_iter(["create_time"]):
         try:
-            if (
-                os.getsid(proc.pid) == record.pid
-                and proc.info["create_time"] >= record.create_time - 0.5
-                and proc.status() != psutil.STATUS_ZOMBIE
-            ):
+            if proc.info["create_time"] < record.create_time - 0.5:
+                continue
+            if record.tag:
+                mine = proc.environ().get(SERVER_TAG) == record.tag
+            else:
+                mine = os.getsid(proc.pid) == record.pid
+            if mine and proc.status() != psutil.STATUS_ZOMBIE:
                 members.append(proc)
         except (OSError, psutil.Error):
             continue

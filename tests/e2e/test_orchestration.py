@@ -110,6 +110,7 @@ def test_killing_the_flow_while_training_keeps_the_champion_and_resumes(live) ->
     process.wait(30)
     assert live.champion() == champion
     assert outcome(live, submission)["status"] == "merged"  # still queued, resumes at training
+    assert "merged" in live.refit("status").stdout  # `refit status` shows what is stuck
     # Nobody restarts anything: the watcher announces the stranded submission again.
     wait_for(lambda: outcome(live, submission)["status"] == "done", 300, "the retried run")
     assert outcome(live, submission)["outcome"] == "promoted"

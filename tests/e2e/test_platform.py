@@ -39,13 +39,16 @@ def pid_records(env: dict[str, str]) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in run_dir.glob("*.pid")}
 
 
-def group_alive(sid: int) -> list[int]:
-    """Pids still alive in a server's session (the server and its workers, whatever process
-    groups they made)."""
+def group_alive(record: dict) -> list[int]:
+    """Pids still alive of a server: every process carrying its tag (the server and its
+    workers, whatever sessions they made)."""
     alive = []
     for proc in psutil.process_iter():
         try:
-            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
+            if (
+                proc.environ().get("REFIT_SERVER_TAG") == record["tag"]
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
                 alive.append(proc.pid)
         except (OSError, psutil.Error):
             continue
@@ -118,24 +121,24 @@ def test_up_status_down_lifecycle(platform_env: dict[str, str]) -> None:
     second = pid_records(env)
     assert second["prefect"] == first["prefect"]
     assert second["mlflow"]["pid"] != first["mlflow"]["pid"]
-    assert not group_alive(first["mlflow"]["pid"])
+    assert not group_alive(first["mlflow"])
     assert httpx.get(f"{mlflow_url}/health").is_success
 
     # Serving's arbiter is killed alone: its workers (process groups of their own) keep
     # the port; `refit status` says so and `refit down` still finds and stops them.
     serving = second["serving"]["pid"]
-    workers = [p for p in group_alive(serving) if p != serving]
-    assert workers
+    assert [p for p in group_alive(second["serving"]) if p != serving]  # workers
     os.kill(serving, signal.SIGKILL)
     wait_gone(serving)
-    assert group_alive(serving) and "workers still running" in refit(env, "status").stdout
+    assert group_alive(second["serving"])
+    assert "workers still running" in refit(env, "status").stdout
 
     stopped = refit(env, "down")
     assert stopped.returncode == 0
     assert stopped.stdout.count("stopped") == 4
     assert "left behind" in stopped.stdout
     for record in second.values():
-        assert not group_alive(record["pid"])
+        assert not group_alive(record)
     assert pid_records(env) == {}
     assert refit(env, "status").stdout.count("stopped") == 4
 
