@@ -176,6 +176,11 @@ class Settings(BaseSettings):
     mlflow_registry_uri: str | None = Field(
         default=None, description="Model registry clients use (default: the tracking URI)."
     )
+    mlflow_auth: SecretStr | None = Field(
+        default=None,
+        description="`user:password` of the local MLflow server's admin (default: generated "
+        "by `refit up` into the workspace).",
+    )
     registered_model_name: str = Field(
         default="refit-classifier", description="Name of the model in the MLflow registry."
     )
@@ -308,6 +313,21 @@ class Settings(BaseSettings):
         """The admin token, generated on first use. Returns (token, newly created)."""
         return _ensure_secret(self.admin_token(), self.token_file, secrets.token_urlsafe(24))
 
+    mlflow_auth_file = _in_workspace(
+        "mlflow-auth", "The generated MLflow admin credential (mode 600), when none is configured."
+    )
+
+    def mlflow_auth_string(self) -> str | None:
+        """The ``user:password`` of the local MLflow server, or None if none exists yet."""
+        return _secret(self.mlflow_auth, self.mlflow_auth_file)
+
+    def ensure_platform_secrets(self) -> None:
+        """The admin token and the Prefect and MLflow credentials, made on first use."""
+        self.ensure_admin_token()
+        self.ensure_prefect_auth()
+        if self.mlflow_auth_string() is None:
+            _ensure_secret(None, self.mlflow_auth_file, f"refit:{secrets.token_urlsafe(24)}")
+
     def prefect_auth_string(self) -> str | None:
         """The ``user:password`` of the Prefect API, or None if none exists yet."""
         return _secret(self.prefect_auth, self.prefect_auth_file)
@@ -351,8 +371,8 @@ def tool_environment(settings: Settings) -> dict[str, str]:
     """Environment variables that configure the stack's libraries and servers.
 
     Telemetry of every tool is off, TensorFlow uses oneDNN (about 2x faster on these CPUs),
-    MLflow and Prefect clients point at the configured servers, and the Prefect server and
-    its clients share the API credential once `refit up` has made it.
+    MLflow and Prefect clients point at the configured servers, and servers and clients
+    share the Prefect and MLflow credentials once `refit up` has made them.
     """
     return {
         "TF_ENABLE_ONEDNN_OPTS": "1",
@@ -370,7 +390,17 @@ def tool_environment(settings: Settings) -> dict[str, str]:
         # The Prefect API answers only with the credential, and only to its own UI's origin.
         "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": settings.prefect_url,
         **prefect_credentials(settings),
+        **mlflow_credentials(settings),
     }
+
+
+def mlflow_credentials(settings: Settings) -> dict[str, str]:
+    """What MLflow clients send to a server that requires its credential."""
+    auth = settings.mlflow_auth_string()
+    if auth is None:
+        return {}
+    user, _, password = auth.partition(":")
+    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
 
 
 def prefect_credentials(settings: Settings) -> dict[str, str]:

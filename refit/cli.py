@@ -73,7 +73,7 @@ def up() -> None:
     from refit import platform
 
     settings = _settings()
-    auth, _ = settings.ensure_prefect_auth()  # before any server or client needs it
+    settings.ensure_platform_secrets()  # before any server or client needs them
     apply_tool_environment(settings)
     with console.status("Starting servers…") as spinner:
 
@@ -99,7 +99,11 @@ def up() -> None:
     )
     note = "new, kept in" if created else "from"
     console.print(f"Admin token:  {token}  ({note} {settings.token_file})", highlight=False)
-    console.print(f"Prefect login: {auth}  (in {settings.prefect_auth_file})", highlight=False)
+    for name, login, file in (
+        ("Prefect", settings.prefect_auth_string(), settings.prefect_auth_file),
+        ("MLflow", settings.mlflow_auth_string(), settings.mlflow_auth_file),
+    ):
+        console.print(f"{name} login: {login}  (in {file})", highlight=False)
     console.print(f"Logs in {settings.log_dir}. Stop everything with [bold]refit down[/].")
 
 

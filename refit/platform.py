@@ -12,6 +12,7 @@ This module does not print; the CLI renders what it returns.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -109,16 +110,45 @@ def _mlflow_service(settings: Settings) -> Service:
         _bin("mlflow"), "server", "--host", settings.host, "--port", str(settings.mlflow_port),
         "--workers", "1", "--backend-store-uri", str(settings.mlflow_backend_uri),
         "--artifacts-destination", str(settings.mlflow_artifact_root),
+        "--app-name", "basic-auth",
     ]  # fmt: skip
     return Service(
         name="mlflow",
         title="MLflow tracking server + UI",
         command=command,
-        env={**tool_environment(settings), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env={
+            **tool_environment(settings),
+            **_mlflow_auth_env(settings),
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        },
         url=settings.mlflow_url,
         health_url=f"{settings.mlflow_url}/health",
         port=settings.mlflow_port,
     )
+
+
+def _mlflow_auth_env(settings: Settings) -> dict[str, str]:
+    """MLflow's basic-auth app: every request needs the credential (only ``/health`` and
+    static files are open)."""
+    auth = settings.mlflow_auth_string() or ""
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(settings.workspace / "mlflow" / "basic_auth.ini"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": auth.partition(":")[2],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": hashlib.sha256(f"csrf:{auth}".encode()).hexdigest(),
+    }
+
+
+def _write_mlflow_auth_config(settings: Settings) -> None:
+    """The basic-auth app's configuration; its user store lives beside MLflow's own."""
+    path = Path(_mlflow_auth_env(settings)["MLFLOW_AUTH_CONFIG_PATH"])
+    user = (settings.mlflow_auth_string() or "").partition(":")[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{path.parent / 'basic_auth.db'}\nadmin_username = {user}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    path.chmod(0o600)
 
 
 def _prefect_service(settings: Settings) -> Service:
@@ -285,6 +315,8 @@ def up(settings: Settings, on_ready: Callable[[Service], None] = lambda s: None)
     why (with the end of its log).
     """
     settings.ensure_workspace()
+    settings.ensure_platform_secrets()
+    _write_mlflow_auth_config(settings)
     results: list[UpResult] = []
     to_start: list[Service] = []
     for current in status(settings):

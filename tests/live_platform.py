@@ -75,6 +75,11 @@ class LivePlatform:
         os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{self.env['REFIT_PREFECT_PORT']}/api"
         auth = (self.workspace / "prefect-auth").read_text().strip()
         os.environ["PREFECT_API_AUTH_STRING"] = auth
+        user, _, password = (self.workspace / "mlflow-auth").read_text().strip().partition(":")
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = (
+            user,
+            password,
+        )
 
 
 def start_platform(root: Path) -> LivePlatform:

@@ -89,10 +89,23 @@ def test_up_status_down_lifecycle(platform_env: dict[str, str]) -> None:
     started = refit(env, "up")
     assert started.returncode == 0, started.stderr + started.stdout
     assert mlflow_url in started.stdout and prefect_url in started.stdout
-    # Both UIs answer in a browser, and the APIs behind them are healthy.
-    for url in (mlflow_url, prefect_url):
-        page = httpx.get(url, timeout=10)
+    # Both UIs answer in a browser (with the logins `up` printed), and the APIs behind them
+    # are healthy; without the login neither answers, and MLflow's write API refuses an
+    # anonymous alias move.
+    workspace = Path(env["REFIT_WORKSPACE"])
+    logins = {
+        url: tuple((workspace / name).read_text().strip().split(":", 1))
+        for url, name in ((mlflow_url, "mlflow-auth"), (prefect_url, "prefect-auth"))
+    }
+    for url, login in logins.items():
+        assert f"{':'.join(login)}" in started.stdout
+        page = httpx.get(url, timeout=10, auth=login)
         assert page.status_code == 200 and "<html" in page.text.lower()
+    assert httpx.get(mlflow_url, timeout=10).status_code == 401
+    alias = {"name": "refit-classifier", "alias": "champion", "version": "1"}
+    moved = httpx.post(f"{mlflow_url}/api/2.0/mlflow/registered-models/alias", json=alias)
+    assert moved.status_code == 401
+    assert httpx.post(f"{prefect_url}/api/deployments/filter", json={}).status_code == 401
     assert httpx.get(f"{mlflow_url}/health").text.strip() == "OK"
     assert httpx.get(f"{prefect_url}/api/health").json() is True
     # Serving answers (its pages too) before any champion exists; the runner is healthy.
