@@ -196,3 +196,23 @@ def test_a_version_that_fails_to_load_keeps_the_old_one_serving(server, model) -
     assert f"version {broken.version} failed to load" in described["error"]
     ok = predict(server, encode(coloured_images(CLASSES, 1, 2).x[0]))
     assert ok.status_code == 200 and ok.json()["model_version"] == serving_before
+
+
+def test_every_privileged_route_refuses_an_anonymous_or_foreign_caller(server) -> None:
+    evil = {"Origin": "http://evil.example"}
+    for headers in (evil, {**evil, "Authorization": "Bearer not-the-token"}):
+        assert httpx.post(f"{server.url}/admin/reload", headers=headers).status_code == 401
+        batch = httpx.post(
+            f"{server.url}/retrain/batch",
+            files={"archive": ("b.zip", b"PK")},
+            headers=headers,
+        )
+        assert batch.status_code == 401
+        model = httpx.post(
+            f"{server.url}/retrain/model",
+            files={"model": ("m.keras", b"PK")},
+            data={"classes": "a,b"},
+            headers=headers,
+        )
+        assert model.status_code == 401
+        assert "access-control-allow-origin" not in batch.headers
