@@ -30,6 +30,7 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, File, Header, Query, UploadFile
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 from core.settings import get_settings
@@ -118,6 +119,7 @@ app = FastAPI(
     title="Refit",
     description="The current champion image classifier, its pages and its admin actions.",
     version="1",
+    docs_url=None,  # served below from local files: no script from a CDN on this origin
 )
 app.include_router(retrain.router)
 
@@ -345,12 +347,38 @@ class Refit:
     async def try_page(self):
         return FileResponse(WEB / "try.html")
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self):
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Refit API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-light-32x32.png",
+        )
+
+    @app.get("/docs-assets/{name}", include_in_schema=False)
+    async def docs_asset(self, name: str):
+        if name not in DOCS_ASSETS:
+            return error(404, f"no such docs asset: {name}")
+        return FileResponse(_swagger_dir() / name)
+
     @app.get("/web/{name}", include_in_schema=False)
     async def asset(self, name: str):
         path = WEB / Path(name).name
         if not path.is_file():
             return error(404, f"no such page asset: {name}")
         return FileResponse(path)
+
+
+DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-light-32x32.png")
+
+
+def _swagger_dir() -> Path:
+    """The Swagger UI files BentoML ships (pinned with it in the lock)."""
+    from bentoml._internal import server
+
+    return Path(server.__file__).parent / "static_content"
 
 
 def _finite(value):

@@ -143,6 +143,12 @@ def test_metrics_and_openapi(server) -> None:
     assert "bentoml_service_request" in metrics
     spec = httpx.get(f"{server.url}/openapi.json").json()
     assert {"/predict", "/predict_batch", "/model", "/admin/reload"} <= set(spec["paths"])
+    # The docs page loads its scripts from this server, never from a CDN on this origin.
+    page = httpx.get(f"{server.url}/docs").text
+    assert "swagger" in page.lower() and "https://" not in page
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert httpx.get(f"{server.url}/docs-assets/{asset}").status_code == 200
+    assert httpx.get(f"{server.url}/docs-assets/..%2Fapp.py").status_code == 404
 
 
 def test_hot_swap_under_load_has_no_errors(server, model) -> None:
