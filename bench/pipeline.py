@@ -112,6 +112,9 @@ def plain_calls() -> tuple[float, dict[str, float]]:
     judgement = step(
         "judge and promote", retrain.judge_and_promote.fn, champion, challenger, fits, dataset, {}
     )
+    if not judgement.promoted:  # as the flow does: nothing to reload
+        print(f"not promoted: {judgement.decision.reasons} {judgement.note}", file=sys.stderr)
+        return time.perf_counter() - started, shares
     step("reload serving", common.reload_serving.fn, judgement.version)
     step("smoke check", common.smoke_check.fn, judgement.version, challenger, dataset)
     return time.perf_counter() - started, shares
