@@ -7,9 +7,9 @@
 - ``bootstrap`` and ``rollback``: manual runs from the Prefect UI or the CLI.
 
 At most one retrain runs at a time: each retrain deployment has a concurrency limit of one
-(further runs wait in the UI as queued) and the flow holds a file lock while it works. Runs
-take submissions first in first out, and a submission whose run crashed is announced again
-(``orchestration.retry_after_s``); a duplicate run finds nothing left to do.
+(further runs wait in the UI as queued) and the flow holds a file lock while it works. A
+submission whose run crashed is announced again (``orchestration.retry_after_s``); a
+duplicate run finds nothing left to do.
 Schedules stay active across restarts (``pause_on_shutdown=False``).
 
 Run with ``python -m flows.deployments`` (``refit up`` does it in the background).

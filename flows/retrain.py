@@ -30,9 +30,11 @@ from pipelines.intake import intake_lock
 def take_submissions(submission: str | None) -> list:
     config = settings()
     submissions.adopt_dropped(config.incoming_dir, config.orchestration.settle_s)
-    queue = submissions.in_order(submissions.pending(config.incoming_dir), submission)
-    if not queue and submission is not None:  # an earlier run took it already
-        log().info("submission %s is no longer pending; nothing to do", submission)
+    queue = submissions.pending(config.incoming_dir)  # oldest first
+    if submission is not None:
+        queue = [s for s in queue if s.id == submission]
+        if not queue:  # an earlier run (e.g. the scheduled one) took it already
+            log().info("submission %s is no longer pending; nothing to do", submission)
     return queue
 
 

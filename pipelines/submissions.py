@@ -181,16 +181,6 @@ def mark_judged(submission: Submission, version: str, promoted: bool) -> None:
     submission.save()
 
 
-def in_order(queue: list[Submission], submission_id: str | None) -> list[Submission]:
-    """What a run takes, first in first out: every pending submission, or those up to and
-    including ``submission_id`` (a run started for a later one takes the older ones first;
-    one whose submission is gone takes nothing)."""
-    if submission_id is None:
-        return queue
-    ids = [s.id for s in queue]
-    return queue[: ids.index(submission_id) + 1] if submission_id in ids else []
-
-
 def finish(submission: Submission, done: Path, outcome: str, detail: str = "") -> Submission:
     """Take a submission out of the queue with its outcome (an event that ends it)."""
     status = advance(submission.status, outcome)

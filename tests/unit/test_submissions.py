@@ -115,14 +115,3 @@ def test_a_judged_submission_only_goes_live_again(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         submissions.mark_judged(again, "8", promoted=True)  # never judged twice
     submissions.finish(again, tmp_path / "done", "promoted", "v7")
-
-
-def test_runs_take_submissions_first_in_first_out(tmp_path: Path) -> None:
-    batch = tmp_path / "b.csv"
-    batch.write_text("path,label\n")
-    made = [submissions.submit(batch, tmp_path / "incoming") for _ in range(3)]
-    queue = submissions.pending(tmp_path / "incoming")
-    assert [s.id for s in queue] == [s.id for s in made]
-    assert [s.id for s in submissions.in_order(queue, made[1].id)] == [made[0].id, made[1].id]
-    assert submissions.in_order(queue, "gone") == []
-    assert len(submissions.in_order(queue, None)) == 3
