@@ -4,8 +4,8 @@ holdout, and write it with its model card. What `refit train bootstrap`, the boo
 
 Sources: the dataset's train split (:func:`dataset_images`), or any batch-shaped folder or
 archive (:func:`source_images`: staged and inspected like an intake, never merged), minus
-excluded classes and, with ``exclude_sample``, the embedded sample's holdout and incoming
-images (the built-in model never sees them).
+excluded classes and excluded images (by sha256: e.g. the embedded sample's holdout and
+incoming images, which the built-in model never sees).
 """
 
 from __future__ import annotations

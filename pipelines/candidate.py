@@ -9,7 +9,7 @@ step leaves the champion where it was.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -225,7 +225,8 @@ def judge_model_file(
         raise EvaluationError(
             "the dataset has no holdout to judge on; add a batch with `refit data add`"
         )
-    run.params = run.params or challenger.card.get("train", {})
+    if not run.params:  # the recipe the file's card records (the caller's run is kept)
+        run = replace(run, params=challenger.card.get("train", {}))
     return judge(challenger, holdout, registry, policy, run, dataset)
 
 
