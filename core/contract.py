@@ -19,6 +19,8 @@ CLASS_NAMES_TAG = "class_names"  # JSON list, in output order
 DATASET_VERSION_TAG = "dataset_version"
 GATE_TAG = "gate"  # passed / failed
 PARENT_TAG = "parent_version"
+OWNER_TAG = "refit.owner"  # host:pid of the process that logged it (ends abandoned runs)
+SUBMISSION_TAG = "submission"  # the retrain submission it was trained for
 
 # Metrics of a version's run: the challenger's holdout metrics carry this prefix.
 CHALLENGER_PREFIX = "challenger."

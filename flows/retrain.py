@@ -5,12 +5,16 @@ promote → serving reload → live smoke check → report.
 Orchestration only: each task calls ``pipelines`` functions, and the submission's state
 machine (``pipelines.submissions.advance``) says what happens next. A rejected batch is
 quarantined and never reaches the dataset; a failed or killed run never moves the champion
-alias (only ``judge and promote`` moves it, after the gate). A run killed after the merge
-leaves the submission in the queue marked ``merged``; the next run resumes it at
-fine-tuning.
+alias (only ``judge and promote`` moves it, after the gate). Every run first finishes or
+undoes what a killed run left (``workspace.recover``); a submission is then resumed where
+its state says: a merged batch is fine-tuned (or, if its challenger was registered already,
+promoted as the gate said), a judged one only goes live. Failpoints (``core.faults``) mark
+the places the fault-matrix tests kill a run.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from prefect import flow, task
 from prefect.artifacts import (
@@ -21,6 +25,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
+from core.faults import failpoint
 from flows.common import go_live, log, report_links, settings
 from pipelines import reports, submissions
 from pipelines.intake import intake_lock
@@ -28,7 +33,14 @@ from pipelines.intake import intake_lock
 
 @task(name="take submissions", cache_policy=NO_CACHE)
 def take_submissions(submission: str | None) -> list:
+    from pipelines import workspace
+
     config = settings()
+    workspace.recover(config, progress=log().info)  # what a killed run left
+    done = workspace.registry(config).complete_pending()  # an alias move cut short
+    if done:
+        log().info("Recovered: %s", done)
+    failpoint("take")
     submissions.adopt_dropped(config.incoming_dir, config.orchestration.settle_s)
     queue = submissions.pending(config.incoming_dir)  # oldest first
     if submission is not None:
@@ -85,8 +97,9 @@ def finetune(batch_id: str, epochs: int | None):
 
 
 @task(name="judge and promote", cache_policy=NO_CACHE)
-def judge_and_promote(champion, challenger, fits, dataset, gate_overrides: dict):
+def judge_and_promote(submission, champion, challenger, fits, dataset, gate_overrides: dict):
     """Evaluate champion and challenger on the same holdout; register; promote if blessed."""
+    from core.contract import SUBMISSION_TAG
     from pipelines import candidate, workspace
 
     config = settings()
@@ -96,7 +109,20 @@ def judge_and_promote(champion, challenger, fits, dataset, gate_overrides: dict)
     run = candidate.finetune_run(
         champion.model, challenger, fits, config.finetune, config.accepted_dir, "retrain"
     )
+    run = replace(run, tags={**run.tags, SUBMISSION_TAG: submission.id})
     return candidate.record(assessment, challenger, workspace.registry(config), run, dataset)
+
+
+@task(name="resume the judged challenger", cache_policy=NO_CACHE)
+def resume_recorded(submission) -> bool:
+    """A run killed after registering this submission's challenger: promote it as the gate
+    said (never fine-tune again). Returns whether a challenger was registered."""
+    from pipelines import candidate, workspace
+
+    resumed = candidate.resume_recorded(workspace.registry(settings()), submission.id)
+    if resumed is not None:
+        submissions.mark_judged(submission, *resumed)
+    return resumed is not None
 
 
 @flow(name="retrain", log_prints=True)
@@ -160,8 +186,12 @@ def _process(sub, epochs: int | None, gate: dict) -> dict:
             )
             return _finish(sub, "rejected", summary)
         sub = submissions.load(sub.folder)  # as the task left it: merged, with its batch id
+        failpoint("merged")
         data_summary = result.report.summary()
     else:
+        if resume_recorded(sub):
+            failpoint("judged")
+            return _go_live_again(submissions.load(sub.folder))
         data_summary = f"Batch `{sub.batch_id}` (merged by an earlier run)."
     try:
         champion, challenger, fits, dataset = finetune.with_options(
@@ -169,9 +199,11 @@ def _process(sub, epochs: int | None, gate: dict) -> dict:
         )(sub.batch_id, epochs)
     except NotTrainable as exc:  # this data cannot be trained on: retrying would not help
         return _finish(sub, "not-trainable", str(exc))
-    judgement = judge_and_promote(champion, challenger, fits, dataset, gate)
+    judgement = judge_and_promote(sub, champion, challenger, fits, dataset, gate)
     submissions.mark_judged(sub, judgement.version, judgement.promoted)
+    failpoint("judged")
     smoke = go_live(judgement.version, challenger, dataset) if judgement.promoted else None
+    failpoint("live")
     links = report_links(judgement.run_id, judgement.version)
     create_markdown_artifact(
         reports.decision(judgement, data_summary, links, smoke),
@@ -189,8 +221,8 @@ def _process(sub, epochs: int | None, gate: dict) -> dict:
 
 
 def _go_live_again(sub) -> dict:
-    """A submission judged by a run that failed afterwards: serving loads its version and
-    the smoke check runs; nothing is trained or registered again."""
+    """A submission judged by a run that failed or was killed afterwards: serving loads its
+    version and the smoke check runs; nothing is trained or registered again."""
     from core.contract import CHAMPION
     from pipelines import workspace
 
@@ -198,6 +230,7 @@ def _go_live_again(sub) -> dict:
     registry, smoke = workspace.registry(config), None
     if sub.promoted and registry.alias_version(CHAMPION) == sub.version:
         smoke = go_live(sub.version, registry.load(sub.version), workspace.dataset(config))
+        failpoint("live")
     create_markdown_artifact(
         f"## Resumed `{sub.name}` at going live\n\nVersion {sub.version} was judged by an "
         f"earlier run ({'promoted' if sub.promoted else 'not promoted'}); nothing was trained "

@@ -21,7 +21,9 @@ from core.contract import (
     GATE_TAG,
     NOT_PROMOTED_TAG,
     PARENT_TAG,
+    SUBMISSION_TAG,
 )
+from core.faults import failpoint
 from core.policies import FinetuneConfig, GatePolicy
 from pipelines.dataset import Dataset
 from pipelines.evaluate import (
@@ -170,6 +172,7 @@ def record(
             dataset=dataset,
             reference_images=holdout.x[:: max(1, len(holdout.x) // 32)][:32],
         )
+    failpoint("registered")
     promoted, note = decision.passed, ""
     if decision.passed:
         try:  # compare-and-set: only over the champion it was judged against
@@ -192,6 +195,33 @@ def record(
         promoted,
         note,
     )
+
+
+def resume_recorded(registry: Registry, submission: str) -> tuple[str, bool] | None:
+    """Finish what a run killed after registering ``submission``'s challenger left undone:
+    promote it if the gate blessed it and the champion is still the one it was judged
+    against (else tag why not). Returns (version, promoted), or None if none is registered."""
+    recorded = registry.tagged(SUBMISSION_TAG, submission)
+    if not recorded:
+        return None
+    version, tags = recorded[0]
+    champion = registry.alias_version(CHAMPION)
+    if champion == version:
+        return version, True
+    if tags.get(GATE_TAG) != "passed" or NOT_PROMOTED_TAG in tags:
+        return version, False
+    parent = None if tags.get(PARENT_TAG, "none") == "none" else tags[PARENT_TAG]
+    try:
+        registry.promote(
+            version,
+            reason=f"gate passed against {f'champion v{parent}' if parent else 'no baseline'}"
+            " (resumed)",
+            expected=parent,
+        )
+    except ChampionMoved as exc:
+        registry.tag_version(version, NOT_PROMOTED_TAG, f"blessed but not promoted: {exc}")
+        return version, False
+    return version, True
 
 
 def judge(

@@ -16,8 +16,9 @@ A class that has no holdout yet gets a seeded, stratified share of its images he
 
 Merging is atomic: the new state is built beside the dataset (existing files hard-linked,
 new ones copied), then swapped in by renames. The previous state is kept until the caller
-commits the merge (after versioning) or rolls it back; :func:`recover_dataset` undoes any
-merge a crash interrupted, so the dataset is always either the old or the new state.
+commits the merge (after versioning) or rolls it back; :func:`recover_dataset` finishes or
+undoes any merge a crash interrupted, so the dataset is always either the old or the new
+state, and the new one only once it is versioned.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import errno
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -103,18 +105,32 @@ def _work_dirs(dataset_dir: Path, kind: str) -> list[Path]:
     return sorted(dataset_dir.parent.glob(f".{dataset_dir.name}.{kind}-*"))
 
 
-def recover_dataset(dataset_dir: Path) -> list[str]:
-    """Undo whatever an interrupted merge left behind; return what was done."""
+def recover_dataset(
+    dataset_dir: Path, versioned: Callable[[str], bool] = lambda batch_id: False
+) -> list[str]:
+    """Finish or undo what an interrupted merge left behind; return what was done.
+
+    A merge whose batch ``versioned`` says is the recorded current version is kept (the crash
+    came between versioning and dropping the old state); any other is undone."""
     done = []
     for partial in _work_dirs(dataset_dir, "merge"):
         shutil.rmtree(partial)
         done.append(f"removed unfinished merge {partial.name}")
     for previous in _work_dirs(dataset_dir, "previous"):
+        batch_id = previous.name.split(".previous-", 1)[1]
+        if dataset_dir.exists() and versioned(batch_id):
+            shutil.rmtree(previous)
+            done.append(f"kept the versioned merge of {batch_id}")
+            continue
         if dataset_dir.exists():
             shutil.rmtree(dataset_dir)
         previous.rename(dataset_dir)
         done.append(f"restored the dataset from before {previous.name}")
     return done
+
+
+class DiskFull(OSError):
+    """The dataset's filesystem filled up during a merge (nothing was changed)."""
 
 
 @dataclass(frozen=True)
@@ -181,18 +197,58 @@ def merge_batch(
     )
     building = dataset_dir.parent / f".{dataset_dir.name}.merge-{batch.batch_id}"
     building.mkdir(parents=True)
-    for rel in index["path"]:
-        _link_or_copy(dataset_dir / rel, building / rel)
-    for rel, src in zip(added["path"], manifest["path"], strict=True):
-        _link_or_copy(batch.files_dir / src, building / rel)
-    merged = pd.concat([index, added], ignore_index=True).sort_values(["split", "label", "path"])
-    merged.to_csv(building / INDEX_FILE, index=False)
+    try:
+        for rel in index["path"]:
+            _link_or_copy(dataset_dir / rel, building / rel)
+        for rel, src in zip(added["path"], manifest["path"], strict=True):
+            _link_or_copy(batch.files_dir / src, building / rel)
+        merged = pd.concat([index, added], ignore_index=True)
+        merged.sort_values(["split", "label", "path"]).to_csv(building / INDEX_FILE, index=False)
+    except BaseException as exc:
+        shutil.rmtree(building, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(
+                f"no space left under {dataset_dir.parent} to merge batch {batch.batch_id} "
+                f"({exc.strerror}); the dataset is unchanged: free space and submit it again"
+            ) from exc
+        raise
+    return PendingMerge(dataset_dir, _swap_in(dataset_dir, building, batch.batch_id), added)
+
+
+def _swap_in(dataset_dir: Path, building: Path, batch_id: str) -> Path | None:
+    """Put a built state in place by renames; the old one is kept beside it (returned)."""
     previous = None
     if dataset_dir.exists():
-        previous = dataset_dir.parent / f".{dataset_dir.name}.previous-{batch.batch_id}"
+        previous = dataset_dir.parent / f".{dataset_dir.name}.previous-{batch_id}"
         dataset_dir.rename(previous)
     building.rename(dataset_dir)
-    return PendingMerge(dataset_dir, previous, added)
+    return previous
+
+
+def remove_class(dataset_dir: Path, label: str, change_id: str) -> PendingMerge:
+    """The dataset without one class (its training and holdout images), swapped in
+    atomically like a merge; ``added`` holds the rows removed. Earlier versions keep them.
+
+    Raises:
+        ValueError: the dataset has no such class.
+    """
+    recover_dataset(dataset_dir)
+    index = load_index(dataset_dir)
+    gone = index[index["label"] == label]
+    if gone.empty:
+        known = ", ".join(sorted(set(index["label"]))) or "none"
+        raise ValueError(f"the dataset has no class {label!r} (classes: {known})")
+    kept = index[index["label"] != label]
+    building = dataset_dir.parent / f".{dataset_dir.name}.merge-{change_id}"
+    building.mkdir(parents=True)
+    try:
+        for rel in kept["path"]:
+            _link_or_copy(dataset_dir / rel, building / rel)
+        kept.to_csv(building / INDEX_FILE, index=False)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return PendingMerge(dataset_dir, _swap_in(dataset_dir, building, change_id), gone)
 
 
 def quarantine(

@@ -24,6 +24,7 @@ import io
 import os
 import secrets
 import shutil
+import socket
 import stat
 import tarfile
 import time
@@ -43,6 +44,7 @@ from pipelines.images import plain_signals
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 LABELS_CSV = "labels.csv"
+STAGING_OWNER = ".owner"  # host:pid of the intake that stages a batch (a sibling of files/)
 SPLITS = ("train", "holdout")
 JUNK_NAMES = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"})
 MANIFEST_COLUMNS = [
@@ -447,6 +449,7 @@ def stage_batch(
     root = staging_root / batch_id
     try:
         (partial / "files").mkdir(parents=True)
+        (partial / STAGING_OWNER).write_text(f"{socket.gethostname()}:{os.getpid()}")
         _unpack(source, partial / "files", limits)
         files, findings = _label(partial / "files", source)
         if not files and not findings:

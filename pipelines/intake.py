@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,9 +20,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
+from core.faults import failpoint
 from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
 from pipelines.dataset import (
+    PendingMerge,
     class_counts,
     load_index,
     merge_batch,
@@ -29,8 +33,16 @@ from pipelines.dataset import (
     recover_dataset,
     reference_of,
 )
-from pipelines.ingest import BatchRefused, StagedBatch, build_manifest, new_batch_id, stage_batch
-from pipelines.validate import ValidationReport, validate_batch
+from pipelines.dataset import remove_class as remove_class_from
+from pipelines.ingest import (
+    STAGING_OWNER,
+    BatchRefused,
+    StagedBatch,
+    build_manifest,
+    new_batch_id,
+    stage_batch,
+)
+from pipelines.validate import RuleResult, ValidationReport, validate_batch
 from pipelines.versions import DatasetVersion, DvcStore
 
 Progress = Callable[[str], None]
@@ -79,14 +91,26 @@ def intake_lock(path: Path) -> Iterator[None]:
 STALE_STAGING_S = 3600.0
 
 
+def _abandoned(entry: Path, now: float, older_than_s: float) -> bool:
+    """Whether a staging entry's intake is gone: its owner process (on this host) is dead,
+    or, with no owner recorded, nothing touched it for ``older_than_s``."""
+    owner = entry / STAGING_OWNER
+    if owner.is_file():
+        host, _, pid = owner.read_text().rpartition(":")
+        if host == socket.gethostname() and pid.isdigit():
+            return not psutil.pid_exists(int(pid))
+    return now - entry.stat().st_mtime >= older_than_s
+
+
 def sweep_staging(staging: Path, older_than_s: float = STALE_STAGING_S) -> list[str]:
-    """Remove what killed intakes left in staging (untouched for ``older_than_s``: a check
-    still running elsewhere is never that old)."""
+    """Remove what killed intakes left in staging (their process is gone; an entry of
+    unknown owner once untouched for ``older_than_s``: a check still running elsewhere is
+    never that old)."""
     if not staging.is_dir():
         return []
     now, done = time.time(), []
     for entry in staging.iterdir():
-        if now - entry.stat().st_mtime >= older_than_s:
+        if _abandoned(entry, now, older_than_s):
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
@@ -141,6 +165,26 @@ def discard(checked: CheckedBatch) -> None:
         shutil.rmtree(checked.staged.root, ignore_errors=True)
 
 
+def recover(store: DvcStore, paths: IntakePaths, progress: Progress = print) -> None:
+    """Finish or undo what killed intakes left (a merge not yet versioned or not yet
+    committed, a ``data.dvc`` ahead of the version log, staged copies)."""
+    with intake_lock(paths.lock):
+        _recover(store, paths, progress)
+
+
+def _versioned(store: DvcStore, batch_id: str) -> bool:
+    record = store.current_record()
+    return record is not None and record.batch_id == batch_id
+
+
+def _recover(store: DvcStore, paths: IntakePaths, progress: Progress) -> None:
+    if store.restore_pointer():
+        progress("Recovered: data.dvc pointed at an unrecorded version; reset it")
+    done = recover_dataset(store.dataset_dir, lambda batch_id: _versioned(store, batch_id))
+    for note in done + sweep_staging(paths.staging):
+        progress(f"Recovered: {note}")
+
+
 def add_batch(
     source: Path,
     store: DvcStore,
@@ -156,11 +200,10 @@ def add_batch(
         The result: the report, and the new dataset version or the quarantine folder.
     """
     with intake_lock(paths.lock):
-        for note in recover_dataset(store.dataset_dir) + sweep_staging(paths.staging):
-            progress(f"Recovered: {note}")
-        if store.restore_pointer():
-            progress("Recovered: data.dvc pointed at an unrecorded version; reset it")
+        _recover(store, paths, progress)
         checked = check_batch(source, store.dataset_dir, paths, limits, policy, progress)
+        if _versioned(store, checked.batch_id):  # merged by a run killed before it said so
+            return _already_merged(checked, store, paths.accepted, progress)
         if not checked.report.passed:
             target = quarantine(
                 checked.batch_id,
@@ -170,22 +213,94 @@ def add_batch(
                 upload=Path(source),
             )
             return IntakeResult(checked.report, quarantined=target)
-        assert checked.staged is not None and checked.manifest is not None
-        progress("Merging into the dataset")
-        store.ensure_initialized()
-        pending = merge_batch(
-            store.dataset_dir, checked.staged, checked.manifest, checked.report, split
-        )
+        try:
+            version, pending = _merge_and_version(checked, store, split, progress)
+        except BaseException:
+            discard(checked)  # the submission keeps the upload: nothing is lost
+            raise
+        _archive_accepted(checked, paths.accepted)
+        return IntakeResult(checked.report, version=version, added=class_counts(pending.added))
+
+
+def remove_class(
+    store: DvcStore, paths: IntakePaths, label: str, reason: str, progress: Progress = print
+) -> DatasetVersion:
+    """A new dataset version without class ``label``, recorded with ``reason`` (a class that
+    should not have been merged). Versioned like a merge: all or nothing.
+
+    Raises:
+        ValueError: the dataset has no such class.
+    """
+    if not reason.strip():
+        raise ValueError("say why the class is removed (it is recorded with the version)")
+    with intake_lock(paths.lock):
+        _recover(store, paths, progress)
+        change_id = f"remove-{label}-{time.strftime('%Y%m%dT%H%M%S')}"
+        pending = remove_class_from(store.dataset_dir, label, change_id)
         try:
             progress("Versioning with DVC (add + push)")
             counts = class_counts(load_index(store.dataset_dir))
-            version = store.add_version(checked.batch_id, counts)
+            version = store.add_version(change_id, counts, note=f"removed {label}: {reason}")
         except BaseException:
             pending.rollback()
+            store.restore_pointer()
             raise
         pending.commit()
-        _archive_accepted(checked, paths.accepted)
-        return IntakeResult(checked.report, version=version, added=class_counts(pending.added))
+        return version
+
+
+def _merge_and_version(
+    checked: CheckedBatch, store: DvcStore, split: SplitPolicy, progress: Progress
+) -> tuple[DatasetVersion, PendingMerge]:
+    """Merge atomically, then version; the old state comes back if versioning fails."""
+    assert checked.staged is not None and checked.manifest is not None
+    progress("Merging into the dataset")
+    store.ensure_initialized()
+    pending = merge_batch(
+        store.dataset_dir, checked.staged, checked.manifest, checked.report, split
+    )
+    try:
+        failpoint("merge.swapped")
+        progress("Versioning with DVC (add + push)")
+        counts = class_counts(load_index(store.dataset_dir))
+        version = store.add_version(checked.batch_id, counts)
+    except BaseException:
+        pending.rollback()
+        store.restore_pointer()  # `dvc add` may have moved data.dvc before push failed
+        raise
+    failpoint("merge.versioned")
+    pending.commit()
+    return version, pending
+
+
+def _already_merged(
+    checked: CheckedBatch, store: DvcStore, accepted_root: Path, progress: Progress
+) -> IntakeResult:
+    """The result for a batch that is already the current dataset version: nothing merged."""
+    version = store.current_record()
+    assert version is not None
+    index = load_index(store.dataset_dir)
+    progress(f"{checked.batch_id} is already merged as dataset version {version.version[:12]}")
+    rule = RuleResult(
+        "already_merged",
+        f"The batch is dataset version {version.version[:12]} already (merged by an earlier "
+        "run that was interrupted before it finished); nothing was merged again.",
+        True,
+    )
+    report = ValidationReport(
+        checked.batch_id,
+        checked.report.source,
+        True,
+        [rule],
+        class_counts=checked.report.class_counts,
+        new_classes=checked.report.new_classes,
+        n_images=checked.report.n_images,
+    )
+    if not (accepted_root / checked.batch_id / "manifest.csv").is_file():
+        _archive_accepted(replace(checked, report=report), accepted_root)
+    discard(checked)
+    added = class_counts(index[index["batch_id"] == checked.batch_id])
+    return IntakeResult(report, version=version, added=added)
 
 
 def _archive_accepted(checked: CheckedBatch, accepted_root: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -30,9 +31,11 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pandas as pd
+import psutil
 
 from core import contract
 from core.contract import CHAMPION, HISTORY_PREFIX, PREVIOUS
+from core.faults import failpoint
 from pipelines.modelfile import LoadedModel, save_model
 
 if TYPE_CHECKING:
@@ -186,8 +189,10 @@ class Registry:
         self._ensure_registered_model()
         if dataset is not None:
             tags = {**tags, "dataset.index_sha256": _frame_digest(dataset.index)}
+        self.end_abandoned_runs(experiment)
         all_tags = {
             "git_sha": git_sha() or "unknown",
+            contract.OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}",
             contract.CLASS_NAMES_TAG: json.dumps(model.class_names),
             **tags,
         }
@@ -195,6 +200,7 @@ class Registry:
         def log() -> tuple[str, str]:
             with mlflow.start_run(experiment_id=experiment, run_name=run.name) as active:
                 mlflow.set_tags(all_tags)
+                failpoint("register")
                 _log_record(run, metrics, artifacts, decision_markdown, dataset)
                 self._log_files(model, reference_images)
                 info = _log_keras(model)
@@ -208,6 +214,29 @@ class Registry:
                 return active.info.run_id, str(registered.version)
 
         return self._call("log the candidate", log)
+
+    def end_abandoned_runs(self, experiment: str) -> list[str]:
+        """Mark KILLED the runs left RUNNING by a process of this host that is gone (killed,
+        or its MLflow server died mid-run so it could not say it failed). Returns their ids."""
+        from mlflow.entities import RunStatus
+
+        running = self._call(
+            "find running runs",
+            lambda: self.client.search_runs([experiment], "attributes.status = 'RUNNING'"),
+        )
+        ended = []
+        for run in running:
+            host, _, pid = run.data.tags.get(contract.OWNER_TAG, "").rpartition(":")
+            if host != socket.gethostname() or not pid.isdigit() or psutil.pid_exists(int(pid)):
+                continue  # another host's, or its process is still there
+            self._call(
+                "end an abandoned run",
+                lambda run=run: self.client.set_terminated(
+                    run.info.run_id, RunStatus.to_string(RunStatus.KILLED)
+                ),
+            )
+            ended.append(run.info.run_id)
+        return ended
 
     @staticmethod
     def _log_files(model: LoadedModel, reference_images: np.ndarray | None) -> None:
@@ -287,6 +316,7 @@ class Registry:
         }
         intent = {"key": f"{HISTORY_PREFIX}{len(history) + 1:05d}", "entry": entry}
         self._set_tag(contract.PENDING_MOVE_TAG, json.dumps(intent))
+        failpoint("promote.intent")
         self._call(
             "move champion",
             lambda: self.client.set_registered_model_alias(self.name, CHAMPION, version),
@@ -386,6 +416,17 @@ class Registry:
                 )
             )
         return rows
+
+    def tagged(self, key: str, value: str) -> list[tuple[str, dict[str, str]]]:
+        """(version, tags) of every version whose tag ``key`` is ``value``, newest first."""
+        found = self._call(
+            "list versions", lambda: self.client.search_model_versions(f"name='{self.name}'")
+        )
+        return [
+            (str(mv.version), dict(mv.tags))
+            for mv in sorted(found, key=lambda v: int(v.version), reverse=True)
+            if mv.tags.get(key) == value
+        ]
 
     def load(self, ref: str) -> LoadedModel:
         """Load a version (``"3"``) or alias (``"champion"``) with its class names."""

@@ -39,6 +39,7 @@ class DatasetVersion:
     batch_id: str
     files: int
     counts: dict[str, dict[str, int]]  # split -> class -> images
+    note: str = ""  # why, for a change that is not a batch (a class removed)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,11 @@ class DvcStore:
         outs = yaml.safe_load(self.dvc_file.read_text()).get("outs") or [{}]
         return outs[0].get("md5")
 
+    def current_record(self) -> DatasetVersion | None:
+        """The recorded version ``data.dvc`` points at (None if it points at none)."""
+        current = self.current_version()
+        return next((v for v in reversed(self.versions()) if v.version == current), None)
+
     def restore_pointer(self) -> bool:
         """Point ``data.dvc`` back at the last recorded version if a crash left it ahead
         (``dvc add`` done, version never recorded). Returns whether it had to."""
@@ -102,7 +108,9 @@ class DvcStore:
         shutil.copyfile(self.versions_dir / f"{recorded[-1].version}.dvc", self.dvc_file)
         return True
 
-    def add_version(self, batch_id: str, counts: dict[str, dict[str, int]]) -> DatasetVersion:
+    def add_version(
+        self, batch_id: str, counts: dict[str, dict[str, int]], note: str = ""
+    ) -> DatasetVersion:
         """``dvc add`` + ``dvc push`` the dataset directory and record the version."""
         self._dvc("add", "-q", str(self.dataset_dir.relative_to(self.repo)))
         self._dvc("push", "-q", str(self.dvc_file.relative_to(self.repo)))
@@ -114,6 +122,7 @@ class DvcStore:
             batch_id=batch_id,
             files=sum(sum(c.values()) for c in counts.values()),
             counts=counts,
+            note=note,
         )
         shutil.copyfile(self.dvc_file, self.versions_dir / f"{version}.dvc")
         with open(self.versions_dir / VERSION_LOG, "a", encoding="utf-8") as log:

@@ -67,6 +67,20 @@ def registry(settings: Settings) -> Registry:
     )
 
 
+def recover(settings: Settings, progress: Callable[[str], None] = print) -> None:
+    """Finish or undo what killed intakes left behind (:func:`pipelines.intake.recover`)."""
+    from pipelines import intake
+
+    intake.recover(store(settings), intake_paths(settings), progress)
+
+
+def remove_class(settings: Settings, label: str, reason: str, progress=print):
+    """A recorded dataset version without ``label`` (:func:`pipelines.intake.remove_class`)."""
+    from pipelines import intake
+
+    return intake.remove_class(store(settings), intake_paths(settings), label, reason, progress)
+
+
 def add_batch(settings: Settings, source: Path, progress: Callable[[str], None] = print):
     """Take a batch in with the configured limits and policies: validated, then merged and
     versioned, or quarantined (:func:`pipelines.intake.add_batch`)."""

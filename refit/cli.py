@@ -395,6 +395,25 @@ def _follow_run(run_id: str, timeout: float):
     return final
 
 
+@data_app.command("remove-class")
+def data_remove_class(
+    label: Annotated[str, typer.Argument(help="The class to take out of the dataset.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded with the new version).")],
+) -> None:
+    """Take a class that should not have been merged out of the dataset, as a new recorded
+    version (earlier versions keep it; the champion's head is not changed)."""
+    settings = _settings()
+    from pipelines import workspace
+    from pipelines.versions import DvcError
+
+    with console.status(f"Removing {label}…") as spinner:
+        try:
+            version = workspace.remove_class(settings, label, reason, progress=spinner.update)
+        except (ValueError, DvcError) as exc:
+            raise _fail(f"{exc}\nThe dataset was left as it was.") from exc
+    console.print(f"Removed {label!r}. Dataset version [bold]{version.version}[/]")
+
+
 @data_app.command("versions")
 def data_versions() -> None:
     """List the recorded dataset versions (the current one is marked)."""
@@ -403,7 +422,7 @@ def data_versions() -> None:
 
     store = dataset_store(settings)
     current = store.current_version()
-    table = Table("", "version", "created", "batch", "train", "holdout", "classes")
+    table = Table("", "version", "created", "batch", "train", "holdout", "classes", "note")
     for v in store.versions():
         classes = sorted(set().union(*(c.keys() for c in v.counts.values())))
         table.add_row(
@@ -414,6 +433,7 @@ def data_versions() -> None:
             str(sum(v.counts.get("train", {}).values())),
             str(sum(v.counts.get("holdout", {}).values())),
             str(len(classes)),
+            v.note,
         )
     console.print(table)
 

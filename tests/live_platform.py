@@ -94,6 +94,8 @@ def start_platform(root: Path) -> LivePlatform:
         "REFIT_SERVING_PORT": str(free_port()),
         "REFIT_RUNNER_PORT": str(free_port()),
         "REFIT_SERVING__ADMIN_TOKEN": TOKEN,
+        "REFIT_FAILPOINTS": str(root / "failpoints"),  # the fault-matrix drills (core.faults)
+        "COLUMNS": "200",  # `refit status` tables whole
         "REFIT_SERVING__POLL_INTERVAL_S": "2",
         "REFIT_ORCHESTRATION__INCOMING_POLL_S": "1",
         "REFIT_ORCHESTRATION__SETTLE_S": "1",

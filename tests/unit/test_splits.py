@@ -80,3 +80,23 @@ def test_staging_left_by_killed_intakes_is_swept(tmp_path) -> None:
     os.utime(old, (stale, stale))
     assert sweep_staging(tmp_path, older_than_s=3600) == ["swept batch-old from staging"]
     assert not old.exists() and fresh.exists()  # a check still running is left alone
+
+
+def test_staging_whose_owner_process_died_is_swept_at_once(tmp_path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from pipelines.ingest import STAGING_OWNER
+    from pipelines.intake import sweep_staging
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead, alive = tmp_path / "batch-dead", tmp_path / "batch-alive"
+    for folder, pid in ((dead, gone.stdout.strip()), (alive, str(os.getpid()))):
+        (folder / "files").mkdir(parents=True)
+        (folder / STAGING_OWNER).write_text(f"{socket.gethostname()}:{pid}")
+    assert sweep_staging(tmp_path) == ["swept batch-dead from staging"]
+    assert alive.exists()

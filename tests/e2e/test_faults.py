@@ -1,0 +1,336 @@
+"""The fault matrix: real servers on tiny data, broken at every step a crash can hit.
+
+Runs are killed with SIGKILL at failpoints (``core.faults``: the drill file the live
+platform's ``REFIT_FAILPOINTS`` names), MLflow is killed during register, the DVC remote
+turns read-only during push and the dataset's disk fills up during a merge. After each,
+:func:`check_invariants` says what must hold after any crash; the next run must finish the
+work exactly once. Nothing here synchronises by sleeping: the tests wait for files and
+states the platform writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from core import runs
+from tests.e2e.test_orchestration import outcome, submit
+from tests.live_platform import COLOURS, LivePlatform, ensure_champion, wait_for
+
+pytestmark = pytest.mark.e2e
+
+# Where each kill leaves the submission, and whether the champion has moved by then.
+KILLS = {
+    "merge.swapped": ("pending", False),  # the merge is undone; nothing versioned
+    "merge.versioned": ("pending", False),  # versioned: kept, then found already merged
+    "merged": ("merged", False),
+    "registered": ("merged", False),  # registered: resumed at promotion, never retrained
+    "promote.intent": ("merged", False),  # the intent is dropped; promotion is redone
+    "judged": ("judged", True),
+    "live": ("judged", True),  # serving reloads again; nothing else is repeated
+}
+
+
+def _registry(live: LivePlatform):
+    from mlflow import MlflowClient
+
+    url = f"http://127.0.0.1:{live.env['REFIT_MLFLOW_PORT']}"
+    return MlflowClient(url, url)
+
+
+def _tracked_processes(live: LivePlatform) -> set[int]:
+    """The servers' process trees, this test process's and its children."""
+    roots = [os.getpid()]
+    for record in (live.workspace / "run").glob("*.pid"):
+        roots.append(json.loads(record.read_text())["pid"])
+    known = set()
+    for pid in roots:
+        try:
+            root = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            continue
+        known |= {root.pid, *(child.pid for child in root.children(recursive=True))}
+    return known
+
+
+def orphans(live: LivePlatform) -> list[str]:
+    """Processes of this workspace that no server (nor this test) owns."""
+    known, found = _tracked_processes(live), []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            ours = process.environ().get("REFIT_WORKSPACE") == str(live.workspace)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if ours and process.pid not in known and process.status() != psutil.STATUS_ZOMBIE:
+            found.append(f"{process.pid}: {' '.join(process.info['cmdline'] or [])[:120]}")
+    return found
+
+
+def check_invariants(live: LivePlatform, submission: str | None = None) -> None:
+    """What must hold after any crash, before or after the next run finished the work."""
+    from core.contract import (
+        CHAMPION,
+        GATE_TAG,
+        HISTORY_PREFIX,
+        PENDING_MOVE_TAG,
+        PREVIOUS,
+        SUBMISSION_TAG,
+    )
+    from pipelines.dataset import class_counts, load_index
+
+    client, name = _registry(live), "refit-classifier"
+    model = client.get_registered_model(name)
+    assert PENDING_MOVE_TAG not in model.tags, "an alias move was left half-done"
+    history = [json.loads(v) for k, v in sorted(model.tags.items()) if k.startswith(HISTORY_PREFIX)]
+    assert history, "no promotion recorded"
+    last = history[-1]
+    assert model.aliases.get(CHAMPION) == last["version"], "the champion is not the last move"
+    if last["from_version"] is not None:
+        assert model.aliases.get(PREVIOUS) == last["from_version"], "previous is not the one before"
+    for move in history:
+        if move["action"] == "promote":
+            tags = client.get_model_version(name, move["version"]).tags
+            assert tags.get(GATE_TAG) == "passed", f"v{move['version']} moved without the gate"
+    if submission is not None:
+        for_it = client.search_model_versions(f"name='{name}'")
+        registered = [v.version for v in for_it if v.tags.get(SUBMISSION_TAG) == submission]
+        assert len(registered) <= 1, f"{submission} was registered {len(registered)} times"
+        promotions = [m for m in history if m["version"] in registered]
+        assert len(promotions) <= 1, f"{submission} was promoted {len(promotions)} times"
+
+    # data/ is the recorded version data.dvc names, with nothing half-merged beside it.
+    repo = Path(live.env["REFIT_DVC_REPO"])
+    log = [
+        json.loads(line)
+        for line in (live.workspace / "dataset-versions" / "versions.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    pointer = (repo / "data.dvc").read_text()
+    assert last_md5(pointer) == log[-1]["version"], "data.dvc is not the last recorded version"
+    index = load_index(repo / "data")
+    assert class_counts(index) == log[-1]["counts"], "data/ is not the recorded version"
+    on_disk = sum(1 for p in (repo / "data").rglob("*") if p.is_file() and p.name != "index.csv")
+    assert on_disk == log[-1]["files"] == len(index)
+    assert not list(repo.glob(".data.*")), "a merge left its work beside the dataset"
+    batches = [v["batch_id"] for v in log]
+    assert len(batches) == len(set(batches)), "a batch was versioned twice"
+    staging = live.workspace / "staging"
+    assert not (staging.is_dir() and any(staging.iterdir())), "staging was not swept"
+
+    if submission is not None:  # its state agrees with the registry and the version log
+        state = outcome(live, submission)
+        found = _state(live, submission)
+        if state["status"] in ("merged", "judged"):
+            assert found["batch_id"] in batches
+        if state["status"] == "judged":
+            assert client.get_model_version(name, found["version"])
+        if state["status"] != "done":  # `refit status` tells the truth about it
+            status = live.refit("status").stdout
+            assert submission in status and state["status"] in status, status
+    assert not orphans(live), orphans(live)
+
+
+def last_md5(dvc_file: str) -> str:
+    import yaml
+
+    return yaml.safe_load(dvc_file)["outs"][0]["md5"]
+
+
+def _state(live: LivePlatform, submission: str) -> dict:
+    for root in ("incoming", "submissions"):
+        path = live.workspace / root / submission / "state.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    raise AssertionError(f"no state for {submission}")
+
+
+def _drill(live: LivePlatform) -> Path:
+    return Path(live.env["REFIT_FAILPOINTS"])
+
+
+def test_a_run_killed_at_every_step_finishes_the_work_exactly_once(live) -> None:
+    """One submission; its run is killed at each failpoint in turn. The run after each kill
+    pauses before it takes anything (after recovering what the killed one left): there the
+    invariants are checked, and the state the kill left."""
+    before = ensure_champion(live)
+    drill = _drill(live)
+    drill.write_text("".join(f"{point} kill\ntake pause\n" for point in KILLS))
+    reached = drill.with_name(drill.name + ".take.reached")
+    versions = len(live.dataset_versions())
+    submission = submit(live, live.batch("drilled", COLOURS[:3], 8, seed=11))
+    try:
+        for point, (status, moved) in KILLS.items():
+            wait_for(reached.exists, 300, f"the run after the kill at {point}", poll=0.2)
+            assert outcome(live, submission)["status"] == status, point
+            assert (live.champion() != before) == moved, point
+            check_invariants(live, submission)
+            reached.unlink()
+        wait_for(lambda: outcome(live, submission)["status"] == "done", 300, "the last run")
+    finally:
+        drill.unlink(missing_ok=True)
+        reached.unlink(missing_ok=True)
+    assert outcome(live, submission)["outcome"] == "promoted"
+    check_invariants(live, submission)
+    assert len(live.dataset_versions()) == versions + 1
+    champion = live.champion()
+    previous = _registry(live).get_model_version_by_alias("refit-classifier", "previous")
+    assert previous.version == before
+    wait_for(lambda: live.served_version() == champion, 60, f"serving v{champion}")
+    view = runs.view(runs.find_submission_run(submission))
+    assert "Resumed" in view.report and "Live check" in view.report
+
+
+def _kill_tree(pid: int) -> None:
+    process = psutil.Process(pid)
+    family = [process, *process.children(recursive=True)]
+    for member in family:
+        member.kill()
+    psutil.wait_procs(family, timeout=30)
+
+
+def test_mlflow_killed_during_register_leaves_no_run_running(live) -> None:
+    """MLflow dies after the challenger's run started: the run fails, the champion stays,
+    and once MLflow is back the abandoned MLflow run is ended and the work done once."""
+    champion = ensure_champion(live)
+    drill = _drill(live)
+    drill.write_text("register pause\n")
+    reached = drill.with_name(drill.name + ".register.reached")
+    submission = submit(live, live.batch("mlflow-dies", COLOURS[:3], 8, seed=12))
+    try:
+        wait_for(reached.exists, 300, "the run to reach register", poll=0.2)
+        mlflow_pid = json.loads((live.workspace / "run" / "mlflow.pid").read_text())["pid"]
+        _kill_tree(mlflow_pid)
+        reached.unlink()
+        run_id = runs.find_submission_run(submission)
+        final = runs.follow(run_id, lambda view: None, timeout_s=300)
+        assert final.state == "FAILED"
+        assert "MLflow" in final.message or "judge" in final.message, final.message
+    finally:
+        drill.unlink(missing_ok=True)
+        reached.unlink(missing_ok=True)
+        assert live.refit("up", timeout=300).returncode == 0
+    assert live.champion() == champion
+    wait_for(lambda: outcome(live, submission)["status"] == "done", 300, "the retried run")
+    assert outcome(live, submission)["outcome"] == "promoted"
+    client = _registry(live)
+    experiment = client.get_experiment_by_name("refit-classifier").experiment_id
+    still = client.search_runs([experiment], "attributes.status = 'RUNNING'")
+    assert not still, [r.info.run_name for r in still]
+    killed = client.search_runs([experiment], "attributes.status = 'KILLED'")
+    assert any(r.data.tags.get("submission") == submission for r in killed)
+    check_invariants(live, submission)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Make a directory read-only for everyone, root included (a read-only bind mount)."""
+    mounted: list[Path] = []
+
+    def make(path: Path) -> None:
+        for args in (["--bind", str(path), str(path)], ["-o", "remount,bind,ro", str(path)]):
+            done = subprocess.run(["mount", *args], capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot mount here ({done.stderr.strip()}): needs root")
+        mounted.append(path)
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_an_unwritable_dvc_remote_during_push_changes_nothing(live, read_only) -> None:
+    ensure_champion(live)
+    versions, champion = live.dataset_versions(), live.champion()
+    remote = live.workspace / "dvc-remote"
+    drill = _drill(live)
+    drill.write_text("merge.swapped pause\n")
+    reached = drill.with_name(drill.name + ".merge.swapped.reached")
+    submission = submit(live, live.batch("remote-ro", COLOURS[:3], 8, seed=13))
+    try:
+        wait_for(reached.exists, 300, "the merge", poll=0.2)
+        read_only(remote)
+        reached.unlink()
+        final = runs.follow(runs.find_submission_run(submission), lambda view: None, 300)
+        assert final.state == "FAILED" and "push" in final.message, final.message
+        assert outcome(live, submission)["status"] == "pending"  # kept, to be retried
+        assert live.dataset_versions() == versions and live.champion() == champion
+        check_invariants(live)
+    finally:
+        drill.unlink(missing_ok=True)
+        reached.unlink(missing_ok=True)
+        subprocess.run(["umount", str(remote)], capture_output=True)
+    wait_for(lambda: outcome(live, submission)["status"] == "done", 300, "the retried run")
+    assert outcome(live, submission)["outcome"] == "promoted"
+    check_invariants(live, submission)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB filesystem (tmpfs) at tmp_path/disk."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)]
+    done = subprocess.run(mount, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount here ({done.stderr.strip()}): needs root")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_during_a_merge_changes_nothing(tmp_path, small_disk) -> None:
+    """Real intake and DVC on a dataset whose filesystem fills up while a batch is merged:
+    a clear error, the dataset and data.dvc as they were, nothing left half-merged."""
+    from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
+    from pipelines.dataset import DiskFull, load_index
+    from pipelines.intake import IntakePaths, add_batch
+    from pipelines.versions import DvcStore
+    from tests.conftest import git_repo, write_class_folders
+
+    repo = git_repo(small_disk / "repo")
+    store = DvcStore(
+        repo, repo / "data", str(tmp_path / "remote"), tmp_path / "cache", tmp_path / "versions"
+    )
+    paths = IntakePaths(
+        tmp_path / "staging",
+        tmp_path / "quarantine",
+        tmp_path / "accepted",
+        tmp_path / "intake.lock",
+    )
+    policy = ValidationPolicy(min_images_per_new_class=2)
+    first = write_class_folders(tmp_path / "first", {"cat": 6, "dog": 6})
+    args = (store, paths, IngestLimits(), policy, SplitPolicy())
+    add_batch(first, *args, progress=lambda m: None)
+    pointer = (repo / "data.dvc").read_text()
+    index = load_index(repo / "data")
+    free = shutil.disk_usage(small_disk).free
+    big = write_class_folders(tmp_path / "big", {"cat": 4}, seed=5)
+    for i in range(max(1, free // 400_000 + 2)):  # noise PNGs barely compress: > free space
+        noise = os.urandom(400_000 - 64)
+        (big / "cat" / f"noise-{i}.png").write_bytes(_png(noise))
+    with pytest.raises(DiskFull, match=r"no space left under .*the dataset is unchanged"):
+        add_batch(big, *args, progress=lambda m: None)
+    assert (repo / "data.dvc").read_text() == pointer
+    assert load_index(repo / "data").equals(index)
+    assert not list(repo.glob(".data.*")) and not any(paths.staging.iterdir())
+    assert len(store.versions()) == 1
+
+
+def _png(payload: bytes) -> bytes:
+    """A valid RGB PNG of random pixels carrying about ``len(payload)`` bytes."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    side = int((len(payload) / 3) ** 0.5)
+    pixels = np.frombuffer(payload[: side * side * 3], dtype=np.uint8).reshape(side, side, 3)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG", compress_level=0)
+    return out.getvalue()
