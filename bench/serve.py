@@ -10,7 +10,15 @@ app calling ``model.predict`` per request. Then prints:
 - single-image p50 latency over HTTP vs one in-process call (target: <= 2x + 5 ms);
 - 1,000 requests from 16 clients while the champion is swapped twice: errors, versions.
 
-Targets: >= 3x the baseline, >= 0.7x the HTTP ceiling, 0 errors during swaps.
+Then overload, on the same server:
+
+- two CPU hogs beside it, 32 clients and two champion swaps: answers by status;
+- 64 clients each sending ``predict_batch`` of 64 images: answers by status, resets;
+- ``/healthz`` p99 while 16 clients send 36-megapixel PNGs.
+
+Targets: >= 3x the baseline, >= 0.7x the HTTP ceiling, 0 errors during swaps; overload:
+0 non-200 with hogs and swaps, only 200/503 and no resets for the batch flood, healthz p99
+< 1 s under large images.
 Run: .venv/bin/python bench/serve.py [--seconds 15]
 """
 
@@ -243,6 +251,90 @@ def swap_under_load(url: str, images: list[bytes], registry, model, holdout, pol
     return len(latencies), errors, versions, all(swaps)
 
 
+async def flood(url: str, make_files, clients: int, seconds: float) -> tuple[dict, int]:
+    """Clients posting ``make_files()`` for ``seconds``: (answers by status, connection
+    errors such as resets)."""
+    statuses: dict[int, int] = {}
+    broken = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    deadline = time.perf_counter() + seconds
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal broken
+        while time.perf_counter() < deadline:
+            try:
+                answer = await http.post(url, files=make_files())
+                statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
+            except httpx.TransportError:
+                broken += 1
+
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+    return statuses, broken
+
+
+def hogs(n: int) -> list[subprocess.Popen]:
+    """CPU-bound processes (the kind of neighbour a shared machine has)."""
+    return [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+        for _ in range(n)
+    ]
+
+
+def overload(url: str, images: list[bytes], registry, seconds: float) -> dict:
+    """The three overload targets (see the module docstring)."""
+    reload = f"{url}/admin/reload"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    results = {}
+
+    async def hogs_and_swaps():
+        single = lambda: {"image": ("x.jpg", images[0], "image/jpeg")}  # noqa: E731
+        load = asyncio.create_task(flood(f"{url}/predict", single, 32, seconds))
+        async with httpx.AsyncClient(timeout=300) as http:
+            moves = (
+                lambda: registry.promote("2", reason="bench: swap"),
+                lambda: registry.rollback("bench: swap back", to="1"),
+            )
+            for move in moves:
+                await asyncio.sleep(seconds / 4)
+                move()
+                await http.post(reload, headers=headers)
+        return await load
+
+    neighbours = hogs(2)
+    try:
+        results["hogs"] = asyncio.run(hogs_and_swaps())
+    finally:
+        for hog in neighbours:
+            hog.kill()
+            hog.wait()
+
+    batch = lambda: [("images", (f"{i}.jpg", images[i], "image/jpeg")) for i in range(64)]  # noqa: E731
+    results["batches"] = asyncio.run(flood(f"{url}/predict_batch", batch, 64, seconds))
+
+    big = io.BytesIO()
+    gradient = np.linspace(0, 255, 6000, dtype=np.uint8)
+    Image.fromarray(np.stack([np.tile(gradient, (6000, 1))] * 3, axis=-1)).save(big, "PNG")
+    large = big.getvalue()
+
+    async def healthz_under_large():
+        files = lambda: {"image": ("big.png", large, "image/png")}  # noqa: E731
+        load = asyncio.create_task(flood(f"{url}/predict", files, 16, seconds))
+        times = []
+        async with httpx.AsyncClient(timeout=60) as http:
+            await asyncio.sleep(1)
+            while not load.done():
+                started = time.perf_counter()
+                await http.get(f"{url}/healthz")
+                times.append(time.perf_counter() - started)
+                await asyncio.sleep(0.1)
+        return await load, times
+
+    (statuses, broken), times = asyncio.run(healthz_under_large())
+    results["large"] = (statuses, broken, float(np.percentile(times, 99)), len(large))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -267,6 +359,7 @@ def main() -> None:
         http_p50 = sequential_p50(f"{url}/predict", images)
         floor_p50 = sequential_p50(f"{ceiling_url}/predict", images)
         swapped = swap_under_load(url, images, registry, model, holdout, policy)
+        overloaded = overload(url, images, registry, args.seconds)
     finally:
         for process in (ours, baseline, ceiling_server):
             os.killpg(process.pid, 15)
@@ -297,6 +390,26 @@ def main() -> None:
     )
     if errors:
         print("  first errors:", errors[:3])
+
+    print(f"\nOverload ({args.seconds:.0f} s each):")
+    statuses, broken = overloaded["hogs"]
+    bad = sum(n for code, n in statuses.items() if code != 200) + broken
+    print(
+        f"2 CPU hogs, 32 clients, 2 swaps: answers {statuses}, {broken} connection errors "
+        f"-> {bad} non-200 (target 0): {'ok' if bad == 0 else 'MISSED'}"
+    )
+    statuses, broken = overloaded["batches"]
+    other = sum(n for code, n in statuses.items() if code not in (200, 503))
+    print(
+        f"64 clients x predict_batch of 64: answers {statuses}, {broken} resets (target: only "
+        f"200/503, no resets): {'ok' if other == 0 and broken == 0 else 'MISSED'}"
+    )
+    statuses, broken, p99, size = overloaded["large"]
+    print(
+        f"/healthz p99 while 16 clients send 36 MP PNGs ({size / 1e6:.1f} MB): "
+        f"{p99 * 1000:.0f} ms (target < 1000 ms): {'ok' if p99 < 1 else 'MISSED'}; "
+        f"their answers {statuses}, {broken} connection errors"
+    )
 
 
 if __name__ == "__main__":

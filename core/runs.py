@@ -1,5 +1,6 @@
 """Flow runs seen from outside Prefect: start a deployment, find the run that took a
-submission, and read a run's steps, state and report. Used by the CLI and the Retrain page
+submission (each retrain run tags itself ``took:<id>``), and read a run's steps, state and
+report. Used by the CLI and the Retrain page
 (both talk to the Prefect API; neither imports the flows)."""
 
 from __future__ import annotations
@@ -45,21 +46,52 @@ def start(deployment: str, parameters: dict | None = None) -> str:
         return str(run.id)
 
 
-def find_submission_run(submission_id: str, limit: int = 50) -> str | None:
-    """The newest run of the retrain flow whose parameters name this submission."""
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+TOOK = "took:"  # the tag a retrain run gives itself for each submission it takes
+
+
+def mark_taken(run_id: str, submission_id: str) -> None:
+    """Tag a run with a submission it takes (what :func:`find_submission_run` follows)."""
+    from uuid import UUID
+
+    with _client() as client:
+        run = client.read_flow_run(UUID(run_id))
+        client.update_flow_run(run.id, tags=[*run.tags, f"{TOOK}{submission_id}"])
+
+
+def _retrain_runs(limit: int, tags: list[str] | None = None) -> list:
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterTags,
+    )
     from prefect.client.schemas.sorting import FlowRunSort
 
     with _client() as client:
-        runs = client.read_flow_runs(
+        return client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=tags)) if tags else None,
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=limit,
         )
-    for run in runs:
-        if (run.parameters or {}).get("submission") == submission_id:
-            return str(run.id)
-    return None
+
+
+def find_submission_run(submission_id: str) -> str | None:
+    """The newest retrain run that took this submission (None while it waits its turn:
+    runs take submissions oldest first, whichever one announced them)."""
+    found = _retrain_runs(1, [f"{TOOK}{submission_id}"])
+    return str(found[0].id) if found else None
+
+
+def in_hand(submission_id: str, limit: int = 50) -> bool:
+    """Whether an unfinished retrain run has this submission, or has not taken any yet (it
+    will take the oldest pending one)."""
+    for run in _retrain_runs(limit):
+        if run.state is None or run.state.type.value not in FINAL:
+            took = [t for t in run.tags if t.startswith(TOOK)]
+            if not took or f"{TOOK}{submission_id}" in took:
+                return True
+    return False
 
 
 def recent_failures(limit: int = 10) -> list[RunView]:

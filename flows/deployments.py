@@ -71,6 +71,7 @@ def watch_drop_folder() -> None:
     """Adopt files dropped into incoming/ and announce every pending submission; announce
     one again when no run has it in hand after ``orchestration.retry_after_s`` (its run
     crashed, or the event was lost), so nothing stays stranded until a restart."""
+    from core import runs
     from pipelines import submissions
 
     config = settings()
@@ -81,20 +82,12 @@ def watch_drop_folder() -> None:
             for pending in submissions.pending(config.incoming_dir):
                 last = announced.get(pending.id)
                 due = last is None or time.monotonic() - last >= config.orchestration.retry_after_s
-                if due and (last is None or not _in_hand(pending.id)):
+                if due and (last is None or not runs.in_hand(pending.id)):
                     announce(pending.id)
                     announced[pending.id] = time.monotonic()
         except Exception as exc:  # keep watching; the next poll retries
             print(f"drop folder watcher: {exc}", flush=True)
         time.sleep(config.orchestration.incoming_poll_s)
-
-
-def _in_hand(submission_id: str) -> bool:
-    """Whether a retrain run for this submission is scheduled or running."""
-    from core import runs
-
-    run_id = runs.find_submission_run(submission_id)
-    return run_id is not None and not runs.view(run_id).final
 
 
 def main() -> None:

@@ -23,8 +23,10 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from prefect.states import Failed
 
+from core import runs
 from core.faults import failpoint
 from flows.common import go_live, log, report_links, settings
 from pipelines import reports, submissions
@@ -43,10 +45,14 @@ def take_submissions(submission: str | None) -> list:
     failpoint("take")
     submissions.adopt_dropped(config.incoming_dir, config.orchestration.settle_s)
     queue = submissions.pending(config.incoming_dir)  # oldest first
-    if submission is not None:
-        queue = [s for s in queue if s.id == submission]
+    if submission is not None:  # a run announced for one submission takes the oldest one
         if not queue:  # an earlier run (e.g. the scheduled one) took it already
             log().info("submission %s is no longer pending; nothing to do", submission)
+        elif queue[0].id != submission:
+            log().info("taking %s first: it waited longer than %s", queue[0].id, submission)
+        queue = queue[:1]
+    for sub in queue:
+        runs.mark_taken(str(flow_run.id), sub.id)  # what the CLI and the pages follow
     return queue
 
 

@@ -360,11 +360,17 @@ def _follow_submission(settings: Settings, submission_id: str, timeout: float):
     import time
 
     from core import runs
+    from pipelines.submissions import pending
 
-    deadline = time.monotonic() + min(timeout, 300)
-    with console.status("Waiting for the retrain run to start (is `refit up` running?)…"):
+    deadline, seen = time.monotonic() + timeout, time.monotonic()
+    with console.status("Waiting for a retrain run to take it…") as spinner:
         while (run_id := runs.find_submission_run(submission_id)) is None:
-            if time.monotonic() > deadline:
+            queue = [s.id for s in pending(settings.incoming_dir)]
+            ahead = queue.index(submission_id) if submission_id in queue else 0
+            spinner.update(f"Queued, {ahead} submission(s) ahead; waiting for a retrain run…")
+            if runs.in_hand(submission_id):  # a run is on its way to it
+                seen = time.monotonic()
+            if time.monotonic() - seen > 300 or time.monotonic() > deadline:
                 raise _fail(
                     "no retrain run took the submission; check `refit status` and the runner "
                     f"log in {settings.log_dir}. The batch stays queued in {settings.incoming_dir}."

@@ -86,7 +86,7 @@ async def upload_model(
 @router.get("/retrain/submissions/{submission}", summary="A submission and its retrain run")
 async def submission_status(submission: str):
     from core import runs
-    from pipelines.submissions import find
+    from pipelines.submissions import find, pending
 
     settings = get_settings()
     found = find(settings.incoming_dir, settings.submissions_dir, submission)
@@ -98,6 +98,8 @@ async def submission_status(submission: str):
     except Exception as exc:
         run, found.detail = None, f"Prefect not reachable: {exc}"
     state = {k: getattr(found, k) for k in ("id", "status", "outcome", "detail")}
+    queue = [s.id for s in pending(settings.incoming_dir)]  # runs take the oldest first
+    state["ahead"] = queue.index(found.id) if found.id in queue else 0
     return {"submission": state, "run": _run_json(settings, run)}
 
 

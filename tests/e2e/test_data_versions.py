@@ -173,3 +173,28 @@ def test_killed_merge_leaves_dataset_unchanged(tmp_path: Path, repo, point: str)
 
     retried = add(batch, repo)  # the batch is still there to be retried, and goes in
     assert retried.version is not None and len(store.versions()) == 2
+
+
+def test_a_merged_class_is_removed_as_a_recorded_version(tmp_path: Path, repo) -> None:
+    from pipelines.intake import remove_class
+
+    store, paths = repo
+    add(seed_batch(tmp_path / "seed"), repo)
+    merged = add(write_class_folders(tmp_path / "b2", {"cat": 3, "bird": 10}, seed=3), repo)
+    with_bird = dataset_state(store)
+    with pytest.raises(ValueError, match="no class 'fish'"):
+        remove_class(store, paths, "fish", "never merged", progress=lambda m: None)
+    with pytest.raises(ValueError, match="say why"):
+        remove_class(store, paths, "bird", " ", progress=lambda m: None)
+    assert dataset_state(store)[1] == with_bird[1] and len(store.versions()) == 2
+
+    removed = remove_class(store, paths, "bird", "mislabelled cats", progress=lambda m: None)
+    index, files = dataset_state(store)
+    assert "bird" not in set(index["label"]) and not any("bird" in f for f in files)
+    assert len(index) == len(with_bird[0]) - 10
+    assert store.versions()[-1] == removed and removed.note == "removed bird: mislabelled cats"
+    assert "bird" not in removed.counts["train"] and store.current_version() == removed.version
+    assert not list(store.dataset_dir.parent.glob(".data.*"))
+
+    store.checkout(merged.version.version)  # the class is still in the earlier version
+    assert dataset_state(store)[1] == with_bird[1]
