@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -23,6 +24,7 @@ class RunView:
     steps: list[dict] = field(default_factory=list)  # name, state, started, seconds
     report: str | None = None  # the markdown report artifact, once written
     progress: float | None = None  # fine-tuning progress, 0-100
+    submissions: list[str] = field(default_factory=list)  # the submissions it took
 
     @property
     def final(self) -> bool:
@@ -85,8 +87,13 @@ def find_submission_run(submission_id: str) -> str | None:
 
 def in_hand(submission_id: str, limit: int = 50) -> bool:
     """Whether an unfinished retrain run has this submission, or has not taken any yet (it
-    will take the oldest pending one)."""
+    will take the oldest pending one). Runs scheduled for later (the cron's) do not count."""
+    from datetime import datetime, timedelta
+
+    soon = datetime.now(UTC) + timedelta(minutes=1)
     for run in _retrain_runs(limit):
+        if run.expected_start_time is not None and run.expected_start_time > soon:
+            continue
         if run.state is None or run.state.type.value not in FINAL:
             took = [t for t in run.tags if t.startswith(TOOK)]
             if not took or f"{TOOK}{submission_id}" in took:
@@ -114,6 +121,7 @@ def recent_failures(limit: int = 10) -> list[RunView]:
             state=r.state.type.value,
             state_name=r.state.name,
             message=r.state.message or "",
+            submissions=[t.removeprefix(TOOK) for t in r.tags if t.startswith(TOOK)],
         )
         for r in bad
     ]

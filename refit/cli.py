@@ -237,8 +237,13 @@ def _print_queue(settings: Settings, prefect_up: bool) -> None:
     except Exception as exc:
         console.print(f"[yellow]•[/] cannot read the retrain runs from Prefect: {exc}")
         return
+    waiting = {sub.id for sub in queued}
     for run in broken:
-        console.print(f"[red]•[/] retrain run {run.name} ended {run.state_name}: {run.message}")
+        line = f"retrain run {run.name} ended {run.state_name}: {run.message}"
+        if run.submissions and not waiting & set(run.submissions):  # retried and finished
+            console.print(f"[dim]• {line} (its submission was finished since)[/]")
+        else:
+            console.print(f"[red]•[/] {line}")
 
 
 @sample_app.command("unpack")
