@@ -60,8 +60,13 @@ class DvcStore:
         command = [str(Path(sys.executable).parent / "dvc"), *args]
         env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
         done = subprocess.run(command, cwd=self.repo, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise DvcError(f"`dvc {' '.join(args)}` failed:\n{done.stdout}{done.stderr}".strip())
+        if done.returncode != 0:  # DVC's own words, without its support banner
+            said = [
+                line
+                for line in (done.stdout + done.stderr).splitlines()
+                if line.strip() and "Having any troubles?" not in line
+            ]
+            raise DvcError(f"`dvc {' '.join(args)}` failed: " + "\n".join(said[-10:]))
         return done.stdout
 
     def ensure_initialized(self) -> None:
@@ -112,8 +117,8 @@ class DvcStore:
         self, batch_id: str, counts: dict[str, dict[str, int]], note: str = ""
     ) -> DatasetVersion:
         """``dvc add`` + ``dvc push`` the dataset directory and record the version."""
-        self._dvc("add", "-q", str(self.dataset_dir.relative_to(self.repo)))
-        self._dvc("push", "-q", str(self.dvc_file.relative_to(self.repo)))
+        self._dvc("add", str(self.dataset_dir.relative_to(self.repo)))
+        self._dvc("push", str(self.dvc_file.relative_to(self.repo)))
         version = self.current_version()
         assert version is not None
         record = DatasetVersion(
@@ -161,10 +166,10 @@ class DvcStore:
         current = self.dvc_file.read_bytes() if self.dvc_file.is_file() else None
         shutil.copyfile(saved, self.dvc_file)
         try:
-            self._dvc("fetch", "-q", str(self.dvc_file.relative_to(self.repo)))
+            self._dvc("fetch", str(self.dvc_file.relative_to(self.repo)))
         except DvcError:
             if current is not None:
                 self.dvc_file.write_bytes(current)
             raise
-        self._dvc("checkout", "-q", "--force", str(self.dvc_file.relative_to(self.repo)))
+        self._dvc("checkout", "--force", str(self.dvc_file.relative_to(self.repo)))
         return record
