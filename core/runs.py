@@ -1,14 +1,14 @@
 """Flow runs seen from outside Prefect: start a deployment, find the run that took a
 submission (each retrain run tags itself ``took:<id>``), and read a run's steps, state and
-report. Used by the CLI and the Retrain page
-(both talk to the Prefect API; neither imports the flows)."""
+report. Used by the CLI and the Retrain page (both talk to the Prefect API; neither imports
+the flows)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -78,6 +78,11 @@ def _retrain_runs(limit: int, tags: list[str] | None = None) -> list:
         )
 
 
+def _took(run) -> list[str]:
+    """The submissions a run took (its ``took:`` tags)."""
+    return [t.removeprefix(TOOK) for t in run.tags if t.startswith(TOOK)]
+
+
 def find_submission_run(submission_id: str) -> str | None:
     """The newest retrain run that took this submission (None while it waits its turn:
     runs take submissions oldest first, whichever one announced them)."""
@@ -88,30 +93,20 @@ def find_submission_run(submission_id: str) -> str | None:
 def in_hand(submission_id: str, limit: int = 50) -> bool:
     """Whether an unfinished retrain run has this submission, or has not taken any yet (it
     will take the oldest pending one). Runs scheduled for later (the cron's) do not count."""
-    from datetime import datetime, timedelta
-
     soon = datetime.now(UTC) + timedelta(minutes=1)
     for run in _retrain_runs(limit):
         if run.expected_start_time is not None and run.expected_start_time > soon:
             continue
         if run.state is None or run.state.type.value not in FINAL:
-            took = [t for t in run.tags if t.startswith(TOOK)]
-            if not took or f"{TOOK}{submission_id}" in took:
+            took = _took(run)
+            if not took or submission_id in took:
                 return True
     return False
 
 
 def recent_failures(limit: int = 10) -> list[RunView]:
     """The newest retrain runs, among the last ``limit``, that crashed or failed."""
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with _client() as client:
-        found = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
-            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-            limit=limit,
-        )
+    found = _retrain_runs(limit)
     bad = [r for r in found if r.state and r.state.type.value in ("CRASHED", "FAILED")]
     return [
         RunView(
@@ -121,7 +116,7 @@ def recent_failures(limit: int = 10) -> list[RunView]:
             state=r.state.type.value,
             state_name=r.state.name,
             message=r.state.message or "",
-            submissions=[t.removeprefix(TOOK) for t in r.tags if t.startswith(TOOK)],
+            submissions=_took(r),
         )
         for r in bad
     ]

@@ -151,8 +151,20 @@ def _state(live: LivePlatform, submission: str) -> dict:
     raise AssertionError(f"no state for {submission}")
 
 
-def _drill(live: LivePlatform) -> Path:
-    return Path(live.env["REFIT_FAILPOINTS"])
+def arm(live: LivePlatform, *steps: str) -> Path:
+    """Write the drill (``<failpoint> <action>`` lines); returns the drill file."""
+    drill = Path(live.env["REFIT_FAILPOINTS"])
+    drill.write_text("".join(f"{step}\n" for step in steps))
+    return drill
+
+
+def reached(drill: Path, failpoint: str) -> Path:
+    """The file a paused run writes at ``failpoint`` (remove it to let the run go on)."""
+    return drill.with_name(f"{drill.name}.{failpoint}.reached")
+
+
+def server_pid(live: LivePlatform, name: str) -> int:
+    return json.loads((live.workspace / "run" / f"{name}.pid").read_text())["pid"]
 
 
 def test_a_run_killed_at_every_step_finishes_the_work_exactly_once(live) -> None:
@@ -160,22 +172,21 @@ def test_a_run_killed_at_every_step_finishes_the_work_exactly_once(live) -> None
     pauses before it takes anything (after recovering what the killed one left): there the
     invariants are checked, and the state the kill left."""
     before = ensure_champion(live)
-    drill = _drill(live)
-    drill.write_text("".join(f"{point} kill\ntake pause\n" for point in KILLS))
-    reached = drill.with_name(drill.name + ".take.reached")
+    drill = arm(live, *(step for point in KILLS for step in (f"{point} kill", "take pause")))
+    held = reached(drill, "take")
     versions = len(live.dataset_versions())
     submission = submit(live, live.batch("drilled", COLOURS[:3], 8, seed=11))
     try:
         for point, (status, moved) in KILLS.items():
-            wait_for(reached.exists, 300, f"the run after the kill at {point}", poll=0.2)
+            wait_for(held.exists, 300, f"the run after the kill at {point}", poll=0.2)
             assert outcome(live, submission)["status"] == status, point
             assert (live.champion() != before) == moved, point
             check_invariants(live, submission)
-            reached.unlink()
+            held.unlink()
         wait_for(lambda: outcome(live, submission)["status"] == "done", 300, "the last run")
     finally:
         drill.unlink(missing_ok=True)
-        reached.unlink(missing_ok=True)
+        held.unlink(missing_ok=True)
     assert outcome(live, submission)["outcome"] == "promoted"
     check_invariants(live, submission)
     assert len(live.dataset_versions()) == versions + 1
@@ -199,22 +210,20 @@ def test_mlflow_killed_during_register_leaves_no_run_running(live) -> None:
     """MLflow dies after the challenger's run started: the run fails, the champion stays,
     and once MLflow is back the abandoned MLflow run is ended and the work done once."""
     champion = ensure_champion(live)
-    drill = _drill(live)
-    drill.write_text("register pause\n")
-    reached = drill.with_name(drill.name + ".register.reached")
+    drill = arm(live, "register pause")
+    held = reached(drill, "register")
     submission = submit(live, live.batch("mlflow-dies", COLOURS[:3], 8, seed=12))
     try:
-        wait_for(reached.exists, 300, "the run to reach register", poll=0.2)
-        mlflow_pid = json.loads((live.workspace / "run" / "mlflow.pid").read_text())["pid"]
-        _kill_tree(mlflow_pid)
-        reached.unlink()
+        wait_for(held.exists, 300, "the run to reach register", poll=0.2)
+        _kill_tree(server_pid(live, "mlflow"))
+        held.unlink()
         run_id = runs.find_submission_run(submission)
         final = runs.follow(run_id, lambda view: None, timeout_s=300)
         assert final.state == "FAILED"
         assert "MLflow" in final.message or "judge" in final.message, final.message
     finally:
         drill.unlink(missing_ok=True)
-        reached.unlink(missing_ok=True)
+        held.unlink(missing_ok=True)
         assert live.refit("up", timeout=300).returncode == 0
     assert live.champion() == champion
     wait_for(lambda: outcome(live, submission)["status"] == "done", 300, "the retried run")
@@ -259,10 +268,8 @@ def test_an_unwritable_dvc_remote_during_push_changes_nothing(live, read_only) -
     ensure_champion(live)
     versions, champion = live.dataset_versions(), live.champion()
     remote = live.workspace / "dvc-remote"
-    drill = _drill(live)
-    drill.write_text("merge.swapped pause\ntake pause\n")
-    merging = drill.with_name(drill.name + ".merge.swapped.reached")
-    retry = drill.with_name(drill.name + ".take.reached")
+    drill = arm(live, "merge.swapped pause", "take pause")
+    merging, retry = reached(drill, "merge.swapped"), reached(drill, "take")
     submission = submit(live, live.batch("remote-ro", COLOURS[:3], 8, seed=13))
     try:
         wait_for(merging.exists, 300, "the merge", poll=0.2)
@@ -364,24 +371,22 @@ def test_prefect_restarted_with_runs_queued_keeps_first_in_first_out(live) -> No
     submissions wait; after `refit up` all three are processed once each, oldest first,
     and each names the run that took it."""
     ensure_champion(live)
-    drill = _drill(live)
-    drill.write_text("take pause\n")
-    reached = drill.with_name(drill.name + ".take.reached")
+    drill = arm(live, "take pause")
+    held = reached(drill, "take")
     first = submit(live, live.batch("fifo-1", COLOURS[:3], 8, seed=14))
     try:
-        wait_for(reached.exists, 300, "the first run to start", poll=0.2)
+        wait_for(held.exists, 300, "the first run to start", poll=0.2)
         queued = [
             submit(live, live.batch(f"fifo-{n}", COLOURS[:3], 8, seed=14 + n)) for n in (2, 3)
         ]
         for submission in queued:
             wait_for(lambda s=submission: _announced(s), 60, f"a run for {submission}")
-        prefect_pid = json.loads((live.workspace / "run" / "prefect.pid").read_text())["pid"]
-        _kill_tree(prefect_pid)
+        _kill_tree(server_pid(live, "prefect"))
         assert live.refit("up", timeout=300).returncode == 0
-        reached.unlink()
+        held.unlink()
     finally:
         drill.unlink(missing_ok=True)
-        reached.unlink(missing_ok=True)
+        held.unlink(missing_ok=True)
     order = [first, *queued]
     for submission in order:
         wait_for(lambda s=submission: outcome(live, s)["status"] == "done", 400, submission)
