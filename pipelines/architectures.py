@@ -26,7 +26,8 @@ from core.policies import ArchitectureConfig
 
 ARCHITECTURES = ("airbench", "mobilenet_v3_small", "efficientnet_b0", "vgg16")
 WHITEN_FILTERS = 24  # 2x2x3 patches -> 12 whitened directions and their negatives
-FROZEN_LAYERS = ("whiten",)  # set from the data at build time, never trained
+# Fixed by design, never trained: whitening set from the data, the input contract
+FROZEN_LAYERS = ("whiten", "pixel_contract")
 BN_MOMENTUM = 0.8
 
 

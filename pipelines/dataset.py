@@ -324,7 +324,8 @@ class Dataset:
     def images(
         self, rows: pd.DataFrame, size: tuple[int, int], class_names: list[str] | None = None
     ) -> ImageSet:
-        """Decode index rows at ``size``; labels index ``class_names`` (default: sorted)."""
+        """Decode index rows at ``size``; labels index ``class_names`` (default: natural order,
+        ``2`` before ``10``)."""
         return images_from_rows(self.dir, rows, size, class_names)
 
     def holdout_images(

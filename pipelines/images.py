@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from pipelines.names import natural_sorted
+
 # What Pillow may open: the formats a batch may hold (see ``pipelines.ingest``).
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 POOL_THRESHOLD = 2_000  # below this, decoding in-process beats starting a pool
@@ -168,7 +170,7 @@ def images_from_rows(
     root: Path, rows, size: tuple[int, int], class_names: list[str] | None = None
 ) -> ImageSet:
     """Decode the files of table rows (``path`` relative to ``root``, ``label``)."""
-    names = class_names or sorted(rows["label"].unique())
+    names = class_names or natural_sorted(rows["label"].unique())
     return load_images([root / p for p in rows["path"]], rows["label"].tolist(), names, size)
 
 

@@ -4,11 +4,12 @@ A Refit model file is a normal Keras ``.keras`` archive with one extra member,
 ``refit.json`` (class names and a small model card), so any Keras can load it and the class
 names never travel separately. ``.h5`` exports carry the class names as an HDF5 attribute.
 
-Models from users are untrusted: they are loaded with ``safe_mode=True`` and
-``compile=False``; Lambda layers and unknown custom objects are refused; the file must be
-what its name says (a zip for ``.keras``, HDF5 for ``.h5``: a pickle renamed ``.h5`` is
-refused before Keras sees it); the model must take an HxWx3 image and end in as many
-softmax outputs as the class names given.
+Models from users are untrusted: their config is inspected before any loader runs
+(``pipelines.modelsafety``: no Lambda, no custom class, the file is what its name says);
+Keras 3 files load with ``safe_mode=True`` and ``compile=False``, Keras 2 ``.h5`` files
+through tf-keras into a Keras 3 rebuild (``pipelines.rebuild``). The model must take an
+HxWx3 image and end in as many softmax outputs as the class names given; the pixels it
+expects are wrapped into its graph (``pipelines.pixels``).
 """
 
 from __future__ import annotations
@@ -21,18 +22,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from pipelines import modelsafety, pixels
+from pipelines.rebuild import flatten, load_keras2
+from pipelines.modelsafety import ModelRefused
 from pipelines.names import RULE, is_valid
 
 META_MEMBER = "refit.json"
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-class ModelRefused(ValueError):
-    """A model file cannot be used; the message names the file and the reason."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = str(path), reason
+__all__ = ["LoadedModel", "ModelRefused", "import_model", "load_refit_model", "save_model"]
 
 
 @dataclass
@@ -99,45 +95,26 @@ def read_class_names(path: Path) -> list[str] | None:
     return meta["class_names"] if meta else None
 
 
-def _check_container(path: Path) -> None:
-    if not path.is_file():
-        raise ModelRefused(path, "no such file")
-    if path.suffix == ".keras":
-        if not zipfile.is_zipfile(path):
-            raise ModelRefused(path, "not a Keras .keras archive (it is not a zip file)")
-    elif path.suffix == ".h5":
-        with open(path, "rb") as handle:
-            if handle.read(8) != HDF5_SIGNATURE:
-                raise ModelRefused(path, "not an HDF5 file (a pickle or other file renamed .h5?)")
-    else:
-        raise ModelRefused(path, "only .keras and legacy .h5 model files are accepted")
-
-
-def _load_untrusted(path: Path) -> keras.Model:
-    _check_container(path)
+def _load_untrusted(path: Path, facts: modelsafety.FileFacts) -> keras.Model:
+    """Load a file whose config :func:`modelsafety.inspect` passed, in Keras 3 form."""
+    if facts.keras2:
+        return load_keras2(path)  # already flat
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
-        text = str(exc)
-        if "lambda" in text.lower() or "safe_mode" in text:
-            raise ModelRefused(
-                path,
-                "contains a Lambda layer (arbitrary code); refused in "
-                "safe mode - rebuild it with standard layers",
-            ) from exc
-        if "Unknown" in text or "custom" in text.lower():
-            raise ModelRefused(
-                path, f"uses custom objects Refit cannot load safely: {text.splitlines()[0]}"
-            ) from exc
+        text = str(exc).strip()
         raise ModelRefused(
-            path, f"cannot be loaded: {text.splitlines()[0] if text else exc}"
+            path, f"cannot be loaded: {text.splitlines()[0][:300] if text else exc}"
         ) from exc
     if not isinstance(model, keras.Model):
         raise ModelRefused(path, "does not hold a Keras model")
     lambdas = [layer.name for layer in _all_layers(model) if isinstance(layer, keras.layers.Lambda)]
     if lambdas:
         raise ModelRefused(path, f"contains Lambda layers {lambdas}; refused")
-    return model
+    try:
+        return flatten(model)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelRefused(path, f"cannot be rebuilt as one Keras graph: {exc}") from exc
 
 
 def _all_layers(model: keras.Model):
@@ -184,19 +161,26 @@ def _normalise_head(model: keras.Model, path: Path) -> keras.Model:
     logits = keras.layers.Dense(dense.units, name="logits")(features)
     outputs = keras.layers.Softmax(name="probabilities")(logits)
     rebuilt = keras.Model(model.inputs, outputs, name=model.name)
-    rebuilt.get_layer("logits").set_weights(dense.get_weights())
+    weights = dense.get_weights()
+    if len(weights) == 1:  # Teachable Machine's head has no bias
+        weights.append(np.zeros(dense.units, dtype=weights[0].dtype))
+    rebuilt.get_layer("logits").set_weights(weights)
     return rebuilt
 
 
 def import_model(
-    path: Path, class_names: list[str], existing: list[str] | None = None
+    path: Path,
+    class_names: list[str],
+    existing: list[str] | None = None,
+    contract: pixels.PixelContract | None = None,
 ) -> LoadedModel:
-    """Load a user's ``.keras``/``.h5`` classifier safely and check it fits Refit.
+    """Load a user's ``.keras``/``.h5`` classifier safely and make it a Refit model.
 
     Args:
         path: the user's model file.
         class_names: the name of each output, in output order.
         existing: classes the current champion has; they must keep their indices.
+        contract: the pixels the model expects (default 0-255), wrapped into its graph.
 
     Raises:
         ModelRefused: the file or the model is unusable; the message says why.
@@ -206,7 +190,33 @@ def import_model(
         names = check_class_names(class_names, existing)
     except ValueError as exc:
         raise ModelRefused(path, str(exc)) from exc
-    model = _load_untrusted(path)
+    facts = modelsafety.inspect(path)
+    model = bare_model(path, facts)
+    units = model.output_shape[-1]
+    if units != len(names):
+        raise ModelRefused(
+            path, f"has {units} outputs but {len(names)} class names were given ({names})"
+        )
+    contract = contract or pixels.parse("0-255")
+    model = pixels.wrap(model, contract)
+    probe = np.full((1, *model.input_shape[1:]), 127.0, dtype="float32")
+    if not np.isfinite(np.asarray(model(probe, training=False))).all():
+        raise ModelRefused(path, "produces non-finite outputs")
+    card = {
+        "imported_from": path.name,
+        "format": f"{facts.format} (Keras {facts.keras_version or '?'})",
+        "pixels": contract.name,
+        "has_batch_norm": any(
+            isinstance(layer, keras.layers.BatchNormalization) for layer in _all_layers(model)
+        ),
+    }
+    return LoadedModel(model, names, card)
+
+
+def bare_model(path: Path, facts: modelsafety.FileFacts | None = None) -> keras.Model:
+    """The user's model as Keras 3, checked (one HxWx3 input, softmax head), pixels as is."""
+    facts = facts or modelsafety.inspect(path)
+    model = _load_untrusted(path, facts)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelRefused(path, "must have exactly one input and one output")
     shape = tuple(model.input_shape)
@@ -220,14 +230,31 @@ def import_model(
         )
     if shape[1] is None or shape[2] is None:
         raise ModelRefused(path, "must declare its input height and width")
-    model = _normalise_head(model, path)
-    units = model.output_shape[-1]
-    if units != len(names):
-        raise ModelRefused(path, f"has {units} outputs but {len(names)} class names were given")
-    probe = np.zeros((1, *shape[1:]), dtype="float32")
-    if not np.isfinite(np.asarray(model(probe, training=False))).all():
-        raise ModelRefused(path, "produces non-finite outputs")
-    return LoadedModel(model, names, {"imported_from": path.name})
+    return _normalise_head(model, path)
+
+
+def read_class_list(path: Path) -> list[str]:
+    """Class names from a file: one per line (names may hold commas), or ``labels.txt`` as
+    Teachable Machine writes it (``0 cardboard``: each line starts with its index).
+
+    Raises:
+        ModelRefused: unreadable, empty, or a numbered list out of order.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelRefused(path, f"cannot read the class list: {exc}") from exc
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ModelRefused(path, "the class list is empty")
+    numbered = [line.split(maxsplit=1) for line in lines]
+    if all(len(p) == 2 and p[0].isdigit() for p in numbered):
+        indices = [int(p[0]) for p in numbered]
+        if indices != list(range(len(lines))):
+            raise ModelRefused(path, f"numbered class list out of order: {indices}")
+        return [p[1].strip() for p in numbered]
+    return lines
 
 
 def load_refit_model(path: Path) -> LoadedModel:

@@ -413,7 +413,7 @@ def validate_batch(
     """
     manifest = manifest.assign(label=manifest["label"].where(manifest["label"].str.strip() != ""))
     table = class_table(manifest, reference) if not manifest.empty else None
-    new_classes = sorted(table.loc[table["new"], "label"]) if table is not None else []
+    new_classes = [] if table is None else names.natural_sorted(table.loc[table["new"], "label"])
     allowed = sorted(
         reference.train_classes
         | reference.holdout_classes

@@ -1,0 +1,209 @@
+"""Fixtures of the model files and data real users bring, made here (nothing downloads).
+
+- :func:`teachable_machine_h5`: the structure of a Google Teachable Machine image export
+  (Keras 2.4 ``keras_model.h5`` + ``labels.txt``): an outer Sequential holding a Sequential
+  trunk (a MobileNetV2 0.35 functional model at 224x224 cut at ``out_relu`` + global pooling)
+  and a Sequential head (Dense 100 relu, Dense N softmax without bias); inputs in [-1, 1],
+  scaling not in the model; ``DepthwiseConv2D`` configs carry ``groups: 1``. Written by
+  tf-keras, then its config rewritten the way Keras 2.4 wrote it (no ``module`` keys).
+- :func:`lambda_h5`: a Keras 2 file whose Lambda layer's marshalled code writes a file.
+- :func:`custom_layer_h5`: a Keras 2 file naming a custom layer class.
+- :func:`saved_model_zip`: a zipped SavedModel directory.
+- :func:`shapes`: a synthetic traffic-sign-like task (coloured shapes on noise, 30x30) that a
+  small CNN learns to >= 99%; :func:`no_bn_cnn_h5` trains such a CNN with Adam on [0, 1]
+  inputs in Keras 2 and saves it, as people export theirs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def _as_keras24(path: Path) -> None:
+    """Rewrite an h5 written by tf-keras 2.21 the way Keras 2.4 wrote it."""
+    import h5py
+
+    def old(node):
+        if isinstance(node, dict):
+            return {
+                key: old(value)
+                for key, value in node.items()
+                if key not in ("module", "registered_name", "build_config")
+            }
+        if isinstance(node, list):
+            return [old(value) for value in node]
+        return node
+
+    with h5py.File(path, "a") as handle:
+        config = old(json.loads(handle.attrs["model_config"]))
+        handle.attrs["model_config"] = json.dumps(config)
+        handle.attrs["keras_version"] = "2.4.0"
+
+
+def teachable_machine_h5(folder: Path, classes: list[str], size: int = 224, seed: int = 0):
+    """Write ``keras_model.h5`` and ``labels.txt`` as Teachable Machine exports them.
+
+    Returns:
+        (h5 path, labels path, the tf-keras model that wrote it).
+    """
+    import tf_keras as k2
+
+    k2.utils.set_random_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    trunk = k2.applications.MobileNetV2(
+        input_shape=(size, size, 3), alpha=0.35, include_top=False, weights=None
+    )
+    base = k2.Model(trunk.inputs, trunk.get_layer("out_relu").output, name="model1")
+    features = k2.Sequential([base, k2.layers.GlobalAveragePooling2D()], name="sequential_1")
+    head = k2.Sequential(
+        [
+            k2.layers.Dense(100, activation="relu", name="dense_Dense1"),
+            k2.layers.Dense(
+                len(classes), activation="softmax", use_bias=False, name="dense_Dense2"
+            ),
+        ],
+        name="sequential_3",
+    )
+    model = k2.Sequential([features, head], name="sequential_4")
+    model.build((None, size, size, 3))
+    h5 = folder / "keras_model.h5"
+    model.save(h5)
+    _as_keras24(h5)
+    labels = folder / "labels.txt"
+    labels.write_text("".join(f"{i} {name}\n" for i, name in enumerate(classes)))
+    return h5, labels, model
+
+
+def lambda_h5(path: Path, marker: Path) -> Path:
+    """A Keras 2 h5 whose Lambda layer writes ``marker`` when the model is built."""
+    import tf_keras as k2
+
+    target = str(marker)
+
+    def touch(x):
+        with open(target, "w") as handle:  # runs whenever the layer is built or called
+            handle.write("code ran")
+        return x
+
+    inputs = k2.Input((8, 8, 3))
+    x = k2.layers.Lambda(touch)(inputs)
+    x = k2.layers.GlobalAveragePooling2D()(x)
+    outputs = k2.layers.Dense(2, activation="softmax")(x)
+    k2.Model(inputs, outputs).save(path)
+    marker.unlink(missing_ok=True)  # building it here ran the code once
+    return path
+
+
+def custom_layer_h5(path: Path) -> Path:
+    """A Keras 2 h5 naming a custom layer class ``Swish6``."""
+    import h5py
+    import tf_keras as k2
+
+    inputs = k2.Input((8, 8, 3))
+    x = k2.layers.Activation("relu", name="swish6")(inputs)
+    x = k2.layers.GlobalAveragePooling2D()(x)
+    k2.Model(inputs, k2.layers.Dense(2, activation="softmax")(x)).save(path)
+    with h5py.File(path, "a") as handle:
+        text = handle.attrs["model_config"]
+        text = text.decode() if isinstance(text, bytes) else text
+        handle.attrs["model_config"] = text.replace(
+            '"class_name": "Activation"', '"class_name": "Swish6"', 1
+        )
+    return path
+
+
+def saved_model_zip(path: Path) -> Path:
+    """A zipped TensorFlow SavedModel folder (what ``model.export()`` writes)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("my_model/saved_model.pb", b"\x08\x01")
+        archive.writestr("my_model/variables/variables.index", b"")
+    return path
+
+
+# --------------------------------------------------------------------------- a no-BN CNN
+
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+COLOURS = {"red": (210, 30, 30), "blue": (30, 60, 210)}
+
+
+def shape_classes() -> list[str]:
+    return [f"{colour} {shape}" for shape in SHAPES for colour in COLOURS]
+
+
+def shapes(n: int, seed: int, size: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` uint8 images of coloured shapes on noisy backgrounds, and their labels."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    classes = shape_classes()
+    x = np.empty((n, size, size, 3), np.uint8)
+    y = rng.integers(0, len(classes), n)
+    for i, label in enumerate(y):
+        colour_name, shape = classes[label].split(" ")
+        background = rng.integers(90, 200, 3)
+        noise = rng.normal(0, 18, (size, size, 3))
+        image = Image.fromarray(np.clip(background + noise, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        r = rng.uniform(0.25, 0.42) * size
+        cx, cy = rng.uniform(r, size - r, 2)
+        colour = tuple(int(np.clip(c + rng.normal(0, 20), 0, 255)) for c in COLOURS[colour_name])
+        if shape == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+        elif shape == "square":
+            draw.rectangle([cx - r * 0.8, cy - r * 0.8, cx + r * 0.8, cy + r * 0.8], fill=colour)
+        elif shape == "triangle":
+            draw.polygon(
+                [(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=colour
+            )
+        elif shape == "diamond":
+            draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=colour)
+        else:
+            w = r * 0.35
+            draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=colour)
+            draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=colour)
+        x[i] = np.asarray(image)
+    return x, y
+
+
+def no_bn_cnn_h5(path: Path, x: np.ndarray, y: np.ndarray, epochs: int = 12, seed: int = 0):
+    """Train a small CNN without batch norm (Adam, inputs in [0, 1]) in Keras 2 and save it.
+
+    Returns:
+        The tf-keras model.
+    """
+    import tf_keras as k2
+
+    k2.utils.set_random_seed(seed)
+    n_classes = int(y.max()) + 1
+    model = k2.Sequential(
+        [
+            k2.Input(x.shape[1:]),
+            k2.layers.Conv2D(32, 5, activation="relu"),
+            k2.layers.Conv2D(32, 5, activation="relu"),
+            k2.layers.MaxPool2D(),
+            k2.layers.Dropout(0.25),
+            k2.layers.Conv2D(64, 3, activation="relu"),
+            k2.layers.Conv2D(64, 3, activation="relu"),
+            k2.layers.MaxPool2D(),
+            k2.layers.Dropout(0.25),
+            k2.layers.Flatten(),
+            k2.layers.Dense(256, activation="relu"),
+            k2.layers.Dropout(0.5),
+            k2.layers.Dense(n_classes, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x.astype("float32") / 255.0, y, epochs=epochs, batch_size=64, verbose=0)
+    model.save(path)
+    import h5py
+
+    with h5py.File(path, "a") as handle:
+        handle.attrs["keras_version"] = "2.6.0"
+    return model
