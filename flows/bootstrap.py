@@ -34,9 +34,17 @@ def seed_dataset(seed: str | None):
 
 
 @task(name="make the model", cache_policy=NO_CACHE)
-def make_model(model: str | None, classes: str | None, from_scratch: bool, epochs: int | None):
+def make_model(
+    model: str | None,
+    classes: str | None,
+    from_scratch: bool,
+    epochs: int | None,
+    labels: str | None = None,
+    pixels: str | None = None,
+):
     from pipelines import bootstrap, workspace
-    from pipelines.modelfile import import_model, load_refit_model
+    from pipelines.imports import import_user_model
+    from pipelines.modelfile import load_refit_model
 
     config = settings()
     if from_scratch:
@@ -49,9 +57,21 @@ def make_model(model: str | None, classes: str | None, from_scratch: bool, epoch
     if model is None:
         return load_refit_model(config.builtin_model)
     names = [c.strip() for c in classes.split(",")] if classes else None
-    if names is None:
+    if names is None and labels is None and Path(model).suffix == ".keras":
         return load_refit_model(Path(model))  # a Refit file carries its class names
-    return import_model(Path(model), names)
+    imported = import_user_model(
+        Path(model),
+        names,
+        Path(labels) if labels else None,
+        pixels,
+        limits=config.ingest,
+        progress=log().info,
+    )
+    for note in imported.notes:
+        log().info(note)
+    for warning in imported.warnings:
+        log().warning(warning)
+    return imported.loaded
 
 
 @task(name="judge and promote", cache_policy=NO_CACHE)
@@ -73,6 +93,8 @@ def bootstrap_flow(
     train_from_scratch: bool = False,
     epochs: int | None = None,
     seed: str | None = None,
+    labels: str | None = None,
+    pixels: str | None = None,
 ):
     """Make the first champion.
 
@@ -80,6 +102,9 @@ def bootstrap_flow(
         model: a .keras/.h5 model file to start from (default: the built-in model).
         classes: the model's class names in output order, comma-separated (for files that
             do not carry them).
+        labels: a class-list file instead (one name per line, or Teachable Machine's
+            labels.txt).
+        pixels: the pixel range the model expects (see `refit model import --help`).
         train_from_scratch: train the configured architecture on the dataset instead.
         epochs: epochs when training from scratch (default: settings).
         seed: a batch to start the dataset with when it is empty (default: the embedded
@@ -88,7 +113,7 @@ def bootstrap_flow(
     seeded = seed_dataset(seed)
     if seeded is not None and seeded.quarantined is not None:
         return Failed(message=f"seed batch rejected: {seeded.report.summary()}")
-    challenger = make_model(model, classes, train_from_scratch, epochs)
+    challenger = make_model(model, classes, train_from_scratch, epochs, labels, pixels)
     reason = "from scratch" if train_from_scratch else Path(model).name if model else "built-in"
     judgement, dataset = judge_first(challenger, reason)
     smoke = go_live(judgement.version, challenger, dataset) if judgement.promoted else None

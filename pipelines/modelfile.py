@@ -23,9 +23,9 @@ import keras
 import numpy as np
 
 from pipelines import modelsafety, pixels
-from pipelines.rebuild import flatten, load_keras2
 from pipelines.modelsafety import ModelRefused
 from pipelines.names import RULE, is_valid
+from pipelines.rebuild import flatten, load_keras2
 
 META_MEMBER = "refit.json"
 __all__ = ["LoadedModel", "ModelRefused", "import_model", "load_refit_model", "save_model"]
@@ -259,6 +259,7 @@ def read_class_list(path: Path) -> list[str]:
 
 def load_refit_model(path: Path) -> LoadedModel:
     """Load a Refit model file (ours: trusted format, still loaded in safe mode)."""
+    modelsafety.inspect(path)  # a file passed to `refit model register` may be anyone's
     meta = read_meta(path)
     if meta is None:
         raise ModelRefused(path, "has no class names; import it with `refit model import`")

@@ -145,30 +145,44 @@ def wrap(model, contract: PixelContract):
 
 @dataclass(frozen=True)
 class Calibration:
-    """Agreement with the labels of one batch under each plausible contract."""
+    """Agreement with the labels of one batch under each plausible contract.
+
+    The best contract has the lowest log loss: a proper score that sees both a collapse
+    (a net trained on 0-255 fed 0-1 guesses) and overconfidence (a ReLU net fed 255 times
+    its training range often keeps its argmax, not its confidence).
+    """
 
     accuracy: dict[str, float]  # contract name -> share of images predicted as labelled
+    loss: dict[str, float]  # contract name -> mean cross-entropy against the labels
     images: int
 
     @property
     def best(self) -> str:
-        return max(self.accuracy, key=self.accuracy.get)
+        return min(self.loss, key=self.loss.get)
 
     def verdict(self, declared: str | None) -> str | None:
-        """A warning when the declared contract is clearly not the best one, else None."""
-        if declared is None or declared not in self.accuracy:
+        """A warning when the declared contract is not the best one, else None."""
+        if declared is None or declared not in self.accuracy or declared == self.best:
             return None
-        if self.accuracy[self.best] - self.accuracy[declared] < 0.05:
+        best = self.best
+        worse_acc = self.accuracy[best] - self.accuracy[declared] >= 0.02
+        worse_loss = self.loss[declared] > 1.5 * self.loss[best] + 0.02
+        if not (worse_acc or worse_loss):
             return None
         return (
             f"the declared pixel range {declared} agrees with the labels on "
-            f"{self.accuracy[declared]:.0%} of {self.images} images, {self.best} on "
-            f"{self.accuracy[self.best]:.0%}: check how the model was trained"
+            f"{self.accuracy[declared]:.1%} of {self.images} images (log loss "
+            f"{self.loss[declared]:.3f}), {best} on {self.accuracy[best]:.1%} (log loss "
+            f"{self.loss[best]:.3f}): check how the model was trained"
         )
 
     def table(self) -> str:
-        rows = sorted(self.accuracy.items(), key=lambda kv: -kv[1])
-        return "\n".join(f"  {name:>6}: {acc:.1%}" for name, acc in rows)
+        rows = sorted(self.loss, key=self.loss.get)
+        return "\n".join(
+            f"  {name:>8}: accuracy {self.accuracy[name]:6.1%}  log loss {self.loss[name]:.3f}"
+            + ("  <- best" if name == self.best else "")
+            for name in rows
+        )
 
 
 def calibrate(model, raw: np.ndarray, labels: np.ndarray, declared: str | None = None):
@@ -176,8 +190,10 @@ def calibrate(model, raw: np.ndarray, labels: np.ndarray, declared: str | None =
     from pipelines.predict import predict_proba
 
     names = list(PLAUSIBLE) + ([declared] if declared and declared not in PLAUSIBLE else [])
-    accuracy = {}
+    accuracy, loss = {}, {}
     for name in names:
         probs = predict_proba(model, parse(name).apply(raw))
         accuracy[name] = float(np.mean(probs.argmax(axis=1) == labels))
-    return Calibration(accuracy, len(labels))
+        picked = probs[np.arange(len(labels)), labels]
+        loss[name] = float(np.mean(-np.log(np.clip(picked, 1e-7, 1.0))))
+    return Calibration(accuracy, loss, len(labels))

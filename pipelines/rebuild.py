@@ -3,15 +3,15 @@
 Refit edits models by layer name (the ``logits`` head, the ``pixel_contract`` input layer,
 the top layers it unfreezes), so every model it keeps is one flat graph. :func:`flatten`
 replays a Keras 3 model's layers (nested Sequential/Functional models inlined) on new
-inputs, optionally behind a front layer; the layer objects and their weights are reused.
+inputs as fresh layers with the same weights, optionally behind a front layer.
 
-Keras 2 ``.h5`` files (tf.keras 2.x, Teachable Machine): Keras 3's own h5 loader stops at Keras 2 details (``DepthwiseConv2D(groups=1)``, nested
-Sequential models, tf-keras module paths), so the file is loaded by ``tf-keras`` (Keras 2),
-then rebuilt layer by layer as Keras 3 layers with the same weights (:func:`load_keras2`),
-so the result trains, serves and exports like Refit's own. The rebuilt model is checked
-against the original on the same input before it is used.
+Keras 2 ``.h5`` files (tf.keras 2.x, Teachable Machine): Keras 3's own h5 loader stops at
+Keras 2 details (``DepthwiseConv2D(groups=1)``, nested Sequential models, tf-keras module
+paths), so the file is loaded by ``tf-keras`` (Keras 2), then rebuilt layer by layer as
+Keras 3 layers with the same weights (:func:`load_keras2`), so the result trains, serves and
+exports like Refit's own. The rebuild is checked against the original on the same input.
 
-Only call this on a file :func:`pipelines.modelsafety.inspect` has passed: tf-keras builds
+Only call these on a file :func:`pipelines.modelsafety.inspect` has passed: tf-keras builds
 whatever the file describes.
 """
 

@@ -643,24 +643,58 @@ def _print_judgement(outcome) -> None:
 
 @model_app.command("import")
 def model_import(
-    file: Annotated[Path, typer.Argument(help="The user's .keras or legacy .h5 model.")],
-    classes: Annotated[str, typer.Option(help="Class names in output order, comma-separated.")],
+    file: Annotated[
+        Path, typer.Argument(help="A .keras, a Keras 2 .h5, or Teachable Machine's .zip export.")
+    ],
+    classes: Annotated[
+        str | None, typer.Option(help="Class names in output order, comma-separated.")
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Class-list file: one name per line, or labels.txt ('0 cardboard')."),
+    ] = None,
+    pixels: Annotated[
+        str | None,
+        typer.Option(
+            help="Pixels the model expects: 0-255, 0-1, -1-1, mean=R,G,B/std=R,G,B or "
+            "keras.applications.NAME (default: calibrated, Teachable Machine's, else 0-255)."
+        ),
+    ] = None,
+    calibrate: Annotated[
+        Path | None,
+        typer.Option(help="A labelled batch of the model's classes: measure the pixel range."),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write the .keras.")] = None,
 ) -> None:
-    """Check a user's classifier (safe mode, no Lambda, HxWx3 in, softmax out) and re-save it."""
+    """Import a user's classifier: inspected before loading (no Lambda, no custom code),
+    converted to Keras 3, its pixel range wrapped in, saved as a Refit .keras."""
     settings = _settings(tensorflow=True)
-    from pipelines.modelfile import ModelRefused, import_model, save_model
+    from pipelines.imports import import_user_model
+    from pipelines.modelfile import ModelRefused, save_model
 
+    names = [c for c in classes.split(",")] if classes else None
     try:
-        loaded = import_model(file, [c for c in classes.split(",")])
+        imported = import_user_model(
+            file, names, labels, pixels, calibrate, settings.ingest, progress=console.print
+        )
     except ModelRefused as exc:
         raise _fail(str(exc)) from exc
-    out = out or settings.workspace / "models" / f"imported-{file.stem}.keras"
+    loaded = imported.loaded
+    if imported.calibration is not None:
+        console.print("Agreement with the batch's labels under each pixel range:")
+        console.print(imported.calibration.table(), highlight=False)
+    for note in imported.notes:
+        console.print(f"[dim]{note}[/]", highlight=False)
+    for warning in imported.warnings:
+        console.print(f"[yellow]Warning: {warning}[/]", highlight=False)
+    stem = file.parent.name if file.stem == "keras_model" else file.stem
+    out = out or settings.workspace / "models" / f"imported-{stem}.keras"
     save_model(loaded, out)
     height, width = loaded.input_size
     console.print(
-        f"Imported {file}: {width}x{height} RGB in, {len(loaded.class_names)} classes "
-        f"({', '.join(loaded.class_names)}). Saved {out}"
+        f"Imported {file}: {width}x{height} RGB in, pixels {loaded.card['pixels']}, "
+        f"{len(loaded.class_names)} classes ({', '.join(loaded.class_names)}). Saved {out}",
+        highlight=False,
     )
 
 

@@ -53,31 +53,57 @@ async def submit_batch(
     return {"submission": submission, "follow": f"/retrain/submissions/{submission}"}
 
 
-@router.post("/retrain/model", summary="Upload your own .keras/.h5 model as a candidate")
+@router.post("/retrain/model", summary="Upload your own model as a candidate")
 async def upload_model(
-    model: Annotated[UploadFile, File(description=".keras or legacy .h5 classifier")],
-    classes: Annotated[str, Form(description="Class names in output order, comma-separated")],
+    model: Annotated[
+        UploadFile, File(description=".keras, Keras 2 .h5, or Teachable Machine's .zip export")
+    ],
+    classes: Annotated[
+        str | None, Form(description="Class names in output order, comma-separated")
+    ] = None,
+    labels: Annotated[
+        UploadFile | None,
+        File(description="Class-list file: one name per line, or labels.txt ('0 cardboard')"),
+    ] = None,
+    pixels: Annotated[
+        str | None, Form(description="Pixels the model expects: 0-255, 0-1, -1-1, ...")
+    ] = None,
     authorization: Annotated[str | None, Header()] = None,
 ):
     from core import runs
+    from pipelines.pixels import BadContract, parse
 
     if not authorized(authorization):
         return error(401, UNAUTHORIZED)
     name = Path(model.filename or "model.keras").name
-    if Path(name).suffix not in (".keras", ".h5"):
-        return error(400, f"{name}: only .keras and legacy .h5 model files are accepted")
-    if not [c for c in classes.split(",") if c.strip()]:
-        return error(400, "classes: give the class names in output order")
+    if Path(name).suffix not in (".keras", ".h5", ".zip"):
+        return error(
+            400, f"{name}: upload a .keras, a Keras 2 .h5, or a Teachable Machine .zip export"
+        )
+    named = bool(classes and [c for c in classes.split(",") if c.strip()])
+    if not named and labels is None and Path(name).suffix != ".zip":
+        return error(400, "classes: give the class names in output order, or a labels file")
+    if pixels:
+        try:
+            parse(pixels)
+        except BadContract as exc:
+            return error(400, f"pixels: {exc}")
     uploads = get_settings().workspace / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)
-    folder = tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=uploads)
-    path = Path(folder) / name  # a folder of its own: two uploads of one name never collide
+    folder = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=uploads))
+    path = folder / name  # a folder of its own: two uploads of one name never collide
     with path.open("wb") as out:
         shutil.copyfileobj(model.file, out)
+    parameters = {"model": str(path), "classes": classes if named else None, "pixels": pixels}
+    if labels is not None:
+        labels_path = folder / "labels.txt"
+        if labels_path == path:
+            labels_path = folder / "class-list.txt"
+        with labels_path.open("wb") as out:
+            shutil.copyfileobj(labels.file, out)
+        parameters["labels"] = str(labels_path)
     try:
-        run_id = await anyio.to_thread.run_sync(
-            runs.start, "bootstrap/bootstrap", {"model": str(path), "classes": classes}
-        )
+        run_id = await anyio.to_thread.run_sync(runs.start, "bootstrap/bootstrap", parameters)
     except Exception as exc:
         return error(503, f"cannot start the bootstrap flow (is `refit up` running?): {exc}")
     return {"run": run_id, "follow": f"/retrain/runs/{run_id}"}

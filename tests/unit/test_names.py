@@ -12,7 +12,19 @@ from pipelines.reports import rejection
 
 
 @pytest.mark.parametrize(
-    "name", ["cat", "stop sign", "Кошка", "नमस्ते", "แมว", "猫", "a.b-c_d", "0", "x" * 64, "speed limit (30), urban"]
+    "name",
+    [
+        "cat",
+        "stop sign",
+        "Кошка",
+        "नमस्ते",
+        "แมว",
+        "猫",
+        "a.b-c_d",
+        "0",
+        "x" * 64,
+        "speed limit (30), urban",
+    ],
 )
 def test_names_of_any_script_pass(name: str) -> None:
     assert is_valid(name)
