@@ -30,15 +30,37 @@ class ValidationPolicy(BaseModel):
 
     min_side: int = Field(default=8, description="Smallest image width/height in pixels.")
     max_side: int = Field(default=12_000, description="Largest image width/height in pixels.")
-    min_images_per_class: int = Field(default=5, description="Fewest images of any class.")
+    min_images_per_class: int = Field(
+        default=5, description="Fewest images of any class the batch brings, after the merge."
+    )
     min_images_per_new_class: int = Field(
         default=50, description="Fewest images of a class the dataset does not have yet."
     )
     max_class_imbalance: float = Field(
-        default=20.0, description="Largest ratio between the biggest and smallest class."
+        default=20.0,
+        description="Largest ratio between the biggest and smallest class after the merge "
+        "(a batch may not push the dataset past it).",
     )
     allow_new_classes: bool = Field(
         default=True, description="Accept labels the dataset does not have (grows the model)."
+    )
+    max_skipped_share: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Most of a batch's files that may be skipped as repairs (not an image, "
+        "missing, unlabelled, unreadable, duplicate) before the whole batch is refused.",
+    )
+    near_duplicate_distance: int = Field(
+        default=6,
+        ge=0,
+        le=32,
+        description="Most differing pHash bits (of 64) for two images to be near-duplicates.",
+    )
+    near_duplicate_leakage: Literal["skip", "refuse"] = Field(
+        default="skip",
+        description="A batch image that nearly duplicates a holdout image: skip it with a "
+        "warning, or refuse the batch.",
     )
     max_examples: int = Field(default=10, description="Example files listed per failed rule.")
 

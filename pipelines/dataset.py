@@ -39,6 +39,8 @@ from pipelines.ingest import StagedBatch
 from pipelines.validate import Reference, ValidationReport
 
 INDEX_FILE = "index.csv"
+SKIPPED_FILE = "skipped.csv"  # files batches brought that were left out, and why
+SKIPPED_COLUMNS = ["batch_id", "path", "rule", "detail"]
 INDEX_COLUMNS = ["split", "label", "path", "sha256", "batch_id", "source_path", "width", "height"]
 
 
@@ -56,25 +58,35 @@ def load_index(dataset_dir: Path) -> pd.DataFrame:
     )
 
 
-def reference_of(index: pd.DataFrame) -> Reference:
-    """The classes and hashes a new batch is validated against."""
+def reference_of(index: pd.DataFrame, holdout_phash: list[str] | None = None) -> Reference:
+    """The classes, counts and hashes a new batch is validated against (``holdout_phash``:
+    the holdout rows' pHashes, from :func:`pipelines.neardup.dataset_phashes`)."""
     train = index[index["split"] == "train"]
     holdout = index[index["split"] == "holdout"]
+    counts = train["label"].value_counts()
     return Reference(
         train_classes=frozenset(train["label"]),
         holdout_classes=frozenset(holdout["label"]),
         train_sha256=frozenset(train["sha256"]),
         holdout_sha256=frozenset(holdout["sha256"]),
+        train_counts=tuple((str(k), int(v)) for k, v in counts.items()),
+        holdout_phash=tuple(holdout_phash or ()),
     )
 
 
-def assign_splits(manifest: pd.DataFrame, index: pd.DataFrame, policy: SplitPolicy) -> pd.Series:
+def assign_splits(
+    manifest: pd.DataFrame, index: pd.DataFrame, policy: SplitPolicy, near_distance: int = -1
+) -> pd.Series:
     """The split of each manifest row: explicit, or a seeded share for classes without holdout.
 
     Classes that already have a holdout get only training images. For every other class,
     ``policy.holdout_share`` of its images (at least one, chosen by a seeded shuffle of the
     rows sorted by hash, so the choice does not depend on file order) go to the holdout.
+    Near-duplicates (pHashes within ``near_distance`` bits; -1: off) move as one group, so
+    a photo and its re-save never sit on both sides.
     """
+    from pipelines.neardup import groups
+
     frozen = set(index.loc[index["split"] == "holdout", "label"])
     splits = manifest["split"].copy()
     for label, rows in manifest[manifest["split"].isna()].groupby("label", sort=True):
@@ -84,11 +96,35 @@ def assign_splits(manifest: pd.DataFrame, index: pd.DataFrame, policy: SplitPoli
             or (manifest.loc[manifest["label"] == label, "split"] == "holdout").any()
         ):
             continue
-        ordered = rows.sort_values("sha256").index.tolist()
+        rows = rows.sort_values("sha256")
+        hashes = rows["phash"] if "phash" in rows else pd.Series(None, index=rows.index)
+        group = pd.Series(range(len(rows)), index=rows.index)
+        known = hashes.notna()
+        if near_distance >= 0 and known.any():
+            ids = groups(hashes[known].tolist(), near_distance)
+            group[known] = [len(rows) + int(i) for i in ids]
+        ordered = list(dict.fromkeys(group.tolist()))
         random.Random(f"{policy.seed}:{label}").shuffle(ordered)
-        n_holdout = max(1, round(len(ordered) * policy.holdout_share))
-        splits[ordered[:n_holdout]] = "holdout"
+        n_holdout = max(1, round(len(rows) * policy.holdout_share))
+        chosen: list[int] = []
+        for g in ordered:
+            if sum(group.isin(chosen)) >= n_holdout:
+                break
+            chosen.append(g)
+        splits[group.index[group.isin(chosen)]] = "holdout"
     return splits
+
+
+def _record_skipped(dataset_dir: Path, building: Path, batch_id: str, skipped: list) -> None:
+    """Carry ``skipped.csv`` over and add this batch's skipped files (written only once a
+    batch has skipped any, so datasets without repairs keep their content hash)."""
+    old = dataset_dir / SKIPPED_FILE
+    rows = pd.read_csv(old, dtype=str, keep_default_na=False) if old.is_file() else None
+    if skipped:
+        new = pd.DataFrame(skipped, columns=["path", "rule", "detail"]).assign(batch_id=batch_id)
+        rows = pd.concat([rows, new[SKIPPED_COLUMNS]]) if rows is not None else new[SKIPPED_COLUMNS]
+    if rows is not None:
+        rows.to_csv(building / SKIPPED_FILE, index=False)
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
@@ -159,8 +195,10 @@ def merge_batch(
     manifest: pd.DataFrame,
     report: ValidationReport,
     policy: SplitPolicy,
+    near_distance: int = -1,
 ) -> PendingMerge:
-    """Merge a validated batch into the dataset, atomically.
+    """Merge a validated batch into the dataset, atomically. Files the report skipped are
+    left out and recorded in ``skipped.csv`` with the rule and why.
 
     Args:
         dataset_dir: the dataset directory (created by the first batch).
@@ -168,6 +206,7 @@ def merge_batch(
         manifest: its manifest.
         report: its validation report; a failed report is refused.
         policy: how new classes' holdout is drawn.
+        near_distance: near-duplicates (pHash bits) kept on one side of the split.
 
     Returns:
         The pending merge; call ``commit()`` once the new state is versioned, ``rollback()``
@@ -177,7 +216,9 @@ def merge_batch(
         raise ValueError(f"batch {batch.batch_id} failed validation; it cannot be merged")
     recover_dataset(dataset_dir)
     index = load_index(dataset_dir)
-    splits = assign_splits(manifest, index, policy)
+    left_out = {row["path"] for row in report.skipped}
+    manifest = manifest[~manifest["path"].isin(left_out)].reset_index(drop=True)
+    splits = assign_splits(manifest, index, policy, near_distance)
     added = pd.DataFrame(
         {
             "split": splits,
@@ -204,6 +245,7 @@ def merge_batch(
             _link_or_copy(batch.files_dir / src, building / rel)
         merged = pd.concat([index, added], ignore_index=True)
         merged.sort_values(["split", "label", "path"]).to_csv(building / INDEX_FILE, index=False)
+        _record_skipped(dataset_dir, building, batch.batch_id, report.skipped)
     except BaseException as exc:
         shutil.rmtree(building, ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):

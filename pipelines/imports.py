@@ -167,4 +167,22 @@ def calibrate(
         images = load_images(
             [staged.files_dir / f.path for f in known], [f.label for f in known], classes, size
         )
-    return pixels.calibrate(bare, images.x, images.y, declared)
+    return measure_pixel_ranges(bare, images.x, images.y, declared)
+
+
+def measure_pixel_ranges(model, raw, labels, declared: str | None = None) -> pixels.Calibration:
+    """Which plausible contract makes ``model`` (unwrapped) agree with ``labels`` on ``raw``."""
+    import numpy as np
+
+    from pipelines.predict import predict_proba
+
+    names = list(pixels.PLAUSIBLE)
+    if declared and declared not in names:
+        names.append(declared)
+    accuracy, loss = {}, {}
+    for name in names:
+        probs = predict_proba(model, pixels.parse(name).apply(raw))
+        accuracy[name] = float(np.mean(probs.argmax(axis=1) == labels))
+        picked = probs[np.arange(len(labels)), labels]
+        loss[name] = float(np.mean(-np.log(np.clip(picked, 1e-7, 1.0))))
+    return pixels.Calibration(accuracy, loss, len(labels))

@@ -13,7 +13,11 @@ of single files (not an image, named in labels.csv but missing, outside any clas
 are recorded as :class:`Finding` s for validation to report.
 
 The manifest decodes every image once (in a process pool for large batches) and records
-path, label, split, size, mode, format, bytes, sha256 and whether it decodes (and why not).
+path, label, split, size, mode, format, bytes, sha256, a perceptual hash (``imagehash``'s
+64-bit pHash, for near-duplicates) and whether it decodes (and why not).
+
+Labels CSVs come as spreadsheets export them: a BOM, ``,`` ``;`` or tab separated, quoted
+names, Windows paths (``images\\x.png``); labels stay text (``7``, never ``7.0``).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ MANIFEST_COLUMNS = [
     "sha256",
     "decodable",
     "reason",
+    "phash",
 ]
 COPY_CHUNK = 1 << 20
 NOT_AN_IMAGE = "extension is not an image type"
@@ -277,25 +282,40 @@ def _copy_folder(source: Path, dest: Path, limits: IngestLimits) -> None:
 
 
 def _read_labels_csv(csv_path: Path) -> Iterator[tuple[int, str, str]]:
-    """Rows of a labels CSV as (line number, file, label); columns filename|path and label."""
+    """Rows of a labels CSV as (line number, file, label); columns filename|path and label.
+    The separator (``,``, ``;`` or tab) is sniffed; backslashes in paths become ``/``."""
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
+            head = handle.readline()
+            handle.seek(0)
+            delimiter = max(",;\t", key=head.count)
+            reader = csv.DictReader(handle, delimiter=delimiter)
             fields = {f.strip().lower(): f for f in reader.fieldnames or []}
-            file_col = fields.get("filename") or fields.get("path")
-            label_col = fields.get("label")
+            file_col = fields.get("filename") or fields.get("path") or fields.get("file")
+            label_col = fields.get("label") or fields.get("class")
             if not file_col or not label_col:
                 raise BatchRefused(
                     "labels_csv",
                     csv_path,
-                    f"needs columns 'filename' (or 'path') and 'label', has {reader.fieldnames}",
+                    "needs columns 'filename' (or 'path') and 'label' (or 'class'), has "
+                    f"{reader.fieldnames}",
                 )
             for line, row in enumerate(reader, start=2):
-                yield line, (row.get(file_col) or "").strip(), row.get(label_col) or ""
+                name = (row.get(file_col) or "").strip().replace("\\", "/")
+                yield line, name, (row.get(label_col) or "").strip()
     except UnicodeDecodeError as exc:
         raise BatchRefused("labels_csv", csv_path, f"is not UTF-8 text ({exc})") from exc
     except csv.Error as exc:
         raise BatchRefused("labels_csv", csv_path, f"is not valid CSV ({exc})") from exc
+
+
+def _deeper(base: Path, rel: PurePosixPath) -> str | None:
+    """The sub-folder of ``base`` where ``rel`` exists instead, if exactly one has it."""
+    try:
+        hits = [d.name for d in base.iterdir() if d.is_dir() and (d / rel).is_file()]
+    except OSError:
+        return None
+    return hits[0] if len(hits) == 1 else None
 
 
 def _copy_csv_batch(csv_path: Path, dest: Path, limits: IngestLimits) -> None:
@@ -356,9 +376,11 @@ def _content_root(files_dir: Path) -> Path:
 
 
 def _label_from_csv(
-    root: Path, files_dir: Path, all_files: list[PurePosixPath]
+    root: Path, files_dir: Path, all_files: list[PurePosixPath], source: Path
 ) -> tuple[list[BatchFile], list[Finding]]:
     files, findings = [], []
+    # where the user's files are: the CSV's own folder when the batch is a bare CSV
+    origin = source.parent if source.is_file() and source.suffix.lower() == ".csv" else root
     named: set[PurePosixPath] = set()
     for line, name, label in _read_labels_csv(root / LABELS_CSV):
         rel = _safe_relpath(name, root / LABELS_CSV) if name else None
@@ -368,7 +390,11 @@ def _label_from_csv(
         full = (root / rel).relative_to(files_dir)
         named.add(PurePosixPath(full))
         if not (root / rel).is_file():
-            findings.append(Finding("missing_file", str(rel), f"named in {LABELS_CSV} line {line}"))
+            where = _deeper(origin, rel)
+            hint = f"; it is in {where}/: paths are relative to the CSV's folder" if where else ""
+            findings.append(
+                Finding("missing_file", str(rel), f"named in {LABELS_CSV} line {line}{hint}")
+            )
         elif rel.suffix.lower() not in IMAGE_EXTENSIONS:
             findings.append(Finding("not_an_image", str(rel), NOT_AN_IMAGE))
         else:
@@ -419,7 +445,7 @@ def _label(files_dir: Path, source: Path) -> tuple[list[BatchFile], list[Finding
         )
     root = _content_root(files_dir)
     if (root / LABELS_CSV).is_file():
-        return _label_from_csv(root, files_dir, all_files)
+        return _label_from_csv(root, files_dir, all_files, source)
     return _label_from_folders(root, files_dir, all_files)
 
 
@@ -471,7 +497,7 @@ def _init_worker(max_pixels: int, pool: bool = False) -> None:
 
 
 def inspect_image(path: Path, max_pixels: int) -> tuple:
-    """(width, height, mode, format, bytes, sha256, decodable, reason) of one image file."""
+    """(width, height, mode, format, bytes, sha256, decodable, reason, phash) of one file."""
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     try:
@@ -483,14 +509,27 @@ def inspect_image(path: Path, max_pixels: int) -> tuple:
                     f"decompression bomb: {width}x{height} pixels exceeds "
                     f"{max_pixels} (ingest.max_pixels)"
                 )
-                return width, height, mode, fmt, len(data), digest, False, reason
+                return width, height, mode, fmt, len(data), digest, False, reason, None
             image.load()
+            phash = perceptual_hash(image)
     except Image.DecompressionBombError as exc:
-        return None, None, None, None, len(data), digest, False, f"decompression bomb: {exc}"
+        reason = f"decompression bomb: {exc}"
+        return None, None, None, None, len(data), digest, False, reason, None
     except Exception as exc:
         reason = f"cannot decode: {exc}" if str(exc) else f"cannot decode: {type(exc).__name__}"
-        return None, None, None, None, len(data), digest, False, reason
-    return width, height, mode, fmt, len(data), digest, True, ""
+        return None, None, None, None, len(data), digest, False, reason, None
+    return width, height, mode, fmt, len(data), digest, True, "", phash
+
+
+def perceptual_hash(image: Image.Image) -> str:
+    """imagehash's 64-bit pHash (16 hex digits) of a loaded image, on its RGB form."""
+    import imagehash
+
+    from pipelines.images import to_rgb
+
+    rgb = to_rgb(image)
+    rgb.thumbnail((512, 512))  # pHash looks at 32x32: shrink a 50 MP photo cheaply first
+    return str(imagehash.phash(rgb))
 
 
 def _inspect_task(args: tuple[str, int]) -> tuple:
@@ -525,7 +564,17 @@ def build_manifest(
         progress(total, total)
     described = pd.DataFrame(
         rows,
-        columns=["width", "height", "mode", "format", "bytes", "sha256", "decodable", "reason"],
+        columns=[
+            "width",
+            "height",
+            "mode",
+            "format",
+            "bytes",
+            "sha256",
+            "decodable",
+            "reason",
+            "phash",
+        ],
     )
     files = pd.DataFrame(
         {
@@ -536,5 +585,11 @@ def build_manifest(
     )
     manifest = pd.concat([files, described], axis=1)[MANIFEST_COLUMNS]
     return manifest.astype(
-        {"width": "Int64", "height": "Int64", "bytes": "int64", "decodable": "bool"}
+        {
+            "width": "Int64",
+            "height": "Int64",
+            "bytes": "int64",
+            "decodable": "bool",
+            "label": object,
+        }
     )

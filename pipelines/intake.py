@@ -42,6 +42,7 @@ from pipelines.ingest import (
     new_batch_id,
     stage_batch,
 )
+from pipelines.neardup import dataset_phashes
 from pipelines.validate import RuleResult, ValidationReport, validate_batch
 from pipelines.versions import DatasetVersion, DvcStore
 
@@ -89,6 +90,7 @@ def intake_lock(path: Path) -> Iterator[None]:
 
 
 STALE_STAGING_S = 3600.0
+PHASH_CACHE = "phash-cache.csv"  # the dataset images' pHashes by sha256, beside staging
 
 
 def _abandoned(entry: Path, now: float, older_than_s: float) -> bool:
@@ -154,8 +156,10 @@ def check_batch(
     batch_id = content_batch_id(manifest)
     staged = replace(staged, batch_id=batch_id)
     progress(f"Validating {batch_id}")
-    reference = reference_of(load_index(dataset_dir))
-    report = validate_batch(staged, manifest, reference, policy)
+    index = load_index(dataset_dir)
+    holdout = index[index["split"] == "holdout"]
+    phashes = dataset_phashes(dataset_dir, holdout, paths.staging.parent / PHASH_CACHE)
+    report = validate_batch(staged, manifest, reference_of(index, phashes), policy)
     return CheckedBatch(batch_id, staged, manifest, report)
 
 
@@ -214,7 +218,9 @@ def add_batch(
             )
             return IntakeResult(checked.report, quarantined=target)
         try:
-            version, pending = _merge_and_version(checked, store, split, progress)
+            version, pending = _merge_and_version(
+                checked, store, split, policy.near_duplicate_distance, progress
+            )
         except BaseException:
             discard(checked)  # the submission keeps the upload: nothing is lost
             raise
@@ -250,14 +256,18 @@ def remove_class(
 
 
 def _merge_and_version(
-    checked: CheckedBatch, store: DvcStore, split: SplitPolicy, progress: Progress
+    checked: CheckedBatch,
+    store: DvcStore,
+    split: SplitPolicy,
+    near_distance: int,
+    progress: Progress,
 ) -> tuple[DatasetVersion, PendingMerge]:
     """Merge atomically, then version; the old state comes back if versioning fails."""
     assert checked.staged is not None and checked.manifest is not None
     progress("Merging into the dataset")
     store.ensure_initialized()
     pending = merge_batch(
-        store.dataset_dir, checked.staged, checked.manifest, checked.report, split
+        store.dataset_dir, checked.staged, checked.manifest, checked.report, split, near_distance
     )
     try:
         failpoint("merge.swapped")

@@ -8,8 +8,9 @@ at import, that mapping becomes the model's first layer, ``pixel_contract``: a f
 convolution (a per-channel scale and offset, with the channel order swapped for BGR
 models), never trained. From then on the model is fed like every other.
 
-When the user does not know, :func:`calibrate` runs labelled images through the model under
-each plausible contract and reports which makes its predictions agree with the labels.
+When the user does not know, calibration (``pipelines.imports``) runs labelled images
+through the model under each plausible contract; :class:`Calibration` says which one makes
+its predictions agree with the labels.
 """
 
 from __future__ import annotations
@@ -183,17 +184,3 @@ class Calibration:
             + ("  <- best" if name == self.best else "")
             for name in rows
         )
-
-
-def calibrate(model, raw: np.ndarray, labels: np.ndarray, declared: str | None = None):
-    """Which plausible contract makes ``model`` (unwrapped) agree with ``labels`` on ``raw``."""
-    from pipelines.predict import predict_proba
-
-    names = list(PLAUSIBLE) + ([declared] if declared and declared not in PLAUSIBLE else [])
-    accuracy, loss = {}, {}
-    for name in names:
-        probs = predict_proba(model, parse(name).apply(raw))
-        accuracy[name] = float(np.mean(probs.argmax(axis=1) == labels))
-        picked = probs[np.arange(len(labels)), labels]
-        loss[name] = float(np.mean(-np.log(np.clip(picked, 1e-7, 1.0))))
-    return Calibration(accuracy, loss, len(labels))

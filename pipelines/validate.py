@@ -1,17 +1,21 @@
 """Validate: check a batch's manifest before it can touch the dataset.
 
-Two kinds of checks make one report:
+Every rule has a severity. A **refuse** rule fails the batch as a whole: unsafe or corrupt
+archives (refused at ingest), leakage into the holdout, labels that cannot be resolved
+(invalid or unknown class names, variants of another name, a malformed labels CSV), holdout
+images for classes whose holdout is fixed, too few images, a dataset pushed out of
+balance, or more files skipped than ``validation.max_skipped_share``. A **repair** rule
+skips the files that break it and reports them: an exact duplicate inside the batch (one
+copy is kept), a duplicate of a training image, a near-duplicate of a holdout image (by
+setting), a file that is not an image, unreadable, out of size bounds, named in the CSV but
+missing, or without a label. Class balance and per-class minimums judge the dataset as it
+will be after the merge (a batch of known classes is supposed to be uneven); a new class
+still needs its own minimum in the batch.
 
-- a Great Expectations 1.x suite over the manifest table (no nulls, valid class names, image
-  sizes within bounds, modes convertible to RGB, unique images within the batch, known or
-  allowed labels) and over a per-class count table (minimum images per class and per new
-  class, class balance);
-- image checks GX cannot express, in plain Python: files that do not decode, images that
-  duplicate the holdout (leakage) or the training set, class names that differ from another
-  only by case, whitespace or Unicode form, holdout images for classes whose holdout is
-  fixed, and the per-file findings of ingest (not an image, missing, unlabelled).
-
-The result is one typed :class:`ValidationReport`, renderable as text, JSON and HTML.
+The manifest-level rules and the per-class table run as a Great Expectations 1.x suite;
+the image rules GX cannot express (duplicates, leakage, name variants) are plain Python.
+The result is one typed :class:`ValidationReport`, renderable as text, JSON and HTML; its
+``skipped`` list (path, rule, detail) is what the merge leaves out and the dataset records.
 """
 
 from __future__ import annotations
@@ -49,12 +53,15 @@ RGB_CONVERTIBLE_MODES = [
     "LAB",
     "HSV",
 ]
+# Per-file findings of ingest: skipped (repairs), except a malformed labels CSV.
 INGEST_RULES = {
-    "not_an_image": "Every file is an image (by extension).",
-    "missing_file": "Every file labels.csv names exists.",
-    "unlabelled_file": "Every file has a label (class folder or labels.csv row).",
+    "not_an_image": "Every file is an image by extension (others are skipped).",
+    "missing_file": "Every file labels.csv names exists (missing ones are skipped).",
+    "unlabelled_file": "Every file has a label: a class folder or labels.csv row (others are "
+    "skipped).",
     "labels_csv": "Every labels.csv row is well formed.",
 }
+REPAIRED_FINDINGS = frozenset({"not_an_image", "missing_file", "unlabelled_file"})
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,8 @@ class Reference:
     holdout_classes: frozenset[str] = frozenset()
     train_sha256: frozenset[str] = frozenset()
     holdout_sha256: frozenset[str] = frozenset()
+    train_counts: tuple[tuple[str, int], ...] = ()  # images per class in the training split
+    holdout_phash: tuple[str, ...] = ()  # pHashes of the holdout images (near-duplicates)
 
 
 @dataclass
@@ -77,6 +86,7 @@ class RuleResult:
     failed_count: int = 0
     examples: list[str] = field(default_factory=list)
     checked_by: str = "refit"  # "great_expectations" or "refit"
+    severity: str = "refuse"  # "refuse": fails the batch; "repair": its files are skipped
 
 
 @dataclass
@@ -91,10 +101,15 @@ class ValidationReport:
     new_classes: list[str] = field(default_factory=list)
     n_images: int = 0
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    skipped: list[dict] = field(default_factory=list)  # {path, rule, detail}: left out
 
     @property
     def failed_rules(self) -> list[RuleResult]:
         return [r for r in self.rules if not r.passed]
+
+    @property
+    def repairs(self) -> list[RuleResult]:
+        return [r for r in self.rules if r.severity == "repair" and r.failed_count]
 
     @classmethod
     def refused(cls, batch_id: str, source: Path | str, exc: BatchRefused) -> ValidationReport:
@@ -119,6 +134,11 @@ class ValidationReport:
             lines.append(f"  classes: {counts}")
         if self.new_classes:
             lines.append(f"  new classes: {', '.join(self.new_classes)}")
+        if self.skipped:
+            lines.append(f"  repaired: {len(self.skipped)} file(s) skipped")
+        for rule in self.repairs:
+            lines.append(f"  ~ {rule.rule}: {rule.failed_count} skipped - {rule.description}")
+            lines += [f"      {example}" for example in rule.examples]
         for rule in self.failed_rules:
             lines.append(f"  x {rule.rule}: {rule.failed_count} - {rule.description}")
             lines += [f"      {example}" for example in rule.examples]
@@ -127,9 +147,16 @@ class ValidationReport:
     def to_html(self) -> str:
         """A self-contained HTML page of the report."""
         esc = html.escape
+
+        def mark(r: RuleResult) -> tuple[str, str]:
+            if not r.passed:
+                return "bad", "✗"
+            return ("warn", "~") if r.severity == "repair" and r.failed_count else ("ok", "✓")
+
         rows = "".join(
-            f"<tr class={'ok' if r.passed else 'bad'}><td>{'✓' if r.passed else '✗'}</td>"
+            f"<tr class={mark(r)[0]}><td>{mark(r)[1]}</td>"
             f"<td><code>{esc(r.rule)}</code></td><td>{esc(r.description)}</td>"
+            f"<td>{esc(r.severity)}</td>"
             f"<td>{r.failed_count}</td><td>{'<br>'.join(esc(e) for e in r.examples)}</td>"
             f"<td>{esc(r.checked_by)}</td></tr>"
             for r in self.rules
@@ -143,12 +170,14 @@ class ValidationReport:
 <title>Validation of {esc(self.batch_id)}: {verdict}</title><style>
 body{{font-family:system-ui,sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}}
-tr.bad{{background:#fde8e8}} tr.ok td:first-child{{color:#197a33}}
+tr.bad{{background:#fde8e8}} tr.warn{{background:#fff6d6}}
+tr.ok td:first-child{{color:#197a33}}
 </style></head><body>
 <h1>Batch {esc(self.batch_id)}: {verdict}</h1>
 <p>Source: <code>{esc(self.source)}</code> &middot; {self.n_images} images &middot;
 {esc(self.created_at)}</p>
-<h2>Rules</h2><table><tr><th></th><th>rule</th><th>what it checks</th><th>failed</th>
+<h2>Rules</h2><table><tr><th></th><th>rule</th><th>what it checks</th><th>severity</th>
+<th>broken by</th>
 <th>examples</th><th>checked by</th></tr>{rows}</table>
 <h2>Images per class</h2><table><tr><th>class</th><th>images</th></tr>{counts}</table>
 </body></html>"""
@@ -229,10 +258,10 @@ def _manifest_expectations(policy: ValidationPolicy, allowed_labels: list[str]) 
             e(
                 "ExpectColumnValuesToNotBeNull",
                 "no_nulls",
-                "Path, label and hash are never empty.",
+                "Path and hash are never empty.",
                 column=c,
             )
-            for c in ("path", "label", "sha256")
+            for c in ("path", "sha256")
         ),
         e(
             "ExpectColumnValuesToMatchRegex",
@@ -240,31 +269,6 @@ def _manifest_expectations(policy: ValidationPolicy, allowed_labels: list[str]) 
             f"Class names are {names.RULE}.",
             column="label",
             regex=names.CLASS_NAME_REGEX,
-        ),
-        *(
-            e(
-                "ExpectColumnValuesToBeBetween",
-                "size_within_bounds",
-                f"Width and height are within {policy.min_side}-{policy.max_side} px "
-                "(validation.min_side / max_side).",
-                column=c,
-                min_value=policy.min_side,
-                max_value=policy.max_side,
-            )
-            for c in ("width", "height")
-        ),
-        e(
-            "ExpectColumnValuesToBeInSet",
-            "mode_convertible_to_rgb",
-            "Image modes can be converted to RGB.",
-            column="mode",
-            value_set=RGB_CONVERTIBLE_MODES,
-        ),
-        e(
-            "ExpectColumnValuesToBeUnique",
-            "unique_in_batch",
-            "No image appears twice in the batch (by sha256).",
-            column="sha256",
         ),
         e(
             "ExpectColumnValuesToBeInSet",
@@ -276,15 +280,15 @@ def _manifest_expectations(policy: ValidationPolicy, allowed_labels: list[str]) 
     ]
 
 
-def _class_expectations(policy: ValidationPolicy) -> list:
+def _class_expectations(policy: ValidationPolicy, imbalance_cap: float) -> list:
     e = _expectation
     return [
         e(
             "ExpectColumnValuesToBeBetween",
             "min_images_per_class",
-            f"Every class has at least {policy.min_images_per_class} images "
-            "(validation.min_images_per_class).",
-            column="images",
+            f"Every class the batch brings has at least {policy.min_images_per_class} images "
+            "once merged (validation.min_images_per_class).",
+            column="merged_images",
             min_value=policy.min_images_per_class,
         ),
         e(
@@ -298,10 +302,11 @@ def _class_expectations(policy: ValidationPolicy) -> list:
         e(
             "ExpectColumnValuesToBeBetween",
             "class_balance",
-            f"The largest class has at most {policy.max_class_imbalance:g}x the images of the "
-            "smallest (validation.max_class_imbalance).",
-            column="ratio_to_smallest",
-            max_value=policy.max_class_imbalance,
+            f"After the merge, no class has more than {policy.max_class_imbalance:g}x the images "
+            "of another, or the batch leaves the imbalance no worse "
+            "(validation.max_class_imbalance).",
+            column="imbalance",
+            max_value=imbalance_cap,
         ),
     ]
 
@@ -347,31 +352,116 @@ def _finding_rules(findings: list[Finding], max_examples: int) -> list[RuleResul
     for rule, description in INGEST_RULES.items():
         hits = [f for f in findings if f.rule == rule]
         examples = [f"{f.path} ({f.detail})" for f in hits[:max_examples]]
-        rules.append(RuleResult(rule, description, not hits, len(hits), examples))
+        if rule in REPAIRED_FINDINGS:
+            rules.append(
+                RuleResult(rule, description, True, len(hits), examples, severity="repair")
+            )
+        else:
+            rules.append(RuleResult(rule, description, not hits, len(hits), examples))
     return rules
+
+
+def _repairs(
+    manifest: pd.DataFrame, reference: Reference, policy: ValidationPolicy
+) -> tuple[list[RuleResult], pd.DataFrame]:
+    """The repair rules, and the manifest rows they skip (path, rule, detail)."""
+    skipped: list[tuple[str, str, str]] = []
+    taken: set[str] = set()
+
+    def skip(rows: pd.DataFrame, rule: str, detail) -> None:
+        for path, text in zip(rows["path"], detail, strict=True):
+            if path not in taken:
+                taken.add(path)
+                skipped.append((path, rule, str(text)))
+
+    broken = manifest[~manifest["decodable"]]
+    skip(broken, "decodable", broken["reason"])
+    unlabelled = manifest[manifest["label"].isna()]
+    skip(unlabelled, "empty_label", ["no label"] * len(unlabelled))
+    live = manifest[manifest["decodable"]]
+    sides = live[["width", "height"]].astype("float")
+    bad_size = live[(sides.min(axis=1) < policy.min_side) | (sides.max(axis=1) > policy.max_side)]
+    skip(
+        bad_size,
+        "size_within_bounds",
+        bad_size["width"].astype(str) + "x" + bad_size["height"].astype(str),
+    )
+    bad_mode = live[~live["mode"].isin(RGB_CONVERTIBLE_MODES)]
+    skip(bad_mode, "mode_convertible_to_rgb", "mode " + bad_mode["mode"].astype(str))
+    rest = manifest[~manifest["path"].isin(taken)]
+    by_hash = rest.sort_values("path").groupby("sha256", sort=False)
+    for _, copies in by_hash:
+        if len(copies) < 2:
+            continue
+        if copies["label"].nunique() > 1:
+            labels = ", ".join(sorted(copies["label"].astype(str).unique()))
+            skip(copies, "conflicting_labels", [f"one image labelled {labels}"] * len(copies))
+        else:
+            first = copies["path"].iloc[0]
+            skip(copies.iloc[1:], "unique_in_batch", [f"same image as {first}"] * (len(copies) - 1))
+    rest = manifest[~manifest["path"].isin(taken)]
+    in_train = rest[rest["sha256"].isin(reference.train_sha256)]
+    skip(in_train, "duplicate_of_train", ["already in the training set"] * len(in_train))
+    near = _near_holdout(manifest[~manifest["path"].isin(taken)], reference, policy)
+    if policy.near_duplicate_leakage == "skip":
+        skip(near, "near_duplicate_of_holdout", near["detail"])
+    table = pd.DataFrame(skipped, columns=["path", "rule", "detail"])
+    n = policy.max_examples
+    described = {
+        "decodable": "Every image decodes completely (unreadable ones are skipped).",
+        "empty_label": "Every labels.csv row has a label (rows without one are skipped).",
+        "size_within_bounds": f"Width and height are within {policy.min_side}-"
+        f"{policy.max_side} px (validation.min_side / max_side; others are skipped).",
+        "mode_convertible_to_rgb": "Image modes can be converted to RGB (others are skipped).",
+        "unique_in_batch": "No image appears twice in the batch by sha256 (one copy is kept).",
+        "conflicting_labels": "No image appears in the batch under two labels (every copy "
+        "is skipped: which label is right cannot be told).",
+        "duplicate_of_train": "No image is already in the training set by sha256 (skipped).",
+    }
+    if policy.near_duplicate_leakage == "skip":
+        described["near_duplicate_of_holdout"] = _near_description(policy, "skipped")
+    rules = []
+    for rule, description in described.items():
+        hits = table[table["rule"] == rule]
+        examples = [f"{p} ({d})" for p, d in zip(hits["path"][:n], hits["detail"][:n], strict=True)]
+        rules.append(RuleResult(rule, description, True, len(hits), examples, severity="repair"))
+    return rules, table
+
+
+def _near_description(policy: ValidationPolicy, action: str) -> str:
+    return (
+        "No image nearly duplicates a holdout image (pHash within "
+        f"{policy.near_duplicate_distance} of 64 bits: re-saved, resized, a neighbouring "
+        f"frame; validation.near_duplicate_leakage = {action})."
+    )
+
+
+def _near_holdout(
+    rows: pd.DataFrame, reference: Reference, policy: ValidationPolicy
+) -> pd.DataFrame:
+    """Rows whose pHash is near a holdout image's (exact copies are ``holdout_leakage``)."""
+    from pipelines.neardup import nearest
+
+    rows = rows[rows["phash"].notna() & ~rows["sha256"].isin(reference.holdout_sha256)]
+    if rows.empty or not reference.holdout_phash:
+        return rows.iloc[:0].assign(detail=pd.Series(dtype=object))
+    distance, _ = nearest(rows["phash"].tolist(), reference.holdout_phash)
+    near = rows[distance <= policy.near_duplicate_distance]
+    bits = distance[distance <= policy.near_duplicate_distance]
+    return near.assign(detail=[f"{b} bits from a holdout image" for b in bits])
 
 
 def _image_rules(
     manifest: pd.DataFrame, reference: Reference, policy: ValidationPolicy
 ) -> list[RuleResult]:
     n = policy.max_examples
-    broken = manifest[~manifest["decodable"]]
     leaked = manifest[manifest["sha256"].isin(reference.holdout_sha256)]
-    duplicated = manifest[manifest["sha256"].isin(reference.train_sha256)]
     frozen = manifest[
         (manifest["split"] == "holdout") & manifest["label"].isin(reference.holdout_classes)
     ]
-    return [
-        _rows_rule("decodable", "Every image decodes completely.", broken, broken["reason"], n),
+    rules = [
         _rows_rule(
             "holdout_leakage", "No image duplicates a holdout image (by sha256).", leaked, None, n
-        ),
-        _rows_rule(
-            "duplicate_of_train",
-            "No image is already in the training set (by sha256).",
-            duplicated,
-            None,
-            n,
         ),
         _rows_rule(
             "frozen_holdout",
@@ -382,19 +472,39 @@ def _image_rules(
         ),
         _variant_rule(manifest["label"].dropna().tolist(), reference, n),
     ]
+    if policy.near_duplicate_leakage == "refuse":
+        near = _near_holdout(manifest, reference, policy)
+        rules.append(
+            _rows_rule(
+                "near_duplicate_of_holdout",
+                _near_description(policy, "refuse"),
+                near,
+                near["detail"],
+                n,
+            )
+        )
+    return rules
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def class_table(manifest: pd.DataFrame, reference: Reference) -> pd.DataFrame:
-    """Images per class of the batch, whether the class is new, ratio to the smallest class."""
-    counts = manifest["label"].dropna().value_counts().rename_axis("label")
-    table = counts.rename("images").reset_index()
+def class_table(kept: pd.DataFrame, reference: Reference) -> tuple[pd.DataFrame, float]:
+    """Per class the batch brings: its images, whether new, the class once merged, and the
+    dataset's imbalance after the merge as this class sees it; plus the imbalance before."""
+    before = dict(reference.train_counts)
+    batch = kept["label"].value_counts()
+    after = dict(before)
+    for label, count in batch.items():
+        after[label] = after.get(label, 0) + int(count)
+    table = batch.rename_axis("label").rename("images").reset_index()
     table["new"] = ~table["label"].isin(reference.train_classes)
     table["new_class_images"] = table["images"].where(table["new"])
-    table["ratio_to_smallest"] = table["images"] / max(int(table["images"].min() or 1), 1)
-    return table
+    table["merged_images"] = [after[label] for label in table["label"]]
+    biggest, smallest = max(after.values()), max(min(after.values()), 1)
+    table["imbalance"] = [max(m / smallest, biggest / max(m, 1)) for m in table["merged_images"]]
+    ratio_before = max(before.values()) / max(min(before.values()), 1) if before else 1.0
+    return table, ratio_before
 
 
 def validate_batch(
@@ -405,49 +515,85 @@ def validate_batch(
     Args:
         batch: the staged batch (for its id, source and ingest findings).
         manifest: its manifest from :func:`pipelines.ingest.build_manifest`.
-        reference: classes and hashes of the current dataset (empty for the first batch).
+        reference: classes, counts and hashes of the current dataset (empty at first).
         policy: thresholds.
 
     Returns:
-        The report; ``passed`` is True only if every rule passed.
+        The report; ``passed`` is True only if every refuse rule passed. Repaired files are
+        listed in ``skipped``.
     """
-    manifest = manifest.assign(label=manifest["label"].where(manifest["label"].str.strip() != ""))
-    table = class_table(manifest, reference) if not manifest.empty else None
-    new_classes = [] if table is None else names.natural_sorted(table.loc[table["new"], "label"])
-    allowed = sorted(
-        reference.train_classes
-        | reference.holdout_classes
-        | (set(new_classes) if policy.allow_new_classes else set())
-    )
+    labels = manifest["label"].astype(object).where(manifest["label"].notna(), None)
+    labels = labels.map(lambda v: None if v is None or not str(v).strip() else str(v))
+    manifest = manifest.assign(label=labels)
+    if "phash" not in manifest:
+        manifest = manifest.assign(phash=None)
     rules: list[RuleResult] = []
+    skipped = pd.DataFrame(columns=["path", "rule", "detail"])
+    new_classes: list[str] = []
+    kept = manifest
     if not manifest.empty:
+        repairs, skipped = _repairs(manifest, reference, policy)
+        kept = manifest[~manifest["path"].isin(skipped["path"])]
+        rules += repairs
+    if not kept.empty:
+        table, ratio_before = class_table(kept, reference)
+        new_classes = names.natural_sorted(table.loc[table["new"], "label"])
+        allowed = sorted(
+            reference.train_classes
+            | reference.holdout_classes
+            | (set(new_classes) if policy.allow_new_classes else set())
+        )
         context = _gx_context()
         rules += _gx_rule_results(
-            _run_suite(
-                context, "manifest", manifest, _manifest_expectations(policy, allowed), "path"
-            ),
+            _run_suite(context, "manifest", kept, _manifest_expectations(policy, allowed), "path"),
             "path",
             policy.max_examples,
         )
+        cap = max(policy.max_class_imbalance, ratio_before)
         rules += _gx_rule_results(
-            _run_suite(context, "classes", table, _class_expectations(policy), "label"),
+            _run_suite(context, "classes", table, _class_expectations(policy, cap), "label"),
             "label",
             policy.max_examples,
         )
-        rules += _image_rules(manifest, reference, policy)
+        rules += _image_rules(kept, reference, policy)
     else:
         rules.append(
             RuleResult(
-                "has_images", "The batch holds at least one image.", False, 1, [str(batch.source)]
+                "has_images",
+                "The batch holds at least one usable image.",
+                False,
+                1,
+                [str(batch.source)],
             )
         )
     rules += _finding_rules(batch.findings, policy.max_examples)
+    findings = [
+        {"path": f.path, "rule": f.rule, "detail": f.detail}
+        for f in batch.findings
+        if f.rule in REPAIRED_FINDINGS
+    ]
+    skipped_rows = skipped.to_dict("records") + findings
+    total = len(manifest) + len(findings)
+    share = len(skipped_rows) / total if total else 0.0
+    rules.append(
+        RuleResult(
+            "max_skipped_share",
+            f"At most {policy.max_skipped_share:.0%} of the batch's files are skipped as "
+            "repairs (validation.max_skipped_share).",
+            share <= policy.max_skipped_share,
+            len(skipped_rows) if share > policy.max_skipped_share else 0,
+            [f"{len(skipped_rows)} of {total} files ({share:.0%}) would be skipped"]
+            if share > policy.max_skipped_share
+            else [],
+        )
+    )
     return ValidationReport(
         batch_id=batch.batch_id,
         source=str(batch.source),
         passed=all(r.passed for r in rules),
         rules=rules,
-        class_counts={str(k): int(v) for k, v in manifest["label"].value_counts().items()},
+        class_counts={str(k): int(v) for k, v in kept["label"].value_counts().items()},
         new_classes=new_classes,
         n_images=len(manifest),
+        skipped=skipped_rows,
     )

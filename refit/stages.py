@@ -50,7 +50,9 @@ def validate() -> None:
 
     settings, params = _settings_and_params()
     manifest = pd.read_csv(
-        BUILD / "manifest.csv", keep_default_na=False, dtype={"split": "object"}
+        BUILD / "manifest.csv",
+        keep_default_na=False,
+        dtype={"split": object, "label": str, "path": str, "sha256": str, "phash": str},
     ).replace({"split": {"": None}})
     manifest["width"] = pd.to_numeric(manifest["width"]).astype("Int64")
     manifest["height"] = pd.to_numeric(manifest["height"]).astype("Int64")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests import usermodels
+from tests import userfiles
 
 pytestmark = pytest.mark.e2e
 CLASSES = ["cardboard", "paper, recycled", "Кошка"]  # a comma and Cyrillic, as users name them
@@ -21,7 +21,7 @@ CLASSES = ["cardboard", "paper, recycled", "Кошка"]  # a comma and Cyrillic
 @pytest.fixture(scope="module")
 def teachable(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tm")
-    h5, labels, original = usermodels.teachable_machine_h5(folder, CLASSES)
+    h5, labels, original = userfiles.teachable_machine_h5(folder, CLASSES)
     return h5, labels, original
 
 
@@ -87,7 +87,7 @@ def test_lambda_code_never_runs_through_any_path(tmp_path: Path) -> None:
     from pipelines.modelfile import ModelRefused, import_model, load_refit_model
 
     marker = tmp_path / "pwned"
-    evil = usermodels.lambda_h5(tmp_path / "evil.h5", marker)
+    evil = userfiles.lambda_h5(tmp_path / "evil.h5", marker)
     # The fixture is real: a plain Keras 2 load runs the marshalled code.
     tf_keras.models.load_model(evil, compile=False, safe_mode=False)
     assert marker.exists()
@@ -124,10 +124,10 @@ def test_lambda_code_never_runs_through_any_path(tmp_path: Path) -> None:
 def test_custom_layers_and_saved_models_are_refused_with_a_way_out(tmp_path: Path) -> None:
     from pipelines.modelfile import ModelRefused, import_model
 
-    custom = usermodels.custom_layer_h5(tmp_path / "custom.h5")
+    custom = userfiles.custom_layer_h5(tmp_path / "custom.h5")
     with pytest.raises(ModelRefused, match="custom class 'Swish6'"):
         import_model(custom, ["a", "b"])
-    saved = usermodels.saved_model_zip(tmp_path / "saved_model.zip")
+    saved = userfiles.saved_model_zip(tmp_path / "saved_model.zip")
     with pytest.raises(ModelRefused, match=r"SavedModel.*model\.save\('model\.keras'\)"):
         import_model(saved, ["a", "b"])
     folder = tmp_path / "export"
@@ -140,16 +140,16 @@ def test_custom_layers_and_saved_models_are_refused_with_a_way_out(tmp_path: Pat
 def no_bn(tmp_path_factory):
     """A small no-BN CNN trained with Adam on [0, 1] inputs, saved as Keras 2 does."""
     path = tmp_path_factory.mktemp("nobn") / "signs.h5"
-    x, y = usermodels.shapes(3000, seed=1)
-    usermodels.no_bn_cnn_h5(path, x, y, epochs=8)
+    x, y = userfiles.shapes(3000, seed=1)
+    userfiles.no_bn_cnn_h5(path, x, y, epochs=8)
     return path
 
 
 def write_batch(folder: Path, n: int, seed: int) -> Path:
     from PIL import Image
 
-    names = usermodels.shape_classes()
-    x, y = usermodels.shapes(n, seed)
+    names = userfiles.shape_classes()
+    x, y = userfiles.shapes(n, seed)
     for i, (image, label) in enumerate(zip(x, y, strict=True)):
         (folder / names[label]).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / names[label] / f"{i:04d}.png")
@@ -160,7 +160,7 @@ def test_calibration_finds_the_range_and_contradicts_a_wrong_one(no_bn, tmp_path
     from pipelines.imports import import_user_model
 
     batch = write_batch(tmp_path / "batch", 200, seed=7)
-    classes = usermodels.shape_classes()
+    classes = userfiles.shape_classes()
     chosen = import_user_model(no_bn, classes, calibrate_with=batch)
     assert chosen.calibration.best == "0-1" and chosen.loaded.card["pixels"] == "0-1"
     assert "chosen by calibration" in " ".join(chosen.notes)
@@ -179,14 +179,14 @@ def test_the_wrapped_contract_equals_the_original_fed_the_documented_way(no_bn) 
     from pipelines.pixels import parse
 
     original = tf_keras.models.load_model(no_bn, compile=False)
-    raw, _ = usermodels.shapes(16, seed=9)
+    raw, _ = userfiles.shapes(16, seed=9)
     for spec, feed in [
         ("0-1", raw / 255.0),
         ("-1-1", raw / 127.5 - 1),
         ("keras.applications.resnet50", raw[..., ::-1] - np.float32([103.939, 116.779, 123.68])),
         ("mean=127.5/std=127.5", raw / 127.5 - 1),
     ]:
-        loaded = import_model(no_bn, usermodels.shape_classes(), contract=parse(spec))
+        loaded = import_model(no_bn, userfiles.shape_classes(), contract=parse(spec))
         ours = np.asarray(loaded.model(raw.astype("float32"), training=False))
         theirs = original(feed.astype("float32"), training=False).numpy()
         np.testing.assert_allclose(ours, theirs, atol=2e-5, err_msg=spec)

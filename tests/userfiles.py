@@ -1,4 +1,4 @@
-"""Fixtures of the model files and data real users bring, made here (nothing downloads).
+"""Fixtures of the model files and datasets real users bring, made here (nothing downloads).
 
 - :func:`teachable_machine_h5`: the structure of a Google Teachable Machine image export
   (Keras 2.4 ``keras_model.h5`` + ``labels.txt``): an outer Sequential holding a Sequential
@@ -207,3 +207,43 @@ def no_bn_cnn_h5(path: Path, x: np.ndarray, y: np.ndarray, epochs: int = 12, see
     with h5py.File(path, "a") as handle:
         handle.attrs["keras_version"] = "2.6.0"
     return model
+
+
+# --------------------------------------------------------------------------- messy photos
+
+
+def messy_photo_set(root: Path, per_class: int = 12, seed: int = 0, big: int = 3000) -> dict:
+    """A vehicle-photo-like batch as people collect them: photos of many sizes (one up to
+    ``big`` px), RGBA and palette PNGs among JPEGs, ``.jpg/.JPG/.jpeg/.png``, and exact
+    duplicate pairs (the same file under two names). Returns what was written."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    classes = ["bus", "car", "motorbike", "truck"]
+    made = {"files": 0, "duplicates": 0}
+    suffixes = [".jpg", ".JPG", ".jpeg", ".png"]
+    for c, label in enumerate(classes):
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            w, h = (int(v) for v in rng.integers(60, 900, 2))
+            if c == 0 and i == 0:
+                w, h = big, big * 2 // 3
+            base = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+            colour = rng.uniform(0.2, 1.0, 3)[None, None, :]
+            pixels = base * colour + rng.normal(0, 12, (h, 1, 3))
+            image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+            suffix = suffixes[i % 4]
+            path = folder / f"IMG_{c}{i:03d}{suffix}"
+            if suffix == ".png" and i % 8 == 3:
+                image.convert("RGBA").save(path)
+            elif suffix == ".png" and i % 8 == 7:
+                image.convert("P", palette=Image.Palette.ADAPTIVE).save(path)
+            else:
+                image.save(path, format="PNG" if suffix == ".png" else "JPEG", quality=90)
+            made["files"] += 1
+        copy = folder / f"IMG_{c}000 (1).jpg"  # a duplicate as a file browser names it
+        copy.write_bytes((folder / f"IMG_{c}000.jpg").read_bytes())
+        made["files"] += 1
+        made["duplicates"] += 1
+    return made
