@@ -121,7 +121,36 @@ class TrainConfig(BaseModel):
 
 
 class FinetuneConfig(BaseModel):
-    """Fine-tuning the champion on new data with replay of the old."""
+    """Fine-tuning the champion on new data with replay of the old.
+
+    Two recipes: ``refit`` (SGD + one-cycle, for Refit's own nets) and ``gentle`` (Adam at a
+    learning rate a short range test fits to the model, early stopping, batch norm kept in
+    inference mode: for models Refit did not make). ``auto`` picks gentle for imported
+    models. Either way a stratified validation split of the data is held back, and a
+    fine-tune never hands the gate a model worse on it than the one it started from.
+    """
+
+    recipe: Literal["auto", "refit", "gentle"] = Field(
+        default="auto", description="auto: gentle for imported models, refit for Refit's own."
+    )
+    val_share: float = Field(
+        default=0.1, ge=0, lt=1, description="Share of new + replayed images held for validation."
+    )
+    gentle_lr: float | None = Field(
+        default=None, description="Gentle: head learning rate (None: an LR range test picks it)."
+    )
+    gentle_head_epochs: int = Field(default=30, description="Gentle: most head-only epochs.")
+    gentle_epochs: int = Field(default=8, description="Gentle: most epochs with the top unfrozen.")
+    gentle_unfreeze_layers: int = Field(
+        default=6,
+        description="Gentle: conv/dense layers unfrozen from the top in phase 2 (-1: all).",
+    )
+    patience: int = Field(default=3, description="Gentle: early stopping patience (epochs).")
+    cache_features_from_px: int = Field(
+        default=96,
+        description="Gentle: models this large or larger train on features computed once "
+        "(frozen layers run once, not every epoch).",
+    )
 
     head_epochs: int = Field(default=2, description="Phase 1: epochs training the head only.")
     head_lr: float = Field(default=0.05, description="Phase 1 peak learning rate.")

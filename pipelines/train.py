@@ -12,7 +12,10 @@ natively; the model it returns is float32 either way.
 Fine-tuning grows the head first when the data brings new classes (``pipelines.surgery``),
 then trains in two phases: the head alone with everything else frozen, then the top layers
 unfrozen. Each epoch mixes the new images with a stratified replay sample of the old
-training set, so old classes are not forgotten.
+training set, so old classes are not forgotten; a stratified share of that mix is held out
+for validation, and if the fine-tuned model is worse on it than the starting one, the
+starting weights are kept. Refit's own nets use the recipe above; models imported from
+users' files use the gentle one (``pipelines.gentle``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import tensorflow as tf
 from core.policies import ArchitectureConfig, FinetuneConfig, TrainConfig
 from pipelines.architectures import FROZEN_LAYERS, build_model
 from pipelines.dataset import Dataset
+from pipelines.gentle import finetune_gentle
 from pipelines.images import ImageSet, stratified_sample, stratified_split
 from pipelines.modelfile import LoadedModel
 from pipelines.predict import accuracy, predict_proba
@@ -393,25 +397,67 @@ def finetune(
     replay_n = min(len(old), round(config.replay_ratio * len(new)))
     replay = old.relabel(names).take(stratified_sample(old.y, replay_n, config.seed))
     mixed = ImageSet.concat([new.relabel(names), replay])
-    progress(f"Fine-tune on {len(new)} new + {len(replay)} replayed images")
-    head, body = Recipe.finetune_phases(config)
-    results = []
-    if config.head_epochs:
-        set_trainable_top(model.model, 0)
-        results.append(fit(model.model, mixed, None, head, progress, "head"))
-    set_trainable_top(model.model, config.unfreeze_layers)
-    body = replace(body, budget_s=body.budget_s - sum(r.seconds for r in results))
-    results.append(fit(model.model, mixed, None, body, progress, "finetune"))
-    set_trainable_top(model.model, -1)
+    rest, held = stratified_split(mixed.y, config.val_share, config.seed)
+    train, val = mixed.take(rest), mixed.take(held)
+    recipe = recipe_for(champion, config)
+    progress(
+        f"Fine-tune ({recipe} recipe) on {len(new)} new + {len(replay)} replayed images, "
+        f"{len(val)} of them held for validation"
+    )
+    start_weights = model.model.get_weights()
+    before = accuracy(predict_proba(model.model, val.x), val.y) if len(val) else float("nan")
+    if recipe == "gentle":
+        results, did = finetune_gentle(model.model, train, val, config, progress)
+    else:
+        results, did = _finetune_refit(model.model, train, config, progress), {"recipe": "refit"}
+    after = accuracy(predict_proba(model.model, val.x), val.y) if len(val) else float("nan")
+    kept = not (after < before)
+    if not kept:  # never hand the gate a model worse than the one we started from
+        model.model.set_weights(start_weights)
+        progress(
+            f"Validation accuracy fell from {before:.4f} to {after:.4f}: kept the starting "
+            "weights (the gate judges the model as it was)"
+        )
+    else:
+        progress(f"Validation accuracy {before:.4f} -> {after:.4f}")
     model.card = {
         **model.card,
         "recipe": "finetune",
         "finetune": config.model_dump(),
+        "finetune_recipe": did,
         "new_images": len(new),
         "replay_images": len(replay),
+        "val_images": len(val),
+        "val_accuracy_before": round(before, 4),
+        "val_accuracy_after": round(after, 4),
+        "kept_starting_weights": not kept,
         "train_seconds": round(sum(r.seconds for r in results), 1),
     }
     return model, results
+
+
+def recipe_for(champion: LoadedModel, config: FinetuneConfig) -> str:
+    """The recipe to fine-tune ``champion`` with: as configured, or for ``auto`` gentle for a
+    model imported from a user's file (its card says so), Refit's own for Refit's nets."""
+    if config.recipe != "auto":
+        return config.recipe
+    return "gentle" if "imported_from" in champion.card else "refit"
+
+
+def _finetune_refit(
+    model: keras.Model, train: ImageSet, config: FinetuneConfig, progress: Progress
+) -> list[FitResult]:
+    """Refit's own recipe: the head alone, then the top layers, SGD + one-cycle."""
+    head, body = Recipe.finetune_phases(config)
+    results = []
+    if config.head_epochs:
+        set_trainable_top(model, 0)
+        results.append(fit(model, train, None, head, progress, "head"))
+    set_trainable_top(model, config.unfreeze_layers)
+    body = replace(body, budget_s=body.budget_s - sum(r.seconds for r in results))
+    results.append(fit(model, train, None, body, progress, "finetune"))
+    set_trainable_top(model, -1)
+    return results
 
 
 class NotTrainable(ValueError):

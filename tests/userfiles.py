@@ -9,9 +9,10 @@
 - :func:`lambda_h5`: a Keras 2 file whose Lambda layer's marshalled code writes a file.
 - :func:`custom_layer_h5`: a Keras 2 file naming a custom layer class.
 - :func:`saved_model_zip`: a zipped SavedModel directory.
-- :func:`shapes`: a synthetic traffic-sign-like task (coloured shapes on noise, 30x30) that a
-  small CNN learns to >= 99%; :func:`no_bn_cnn_h5` trains such a CNN with Adam on [0, 1]
-  inputs in Keras 2 and saves it, as people export theirs.
+- :func:`shapes`: a synthetic traffic-sign-like task (40 classes of coloured, marked shapes
+  on noise, 30x30) that a small CNN learns to >= 99%; :func:`no_bn_cnn_h5` trains such a
+  CNN without batch norm, with Adam on [0, 1] inputs, in Keras 2 and saves it, as people
+  export theirs.
 """
 
 from __future__ import annotations
@@ -130,15 +131,18 @@ def saved_model_zip(path: Path) -> Path:
 # --------------------------------------------------------------------------- a no-BN CNN
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
-COLOURS = {"red": (210, 30, 30), "blue": (30, 60, 210)}
+COLOURS = {"red": (210, 30, 30), "blue": (30, 60, 210), "yellow": (220, 200, 30),
+           "green": (30, 160, 60)}  # fmt: skip
+MARKS = ("plain", "dotted")
 
 
 def shape_classes() -> list[str]:
-    return [f"{colour} {shape}" for shape in SHAPES for colour in COLOURS]
+    """40 sign-like classes: shape x colour x (a white dot in the middle or not)."""
+    return [f"{c} {s} {m}" for s in SHAPES for c in COLOURS for m in MARKS]
 
 
 def shapes(n: int, seed: int, size: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` uint8 images of coloured shapes on noisy backgrounds, and their labels."""
+    """``n`` uint8 images of coloured signs on noisy backgrounds, and their labels."""
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
@@ -146,14 +150,17 @@ def shapes(n: int, seed: int, size: int = 30) -> tuple[np.ndarray, np.ndarray]:
     x = np.empty((n, size, size, 3), np.uint8)
     y = rng.integers(0, len(classes), n)
     for i, label in enumerate(y):
-        colour_name, shape = classes[label].split(" ")
-        background = rng.integers(90, 200, 3)
-        noise = rng.normal(0, 18, (size, size, 3))
+        colour_name, shape, mark = classes[label].split(" ")
+        background = rng.integers(70, 220, 3)
+        noise = rng.normal(0, 22, (size, size, 3))
         image = Image.fromarray(np.clip(background + noise, 0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(image)
-        r = rng.uniform(0.25, 0.42) * size
+        r = rng.uniform(0.28, 0.45) * size
         cx, cy = rng.uniform(r, size - r, 2)
-        colour = tuple(int(np.clip(c + rng.normal(0, 20), 0, 255)) for c in COLOURS[colour_name])
+        shade = rng.uniform(0.6, 1.15)  # lighting
+        colour = tuple(
+            int(np.clip(c * shade + rng.normal(0, 15), 0, 255)) for c in COLOURS[colour_name]
+        )
         if shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
         elif shape == "square":
@@ -168,6 +175,9 @@ def shapes(n: int, seed: int, size: int = 30) -> tuple[np.ndarray, np.ndarray]:
             w = r * 0.35
             draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=colour)
             draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=colour)
+        if mark == "dotted":
+            d = r * 0.28
+            draw.ellipse([cx - d, cy - d, cx + d, cy + d], fill=(245, 245, 245))
         x[i] = np.asarray(image)
     return x, y
 

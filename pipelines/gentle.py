@@ -1,0 +1,230 @@
+"""The gentle fine-tune: for models Refit did not make.
+
+Refit's own recipe (SGD at a high learning rate, label smoothing, one-cycle) suits the
+nets it trains from scratch; applied to someone's Adam-trained CNN it knocks the weights
+out of their basin (a 99.6% traffic-sign net fell to ~50% training accuracy). This recipe
+moves the weights as little as the data asks:
+
+1. **Head only.** The layers below ``logits`` are frozen, so their output is computed once
+   and the head trains on those features (seconds, even for a 224 px MobileNet). Adam's
+   learning rate comes from a short LR range test on the head (the loss's minimum / 10)
+   unless one is set. Early stopping on the validation split restores the best epoch.
+2. **Top unfrozen.** The top ``gentle_unfreeze_layers`` conv/dense layers train at a tenth
+   of that rate (at most 1e-4), batch norm kept in inference mode (its statistics came
+   from the user's data). For models of ``cache_features_from_px`` or more, the frozen part
+   below the first unfrozen layer runs once and phase 2 trains only the top on its output;
+   smaller models train whole with translation augmentation (never flips: a mirrored
+   "keep left" sign is another class).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core.policies import FinetuneConfig
+from pipelines.images import ImageSet
+
+WEIGHT_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+MAX_BODY_LR = 1e-4
+
+
+class Budget(keras.callbacks.Callback):
+    """Stop training once the wall-time budget is spent."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.monotonic() > self.deadline:
+            self.model.stop_training = True
+
+
+def _features(model: keras.Model, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    call = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+    chunks = [
+        call(tf.constant(x[i : i + batch_size], tf.float32)).numpy()
+        for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(chunks) if chunks else np.zeros((0, *model.output_shape[1:]), "float32")
+
+
+def lr_range_test(head: keras.Model, x: np.ndarray, y: np.ndarray, seed: int) -> float:
+    """Adam's learning rate for ``head``: train a copy with the rate rising from 1e-6 to 1
+    over a few dozen steps; a tenth of the rate at the smoothed loss's minimum."""
+    probe = keras.models.clone_model(head)
+    probe.set_weights(head.get_weights())
+    probe.compile(optimizer=keras.optimizers.Adam(1e-6), loss="categorical_crossentropy")
+    rng = np.random.default_rng(seed)
+    steps, low, high = 48, 1e-6, 1.0
+    best, best_lr, smooth = math.inf, 1e-3, None
+    for step in range(steps):
+        lr = low * (high / low) ** (step / (steps - 1))
+        probe.optimizer.learning_rate.assign(lr)
+        pick = rng.choice(len(x), size=min(64, len(x)), replace=False)
+        loss = float(probe.train_on_batch(x[pick], y[pick]))
+        smooth = loss if smooth is None else 0.7 * smooth + 0.3 * loss
+        if not math.isfinite(smooth) or (step > 5 and smooth > 4 * best):
+            break
+        if smooth < best:
+            best, best_lr = smooth, lr
+    return float(np.clip(best_lr / 10, 1e-5, 1e-2))
+
+
+def _fit(net, train_data, val_data, lr, epochs, patience, deadline, progress, label, steps):
+    from pipelines.train import EpochLog, FitResult
+
+    net.compile(
+        optimizer=keras.optimizers.Adam(lr), loss="categorical_crossentropy", metrics=["accuracy"]
+    )
+    callbacks = [
+        EpochLog(progress, epochs, steps, label),
+        keras.callbacks.EarlyStopping(
+            "val_accuracy", patience=patience, restore_best_weights=True, mode="max"
+        ),
+        Budget(deadline),
+    ]
+    start = time.monotonic()
+    history = net.fit(
+        train_data, validation_data=val_data, epochs=epochs, callbacks=callbacks, verbose=0
+    )
+    return FitResult(
+        {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        time.monotonic() - start,
+        len(history.history.get("loss", [])),
+    )
+
+
+def _arrays(x, y, batch_size, seed, shuffle):
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _translate(images: ImageSet, onehot, batch_size, seed, train):
+    pad = max(1, images.x.shape[1] // 10)
+
+    def shift(image, label):
+        padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        return tf.image.random_crop(padded, tf.shape(image)), label
+
+    ds = tf.data.Dataset.from_tensor_slices((images.x, onehot))
+    if train:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(shift, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def top_layers(model: keras.Model, n: int) -> list[keras.layers.Layer]:
+    """The top ``n`` conv/dense layers below ``logits`` (-1: all), top first."""
+    weighted = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, WEIGHT_LAYERS) and layer.name not in ("logits", "pixel_contract")
+    ]
+    return list(reversed(weighted)) if n < 0 else list(reversed(weighted))[:n]
+
+
+def cut_below(model: keras.Model, lowest: keras.layers.Layer) -> keras.Model | None:
+    """The part of ``model`` from the last tensor every path passes through below
+    ``lowest`` up to the output, or None if there is none (then train the whole model)."""
+    names = [layer.name for layer in model.layers]
+    for layer in reversed(model.layers[1 : names.index(lowest.name)]):
+        try:
+            return keras.Model(layer.output, model.output)
+        except ValueError:
+            continue  # a residual branch bypasses this tensor
+    return None
+
+
+def finetune_gentle(
+    model: keras.Model,
+    train: ImageSet,
+    val: ImageSet,
+    config: FinetuneConfig,
+    progress,
+) -> tuple[list, dict]:
+    """Fine-tune ``model`` (in place) with the gentle recipe; returns the fits and a card of
+    what it did (learning rates, epochs, which layers, whether features were cached)."""
+    deadline = time.monotonic() + config.time_budget_s
+    k = len(train.class_names)
+    y_train = np.eye(k, dtype="float32")[train.y]
+    y_val = np.eye(k, dtype="float32")[val.y]
+    logits = model.get_layer("logits")
+    below = keras.Model(model.inputs, logits.input)
+    progress(
+        f"Gentle fine-tune: the frozen layers' features of {len(train) + len(val)} images, once"
+    )
+    f_train, f_val = _features(below, train.x), _features(below, val.x)
+    head = keras.Sequential(
+        [keras.Input(f_train.shape[1:]), keras.layers.Dense(k), keras.layers.Softmax()]
+    )
+    head.layers[0].set_weights(logits.get_weights())
+    lr = config.gentle_lr or lr_range_test(head, f_train, y_train, config.seed)
+    progress(f"Head: Adam at {lr:.2g} ({'set' if config.gentle_lr else 'from an LR range test'})")
+    fits = [
+        _fit(
+            head,
+            _arrays(f_train, y_train, 64, config.seed, True),
+            _arrays(f_val, y_val, 512, config.seed, False),
+            lr,
+            config.gentle_head_epochs,
+            config.patience,
+            deadline,
+            progress,
+            "head",
+            len(train),
+        )
+    ]
+    logits.set_weights(head.layers[0].get_weights())
+    card = {"recipe": "gentle", "head_lr": float(lr), "head_epochs": fits[0].epochs_run}
+    unfrozen = top_layers(model, config.gentle_unfreeze_layers)
+    if not unfrozen or not config.gentle_epochs:
+        return fits, card
+    body_lr = min(lr / 10, MAX_BODY_LR)
+    top = None
+    if model.input_shape[1] >= config.cache_features_from_px:
+        top = cut_below(model, unfrozen[-1])
+    net = top or model
+    for layer in model.layers:
+        layer.trainable = layer in unfrozen or layer.name == "logits"
+    if top is not None:
+        bottom = keras.Model(model.inputs, top.inputs[0])
+        progress(f"Top {len(unfrozen)} layers: their input computed once ({top.input_shape[1:]})")
+        x_train, x_val = _features(bottom, train.x), _features(bottom, val.x)
+        train_data = _arrays(x_train, y_train, 32, config.seed, True)
+        val_data = _arrays(x_val, y_val, 256, config.seed, False)
+    else:
+        train_data = _translate(train, y_train, 32, config.seed, True)
+        val_data = _translate(val, y_val, 256, config.seed, False)
+    progress(f"Top {len(unfrozen)} conv/dense layers unfrozen: Adam at {body_lr:.2g}")
+    fits.append(
+        _fit(
+            net,
+            train_data,
+            val_data,
+            body_lr,
+            config.gentle_epochs,
+            config.patience,
+            deadline,
+            progress,
+            "finetune",
+            len(train),
+        )
+    )
+    for layer in model.layers:
+        layer.trainable = True
+    card.update(
+        body_lr=float(body_lr),
+        body_epochs=fits[1].epochs_run,
+        unfrozen_layers=[layer.name for layer in unfrozen],
+        features_cached=top is not None,
+    )
+    return fits, card
