@@ -21,6 +21,8 @@ GATE_TAG = "gate"  # passed / failed
 PARENT_TAG = "parent_version"
 OWNER_TAG = "refit.owner"  # host:pid of the process that logged it (ends abandoned runs)
 SUBMISSION_TAG = "submission"  # the retrain submission it was trained for
+IMPORTED_TAG = "imported_from"  # the user's file a model descends from (absent: Refit's own)
+PIXELS_TAG = "pixels"  # the input contract wrapped into an imported model
 
 # Metrics of a version's run: the challenger's holdout metrics carry this prefix.
 CHALLENGER_PREFIX = "challenger."

@@ -132,15 +132,16 @@ def top_layers(model: keras.Model, n: int) -> list[keras.layers.Layer]:
     return list(reversed(weighted)) if n < 0 else list(reversed(weighted))[:n]
 
 
-def cut_below(model: keras.Model, lowest: keras.layers.Layer) -> keras.Model | None:
-    """The part of ``model`` from the last tensor every path passes through below
-    ``lowest`` up to the output, or None if there is none (then train the whole model)."""
+def cut_below(model: keras.Model, lowest: keras.layers.Layer):
+    """``(bottom, top)``: ``model`` split at the last tensor below ``lowest`` that every
+    path passes through, or None if there is none (then train the whole model)."""
     names = [layer.name for layer in model.layers]
     for layer in reversed(model.layers[1 : names.index(lowest.name)]):
         try:
-            return keras.Model(layer.output, model.output)
+            top = keras.Model(layer.output, model.output)
         except ValueError:
             continue  # a residual branch bypasses this tensor
+        return keras.Model(model.inputs, layer.output), top
     return None
 
 
@@ -189,14 +190,14 @@ def finetune_gentle(
     if not unfrozen or not config.gentle_epochs:
         return fits, card
     body_lr = min(lr / 10, MAX_BODY_LR)
-    top = None
+    split = None
     if model.input_shape[1] >= config.cache_features_from_px:
-        top = cut_below(model, unfrozen[-1])
-    net = top or model
+        split = cut_below(model, unfrozen[-1])
+    net = split[1] if split else model
     for layer in model.layers:
         layer.trainable = layer in unfrozen or layer.name == "logits"
-    if top is not None:
-        bottom = keras.Model(model.inputs, top.inputs[0])
+    if split is not None:
+        bottom, top = split
         progress(f"Top {len(unfrozen)} layers: their input computed once ({top.input_shape[1:]})")
         x_train, x_val = _features(bottom, train.x), _features(bottom, val.x)
         train_data = _arrays(x_train, y_train, 32, config.seed, True)
@@ -225,6 +226,6 @@ def finetune_gentle(
         body_lr=float(body_lr),
         body_epochs=fits[1].epochs_run,
         unfrozen_layers=[layer.name for layer in unfrozen],
-        features_cached=top is not None,
+        features_cached=split is not None,
     )
     return fits, card

@@ -194,6 +194,11 @@ class Registry:
             "git_sha": git_sha() or "unknown",
             contract.OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}",
             contract.CLASS_NAMES_TAG: json.dumps(model.class_names),
+            **{
+                tag: str(model.card[tag])
+                for tag in (contract.IMPORTED_TAG, contract.PIXELS_TAG)
+                if tag in model.card
+            },
             **tags,
         }
 
@@ -443,6 +448,9 @@ class Registry:
             "read the version", lambda: self.client.get_model_version(self.name, version)
         )
         card = {"registered_model": self.name, "version": version}
+        for tag in (contract.IMPORTED_TAG, contract.PIXELS_TAG):  # picks the fine-tune recipe
+            if tag in mv.tags:
+                card[tag] = mv.tags[tag]
         return LoadedModel(model, json.loads(mv.tags[contract.CLASS_NAMES_TAG]), card)
 
     def export(self, ref: str, out: Path) -> Path:

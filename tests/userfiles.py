@@ -48,8 +48,14 @@ def _as_keras24(path: Path) -> None:
         handle.attrs["keras_version"] = "2.4.0"
 
 
-def teachable_machine_h5(folder: Path, classes: list[str], size: int = 224, seed: int = 0):
+def teachable_machine_h5(
+    folder: Path, classes: list[str], size: int = 224, seed: int = 0, images=None
+):
     """Write ``keras_model.h5`` and ``labels.txt`` as Teachable Machine exports them.
+
+    With ``images`` (uint8, N x size x size x 3), the random trunk's batch-norm statistics
+    are set from them first (one pass in training mode with momentum 0), so its features
+    carry information, as a pretrained trunk's would (nothing downloads here).
 
     Returns:
         (h5 path, labels path, the tf-keras model that wrote it).
@@ -74,6 +80,13 @@ def teachable_machine_h5(folder: Path, classes: list[str], size: int = 224, seed
     )
     model = k2.Sequential([features, head], name="sequential_4")
     model.build((None, size, size, 3))
+    if images is not None:
+        norms = [layer for layer in base.layers if isinstance(layer, k2.layers.BatchNormalization)]
+        for layer in norms:
+            layer.momentum = 0.0
+        base(images.astype("float32") / 127.5 - 1.0, training=True)
+        for layer in norms:
+            layer.momentum = 0.999
     h5 = folder / "keras_model.h5"
     model.save(h5)
     _as_keras24(h5)
@@ -141,14 +154,17 @@ def shape_classes() -> list[str]:
     return [f"{c} {s} {m}" for s in SHAPES for c in COLOURS for m in MARKS]
 
 
-def shapes(n: int, seed: int, size: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` uint8 images of coloured signs on noisy backgrounds, and their labels."""
+def shapes(
+    n: int, seed: int, size: int = 30, only: list[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` uint8 images of coloured signs on noisy backgrounds, and their labels (of the
+    class indices ``only``, or of all 40)."""
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
     classes = shape_classes()
     x = np.empty((n, size, size, 3), np.uint8)
-    y = rng.integers(0, len(classes), n)
+    y = rng.choice(only, n) if only else rng.integers(0, len(classes), n)
     for i, label in enumerate(y):
         colour_name, shape, mark = classes[label].split(" ")
         background = rng.integers(70, 220, 3)
@@ -257,3 +273,15 @@ def messy_photo_set(root: Path, per_class: int = 12, seed: int = 0, big: int = 3
         made["files"] += 1
         made["duplicates"] += 1
     return made
+
+
+def write_signs(folder: Path, n: int, seed: int, only: list[int] | None = None) -> Path:
+    """``n`` sign images (see :func:`shapes`) as ``folder/<class>/<i>.png``."""
+    from PIL import Image
+
+    names = shape_classes()
+    x, y = shapes(n, seed, only=only)
+    for i, (image, label) in enumerate(zip(x, y, strict=True)):
+        (folder / names[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / names[label] / f"{seed}-{i:04d}.png")
+    return folder

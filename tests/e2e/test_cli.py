@@ -104,3 +104,46 @@ def test_story_builtin_model_meets_truck(tmp_path: Path, env) -> None:
     assert "Version 2:" in tuned.stdout
     for noise in ("oneDNN custom operations", "absl::InitializeLog", "structure of `inputs`"):
         assert noise not in tuned.stdout + tuned.stderr + first.stdout + first.stderr
+
+
+def test_story_bring_your_own_model(tmp_path: Path, env) -> None:
+    """README "Bring your own model and data": a Keras 2 model trained on [0, 1] inputs,
+    imported with its class list and a calibration batch, judged, then taught a new class
+    from a spreadsheet CSV with the gentle recipe."""
+    from PIL import Image
+
+    from tests import userfiles
+
+    names = userfiles.shape_classes()
+    known = list(range(8))
+    x, y = userfiles.shapes(1600, seed=1, only=known)
+    userfiles.no_bn_cnn_h5(tmp_path / "signs.h5", x, y, epochs=6)
+    (tmp_path / "classes.txt").write_text("\n".join(names[i] for i in known) + "\n")
+    seed = userfiles.write_signs(tmp_path / "seed", 240, seed=2, only=known)
+    assert refit(env, "data", "add", str(seed)).returncode == 0
+
+    imported = refit(env, "model", "import", str(tmp_path / "signs.h5"),
+                     "--labels", str(tmp_path / "classes.txt"), "--calibrate", str(seed),
+                     "--out", str(tmp_path / "signs.keras"))  # fmt: skip
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    assert "pixel range 0-1 chosen by calibration" in imported.stdout
+    assert "pixels 0-1" in imported.stdout
+    first = refit(env, "model", "register", str(tmp_path / "signs.keras"))
+    assert first.returncode == 0 and "promoted to champion" in first.stdout, first.stdout
+
+    # A batch as a spreadsheet exports it: ';', quoted cells, Windows paths, a new class.
+    batch = tmp_path / "export"
+    new_x, new_y = userfiles.shapes(90, seed=3, only=[8, 0, 1])
+    rows = ['"filename";"label"']
+    for i, (image, label) in enumerate(zip(new_x, new_y, strict=True)):
+        (batch / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(batch / "images" / f"{i}.png")
+        rows.append(f'"images\\{i}.png";"{names[label]}"')
+    (batch / "labels.csv").write_text("\r\n".join(rows) + "\r\n", encoding="utf-8-sig")
+    added = refit(env, "data", "add", str(batch / "labels.csv"))
+    assert added.returncode == 0, added.stdout
+    assert f"new classes: {names[8]}" in added.stdout
+    tuned = refit(env, "train", "finetune")
+    assert tuned.returncode == 0, tuned.stdout + tuned.stderr
+    assert "Fine-tune (gentle recipe)" in tuned.stdout and "Version 2:" in tuned.stdout
+    assert "Traceback" not in tuned.stdout + tuned.stderr

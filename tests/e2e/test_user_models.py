@@ -145,21 +145,10 @@ def no_bn(tmp_path_factory):
     return path
 
 
-def write_batch(folder: Path, n: int, seed: int) -> Path:
-    from PIL import Image
-
-    names = userfiles.shape_classes()
-    x, y = userfiles.shapes(n, seed)
-    for i, (image, label) in enumerate(zip(x, y, strict=True)):
-        (folder / names[label]).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / names[label] / f"{i:04d}.png")
-    return folder
-
-
 def test_calibration_finds_the_range_and_contradicts_a_wrong_one(no_bn, tmp_path) -> None:
     from pipelines.imports import import_user_model
 
-    batch = write_batch(tmp_path / "batch", 200, seed=7)
+    batch = userfiles.write_signs(tmp_path / "batch", 200, seed=7)
     classes = userfiles.shape_classes()
     chosen = import_user_model(no_bn, classes, calibrate_with=batch)
     assert chosen.calibration.best == "0-1" and chosen.loaded.card["pixels"] == "0-1"
@@ -190,3 +179,69 @@ def test_the_wrapped_contract_equals_the_original_fed_the_documented_way(no_bn) 
         ours = np.asarray(loaded.model(raw.astype("float32"), training=False))
         theirs = original(feed.astype("float32"), training=False).numpy()
         np.testing.assert_allclose(ours, theirs, atol=2e-5, err_msg=spec)
+
+
+def test_imported_models_serve_through_onnx_like_keras(teachable, no_bn) -> None:
+    from pipelines.imports import import_user_model
+    from serving.engines import best_engine
+
+    for model in (
+        import_user_model(teachable[0], labels=teachable[1]).loaded.model,
+        import_user_model(no_bn, userfiles.shape_classes(), pixel_range="0-1").loaded.model,
+    ):
+        size = model.input_shape[1]
+        images = photos(4, size).astype("uint8")
+        choice = best_engine(model, images, preference="onnx")
+        assert choice.max_abs_diff is not None and choice.max_abs_diff <= 1e-5
+
+
+def test_gentle_finetune_teaches_a_teachable_machine_model_a_class(tmp_path: Path) -> None:
+    """96 px so the test is quick; the cached-features path runs as it does at 224 px."""
+    from core.policies import FinetuneConfig
+    from pipelines.images import ImageSet
+    from pipelines.imports import import_user_model
+    from pipelines.train import finetune
+
+    names = userfiles.shape_classes()[:3]
+    old_x, old_y = userfiles.shapes(240, seed=1, size=96, only=[0, 1])
+    new_x, _ = userfiles.shapes(60, seed=2, size=96, only=[2])
+    h5, labels, _ = userfiles.teachable_machine_h5(tmp_path, names[:2], size=96, images=old_x[:64])
+    champion = import_user_model(h5, labels=labels).loaded
+    config = FinetuneConfig(gentle_head_epochs=4, gentle_epochs=2, time_budget_s=120)
+    lines: list[str] = []
+    tuned, fits = finetune(
+        champion, ImageSet(new_x, np.full(60, 2), names), ImageSet(old_x, old_y, names[:2]),
+        config, progress=lines.append,
+    )  # fmt: skip
+    assert tuned.class_names == names and len(fits) == 2
+    did = tuned.card["finetune_recipe"]
+    assert did["recipe"] == "gentle" and did["features_cached"] and len(did["unfrozen_layers"]) == 6
+    assert any("computed once" in line for line in lines)
+    assert tuned.card["val_accuracy_after"] >= tuned.card["val_accuracy_before"]
+    # the champion itself is untouched
+    raw = photos(2, 96)
+    np.testing.assert_allclose(
+        champion.model(raw), import_user_model(h5, labels=labels).loaded.model(raw), atol=1e-6
+    )
+
+
+def test_a_finetune_that_makes_things_worse_keeps_the_starting_weights(no_bn) -> None:
+    from core.policies import FinetuneConfig
+    from pipelines.images import ImageSet
+    from pipelines.modelfile import import_model
+    from pipelines.pixels import parse
+    from pipelines.train import finetune
+
+    names = userfiles.shape_classes()
+    champion = import_model(no_bn, names, contract=parse("0-1"))
+    x, y = userfiles.shapes(600, seed=3)
+    wrecking = FinetuneConfig(recipe="refit", head_lr=500.0, lr=500.0, head_epochs=1, epochs=1)
+    lines: list[str] = []
+    tuned, _ = finetune(
+        champion, ImageSet(x[:200], y[:200], names), ImageSet(x[200:], y[200:], names),
+        wrecking, progress=lines.append,
+    )  # fmt: skip
+    assert tuned.card["kept_starting_weights"] is True
+    assert any("kept the starting weights" in line for line in lines)
+    for a, b in zip(tuned.model.get_weights(), champion.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
