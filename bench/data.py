@@ -6,7 +6,10 @@ Measures, in one run, against baselines taken in the same run:
 2. manifest + GX validation, images/s (target: >= 5,000 images/s on 2 cores);
 3. `dvc add` of a 10k-image dataset directory vs copying the same directory;
 4. the whole tarball (50,000 images) through intake: stage, manifest, validate, merge,
-   `dvc add` + `dvc push`, with each step's share.
+   `dvc add` + `dvc push`, with each step's share;
+5. the cost of near-duplicate detection: imagehash's pHash per image (CIFAR JPEGs and
+   12-megapixel photos) against the plain decode, and the Hamming search of a batch's
+   hashes against a holdout's.
 
 Run: .venv/bin/python bench/data.py [--images 10000] [--skip-full]
 """
@@ -109,6 +112,48 @@ def bench_subset(tarball_dir: Path, work: Path, n: int) -> None:
     print_table(f"Versioning {len(paths):,} files (target: dvc add < 10 s)", table)
 
 
+def bench_near_duplicates(folder: Path, work: Path) -> None:
+    import numpy as np
+
+    from pipelines.ingest import perceptual_hash
+    from pipelines.neardup import nearest
+
+    def decode(paths):
+        for path in paths:
+            with Image.open(path) as image:
+                image.load()
+
+    def phash(paths):
+        out = []
+        for path in paths:
+            with Image.open(path) as image:
+                image.load()
+                out.append(perceptual_hash(image))
+        return out
+
+    small = sorted(folder.rglob("*.jpg"))[:2000]
+    rng = np.random.default_rng(0)
+    photos = []
+    gradient = Image.linear_gradient("L").resize((4000, 3000))
+    for i in range(20):  # 12-megapixel photos, as phones take them (smooth, so JPEG-sized)
+        bands = [gradient.rotate(int(a), expand=False) for a in rng.integers(0, 360, 3)]
+        path = work / "photos" / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.merge("RGB", bands).save(path, quality=85)
+        photos.append(path)
+    table: list = []
+    for title, paths in (("CIFAR-10 JPEGs (32x32)", small), ("12 MP JPEG photos", photos)):
+        _, base = timed(decode, paths)
+        _, t_hash = timed(phash, paths)
+        row(table, f"baseline: decode only, {title}", base, base, len(paths))
+        row(table, f"decode + pHash, {title}", t_hash, base, len(paths))
+    hashes = phash(small)
+    holdout = [f"{int(v):016x}" for v in rng.integers(0, 2**63, 10_000, dtype=np.int64)]
+    _, t_near = timed(nearest, hashes, holdout)
+    row(table, "Hamming search vs 10,000 holdout hashes", t_near, t_near, len(hashes))
+    print_table("Near-duplicate detection, 1 process (the manifest spreads it over cores)", table)
+
+
 def bench_full(tarball: Path, work: Path) -> None:
     limits, policy, split = IngestLimits(), ValidationPolicy(), SplitPolicy()
     store = new_store(work / "full")
@@ -145,6 +190,7 @@ def main() -> None:
         work = Path(tmp)
         subprocess.run(["tar", "-xzf", str(tarball), "-C", str(work)], check=True)
         bench_subset(work, work / "subset-run", args.images)
+        bench_near_duplicates(work / "subset-run" / "subset", work / "near-duplicates")
         if not args.skip_full:
             bench_full(tarball, work / "full-run")
 

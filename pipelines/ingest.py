@@ -527,9 +527,13 @@ def perceptual_hash(image: Image.Image) -> str:
 
     from pipelines.images import to_rgb
 
-    rgb = to_rgb(image)
-    rgb.thumbnail((512, 512))  # pHash looks at 32x32: shrink a 50 MP photo cheaply first
-    return str(imagehash.phash(rgb))
+    factor = min(image.size) // 256  # pHash looks at 32x32: shrink a 50 MP photo first
+    if factor > 1:
+        try:
+            image = image.reduce(factor)  # box filter by an integer factor: cheap
+        except (ValueError, NotImplementedError):
+            pass  # modes reduce() lacks (palette, 1-bit) are converted at full size
+    return str(imagehash.phash(to_rgb(image)))
 
 
 def _inspect_task(args: tuple[str, int]) -> tuple:

@@ -389,10 +389,8 @@ def _repairs(
     bad_mode = live[~live["mode"].isin(RGB_CONVERTIBLE_MODES)]
     skip(bad_mode, "mode_convertible_to_rgb", "mode " + bad_mode["mode"].astype(str))
     rest = manifest[~manifest["path"].isin(taken)]
-    by_hash = rest.sort_values("path").groupby("sha256", sort=False)
-    for _, copies in by_hash:
-        if len(copies) < 2:
-            continue
+    twice = rest[rest["sha256"].duplicated(keep=False)]
+    for _, copies in twice.sort_values("path").groupby("sha256", sort=False):
         if copies["label"].nunique() > 1:
             labels = ", ".join(sorted(copies["label"].astype(str).unique()))
             skip(copies, "conflicting_labels", [f"one image labelled {labels}"] * len(copies))

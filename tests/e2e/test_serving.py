@@ -222,3 +222,29 @@ def test_every_privileged_route_refuses_an_anonymous_or_foreign_caller(server) -
         )
         assert model.status_code == 401
         assert "access-control-allow-origin" not in batch.headers
+
+
+def test_model_uploads_take_labels_files_and_pixel_ranges(server) -> None:
+    from tests.e2e.serving_server import TOKEN
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    url = f"{server.url}/retrain/model"
+
+    def upload(name: str, data: dict, files: dict | None = None) -> httpx.Response:
+        return httpx.post(url, files={"model": (name, b"PK"), **(files or {})}, data=data,
+                          headers=auth, timeout=60)  # fmt: skip
+
+    wrong = upload("m.h5", {"classes": "a,b", "pixels": "0-100"})
+    assert wrong.status_code == 400 and "pixels: unknown pixel range '0-100'" in wrong.text
+    nameless = upload("m.h5", {})
+    assert nameless.status_code == 400 and "or a labels file" in nameless.text
+    saved = upload("saved_model.pb", {"classes": "a,b"})
+    assert saved.status_code == 400 and "Teachable Machine .zip" in saved.text
+    # Accepted: a Teachable Machine zip needs no names; with a labels file or a range too.
+    # This server has no Prefect behind it, so the upload stops where the flow would start.
+    for name, data, files in [
+        ("converted_keras.zip", {}, None),
+        ("m.h5", {"pixels": "-1-1"}, {"labels": ("labels.txt", b"0 cat\n1 dog\n")}),
+    ]:
+        answer = upload(name, data, files)
+        assert answer.status_code == 503 and "cannot start the bootstrap flow" in answer.text
