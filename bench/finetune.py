@@ -129,7 +129,7 @@ def bench_imported(args) -> None:
     champion = score(declared.model)
     rows = [("champion, fed as trained (0-1)", champion, ">= 0.99")]
     runs = [
-        ("before: pixels assumed 0-255, Refit's recipe", assumed, "refit"),
+        ("before: 0-255 assumed, Refit's recipe", assumed, "refit"),
         ("pixels 0-1, Refit's recipe", declared, "refit"),
         ("pixels 0-1, gentle recipe (auto for imports)", declared, "gentle"),
     ]
@@ -137,8 +137,10 @@ def bench_imported(args) -> None:
         config = FinetuneConfig(recipe=recipe)
         tuned, fits = finetune(start, new, old, config, progress=lambda m: None)
         last = fits[-1].history.get("accuracy", [float("nan")])[-1]
-        kept = " (kept its start)" if tuned.card["kept_starting_weights"] else ""
-        rows.append((f"{title}{kept}", score(tuned.model), ""))
+        rows.append((title, score(tuned.model), ""))
+        rows.append(
+            ("  kept its starting weights (1 = yes)", tuned.card["kept_starting_weights"], "")
+        )
         rows.append(("  its last epoch's training accuracy", last, ""))
         rows.append(("  its change vs the champion (points)", 100 * (score(tuned.model) - champion),
                      ">= -0.5" if recipe == "gentle" else ""))  # fmt: skip

@@ -52,7 +52,7 @@ class ValidationPolicy(BaseModel):
         "missing, unlabelled, unreadable, duplicate) before the whole batch is refused.",
     )
     near_duplicate_distance: int = Field(
-        default=6,
+        default=4,
         ge=0,
         le=32,
         description="Most differing pHash bits (of 64) for two images to be near-duplicates.",

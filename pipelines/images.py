@@ -174,14 +174,18 @@ def images_from_rows(
     return load_images([root / p for p in rows["path"]], rows["label"].tolist(), names, size)
 
 
-def stratified_split(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (rest, held) with ``share`` of each class held, at least one per class."""
+def stratified_split(
+    y: np.ndarray, share: float, seed: int, min_rest: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (rest, held) with ``share`` of each class held, at least one per class, but
+    never so many that fewer than ``min_rest`` of a class stay in ``rest``."""
     rng = np.random.default_rng(seed)
     held: list[int] = []
     for label in np.unique(y):
         members = np.flatnonzero(y == label)
         rng.shuffle(members)
-        held += members[: max(1, round(len(members) * share))].tolist()
+        n = min(max(1, round(len(members) * share)), len(members) - min_rest)
+        held += members[: max(n, 0)].tolist()
     held_mask = np.zeros(len(y), bool)
     held_mask[held] = True
     return np.flatnonzero(~held_mask), np.flatnonzero(held_mask)

@@ -22,6 +22,7 @@ names, Windows paths (``images\\x.png``); labels stay text (``7``, never ``7.0``
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -529,10 +530,10 @@ def perceptual_hash(image: Image.Image) -> str:
 
     factor = min(image.size) // 256  # pHash looks at 32x32: shrink a 50 MP photo first
     if factor > 1:
-        try:
-            image = image.reduce(factor)  # box filter by an integer factor: cheap
-        except (ValueError, NotImplementedError):
-            pass  # modes reduce() lacks (palette, 1-bit) are converted at full size
+        # a box filter by an integer factor (cheap); modes reduce() lacks (palette, 1-bit)
+        # are converted at full size
+        with contextlib.suppress(ValueError, NotImplementedError):
+            image = image.reduce(factor)
     return str(imagehash.phash(to_rgb(image)))
 
 

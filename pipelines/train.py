@@ -394,15 +394,11 @@ def finetune(
         clone.set_weights(champion.model.get_weights())
         model = LoadedModel(clone, list(champion.class_names), dict(champion.card))
     names = model.class_names
-    replay_n = min(len(old), round(config.replay_ratio * len(new)))
-    replay = old.relabel(names).take(stratified_sample(old.y, replay_n, config.seed))
-    mixed = ImageSet.concat([new.relabel(names), replay])
-    rest, held = stratified_split(mixed.y, config.val_share, config.seed)
-    train, val = mixed.take(rest), mixed.take(held)
+    train, val, replay = _train_and_validation(new.relabel(names), old.relabel(names), config)
     recipe = recipe_for(champion, config)
     progress(
-        f"Fine-tune ({recipe} recipe) on {len(new)} new + {len(replay)} replayed images, "
-        f"{len(val)} of them held for validation"
+        f"Fine-tune ({recipe} recipe) on {len(train) - len(replay)} new + {len(replay)} "
+        f"replayed images; {len(val)} held for validation"
     )
     start_weights = model.model.get_weights()
     before = accuracy(predict_proba(model.model, val.x), val.y) if len(val) else float("nan")
@@ -434,6 +430,25 @@ def finetune(
         "train_seconds": round(sum(r.seconds for r in results), 1),
     }
     return model, results
+
+
+def _train_and_validation(
+    new: ImageSet, old: ImageSet, config: FinetuneConfig
+) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """(train, validation, replay): the new images minus a stratified ``val_share`` held for
+    validation, plus the replay sample; validation also gets old images the replay sample
+    left unused (the same share of it), so holding data back never costs replay."""
+    replay_n = min(len(old), round(config.replay_ratio * len(new)))
+    picked = stratified_sample(old.y, replay_n, config.seed)
+    replay = old.take(picked)
+    kept, held = stratified_split(new.y, config.val_share, config.seed, min_rest=1)
+    if not config.val_share:
+        kept, held = np.arange(len(new)), np.zeros(0, np.int64)
+    unused = np.setdiff1d(np.arange(len(old)), picked)
+    n_old = min(len(unused), round(config.val_share * replay_n))
+    old_val = old.take(unused[stratified_sample(old.y[unused], n_old, config.seed + 1)])
+    train = ImageSet.concat([new.take(kept), replay])
+    return train, ImageSet.concat([new.take(held), old_val]), replay
 
 
 def recipe_for(champion: LoadedModel, config: FinetuneConfig) -> str:
