@@ -134,7 +134,11 @@ class FinetuneConfig(BaseModel):
         default="auto", description="auto: gentle for imported models, refit for Refit's own."
     )
     val_share: float = Field(
-        default=0.1, ge=0, lt=1, description="Share of new + replayed images held for validation."
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="Share of the new images held for validation (the same share of the "
+        "replay count comes from old images the replay left unused).",
     )
     gentle_lr: float | None = Field(
         default=None, description="Gentle: head learning rate (None: an LR range test picks it)."

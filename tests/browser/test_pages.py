@@ -67,3 +67,20 @@ def test_retrain_page_follows_a_batch_to_its_decision(live, browser, tmp_path: P
     href = page.get_attribute("#download", "href")
     model = httpx.get(f"{live.serving_url}{href}", timeout=60)
     assert model.status_code == 200 and model.content[:2] == b"PK"  # a .keras zip
+
+
+def test_retrain_page_model_form_takes_a_labels_file_and_a_pixel_range(
+    live, browser, tmp_path: Path
+) -> None:
+    page = browser.new_page()
+    page.goto(f"{live.serving_url}/retrain")
+    page.fill("#token", TOKEN)
+    exported = tmp_path / "saved_model.pb"  # what `model.export()` writes: not accepted
+    exported.write_bytes(b"\x08\x01")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("0 cardboard\n1 paper\n")
+    page.set_input_files("#model-file", str(exported))
+    page.set_input_files("#labels-file", str(labels))
+    page.select_option("#pixels", "-1-1")
+    page.click("#model-form button")
+    page.wait_for_selector("text=or a Teachable Machine .zip export")
