@@ -51,8 +51,13 @@ class ValidationPolicy(BaseModel):
         description="Most of a batch's files that may be skipped as repairs (not an image, "
         "missing, unlabelled, unreadable, duplicate) before the whole batch is refused.",
     )
+    near_duplicate_min_side: int = Field(
+        default=48,
+        description="Images smaller than this (px) are checked for leakage by sha256 only: "
+        "at that size pHash sees little more than the layout.",
+    )
     near_duplicate_distance: int = Field(
-        default=4,
+        default=6,
         ge=0,
         le=32,
         description="Most differing pHash bits (of 64) for two images to be near-duplicates.",

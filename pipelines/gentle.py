@@ -8,7 +8,7 @@ moves the weights as little as the data asks:
 1. **Head only.** The layers below ``logits`` are frozen, so their output is computed once
    and the head trains on those features (seconds, even for a 224 px MobileNet). Adam's
    learning rate comes from a short LR range test on the head (the loss's minimum / 10)
-   unless one is set. Early stopping on the validation split restores the best epoch.
+   unless one is set. Early stopping on the validation loss restores the best epoch.
 2. **Top unfrozen.** The top ``gentle_unfreeze_layers`` conv/dense layers train at a tenth
    of that rate (at most 1e-4), batch norm kept in inference mode (its statistics came
    from the user's data). For models of ``cache_features_from_px`` or more, the frozen part
@@ -84,14 +84,19 @@ def _fit(net, train_data, val_data, lr, epochs, patience, deadline, progress, la
     )
     callbacks = [
         EpochLog(progress, epochs, steps, label),
-        keras.callbacks.EarlyStopping(
-            "val_accuracy", patience=patience, restore_best_weights=True, mode="max"
-        ),
+        # val_loss, not val_accuracy: on a small validation split the accuracy sits still for
+        # epochs while a new class's unit is still learning, and the best epoch would be 1
+        keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True),
         Budget(deadline),
     ]
     start = time.monotonic()
     history = net.fit(
-        train_data, validation_data=val_data, epochs=epochs, callbacks=callbacks, verbose=0
+        train_data,
+        validation_data=val_data,
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=0,
+        shuffle=False,  # the tf.data pipeline shuffles
     )
     return FitResult(
         {k: [float(v) for v in vs] for k, vs in history.history.items()},

@@ -255,6 +255,7 @@ def fit(
         epochs=recipe.epochs,
         callbacks=callbacks,
         verbose=0,
+        shuffle=False,  # the tf.data pipeline shuffles
     )
     seconds = time.monotonic() - start
     return FitResult(

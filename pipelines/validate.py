@@ -430,7 +430,8 @@ def _near_description(policy: ValidationPolicy, action: str) -> str:
     return (
         "No image nearly duplicates a holdout image (pHash within "
         f"{policy.near_duplicate_distance} of 64 bits: re-saved, resized, a neighbouring "
-        f"frame; validation.near_duplicate_leakage = {action})."
+        f"frame; images of {policy.near_duplicate_min_side} px and up; "
+        f"validation.near_duplicate_leakage = {action})."
     )
 
 
@@ -440,7 +441,12 @@ def _near_holdout(
     """Rows whose pHash is near a holdout image's (exact copies are ``holdout_leakage``)."""
     from pipelines.neardup import nearest
 
-    rows = rows[rows["phash"].notna() & ~rows["sha256"].isin(reference.holdout_sha256)]
+    sides = rows[["width", "height"]].astype("float").min(axis=1)
+    rows = rows[
+        rows["phash"].notna()
+        & (sides >= policy.near_duplicate_min_side)
+        & ~rows["sha256"].isin(reference.holdout_sha256)
+    ]
     if rows.empty or not reference.holdout_phash:
         return rows.iloc[:0].assign(detail=pd.Series(dtype=object))
     distance, _ = nearest(rows["phash"].tolist(), reference.holdout_phash)

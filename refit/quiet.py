@@ -50,6 +50,9 @@ def quiet_libraries() -> None:
     off; for the commands that train or load models, TensorFlow loaded without its lines."""
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # MLflow sets its own logger's level when it is imported, and draws progress bars
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", message=r"The structure of `inputs` doesn't match")
     warnings.filterwarnings("ignore", module=r"mlflow\..*")
 
