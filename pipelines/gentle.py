@@ -7,8 +7,9 @@ moves the weights as little as the data asks:
 
 1. **Head only.** The layers below ``logits`` are frozen, so their output is computed once
    and the head trains on those features (seconds, even for a 224 px MobileNet). Adam's
-   learning rate comes from a short LR range test on the head (the loss's minimum / 10)
-   unless one is set. Early stopping on the validation loss restores the best epoch.
+   learning rate comes from a short LR range test on the head (a tenth of the rate at the
+   loss's minimum on a fixed probe set) unless one is set. Early stopping on the
+   validation loss restores the best epoch.
 2. **Top unfrozen.** The top ``gentle_unfreeze_layers`` conv/dense layers train at a tenth
    of that rate (at most 1e-4), batch norm kept in inference mode (its statistics came
    from the user's data). For models of ``cache_features_from_px`` or more, the frozen part
@@ -56,23 +57,33 @@ def _features(model: keras.Model, x: np.ndarray, batch_size: int = 128) -> np.nd
 
 def lr_range_test(head: keras.Model, x: np.ndarray, y: np.ndarray, seed: int) -> float:
     """Adam's learning rate for ``head``: train a copy with the rate rising from 1e-6 to 1
-    over a few dozen steps; a tenth of the rate at the smoothed loss's minimum."""
+    over 48 steps, measuring the loss on a fixed probe set after each; a tenth of the rate
+    at its minimum, or Adam's default 1e-3 when no rate lowers the loss by 2%."""
     probe = keras.models.clone_model(head)
     probe.set_weights(head.get_weights())
     probe.compile(optimizer=keras.optimizers.Adam(1e-6), loss="categorical_crossentropy")
     rng = np.random.default_rng(seed)
+    held = rng.choice(len(x), size=min(512, len(x)), replace=False)
+
+    def loss_now() -> float:
+        p = np.clip(np.asarray(probe(x[held], training=False)), 1e-7, 1.0)
+        return float(-np.mean(np.sum(y[held] * np.log(p), axis=1)))
+
     steps, low, high = 48, 1e-6, 1.0
-    best, best_lr, smooth = math.inf, 1e-3, None
+    initial = best = loss_now()
+    best_lr = None
     for step in range(steps):
         lr = low * (high / low) ** (step / (steps - 1))
         probe.optimizer.learning_rate.assign(lr)
         pick = rng.choice(len(x), size=min(64, len(x)), replace=False)
-        loss = float(probe.train_on_batch(x[pick], y[pick]))
-        smooth = loss if smooth is None else 0.7 * smooth + 0.3 * loss
-        if not math.isfinite(smooth) or (step > 5 and smooth > 4 * best):
+        probe.train_on_batch(x[pick], y[pick])
+        loss = loss_now()
+        if not math.isfinite(loss) or loss > 4 * best:
             break
-        if smooth < best:
-            best, best_lr = smooth, lr
+        if loss < best:
+            best, best_lr = loss, lr
+    if best_lr is None or best > 0.98 * initial:
+        return 1e-3
     return float(np.clip(best_lr / 10, 1e-5, 1e-2))
 
 
