@@ -39,7 +39,7 @@ def load_keras2(path: Path) -> keras.Model:
     import tf_keras
 
     class DepthwiseConv2D(tf_keras.layers.DepthwiseConv2D):
-        """Keras 2.4-2.8 wrote ``groups``, which later DepthwiseConv2D rejects."""
+        """Teachable Machine's Keras 2.4 wrote ``groups: 1``, which DepthwiseConv2D may reject."""
 
         def __init__(self, *args, groups=1, **kwargs):
             super().__init__(*args, **kwargs)
@@ -51,6 +51,8 @@ def load_keras2(path: Path) -> keras.Model:
     except Exception as exc:  # tf-keras raises many kinds; the first line says which
         raise ModelRefused(path, f"tf-keras cannot load it: {_first_line(exc)}") from exc
     model = convert(old, path)
+    if None in tuple(old.input_shape[1:]):
+        raise ModelRefused(path, "must declare its input height and width")
     probe = np.random.default_rng(0).uniform(0, 1, (2, *old.input_shape[1:])).astype("float32")
     diff = float(np.max(np.abs(np.asarray(old(probe, training=False)) - np.asarray(model(probe)))))
     if not diff <= MAX_ABS_DIFF:

@@ -76,14 +76,15 @@ def test_two_batches_queue_one_dropped_one_bringing_a_new_class(live: LivePlatfo
 def test_a_rejected_batch_changes_nothing(live: LivePlatform) -> None:
     ensure_champion(live)
     bad = live.batch("bad", COLOURS[:3], 6, seed=4)
-    (bad / "red" / "notes.png").write_text("this is not an image")
+    for i in range(5):  # 5 of 23 files unreadable: past validation.max_skipped_share (20%)
+        (bad / "red" / f"notes{i}.png").write_text("this is not an image")
     versions, champion = len(live.dataset_versions()), live.champion()
     submission = submit(live, bad)
     wait_for(lambda: outcome(live, submission)["status"] == "done", 200, "the rejection")
     assert outcome(live, submission)["outcome"] == "rejected"
     final = runs.view(runs.find_submission_run(submission))
     assert final.state == "FAILED" and "rejected" in final.message
-    assert "notes.png" in final.report
+    assert "notes0.png" in final.report and "max_skipped_share" in final.report
     assert len(live.dataset_versions()) == versions and live.champion() == champion
 
 
