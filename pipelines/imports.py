@@ -72,8 +72,7 @@ def import_user_model(
         if classes is None:
             if labels is None:
                 raise ModelRefused(model, "give the class names (--classes or a --labels file)")
-            classes = read_class_list(Path(labels))
-            numbered = _is_numbered(Path(labels))
+            classes, numbered = read_class_list(Path(labels))
             if numbered and pixel_range is None and calibrate_with is None:
                 pixel_range = TEACHABLE_MACHINE_PIXELS
                 notes.append("numbered labels.txt: Teachable Machine's pixel range -1-1 assumed")
@@ -100,11 +99,6 @@ def import_user_model(
         if calibration is not None:
             loaded.card["calibration"] = {k: round(v, 4) for k, v in calibration.accuracy.items()}
         return Imported(loaded, notes, warnings, calibration)
-
-
-def _is_numbered(path: Path) -> bool:
-    lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-    return bool(lines) and all(line.split(maxsplit=1)[0].isdigit() for line in lines)
 
 
 def _unpack_teachable_machine(archive: Path, scratch: Path) -> tuple[Path, Path]:

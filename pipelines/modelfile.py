@@ -233,9 +233,10 @@ def bare_model(path: Path, facts: modelsafety.FileFacts | None = None) -> keras.
     return _normalise_head(model, path)
 
 
-def read_class_list(path: Path) -> list[str]:
-    """Class names from a file: one per line (names may hold commas), or ``labels.txt`` as
-    Teachable Machine writes it (``0 cardboard``: each line starts with its index).
+def read_class_list(path: Path) -> tuple[list[str], bool]:
+    """Class names from a file, and whether it is numbered: one name per line (names may
+    hold commas), or ``labels.txt`` as Teachable Machine writes it (``0 cardboard``: each
+    line starts with its index).
 
     Raises:
         ModelRefused: unreadable, empty, or a numbered list out of order.
@@ -253,8 +254,8 @@ def read_class_list(path: Path) -> list[str]:
         indices = [int(p[0]) for p in numbered]
         if indices != list(range(len(lines))):
             raise ModelRefused(path, f"numbered class list out of order: {indices}")
-        return [p[1].strip() for p in numbered]
-    return lines
+        return [p[1].strip() for p in numbered], True
+    return lines, False
 
 
 def load_refit_model(path: Path) -> LoadedModel:

@@ -61,3 +61,21 @@ def test_a_rejection_report_shows_hostile_names_as_text() -> None:
     page = rejection("<script>x</script>.zip", "label <img src=x onerror=alert(1)>", Path("/q"))
     assert "<img" not in page and "<script>" not in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_class_list_files_plain_numbered_and_broken(tmp_path: Path) -> None:
+    from pipelines.modelfile import ModelRefused, read_class_list
+
+    plain = tmp_path / "classes.txt"
+    cat = "\u041a\u043e\u0448\u043a\u0430"  # Cyrillic
+    plain.write_text(f"\ufeffspeed limit (30), urban\n{cat}\n\nstop\n", encoding="utf-8")
+    assert read_class_list(plain) == (["speed limit (30), urban", cat, "stop"], False)
+    numbered = tmp_path / "labels.txt"
+    numbered.write_text("0 cardboard\n1 paper, recycled\n")  # Teachable Machine's form
+    assert read_class_list(numbered) == (["cardboard", "paper, recycled"], True)
+    numbered.write_text("1 cardboard\n0 paper\n")
+    with pytest.raises(ModelRefused, match="out of order"):
+        read_class_list(numbered)
+    plain.write_text("\n \n")
+    with pytest.raises(ModelRefused, match="empty"):
+        read_class_list(plain)
