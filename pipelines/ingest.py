@@ -567,20 +567,7 @@ def build_manifest(
                     progress(len(rows), total)
     if progress:
         progress(total, total)
-    described = pd.DataFrame(
-        rows,
-        columns=[
-            "width",
-            "height",
-            "mode",
-            "format",
-            "bytes",
-            "sha256",
-            "decodable",
-            "reason",
-            "phash",
-        ],
-    )
+    described = pd.DataFrame(rows, columns=MANIFEST_COLUMNS[3:])  # what inspect_image returns
     files = pd.DataFrame(
         {
             "path": [f.path for f in batch.files],
