@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from core.policies import FinetuneConfig
+from pipelines.architectures import FROZEN_LAYERS
 from pipelines.images import ImageSet
 
 WEIGHT_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
@@ -143,7 +144,7 @@ def top_layers(model: keras.Model, n: int) -> list[keras.layers.Layer]:
     weighted = [
         layer
         for layer in model.layers
-        if isinstance(layer, WEIGHT_LAYERS) and layer.name not in ("logits", "pixel_contract")
+        if isinstance(layer, WEIGHT_LAYERS) and layer.name not in ("logits", *FROZEN_LAYERS)
     ]
     return list(reversed(weighted)) if n < 0 else list(reversed(weighted))[:n]
 
@@ -236,8 +237,8 @@ def finetune_gentle(
             len(train),
         )
     )
-    for layer in model.layers:
-        layer.trainable = True
+    for layer in model.layers:  # as it was; fixed layers stay fixed for the next recipe
+        layer.trainable = layer.name not in FROZEN_LAYERS
     card.update(
         body_lr=float(body_lr),
         body_epochs=fits[1].epochs_run,

@@ -218,6 +218,7 @@ def test_gentle_finetune_teaches_a_teachable_machine_model_a_class(tmp_path: Pat
     assert did["recipe"] == "gentle" and did["features_cached"] and len(did["unfrozen_layers"]) == 6
     assert any("computed once" in line for line in lines)
     assert tuned.card["val_accuracy_after"] >= tuned.card["val_accuracy_before"]
+    assert not tuned.model.get_layer("pixel_contract").trainable  # fixed for every recipe
     # the champion itself is untouched
     raw = photos(2, 96)
     np.testing.assert_allclose(
