@@ -173,3 +173,27 @@ def test_dataset_phashes_are_cached_by_sha256(tmp_path: Path) -> None:
     first = dataset_phashes(tmp_path / "data", rows, cache)
     (tmp_path / "data" / "a.png").unlink()  # a second call must not need the file
     assert dataset_phashes(tmp_path / "data", rows, cache) == first and len(first[0]) == 16
+
+
+def test_a_merge_leaves_skipped_files_out_and_records_why(tmp_path: Path) -> None:
+    from pipelines.dataset import SKIPPED_FILE, load_index, merge_batch
+
+    folder = tmp_path / "batch"
+    for i in range(8):
+        photo(folder / "car" / f"{i}.png", seed=i)
+    (folder / "car" / "copy.png").write_bytes((folder / "car" / "0.png").read_bytes())
+    (folder / "car" / "notes.txt").write_text("x")
+    batch = stage_batch(folder, tmp_path / "staging", LIMITS)
+    manifest = build_manifest(batch, LIMITS)
+    report = validate_batch(batch, manifest, EMPTY, POLICY)
+    assert report.passed, report.summary()
+    pending = merge_batch(tmp_path / "data", batch, manifest, report, SplitPolicy())
+    pending.commit()
+    index = load_index(tmp_path / "data")
+    assert len(index) == 8 and "car/copy.png" not in set(index["source_path"])
+    skipped = pd.read_csv(tmp_path / "data" / SKIPPED_FILE)
+    assert sorted(zip(skipped["path"], skipped["rule"], strict=True)) == [
+        ("car/copy.png", "unique_in_batch"),
+        ("car/notes.txt", "not_an_image"),
+    ]
+    assert set(skipped["batch_id"]) == {batch.batch_id}
