@@ -73,8 +73,7 @@ def convert(old, path: Path) -> keras.Model:
 class _Converter:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.layers: dict[int, keras.layers.Layer] = {}  # id(old layer) -> new (shared layers)
-        self.names: set[str] = {"image"}
+        self.copies = _Copies()
 
     def call(self, model, inputs: list) -> list:
         """Apply the tf-keras model ``model`` to Keras 3 tensors ``inputs``."""
@@ -113,15 +112,8 @@ class _Converter:
 
         if isinstance(layer, tf_keras.Model):
             return self.call(layer, args)
-        new = self.layers.get(id(layer))
-        fresh = new is None
-        if fresh:
-            new = self.rebuild(layer)
-            self.layers[id(layer)] = new
-        out = new(args[0] if len(args) == 1 else args)
-        if fresh:
-            new.set_weights(layer.get_weights())
-        return list(out) if isinstance(out, list | tuple) else [out]
+        one = args[0] if len(args) == 1 else args  # Keras 2 lists a merge layer's inputs
+        return _copy_call(layer, [one], {}, self.copies, self.rebuild)
 
     def rebuild(self, layer) -> keras.layers.Layer:
         kind = type(layer).__name__
@@ -149,11 +141,7 @@ class _Converter:
                     )
         if isinstance(config.get("dtype"), dict):  # a Keras 2 Policy
             config["dtype"] = config["dtype"].get("config", {}).get("name", "float32")
-        name = config.get("name", kind)
-        while name in self.names:  # nested models may reuse names; one flat model may not
-            name += "_"
-        self.names.add(name)
-        config["name"] = name
+        config["name"] = self.copies.unique(config.get("name", kind))
         try:
             return cls.from_config(config)
         except Exception as exc:
@@ -166,22 +154,44 @@ def flatten(model: keras.Model, front: keras.layers.Layer | None = None) -> kera
     """``model`` as one flat functional graph of fresh layers with the same weights,
     optionally with ``front`` applied first."""
     inputs = keras.Input(shape=tuple(model.input_shape[1:]), name="pixels" if front else "image")
-    (out,) = _replay(model, [front(inputs) if front else inputs], {})
+    (out,) = _replay(model, [front(inputs) if front else inputs], _Copies())
     return keras.Model(inputs, out, name=model.name)
 
 
-def _copy_call(layer: keras.layers.Layer, args: list, kwargs: dict, copies: dict) -> list:
-    """Call a fresh copy of ``layer`` (one per layer object: shared layers stay shared)."""
+class _Copies(dict):
+    """Fresh layers by the id of the layer they copy (a shared layer stays shared), and the
+    names given so far: nested models may reuse a name, one flat model may not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names = {"image", "pixels", "pixel_contract"}
+
+    def unique(self, name: str) -> str:
+        while name in self.names:
+            name += "_"
+        self.names.add(name)
+        return name
+
+
+def _fresh_copy(layer: keras.layers.Layer, copies: _Copies) -> keras.layers.Layer:
+    config = layer.get_config()
+    config["name"] = copies.unique(config["name"])
+    return type(layer).from_config(config)
+
+
+def _copy_call(layer, args: list, kwargs: dict, copies: _Copies, make=None) -> list:
+    """Call the fresh copy of ``layer`` (made by ``make``, default: from its config) and give
+    it ``layer``'s weights the first time it is built."""
     fresh = id(layer) not in copies
     if fresh:
-        copies[id(layer)] = type(layer).from_config(layer.get_config())
+        copies[id(layer)] = make(layer) if make else _fresh_copy(layer, copies)
     out = copies[id(layer)](*args, **kwargs)
     if fresh:
         copies[id(layer)].set_weights(layer.get_weights())
     return list(out) if isinstance(out, list | tuple) else [out]
 
 
-def _replay(model: keras.Model, inputs: list, copies: dict) -> list:
+def _replay(model: keras.Model, inputs: list, copies: _Copies) -> list:
     if isinstance(model, keras.Sequential):
         x = inputs[0]
         for layer in model.layers:
