@@ -19,7 +19,13 @@ from pathlib import Path
 
 from core.policies import IngestLimits
 from pipelines import pixels
-from pipelines.modelfile import LoadedModel, ModelRefused, bare_model, import_model, read_class_list
+from pipelines.modelfile import (
+    LoadedModel,
+    ModelRefused,
+    import_model,
+    read_class_list,
+    with_contract,
+)
 
 Progress = Callable[[str], None]
 TEACHABLE_MACHINE = ("keras_model.h5", "labels.txt")
@@ -80,10 +86,11 @@ def import_user_model(
             declared = pixels.parse(pixel_range) if pixel_range else None
         except pixels.BadContract as exc:
             raise ModelRefused(model, str(exc)) from exc
+        plain = import_model(model, classes, existing)  # loaded once: pixels as the file has them
         calibration, warnings = None, []
         if calibrate_with is not None:
             calibration = calibrate(
-                model,
+                plain.model,
                 classes,
                 calibrate_with,
                 limits or IngestLimits(),
@@ -95,7 +102,7 @@ def import_user_model(
                 notes.append(f"pixel range {calibration.best} chosen by calibration")
             elif (warning := calibration.verdict(declared.name)) is not None:
                 warnings.append(warning)
-        loaded = import_model(model, classes, existing, declared or pixels.parse("0-255"))
+        loaded = plain if declared is None else with_contract(plain, declared)
         if calibration is not None:
             loaded.card["calibration"] = {k: round(v, 4) for k, v in calibration.accuracy.items()}
         return Imported(loaded, notes, warnings, calibration)
@@ -134,19 +141,19 @@ def _unpack_teachable_machine(archive: Path, scratch: Path) -> tuple[Path, Path]
 
 
 def calibrate(
-    model: Path,
+    model,
     classes: list[str],
     batch: Path,
     limits: IngestLimits,
     declared: str | None,
     progress: Progress,
 ) -> pixels.Calibration:
-    """Run ``batch``'s images of the model's classes through it under each pixel range."""
+    """Run ``batch``'s images of the classes of ``model`` (a Keras model taking the pixels
+    as its file had them) through it under each pixel range."""
     from pipelines.images import load_images
     from pipelines.ingest import BatchRefused, stage_batch
 
-    bare = bare_model(model)
-    size = tuple(bare.input_shape[1:3])
+    size = tuple(model.input_shape[1:3])
     with tempfile.TemporaryDirectory(prefix="refit-calibrate-") as staging:
         try:
             staged = stage_batch(Path(batch), Path(staging), limits)
@@ -161,7 +168,7 @@ def calibrate(
         images = load_images(
             [staged.files_dir / f.path for f in known], [f.label for f in known], classes, size
         )
-    return measure_pixel_ranges(bare, images.x, images.y, declared)
+    return measure_pixel_ranges(model, images.x, images.y, declared)
 
 
 def measure_pixel_ranges(model, raw, labels, declared: str | None = None) -> pixels.Calibration:

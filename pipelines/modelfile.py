@@ -28,7 +28,14 @@ from pipelines.names import RULE, is_valid
 from pipelines.rebuild import flatten, load_keras2
 
 META_MEMBER = "refit.json"
-__all__ = ["LoadedModel", "ModelRefused", "import_model", "load_refit_model", "save_model"]
+__all__ = [
+    "LoadedModel",
+    "ModelRefused",
+    "import_model",
+    "load_refit_model",
+    "save_model",
+    "with_contract",
+]
 
 
 @dataclass
@@ -108,20 +115,10 @@ def _load_untrusted(path: Path, facts: modelsafety.FileFacts) -> keras.Model:
         ) from exc
     if not isinstance(model, keras.Model):
         raise ModelRefused(path, "does not hold a Keras model")
-    lambdas = [layer.name for layer in _all_layers(model) if isinstance(layer, keras.layers.Lambda)]
-    if lambdas:
-        raise ModelRefused(path, f"contains Lambda layers {lambdas}; refused")
-    try:
+    try:  # Lambda and custom layers were refused from the config, before loading
         return flatten(model)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelRefused(path, f"cannot be rebuilt as one Keras graph: {exc}") from exc
-
-
-def _all_layers(model: keras.Model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
 
 
 def check_class_names(class_names: list[str], existing: list[str] | None = None) -> list[str]:
@@ -197,20 +194,21 @@ def import_model(
         raise ModelRefused(
             path, f"has {units} outputs but {len(names)} class names were given ({names})"
         )
-    contract = contract or pixels.parse("0-255")
-    model = pixels.wrap(model, contract)
-    probe = np.full((1, *model.input_shape[1:]), 127.0, dtype="float32")
-    if not np.isfinite(np.asarray(model(probe, training=False))).all():
-        raise ModelRefused(path, "produces non-finite outputs")
     card = {
         "imported_from": path.name,
         "format": f"{facts.format} (Keras {facts.keras_version or '?'})",
-        "pixels": contract.name,
-        "has_batch_norm": any(
-            isinstance(layer, keras.layers.BatchNormalization) for layer in _all_layers(model)
-        ),
+        "has_batch_norm": any(isinstance(x, keras.layers.BatchNormalization) for x in model.layers),
     }
-    return LoadedModel(model, names, card)
+    return with_contract(LoadedModel(model, names, card), contract or pixels.parse("0-255"))
+
+
+def with_contract(bare: LoadedModel, contract: pixels.PixelContract) -> LoadedModel:
+    """An imported model (pixels as its file had them) behind the input ``contract``."""
+    model = pixels.wrap(bare.model, contract)
+    probe = np.full((1, *model.input_shape[1:]), 127.0, dtype="float32")
+    if not np.isfinite(np.asarray(model(probe, training=False))).all():
+        raise ModelRefused(bare.card.get("imported_from", "model"), "produces non-finite outputs")
+    return LoadedModel(model, bare.class_names, {**bare.card, "pixels": contract.name})
 
 
 def bare_model(path: Path, facts: modelsafety.FileFacts | None = None) -> keras.Model:
