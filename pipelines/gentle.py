@@ -30,6 +30,7 @@ import tensorflow as tf
 from core.policies import FinetuneConfig
 from pipelines.architectures import FROZEN_LAYERS
 from pipelines.images import ImageSet
+from pipelines.predict import outputs
 
 WEIGHT_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 MAX_BODY_LR = 1e-4
@@ -45,15 +46,6 @@ class Budget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if time.monotonic() > self.deadline:
             self.model.stop_training = True
-
-
-def _features(model: keras.Model, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    call = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
-    chunks = [
-        call(tf.constant(x[i : i + batch_size], tf.float32)).numpy()
-        for i in range(0, len(x), batch_size)
-    ]
-    return np.concatenate(chunks) if chunks else np.zeros((0, *model.output_shape[1:]), "float32")
 
 
 def lr_range_test(head: keras.Model, x: np.ndarray, y: np.ndarray, seed: int) -> float:
@@ -124,21 +116,6 @@ def _arrays(x, y, batch_size, seed, shuffle):
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _translate(images: ImageSet, onehot, batch_size, seed, train):
-    pad = max(1, images.x.shape[1] // 10)
-
-    def shift(image, label):
-        padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-        return tf.image.random_crop(padded, tf.shape(image)), label
-
-    ds = tf.data.Dataset.from_tensor_slices((images.x, onehot))
-    if train:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(shift, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
 def top_layers(model: keras.Model, n: int) -> list[keras.layers.Layer]:
     """The top ``n`` conv/dense layers below ``logits`` (-1: all), top first."""
     weighted = [
@@ -171,6 +148,8 @@ def finetune_gentle(
 ) -> tuple[list, dict]:
     """Fine-tune ``model`` (in place) with the gentle recipe; returns the fits and a card of
     what it did (learning rates, epochs, which layers, whether features were cached)."""
+    from pipelines.train import make_dataset  # train.py imports this module
+
     deadline = time.monotonic() + config.time_budget_s
     k = len(train.class_names)
     y_train = np.eye(k, dtype="float32")[train.y]
@@ -180,7 +159,7 @@ def finetune_gentle(
     progress(
         f"Gentle fine-tune: the frozen layers' features of {len(train) + len(val)} images, once"
     )
-    f_train, f_val = _features(below, train.x), _features(below, val.x)
+    f_train, f_val = outputs(below, train.x, 128), outputs(below, val.x, 128)
     head = keras.Sequential(
         [keras.Input(f_train.shape[1:]), keras.layers.Dense(k), keras.layers.Softmax()]
     )
@@ -216,12 +195,12 @@ def finetune_gentle(
     if split is not None:
         bottom, top = split
         progress(f"Top {len(unfrozen)} layers: their input computed once ({top.input_shape[1:]})")
-        x_train, x_val = _features(bottom, train.x), _features(bottom, val.x)
+        x_train, x_val = outputs(bottom, train.x, 128), outputs(bottom, val.x, 128)
         train_data = _arrays(x_train, y_train, 32, config.seed, True)
         val_data = _arrays(x_val, y_val, 256, config.seed, False)
     else:
-        train_data = _translate(train, y_train, 32, config.seed, True)
-        val_data = _translate(val, y_val, 256, config.seed, False)
+        train_data = make_dataset(train, 32, True, config.seed, flip=False)
+        val_data = make_dataset(val, 256, False, config.seed)
     progress(f"Top {len(unfrozen)} conv/dense layers unfrozen: Adam at {body_lr:.2g}")
     fits.append(
         _fit(

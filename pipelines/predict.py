@@ -16,19 +16,27 @@ def predict_proba(
     model: keras.Model, x: np.ndarray, tta: bool = False, batch_size: int = 512
 ) -> np.ndarray:
     """Probabilities (N, K) for images ``x`` (N, H, W, 3; 0-255)."""
+    return outputs(model, x, batch_size, mirror=tta)
+
+
+def outputs(
+    model: keras.Model, x: np.ndarray, batch_size: int = 512, mirror: bool = False
+) -> np.ndarray:
+    """What ``model`` outputs for ``x`` in inference mode (probabilities, or the features of
+    a part of a model), in chunks; ``mirror`` averages each input with its mirror."""
 
     @tf.function(reduce_retracing=True, autograph=False)
     def call(batch):
-        probs = model(batch, training=False)
-        if tta:
-            probs = (probs + model(tf.reverse(batch, axis=[2]), training=False)) / 2.0
-        return probs
+        out = model(batch, training=False)
+        if mirror:
+            out = (out + model(tf.reverse(batch, axis=[2]), training=False)) / 2.0
+        return out
 
-    outputs = [
+    chunks = [
         call(tf.constant(x[i : i + batch_size], tf.float32)).numpy()
         for i in range(0, len(x), batch_size)
     ]
-    return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]))
+    return np.concatenate(chunks) if chunks else np.zeros((0, *model.output_shape[1:]))
 
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:

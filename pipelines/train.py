@@ -46,23 +46,27 @@ Progress = Callable[[str], None]
 # --------------------------------------------------------------------------- data
 
 
-def _augment(pad: int):
+def _augment(pad: int, flip: bool):
     def augment(image, label):
-        image = tf.image.random_flip_left_right(image)
+        if flip:
+            image = tf.image.random_flip_left_right(image)
         padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
         return tf.image.random_crop(padded, tf.shape(image)), label
 
     return augment
 
 
-def make_dataset(images: ImageSet, batch_size: int, train: bool, seed: int) -> tf.data.Dataset:
-    """tf.data pipeline: one-hot labels, float pixels 0-255; shuffled + augmented for train."""
+def make_dataset(
+    images: ImageSet, batch_size: int, train: bool, seed: int, flip: bool = True
+) -> tf.data.Dataset:
+    """tf.data pipeline: one-hot labels, float pixels 0-255; shuffled + augmented for train
+    (random crop with reflect padding, and a horizontal flip unless ``flip`` is False)."""
     onehot = np.eye(len(images.class_names), dtype=np.float32)[images.y]
     ds = tf.data.Dataset.from_tensor_slices((images.x, onehot))
     if train:
         pad = max(1, images.x.shape[1] // 8)
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(_augment(pad), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(_augment(pad, flip), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
     return ds.prefetch(tf.data.AUTOTUNE)
 
