@@ -103,14 +103,16 @@ def assign_splits(
         if near_distance >= 0 and known.any():
             ids = groups(hashes[known].tolist(), near_distance)
             group[known] = [len(rows) + int(i) for i in ids]
+        sizes = group.value_counts(sort=False)
         ordered = list(dict.fromkeys(group.tolist()))
         random.Random(f"{policy.seed}:{label}").shuffle(ordered)
         n_holdout = max(1, round(len(rows) * policy.holdout_share))
-        chosen: list[int] = []
+        chosen, held = [], 0
         for g in ordered:
-            if sum(group.isin(chosen)) >= n_holdout:
+            if held >= n_holdout:
                 break
             chosen.append(g)
+            held += int(sizes[g])
         splits[group.index[group.isin(chosen)]] = "holdout"
     return splits
 
