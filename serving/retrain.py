@@ -96,9 +96,7 @@ async def upload_model(
         shutil.copyfileobj(model.file, out)
     parameters = {"model": str(path), "classes": classes if named else None, "pixels": pixels}
     if labels is not None:
-        labels_path = folder / "labels.txt"
-        if labels_path == path:
-            labels_path = folder / "class-list.txt"
+        labels_path = folder / "labels.txt"  # the model's suffix is never .txt
         with labels_path.open("wb") as out:
             shutil.copyfileobj(labels.file, out)
         parameters["labels"] = str(labels_path)
