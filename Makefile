@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 VENV := .venv
 
-.PHONY: install browser demo test test-fast lint format clean
+.PHONY: install browser team-tools demo test test-fast lint format clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -29,13 +29,27 @@ browser:  ## Make sure chromium is there for tests/browser
 		exit 1; \
 	fi
 
+# The team-topology test (tests/e2e/test_team.py) runs nginx and PostgreSQL in network
+# namespaces: Debian's packages, installed through apt when missing and root (it skips,
+# saying why, without root).
+team-tools:  ## Make sure nginx and PostgreSQL are there for tests/e2e/test_team.py
+	@missing=""; command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="nginx-light"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian's$$missing for the team-topology test (apt-get)…"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+		echo "note: the team-topology test will skip: it needs root and$$missing"; \
+	fi
+
 demo: install  ## The story: refit up, built-in champion, a batch brings `truck`, summary
 	$(VENV)/bin/refit demo
 
 # pytest's "no tests collected" (exit 5) is not a failure; every other non-zero exit is.
 PYTEST = $(VENV)/bin/pytest $(1); rc=$$?; [ $$rc -ne 5 ] || { echo "no tests collected"; rc=0; }; exit $$rc
 
-test: install browser  ## Run the whole test suite (unit + end-to-end + browser)
+test: install browser team-tools  ## Run the whole test suite (unit + end-to-end + browser)
 	@$(call PYTEST,)
 
 test-fast: install  ## Skip the slow end-to-end tests while iterating

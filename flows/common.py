@@ -43,19 +43,32 @@ def with_http_retries(step):
 
 @http_step
 def reload_serving(version: str) -> dict:
-    """Ask the serving server to load the new champion now (the watcher would within its
-    poll interval). Fails after retries if serving is down; the registry stays as it is."""
+    """Ask every serving replica to load the new champion now (each would within its poll
+    interval). Done only when all answer with ``version``; otherwise fails (after retries)
+    naming the replicas that lag. The registry stays as it is."""
     config = settings()
-    answer = httpx.post(
-        f"{config.serving_url}/admin/reload",
-        headers={"Authorization": f"Bearer {config.admin_token()}"},
-        timeout=120,
-    )
-    answer.raise_for_status()
-    body = answer.json()
-    if body["version"] != version:
-        raise RuntimeError(f"serving loaded v{body['version']}, expected v{version}: {body}")
-    return body
+    loaded, lagging = {}, []
+    for replica in config.serving_replicas():
+        try:
+            answer = httpx.post(
+                f"{replica}/admin/reload",
+                headers={"Authorization": f"Bearer {config.admin_token()}"},
+                timeout=120,
+            )
+            body = answer.json() if answer.status_code in (200, 500) else None
+            if body is None:
+                answer.raise_for_status()
+        except (httpx.HTTPError, ValueError) as exc:
+            lagging.append(f"{replica} ({type(exc).__name__}: {exc})")
+            continue
+        loaded[replica] = body.get("version")
+        if body.get("version") != version:
+            why = body.get("error") or "it did not see the alias move"
+            lagging.append(f"{replica} (keeps v{body.get('version')}: {why})")
+    if lagging:
+        raise RuntimeError(f"not every replica serves v{version}; lagging: {'; '.join(lagging)}")
+    log().info("every replica serves v%s: %s", version, ", ".join(loaded))
+    return {"version": version, "replicas": loaded}
 
 
 @http_step
@@ -76,7 +89,10 @@ def smoke_check(version: str, model, dataset) -> dict:
         for path in map(Path, rows["path"])
     ]
     answer = httpx.post(
-        f"{config.serving_url}/predict_batch", files=files, params={"top_k": 1}, timeout=120
+        f"{config.public_serving_url}/predict_batch",
+        files=files,
+        params={"top_k": 1},
+        timeout=120,
     )
     answer.raise_for_status()
     body = answer.json()

@@ -1,35 +1,35 @@
-"""What `refit up` serves: the deployments, their triggers and schedule, and the drop folder.
+"""The deployments, on a Prefect work pool: `refit deploy` (and `refit up`) registers them,
+and workers on any host (`refit worker`) run them.
 
 - ``retrain``: runs when the event ``refit.batch.submitted`` arrives (the Retrain page,
-  ``refit data submit``, or a file dropped into ``incoming/``), for that submission.
-- ``scheduled-retrain``: the same flow on a cron from settings (default weekly, in
-  ``orchestration.schedule_timezone``), taking every pending submission.
+  ``refit data submit``, or a file in the drop folder), for that submission; and on a cron
+  from settings (default weekly, in ``orchestration.schedule_timezone``), taking every
+  pending submission. Its concurrency limit of one is the "one retrain at a time" of every
+  worker (further runs wait as queued; a crashed run's slot is freed with its state).
 - ``bootstrap`` and ``rollback``: manual runs from the Prefect UI or the CLI.
 
-At most one retrain runs at a time: each retrain deployment has a concurrency limit of one
-(further runs wait in the UI as queued) and the flow holds a file lock while it works. A
-submission whose run crashed is announced again (``orchestration.retry_after_s``); a
-duplicate run finds nothing left to do.
-Schedules stay active across restarts (``pause_on_shutdown=False``).
+What the server holds besides: the process work pool, the dataset lock (:mod:`core.locks`),
+and an automation that marks a running flow crashed when its heartbeats stop (its host
+died), so its submission is announced again (``flows.watcher``) and another worker takes it.
+The code runs from this checkout's path on every worker (the same path in the image).
 
-Run with ``python -m flows.deployments`` (``refit up`` does it in the background).
+Run with ``python -m flows.deployments`` (``refit up`` and ``refit deploy`` do).
 """
 
 from __future__ import annotations
 
-import threading
-import time
-
-from prefect import serve
 from prefect.events import DeploymentEventTrigger, emit_event
 from prefect.schedules import Cron
 
-from flows.bootstrap import bootstrap_flow
-from flows.common import settings
-from flows.retrain import retrain
-from flows.rollback import rollback
+from core.settings import PROJECT_ROOT, Settings
 
 SUBMITTED = "refit.batch.submitted"
+ZOMBIES = "refit: crash flow runs whose heartbeats stopped"
+ENTRYPOINTS = {
+    "retrain": "flows/retrain.py:retrain",
+    "bootstrap": "flows/bootstrap.py:bootstrap_flow",
+    "rollback": "flows/rollback.py:rollback",
+}
 
 
 def announce(submission_id: str) -> None:
@@ -41,58 +41,115 @@ def announce(submission_id: str) -> None:
     )
 
 
-def deployments() -> list:
-    config = settings().orchestration
+def specs(settings: Settings) -> list[tuple[str, str, dict]]:
+    """(flow, deployment name, options) of every deployment."""
+    config = settings.orchestration
     return [
-        retrain.to_deployment(
+        (
             "retrain",
-            description="Retrain on one submitted batch (started by its submission event).",
-            triggers=[
-                DeploymentEventTrigger(
-                    expect={SUBMITTED},
-                    match={"prefect.resource.id": "refit.submission.*"},
-                    parameters={"submission": "{{ event.payload.submission }}"},
-                )
-            ],
-            concurrency_limit=1,
+            "retrain",
+            {
+                "description": "Retrain on a submitted batch (its event), or on every pending "
+                "one (the schedule). One run at a time.",
+                "triggers": [
+                    DeploymentEventTrigger(
+                        expect={SUBMITTED},
+                        match={"prefect.resource.id": "refit.submission.*"},
+                        parameters={"submission": "{{ event.payload.submission }}"},
+                    )
+                ],
+                "schedule": Cron(config.schedule_cron, timezone=config.schedule_timezone),
+                "concurrency_limit": 1,
+            },
         ),
-        retrain.to_deployment(
-            "scheduled-retrain",
-            description="Retrain on every pending batch, on a schedule.",
-            schedule=Cron(config.schedule_cron, timezone=config.schedule_timezone),
-            concurrency_limit=1,
-        ),
-        bootstrap_flow.to_deployment("bootstrap", description="Make the first champion."),
-        rollback.to_deployment("rollback", description="Move the champion back."),
+        ("bootstrap", "bootstrap", {"description": "Make the first champion."}),
+        ("rollback", "rollback", {"description": "Move the champion back."}),
     ]
 
 
-def watch_drop_folder() -> None:
-    """Adopt files dropped into incoming/ and announce every pending submission; announce
-    one again when no run has it in hand after ``orchestration.retry_after_s`` (its run
-    crashed, or the event was lost), so nothing stays stranded until a restart."""
-    from core import runs
-    from pipelines import submissions
+def ensure_pool(settings: Settings) -> bool:
+    """The process work pool (made if missing). Returns whether it was made."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
 
-    config = settings()
-    announced: dict[str, float] = {}
-    while True:
+    with get_client(sync_client=True) as client:
         try:
-            submissions.adopt_dropped(config.incoming_dir, config.orchestration.settle_s)
-            for pending in submissions.pending(config.incoming_dir):
-                last = announced.get(pending.id)
-                due = last is None or time.monotonic() - last >= config.orchestration.retry_after_s
-                if due and (last is None or not runs.in_hand(pending.id)):
-                    announce(pending.id)
-                    announced[pending.id] = time.monotonic()
-        except Exception as exc:  # keep watching; the next poll retries
-            print(f"drop folder watcher: {exc}", flush=True)
-        time.sleep(config.orchestration.incoming_poll_s)
+            client.read_work_pool(settings.orchestration.work_pool)
+            return False
+        except ObjectNotFound:
+            client.create_work_pool(
+                WorkPoolCreate(name=settings.orchestration.work_pool, type="process")
+            )
+            return True
+
+
+def ensure_zombie_automation(settings: Settings) -> None:
+    """Running flows that miss their heartbeats for ``crashed_after_s`` become Crashed."""
+    from prefect.automations import Automation, ChangeFlowRunState
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    trigger = EventTrigger(
+        match={"prefect.resource.id": "prefect.flow-run.*"},
+        after={"prefect.flow-run.heartbeat"},
+        expect={
+            "prefect.flow-run.heartbeat",
+            "prefect.flow-run.Completed",
+            "prefect.flow-run.Failed",
+            "prefect.flow-run.Cancelled",
+            "prefect.flow-run.Crashed",
+        },
+        for_each={"prefect.resource.id"},
+        posture=Posture.Proactive,
+        threshold=1,
+        within=settings.orchestration.crashed_after_s,
+    )
+    action = ChangeFlowRunState(
+        state=StateType.CRASHED,
+        message=f"no heartbeat for {settings.orchestration.crashed_after_s} s: its host or "
+        "worker died",
+    )
+    try:
+        existing = Automation.read(name=ZOMBIES)
+    except ValueError:
+        existing = None
+    if existing is not None:
+        existing.trigger, existing.actions = trigger, [action]
+        existing.update()
+    else:
+        Automation(name=ZOMBIES, trigger=trigger, actions=[action]).create()
+
+
+def deploy(settings: Settings) -> list[str]:
+    """Register pool, locks, automation and deployments (idempotent). Returns their names."""
+    from prefect import Flow
+
+    from core import locks
+
+    ensure_pool(settings)
+    locks.ensure_limits()
+    ensure_zombie_automation(settings)
+    names = []
+    for flow_name, name, options in specs(settings):
+        flow = Flow.from_source(source=str(PROJECT_ROOT), entrypoint=ENTRYPOINTS[flow_name])
+        flow.deploy(
+            name,
+            work_pool_name=settings.orchestration.work_pool,
+            build=False,
+            push=False,
+            print_next_steps=False,
+            **options,
+        )
+        names.append(f"{flow.name}/{name}")
+    return names
 
 
 def main() -> None:
-    threading.Thread(target=watch_drop_folder, name="drop-folder", daemon=True).start()
-    serve(*deployments(), pause_on_shutdown=False)
+    from core.settings import get_settings
+
+    for name in deploy(get_settings()):
+        print(f"deployed {name}", flush=True)
 
 
 if __name__ == "__main__":

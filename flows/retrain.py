@@ -30,7 +30,6 @@ from core import runs
 from core.faults import failpoint
 from flows.common import go_live, log, report_links, settings
 from pipelines import reports, submissions
-from pipelines.intake import intake_lock
 
 
 @task(name="take submissions", cache_policy=NO_CACHE)
@@ -43,8 +42,7 @@ def take_submissions(submission: str | None) -> list:
     if done:
         log().info("Recovered: %s", done)
     failpoint("take")
-    submissions.adopt_dropped(config.incoming_dir, config.orchestration.settle_s)
-    queue = submissions.pending(config.incoming_dir)  # oldest first
+    queue = workspace.queue(config).pending()  # oldest first
     if submission is not None:  # a run announced for one submission takes the oldest one
         if not queue:  # an earlier run (e.g. the scheduled one) took it already
             log().info("submission %s is no longer pending; nothing to do", submission)
@@ -61,9 +59,11 @@ def validate_and_merge(submission):
     """Ingest + GX validation; merge and version the dataset, or quarantine the batch."""
     from pipelines import workspace
 
-    result = workspace.add_batch(settings(), submission.batch, progress=log().info)
+    config = settings()
+    queue = workspace.queue(config)
+    result = workspace.add_batch(config, queue.batch(submission), progress=log().info)
     if result.version is not None:
-        submissions.mark_merged(submission, result.version.batch_id)
+        queue.mark_merged(submission, result.version.batch_id)
     return result
 
 
@@ -127,7 +127,7 @@ def resume_recorded(submission) -> bool:
 
     resumed = candidate.resume_recorded(workspace.registry(settings()), submission.id)
     if resumed is not None:
-        submissions.mark_judged(submission, *resumed)
+        _queue().mark_judged(submission, *resumed)
     return resumed is not None
 
 
@@ -148,7 +148,6 @@ def retrain(
         min_delta: how much better than the champion the challenger must be (default: settings).
         max_recall_drop: largest per-class recall drop the gate tolerates (default: settings).
     """
-    config = settings()
     gate = {
         k: v
         for k, v in {
@@ -159,9 +158,8 @@ def retrain(
         if v is not None
     }
     outcomes = []
-    with intake_lock(config.workspace / "retrain.lock"):  # one retrain at a time
-        for sub in take_submissions(submission):
-            outcomes.append(_process(sub, epochs, gate))
+    for sub in take_submissions(submission):  # one run at a time: the deployment's limit
+        outcomes.append(_process(sub, epochs, gate))
     refused = [o for o in outcomes if o["outcome"] in ("rejected", "not-trainable")]
     if refused and len(refused) == len(outcomes):
         message = " | ".join(f"{o['name']}: {o['detail']}" for o in refused)
@@ -170,8 +168,18 @@ def retrain(
 
 
 def _finish(sub, outcome: str, detail: str, **extra) -> dict:
-    submissions.finish(sub, settings().submissions_dir, outcome, detail)
+    _queue().finish(sub, outcome, detail)
     return {"submission": sub.id, "name": sub.name, "outcome": outcome, "detail": detail, **extra}
+
+
+def _queue():
+    from pipelines import workspace
+
+    return workspace.queue(settings())
+
+
+def _reload(sub):
+    return _queue().load(sub.id)
 
 
 def _process(sub, epochs: int | None, gate: dict) -> dict:
@@ -191,13 +199,13 @@ def _process(sub, epochs: int | None, gate: dict) -> dict:
                 description="rejected",
             )
             return _finish(sub, "rejected", summary)
-        sub = submissions.load(sub.folder)  # as the task left it: merged, with its batch id
+        sub = _reload(sub)  # as the task left it: merged, with its batch id
         failpoint("merged")
         data_summary = result.report.summary()
     else:
         if resume_recorded(sub):
             failpoint("judged")
-            return _go_live_again(submissions.load(sub.folder))
+            return _go_live_again(_reload(sub))
         data_summary = f"Batch `{sub.batch_id}` (merged by an earlier run)."
     try:
         champion, challenger, fits, dataset = finetune.with_options(
@@ -206,7 +214,7 @@ def _process(sub, epochs: int | None, gate: dict) -> dict:
     except NotTrainable as exc:  # this data cannot be trained on: retrying would not help
         return _finish(sub, "not-trainable", str(exc))
     judgement = judge_and_promote(sub, champion, challenger, fits, dataset, gate)
-    submissions.mark_judged(sub, judgement.version, judgement.promoted)
+    _queue().mark_judged(sub, judgement.version, judgement.promoted)
     failpoint("judged")
     smoke = go_live(judgement.version, challenger, dataset) if judgement.promoted else None
     failpoint("live")

@@ -187,6 +187,21 @@ def _recover(store: DvcStore, paths: IntakePaths, progress: Progress) -> None:
     done = recover_dataset(store.dataset_dir, lambda batch_id: _versioned(store, batch_id))
     for note in done + sweep_staging(paths.staging):
         progress(f"Recovered: {note}")
+    _sync(store, progress)
+
+
+def _sync(store: DvcStore, progress: Progress) -> None:
+    if not store.versions():
+        return
+    store.ensure_initialized()
+    if (synced := store.sync()) is not None:
+        progress(f"Checked out dataset version {synced.version[:12]} (recorded by another host)")
+
+
+def sync(store: DvcStore, paths: IntakePaths, progress: Progress = print) -> None:
+    """This host's copy of the dataset at the newest recorded version."""
+    with intake_lock(paths.lock):
+        _sync(store, progress)
 
 
 def add_batch(

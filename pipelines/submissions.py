@@ -1,31 +1,36 @@
-"""Submitted batches waiting for a retrain: the pending queue, which survives restarts.
+"""Submitted batches waiting for a retrain: the queue, in the shared store, which survives
+restarts and is the same for every host (the page, the CLI and the drop folder submit on
+one host; a worker on another takes it).
 
-A submission is a folder ``incoming/<id>/`` holding the batch as it was uploaded (an archive,
-a CSV or a folder, under ``batch/``) and ``state.json``. Its states:
+A submission is ``submissions/<id>/`` in the store (:mod:`core.objectstore`): the batch as it
+was uploaded (an archive, a CSV or a folder) under ``batch/``, and ``state.json``; while it
+waits, a marker ``queue/<id>`` lists it. Its states:
 
 - ``pending``: waiting for a retrain run;
 - ``merged``: validated and merged into the dataset (``batch_id`` says which batch); a run
   that crashed after this point resumes at fine-tuning instead of merging twice;
 - ``judged``: the challenger is registered, promoted or not (``version``); a run that
   failed after this point (serving down at reload) only goes live, never fine-tunes again;
-- it leaves the queue once a run finishes with it: moved to ``submissions/<id>/`` with the
-  outcome (``rejected``, ``not-trainable``, ``promoted``, ``kept-champion``) in its state.
+- it leaves the queue once a run finishes with it: its state says ``done`` with the outcome
+  (``rejected``, ``not-trainable``, ``promoted``, ``kept-champion``) and its marker goes.
 
-:func:`advance` is the state machine (pure); :func:`next_step` says what a run does next.
+A submission is listed only once whole: the batch is uploaded first, then its state, then
+its marker. :func:`advance` is the state machine (pure); :func:`next_step` says what a run
+does next.
 
-Files or folders dropped straight into ``incoming/`` are adopted as submissions once they
-have not changed for ``settle_s`` seconds (so a half-copied file is never read).
+Files or folders dropped into the drop folder (``incoming/``) are submitted once they have
+not changed for ``settle_s`` seconds (so a half-copied file is never read).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from core.objectstore import Store
 
 STATE_FILE = "state.json"
 BATCH_DIR = "batch"
@@ -69,7 +74,7 @@ def next_step(status: str) -> str | None:
 @dataclass
 class Submission:
     id: str
-    folder: Path
+    url: str = ""  # its folder in the shared store
     status: str = "pending"
     name: str = ""
     submitted_at: str = ""
@@ -79,16 +84,8 @@ class Submission:
     outcome: str | None = None
     detail: str | None = None
 
-    @property
-    def batch(self) -> Path:
-        """The uploaded batch itself (an archive, CSV or folder)."""
-        return next((self.folder / BATCH_DIR).iterdir())
-
-    def save(self) -> None:
-        state = {k: v for k, v in asdict(self).items() if k != "folder"}
-        tmp = self.folder / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, self.folder / STATE_FILE)
+    def state(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "url"}
 
 
 def _new_id(name: str) -> str:
@@ -98,98 +95,115 @@ def _new_id(name: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}.{nanos:09d}-{uuid.uuid4().hex[:4]}-{stem}"
 
 
-def submit(source: Path, incoming: Path, move: bool = False) -> Submission:
-    """Put a batch in the queue (copied, or moved with ``move``); atomic: a half-written
-    submission is never visible as pending."""
-    source = Path(source)
-    if not source.exists():
-        raise FileNotFoundError(f"{source}: no such file or folder")
-    incoming.mkdir(parents=True, exist_ok=True)
-    sub_id = _new_id(source.name)
-    building = incoming / f".{sub_id}.partial"
-    (building / BATCH_DIR).mkdir(parents=True)
-    target = building / BATCH_DIR / source.name
-    if move:
-        shutil.move(str(source), target)
-    elif source.is_dir():
-        shutil.copytree(source, target)
-    else:
-        shutil.copy2(source, target)
-    submission = Submission(
-        sub_id, building, name=source.name, submitted_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    )
-    submission.save()
-    os.replace(building, incoming / sub_id)
-    submission.folder = incoming / sub_id
-    return submission
+def _safe_id(submission_id: str) -> bool:
+    return bool(submission_id) and "/" not in submission_id and not submission_id.startswith(".")
 
 
-def load(folder: Path) -> Submission:
-    state = json.loads((folder / STATE_FILE).read_text())
-    return Submission(folder=folder, **state)
+@dataclass(frozen=True)
+class Queue:
+    """The submission queue in a shared store; ``fetched`` is this host's download cache."""
 
+    store: Store
+    fetched: Path
 
-def adopt_dropped(incoming: Path, settle_s: float = 5.0) -> list[Submission]:
-    """Wrap files and folders dropped into ``incoming/`` as submissions, once settled."""
-    adopted = []
-    if not incoming.is_dir():
-        return adopted
-    now = time.time()
-    for path in sorted(incoming.iterdir()):
-        if path.name.startswith(".") or (path / STATE_FILE).exists():
-            continue
-        newest = max(
-            [path.stat().st_mtime] + [p.stat().st_mtime for p in path.rglob("*")]
-            if path.is_dir()
-            else [path.stat().st_mtime]
+    def _folder(self, submission_id: str) -> str:
+        return self.store.path("submissions", submission_id)
+
+    def _marker(self, submission_id: str) -> str:
+        return self.store.path("queue", submission_id)
+
+    def submit(self, source: Path, move: bool = False) -> Submission:
+        """Put a batch in the queue (copied; with ``move`` the source is removed once it is
+        in). Listed only once whole."""
+        source = Path(source)
+        if not source.exists():
+            raise FileNotFoundError(f"{source}: no such file or folder")
+        sub_id = _new_id(source.name)
+        folder = self._folder(sub_id)
+        self.store.put(source, f"{folder}/{BATCH_DIR}/{source.name}")
+        submission = Submission(
+            sub_id, folder, name=source.name, submitted_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")
         )
-        if now - newest >= settle_s:
-            adopted.append(submit(path, incoming, move=True))
-    return adopted
+        self.save(submission)
+        self.store.write_bytes(self._marker(sub_id), b"")
+        if move:
+            shutil.rmtree(source) if source.is_dir() else source.unlink()
+        return submission
 
+    def save(self, submission: Submission) -> None:
+        self.store.write_json(f"{submission.url}/{STATE_FILE}", submission.state())
 
-def pending(incoming: Path) -> list[Submission]:
-    """Queued submissions, oldest first (pending and merged-but-unfinished)."""
-    if not incoming.is_dir():
-        return []
-    found = [
-        load(p)
-        for p in incoming.iterdir()
-        if not p.name.startswith(".") and (p / STATE_FILE).exists()
-    ]
-    return sorted(found, key=lambda s: s.id)
+    def load(self, submission_id: str) -> Submission | None:
+        if not _safe_id(submission_id):
+            return None
+        folder = self._folder(submission_id)
+        state = self.store.read_json(f"{folder}/{STATE_FILE}")
+        return None if state is None else Submission(url=folder, **state)
 
+    def pending(self) -> list[Submission]:
+        """Queued submissions, oldest first (pending, merged or judged: not finished)."""
+        found = []
+        for sub_id in self.store.names(self.store.path("queue")):
+            sub = self.load(sub_id) if not sub_id.endswith(".tmp") else None
+            if sub is not None and sub.status == "done":  # finished, marker not yet gone
+                self.store.delete(self._marker(sub_id))
+            elif sub is not None:
+                found.append(sub)
+        return sorted(found, key=lambda s: s.id)
 
-def find(incoming: Path, done: Path, submission_id: str) -> Submission | None:
-    """A submission by id, queued or finished."""
-    for root in (incoming, done):
-        folder = root / Path(submission_id).name
-        if (folder / STATE_FILE).is_file():
-            return load(folder)
-    return None
+    def find(self, submission_id: str) -> Submission | None:
+        """A submission by id, queued or finished."""
+        return self.load(submission_id)
 
+    def batch(self, submission: Submission) -> Path:
+        """The uploaded batch on this host's disk (downloaded once from a remote store)."""
+        remote = f"{submission.url}/{BATCH_DIR}/{submission.name}"
+        if not self.store.remote:
+            return Path(remote)
+        local = self.fetched / submission.id / submission.name
+        if not local.exists():
+            partial = self.fetched / f".{submission.id}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            self.store.get(remote, partial / submission.name)
+            partial.rename(local.parent)
+        return local
 
-def mark_merged(submission: Submission, batch_id: str) -> None:
-    submission.status, submission.batch_id = advance(submission.status, "merged"), batch_id
-    submission.save()
+    def mark_merged(self, submission: Submission, batch_id: str) -> None:
+        submission.status = advance(submission.status, "merged")
+        submission.batch_id = batch_id
+        self.save(submission)
 
+    def mark_judged(self, submission: Submission, version: str, promoted: bool) -> None:
+        """The challenger is registered (and promoted or not): a later run only goes live."""
+        submission.status = advance(submission.status, "judged")
+        submission.version, submission.promoted = version, promoted
+        self.save(submission)
 
-def mark_judged(submission: Submission, version: str, promoted: bool) -> None:
-    """The challenger is registered (and promoted or not): a later run only goes live."""
-    submission.status = advance(submission.status, "judged")
-    submission.version, submission.promoted = version, promoted
-    submission.save()
+    def finish(self, submission: Submission, outcome: str, detail: str = "") -> Submission:
+        """Take a submission out of the queue with its outcome (an event that ends it)."""
+        status = advance(submission.status, outcome)
+        if status != "done":
+            raise ValueError(f"{outcome!r} does not finish a {submission.status!r} submission")
+        submission.status, submission.outcome, submission.detail = status, outcome, detail
+        self.save(submission)
+        self.store.delete(self._marker(submission.id))
+        shutil.rmtree(self.fetched / submission.id, ignore_errors=True)
+        return submission
 
-
-def finish(submission: Submission, done: Path, outcome: str, detail: str = "") -> Submission:
-    """Take a submission out of the queue with its outcome (an event that ends it)."""
-    status = advance(submission.status, outcome)
-    if status != "done":
-        raise ValueError(f"{outcome!r} does not finish a {submission.status!r} submission")
-    submission.status, submission.outcome, submission.detail = status, outcome, detail
-    submission.save()
-    done.mkdir(parents=True, exist_ok=True)
-    target = done / submission.id
-    os.replace(submission.folder, target)
-    submission.folder = target
-    return submission
+    def adopt_dropped(self, incoming: Path, settle_s: float = 5.0) -> list[Submission]:
+        """Submit files and folders dropped into ``incoming`` (moved), once settled."""
+        adopted = []
+        if not incoming.is_dir():
+            return adopted
+        now = time.time()
+        for path in sorted(incoming.iterdir()):
+            if path.name.startswith("."):
+                continue
+            newest = max(
+                [path.stat().st_mtime] + [p.stat().st_mtime for p in path.rglob("*")]
+                if path.is_dir()
+                else [path.stat().st_mtime]
+            )
+            if now - newest >= settle_s:
+                adopted.append(self.submit(path, move=True))
+        return adopted

@@ -2,8 +2,10 @@
 
 A version is the md5 DVC computes for the whole directory (``<md5>.dir``). After each merge
 the directory is added and pushed to the remote, and a record of the version (when, which
-batch, how many images per class) is appended to a log in the workspace, next to a copy of
-that version's ``.dvc`` file, so any version can be listed and restored without git.
+batch, how many images per class) is appended to a log in the shared store
+(``dataset-versions/``), next to a copy of that version's ``.dvc`` file, so any version can
+be listed and restored without git, on any host: a worker whose copy is behind the log
+checks out the newest version first (:meth:`DvcStore.sync`), from its cache or the remote.
 
 DVC is driven through its command line (its stable interface), always on the whole
 directory: never per file, never ``-R`` (that is what makes DVC slow with many small files).
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
+
+from core.objectstore import Store
 
 VERSION_LOG = "versions.jsonl"
 
@@ -50,7 +53,11 @@ class DvcStore:
     dataset_dir: Path  # inside repo
     remote: str  # URL or path of the default remote
     cache_dir: Path
-    versions_dir: Path  # the version log and .dvc copies
+    log: Store  # the shared store holding the version log and .dvc copies
+    endpoint_url: str | None = None  # of an S3 remote (MinIO, moto)
+
+    def _log_file(self, name: str) -> str:
+        return self.log.path("dataset-versions", name)
 
     @property
     def dvc_file(self) -> Path:
@@ -81,12 +88,12 @@ class DvcStore:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         if "://" not in self.remote:
             Path(self.remote).mkdir(parents=True, exist_ok=True)
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
         config = self.repo / ".dvc" / "config.local"
+        endpoint = f"    endpointurl = {self.endpoint_url}\n" if self.endpoint_url else ""
         wanted = (
             f'[cache]\n    dir = {self.cache_dir}\n    type = "reflink,hardlink,copy"\n'
             f"[core]\n    remote = refit\n"
-            f"['remote \"refit\"']\n    url = {self.remote}\n"
+            f"['remote \"refit\"']\n    url = {self.remote}\n{endpoint}"
         )
         if not config.is_file() or config.read_text() != wanted:
             config.write_text(wanted)
@@ -110,8 +117,25 @@ class DvcStore:
         current = self.current_version()
         if not recorded or current in {v.version for v in recorded}:
             return False
-        shutil.copyfile(self.versions_dir / f"{recorded[-1].version}.dvc", self.dvc_file)
+        self._restore_dvc_file(recorded[-1].version)
         return True
+
+    def _restore_dvc_file(self, version: str) -> None:
+        saved = self.log.read_bytes(self._log_file(f"{version}.dvc"))
+        if saved is None:
+            raise DvcError(f"the version log has no .dvc file for {version}")
+        tmp = self.dvc_file.with_name(f".{self.dvc_file.name}.tmp")
+        tmp.write_bytes(saved)
+        os.replace(tmp, self.dvc_file)
+
+    def sync(self) -> DatasetVersion | None:
+        """Bring this copy to the newest recorded version if another host recorded one since
+        (fetched from the cache or the remote). Returns the version checked out, or None when
+        this copy was current."""
+        recorded = self.versions()
+        if not recorded or self.current_version() == recorded[-1].version:
+            return None
+        return self.checkout(recorded[-1].version)
 
     def add_version(
         self, batch_id: str, counts: dict[str, dict[str, int]], note: str = ""
@@ -129,19 +153,21 @@ class DvcStore:
             counts=counts,
             note=note,
         )
-        shutil.copyfile(self.dvc_file, self.versions_dir / f"{version}.dvc")
-        with open(self.versions_dir / VERSION_LOG, "a", encoding="utf-8") as log:
-            log.write(json.dumps(asdict(record)) + "\n")
+        self.log.write_bytes(self._log_file(f"{version}.dvc"), self.dvc_file.read_bytes())
+        # one writer at a time (the dataset lock): read, append, write whole
+        before = self.log.read_bytes(self._log_file(VERSION_LOG)) or b""
+        line = (json.dumps(asdict(record)) + "\n").encode()
+        self.log.write_bytes(self._log_file(VERSION_LOG), before + line)
         return record
 
     def versions(self) -> list[DatasetVersion]:
         """Every recorded version, oldest first."""
-        log = self.versions_dir / VERSION_LOG
-        if not log.is_file():
+        data = self.log.read_bytes(self._log_file(VERSION_LOG))
+        if data is None:
             return []
         return [
             DatasetVersion(**json.loads(line))
-            for line in log.read_text().splitlines()
+            for line in data.decode().splitlines()
             if line.strip()
         ]
 
@@ -162,9 +188,8 @@ class DvcStore:
         current data.
         """
         record = self.find(version)
-        saved = self.versions_dir / f"{record.version}.dvc"
         current = self.dvc_file.read_bytes() if self.dvc_file.is_file() else None
-        shutil.copyfile(saved, self.dvc_file)
+        self._restore_dvc_file(record.version)
         try:
             self._dvc("fetch", str(self.dvc_file.relative_to(self.repo)))
         except DvcError:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pipelines.dataset import Dataset
     from pipelines.intake import IntakePaths
     from pipelines.registry import Registry
+    from pipelines.submissions import Queue
     from pipelines.versions import DvcStore
 
 
@@ -27,8 +28,16 @@ def store(settings: Settings) -> DvcStore:
         dataset_dir=settings.dataset_dir,
         remote=str(settings.dvc_remote),
         cache_dir=settings.dvc_cache_dir,
-        versions_dir=settings.dataset_versions_dir,
+        log=settings.shared_store(),
+        endpoint_url=settings.store_endpoint_url,
     )
+
+
+def queue(settings: Settings) -> Queue:
+    """The submission queue in the shared store."""
+    from pipelines.submissions import Queue
+
+    return Queue(settings.shared_store(), settings.fetched_dir)
 
 
 def intake_paths(settings: Settings) -> IntakePaths:
@@ -45,9 +54,12 @@ def intake_paths(settings: Settings) -> IntakePaths:
 
 def dataset(settings: Settings) -> Dataset:
     """The current dataset version: its index, read once, and its DVC version."""
+    from pipelines import intake
     from pipelines.dataset import Dataset
 
-    return Dataset.open(settings.dataset_dir, store(settings).current_version())
+    versions = store(settings)
+    intake.sync(versions, intake_paths(settings), progress=lambda message: None)
+    return Dataset.open(settings.dataset_dir, versions.current_version())
 
 
 def registry(settings: Settings) -> Registry:
@@ -76,22 +88,27 @@ def recover(settings: Settings, progress: Callable[[str], None] = print) -> None
 
 def remove_class(settings: Settings, label: str, reason: str, progress=print):
     """A recorded dataset version without ``label`` (:func:`pipelines.intake.remove_class`)."""
+    from core import locks
     from pipelines import intake
 
-    return intake.remove_class(store(settings), intake_paths(settings), label, reason, progress)
+    with locks.dataset_writer(settings):
+        return intake.remove_class(store(settings), intake_paths(settings), label, reason, progress)
 
 
 def add_batch(settings: Settings, source: Path, progress: Callable[[str], None] = print):
     """Take a batch in with the configured limits and policies: validated, then merged and
-    versioned, or quarantined (:func:`pipelines.intake.add_batch`)."""
+    versioned, or quarantined (:func:`pipelines.intake.add_batch`), holding the dataset lock
+    every host respects (:mod:`core.locks`)."""
+    from core import locks
     from pipelines import intake
 
-    return intake.add_batch(
-        source,
-        store(settings),
-        intake_paths(settings),
-        settings.ingest,
-        settings.validation,
-        settings.split,
-        progress=progress,
-    )
+    with locks.dataset_writer(settings):
+        return intake.add_batch(
+            source,
+            store(settings),
+            intake_paths(settings),
+            settings.ingest,
+            settings.validation,
+            settings.split,
+            progress=progress,
+        )

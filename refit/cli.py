@@ -66,14 +66,13 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-@app.command()
-def up() -> None:
-    """Start the local platform in the background: MLflow, Prefect and the serving server."""
+def _start(settings: Settings, role: str):
+    """Start a role's servers in the background; print each as it answers."""
     from core.settings import apply_tool_environment
     from refit import platform
 
-    settings = _settings()
-    settings.ensure_platform_secrets()  # before any server or client needs them
+    if role == "up":
+        settings.ensure_platform_secrets()  # before any server or client needs them
     apply_tool_environment(settings)
     with console.status("Starting servers…") as spinner:
 
@@ -82,7 +81,7 @@ def up() -> None:
             spinner.update("Waiting for the other servers…")
 
         try:
-            results = platform.up(settings, on_ready=ready)
+            results = platform.up(settings, on_ready=ready, role=role)
         except platform.PlatformError as exc:
             raise _fail(str(exc)) from exc
     for result in results:
@@ -91,11 +90,23 @@ def up() -> None:
                 f"[yellow]•[/] {result.service.title} is already running "
                 f"(pid {result.pid}) at {result.service.url}"
             )
+    return results
+
+
+@app.command()
+def up() -> None:
+    """Start the platform in the background: MLflow, Prefect and serving (each unless the
+    settings point at a shared one), a worker of the work pool and the drop-folder watcher."""
+    settings = _settings()
+    _start(settings, "up")
     token, created = settings.ensure_admin_token()
+    ui = settings.mlflow_tracking_uri if not settings.local_mlflow else settings.mlflow_url
+    prefect_ui = settings.prefect_api_url.removesuffix("/api") if settings.prefect_api_url else ""
+    page = settings.public_serving_url
     console.print(
-        f"\nMLflow UI:    {settings.mlflow_url}\nPrefect UI:   {settings.prefect_url}"
-        f"\nTry page:     {settings.serving_url}/try\nRetrain page: {settings.serving_url}/retrain"
-        f"\nAPI docs:     {settings.serving_url}/docs"
+        f"\nMLflow UI:    {ui}\nPrefect UI:   {prefect_ui}"
+        f"\nTry page:     {page}/try\nRetrain page: {page}/retrain"
+        f"\nAPI docs:     {page}/docs"
     )
     note = "new, kept in" if created else "from"
     console.print(f"Admin token:  {token}  ({note} {settings.token_file})", highlight=False)
@@ -103,7 +114,8 @@ def up() -> None:
         ("Prefect", settings.prefect_auth_string(), settings.prefect_auth_file),
         ("MLflow", settings.mlflow_auth_string(), settings.mlflow_auth_file),
     ):
-        console.print(f"{name} login: {login}  (in {file})", highlight=False)
+        if login:
+            console.print(f"{name} login: {login}  (in {file})", highlight=False)
     console.print(f"Logs in {settings.log_dir}. Stop everything with [bold]refit down[/].")
 
 
@@ -133,9 +145,9 @@ def demo() -> None:
         unpack_sample(settings.sample_archive, sample)
     incoming = sample / "incoming"
     console.print(f"\n[bold]2. Submitting the embedded batch {incoming}[/]")
-    from pipelines.submissions import submit
+    from pipelines import workspace
 
-    submission = submit(incoming, settings.incoming_dir)
+    submission = workspace.queue(settings).submit(incoming)
     final = _follow_submission(settings, submission.id, 3600)
     truck = min((sample / "seed" / "holdout" / "truck").iterdir())  # never trained on
     with truck.open("rb") as image:
@@ -170,6 +182,45 @@ def serve() -> None:
     console.print(f"Serving champion v{version} at {settings.serving_url} (admin token {token})")
     service = platform.serving_service(settings)
     os.execve(service.command[0], service.command, {**os.environ, **service.env})
+
+
+@app.command()
+def worker(
+    foreground: Annotated[
+        bool, typer.Option(help="Run in the foreground (a container's main process).")
+    ] = False,
+) -> None:
+    """Join the work pool from this host: a worker that runs one flow at a time with this
+    host's settings (the team's Prefect, MLflow and store). Stop it with `refit down`."""
+    settings = _settings()
+    if foreground:
+        import os
+
+        from refit import platform
+
+        (service,) = platform.services(settings, "worker")
+        settings.ensure_workspace()
+        os.execve(service.command[0], service.command, {**os.environ, **service.env})
+    _start(settings, "worker")
+    console.print(
+        f"Worker of pool {settings.orchestration.work_pool} on {settings.prefect_api_url}; "
+        f"logs in {settings.log_dir}."
+    )
+
+
+@app.command()
+def deploy() -> None:
+    """Register the work pool, the locks and the deployments on the Prefect server (what
+    `refit up` does first; run it once for a team, and after changing the schedule)."""
+    settings = _settings()
+    from flows.deployments import deploy as register
+
+    try:
+        names = register(settings)
+    except Exception as exc:
+        raise _fail(f"cannot register on {settings.prefect_api_url}: {exc}") from exc
+    for name in names:
+        console.print(f"[green]✓[/] {name} on pool {settings.orchestration.work_pool}")
 
 
 @app.command()
@@ -213,18 +264,29 @@ def status() -> None:
             current.service.url,
         )
     console.print(table)
+    shared = platform.shared_checks(settings)
+    if shared:
+        remote = Table("shared server", "state", "url")
+        for check in shared:
+            state = "[green]answers[/]" if check.ok else f"[red]not answering[/] {check.detail}"
+            remote.add_row(check.what, state, check.where)
+        console.print(remote)
     prefect_up = any(
         c.service.name == "prefect" and c.state is platform.State.HEALTHY for c in states
-    )
+    ) or any(c.what.startswith("Prefect") and c.ok for c in shared)
     _print_queue(settings, prefect_up)
 
 
 def _print_queue(settings: Settings, prefect_up: bool) -> None:
     """Submissions still queued (a stuck one shows here) and retrain runs that crashed."""
     from core import runs
-    from pipelines.submissions import pending
+    from pipelines import workspace
 
-    queued = pending(settings.incoming_dir)
+    try:
+        queued = workspace.queue(settings).pending()
+    except Exception as exc:
+        console.print(f"[red]•[/] cannot read the submission queue: {exc}")
+        queued = []
     if queued:
         table = Table("submission", "state", "submitted", "batch")
         for sub in queued:
@@ -347,11 +409,12 @@ def data_submit(
 ) -> None:
     """Queue a batch for the retrain flow (what the Retrain page and the drop folder do)."""
     settings = _settings()
-    from pipelines.submissions import submit
+    from core.objectstore import StoreError
+    from pipelines import workspace
 
     try:
-        submission = submit(batch, settings.incoming_dir)
-    except FileNotFoundError as exc:
+        submission = workspace.queue(settings).submit(batch)
+    except (FileNotFoundError, StoreError) as exc:
         raise _fail(str(exc)) from exc
     console.print(f"Submitted [bold]{submission.id}[/]; the retrain flow will pick it up.")
     if follow:
@@ -365,20 +428,21 @@ def _follow_submission(settings: Settings, submission_id: str, timeout: float):
     import time
 
     from core import runs
-    from pipelines.submissions import pending
+    from pipelines import workspace
 
+    queue_of = workspace.queue(settings)
     deadline, seen = time.monotonic() + timeout, time.monotonic()
     with console.status("Waiting for a retrain run to take it…") as spinner:
         while (run_id := runs.find_submission_run(submission_id)) is None:
-            queue = [s.id for s in pending(settings.incoming_dir)]
+            queue = [s.id for s in queue_of.pending()]
             ahead = queue.index(submission_id) if submission_id in queue else 0
             spinner.update(f"Queued, {ahead} submission(s) ahead; waiting for a retrain run…")
             if runs.in_hand(submission_id):  # a run is on its way to it
                 seen = time.monotonic()
             if time.monotonic() - seen > 300 or time.monotonic() > deadline:
                 raise _fail(
-                    "no retrain run took the submission; check `refit status` and the runner "
-                    f"log in {settings.log_dir}. The batch stays queued in {settings.incoming_dir}."
+                    "no retrain run took the submission; check `refit status` and the worker "
+                    f"log in {settings.log_dir}. The batch stays queued in {settings.store_url}."
                 )
             time.sleep(2)
     console.print(f"Flow run: {settings.prefect_url}/runs/flow-run/{run_id}")

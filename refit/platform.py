@@ -52,6 +52,7 @@ class Service:
     health_url: str
     port: int
     needs: tuple[str, ...] = ()  # services that must answer before this one starts
+    prepare: tuple[str, ...] = ()  # a command that must succeed first (e.g. deploy)
 
 
 SERVER_TAG = "REFIT_SERVER_TAG"
@@ -95,14 +96,30 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def services(settings: Settings) -> list[Service]:
-    """The servers `refit up` runs, in start order."""
+def services(settings: Settings, role: str = "up") -> list[Service]:
+    """The servers a role runs here, in start order.
+
+    ``up``: MLflow, Prefect and serving unless the settings point at shared ones, then a
+    worker (after registering the deployments) and the drop-folder watcher, each unless
+    switched off. ``worker`` (`refit worker` on a worker host): one worker of the pool."""
+    config = settings.orchestration
+    if role == "worker":
+        return [worker_service(settings, deploy=False)]
     return [
-        _mlflow_service(settings),
-        _prefect_service(settings),
-        serving_service(settings),
-        _runner_service(settings),
+        *([_mlflow_service(settings)] if settings.local_mlflow else []),
+        *([_prefect_service(settings)] if settings.local_prefect else []),
+        *([serving_service(settings)] if settings.local_serving else []),
+        *([worker_service(settings, deploy=True)] if config.run_worker else []),
+        *([_watcher_service(settings)] if config.watch_drop_folder else []),
     ]
+
+
+def _local_needs(settings: Settings) -> tuple[str, ...]:
+    return tuple(
+        name
+        for name, local in (("prefect", settings.local_prefect), ("mlflow", settings.local_mlflow))
+        if local
+    )
 
 
 def _mlflow_service(settings: Settings) -> Service:
@@ -111,6 +128,8 @@ def _mlflow_service(settings: Settings) -> Service:
         "--workers", "1", "--backend-store-uri", str(settings.mlflow_backend_uri),
         "--artifacts-destination", str(settings.mlflow_artifact_root),
         "--app-name", "basic-auth",
+        *(["--allowed-hosts", ",".join(settings.mlflow_allowed_hosts)]
+          if settings.mlflow_allowed_hosts else []),
     ]  # fmt: skip
     return Service(
         name="mlflow",
@@ -120,6 +139,12 @@ def _mlflow_service(settings: Settings) -> Service:
             **tool_environment(settings),
             **_mlflow_auth_env(settings),
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            # artifacts in an S3 store: the server alone talks to it (clients use its proxy)
+            **(
+                {"MLFLOW_S3_ENDPOINT_URL": settings.store_endpoint_url}
+                if settings.store_endpoint_url
+                else {}
+            ),
         },
         url=settings.mlflow_url,
         health_url=f"{settings.mlflow_url}/health",
@@ -162,29 +187,60 @@ def _prefect_service(settings: Settings) -> Service:
         name="prefect",
         title="Prefect server + UI",
         command=command,
-        env={**tool_environment(settings), "PREFECT_UI_API_URL": str(settings.prefect_api_url)},
+        env={
+            **tool_environment(settings),
+            "PREFECT_UI_API_URL": str(settings.prefect_api_url),
+            **(
+                {"PREFECT_API_DATABASE_CONNECTION_URL": settings.prefect_database_url}
+                if settings.prefect_database_url
+                else {}
+            ),
+        },
         url=settings.prefect_url,
         health_url=f"{settings.prefect_api_url}/health",
         port=settings.prefect_port,
     )
 
 
-def _runner_service(settings: Settings) -> Service:
+def worker_service(settings: Settings, deploy: bool) -> Service:
+    """A worker of the process work pool: takes one flow run at a time and runs it in a child
+    process with this host's settings. With ``deploy``, the deployments are registered first
+    (`refit up`); a worker host's `refit worker` only joins the pool."""
+    config = settings.orchestration
+    name = config.worker_name or f"{socket.gethostname()}-{settings.worker_port}"
+    command = [
+        _bin("prefect"), "worker", "start", "--pool", config.work_pool, "--name", name,
+        "--limit", "1", "--with-healthcheck",
+    ]  # fmt: skip
     return Service(
-        name="runner",
-        title="Prefect deployments runner",
-        command=[sys.executable, "-m", "flows.deployments"],
+        name="worker",
+        title=f"Prefect worker {name} (pool {config.work_pool})",
+        command=command,
         env={
             **tool_environment(settings),
             **_refit_env(settings),
-            "PREFECT_RUNNER_SERVER_ENABLE": "true",
-            "PREFECT_RUNNER_SERVER_HOST": settings.host,
-            "PREFECT_RUNNER_SERVER_PORT": str(settings.runner_port),
+            "PREFECT_WORKER_WEBSERVER_HOST": settings.host,
+            "PREFECT_WORKER_WEBSERVER_PORT": str(settings.worker_port),
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(config.heartbeat_s),
         },
-        url=f"{settings.prefect_url}/deployments",
-        health_url=f"http://{settings.host}:{settings.runner_port}/health",
-        port=settings.runner_port,
-        needs=("prefect", "mlflow"),
+        url=f"{settings.prefect_url}/work-pools/work-pool/{config.work_pool}",
+        health_url=f"http://{settings.host}:{settings.worker_port}/health",
+        port=settings.worker_port,
+        needs=_local_needs(settings),
+        prepare=(sys.executable, "-m", "flows.deployments") if deploy else (),
+    )
+
+
+def _watcher_service(settings: Settings) -> Service:
+    return Service(
+        name="watcher",
+        title="Drop-folder watcher",
+        command=[sys.executable, "-m", "flows.watcher"],
+        env={**tool_environment(settings), **_refit_env(settings)},
+        url=str(settings.incoming_dir),
+        health_url="",  # no port: alive is healthy
+        port=0,
+        needs=_local_needs(settings),
     )
 
 
@@ -243,7 +299,9 @@ def read_pid_record(path: Path) -> PidRecord | None:
 
 
 def is_healthy(url: str, timeout: float = 2.0) -> bool:
-    """Whether ``url`` answers HTTP 2xx."""
+    """Whether ``url`` answers HTTP 2xx (a service without one is healthy while alive)."""
+    if not url:
+        return True
     try:
         return httpx.get(url, timeout=timeout).is_success
     except httpx.HTTPError:
@@ -269,9 +327,9 @@ def service_status(settings: Settings, service: Service) -> ServiceStatus:
     return ServiceStatus(service, state, record.pid)
 
 
-def status(settings: Settings) -> list[ServiceStatus]:
-    """The state of every server."""
-    return [service_status(settings, s) for s in services(settings)]
+def status(settings: Settings, role: str = "up") -> list[ServiceStatus]:
+    """The state of every server of ``role``."""
+    return [service_status(settings, s) for s in services(settings, role)]
 
 
 def _log_tail(path: Path) -> str:
@@ -309,7 +367,9 @@ class UpResult:
     started: bool  # False: it was already running
 
 
-def up(settings: Settings, on_ready: Callable[[Service], None] = lambda s: None) -> list[UpResult]:
+def up(
+    settings: Settings, on_ready: Callable[[Service], None] = lambda s: None, role: str = "up"
+) -> list[UpResult]:
     """Start every server that is not running and wait until all answer HTTP.
 
     Servers already running are left alone. Stale pid files are replaced. If a server fails
@@ -317,18 +377,19 @@ def up(settings: Settings, on_ready: Callable[[Service], None] = lambda s: None)
     why (with the end of its log).
     """
     settings.ensure_workspace()
-    settings.ensure_platform_secrets()
-    _write_mlflow_auth_config(settings)
+    if role == "up":  # a worker host uses the team's credentials, as configured
+        settings.ensure_platform_secrets()
+        _write_mlflow_auth_config(settings)
     results: list[UpResult] = []
     to_start: list[Service] = []
-    for current in status(settings):
+    for current in status(settings, role):
         if current.state in (State.HEALTHY, State.UNHEALTHY):
             results.append(UpResult(current.service, current.pid or 0, started=False))
         else:
             to_start.append(current.service)
     for service in to_start:
         _stop_and_forget(settings, service)
-        if port_in_use(settings.host, service.port):
+        if service.port and port_in_use(settings.host, service.port):
             raise PlatformError(
                 f"{service.title}: port {service.port} on {settings.host} is already used "
                 f"by another process; stop it or choose another port "
@@ -346,6 +407,8 @@ def up(settings: Settings, on_ready: Callable[[Service], None] = lambda s: None)
             ]
             if not wave:
                 raise PlatformError("services need each other in a cycle: " + str(to_start))
+            for service in wave:
+                _prepare(settings, service)
             spawned = [(service, _spawn(settings, service)) for service in wave]
             started += spawned
             _wait_healthy(settings, spawned, on_ready)
@@ -353,8 +416,30 @@ def up(settings: Settings, on_ready: Callable[[Service], None] = lambda s: None)
         _rollback(settings, started)
         raise
     results += [UpResult(s, r.pid, started=True) for s, r in started]
-    order = [s.name for s in services(settings)]
+    order = [s.name for s in services(settings, role)]
     return sorted(results, key=lambda r: order.index(r.service.name))
+
+
+def _prepare(settings: Settings, service: Service) -> None:
+    """Run a service's one-off step (e.g. registering the deployments), logged with it."""
+    if not service.prepare:
+        return
+    log = log_file(settings, service)
+    with open(log, "ab") as out:
+        done = subprocess.run(
+            list(service.prepare),
+            env={**os.environ, **service.env},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=settings.workspace,
+            timeout=settings.startup_timeout_s,
+        )
+    if done.returncode != 0:
+        raise PlatformError(
+            f"{service.title}: `{' '.join(service.prepare[-2:])}` failed. End of {log}:\n"
+            f"{_log_tail(log)}"
+        )
 
 
 def _stop_and_forget(settings: Settings, service: Service) -> None:
@@ -450,3 +535,38 @@ def down(settings: Settings) -> list[DownResult]:
         _stop_and_forget(settings, current.service)
         results.append(DownResult(current.service, current.pid, current.state))
     return list(reversed(results))
+
+
+@dataclass(frozen=True)
+class SharedCheck:
+    what: str
+    where: str
+    ok: bool
+    detail: str = ""
+
+
+def shared_checks(settings: Settings) -> list[SharedCheck]:
+    """The shared servers the settings point at (not run here): do they answer?"""
+    checks = []
+    if not settings.local_mlflow:
+        url = str(settings.mlflow_tracking_uri)
+        ok = is_healthy(f"{url.rstrip('/')}/health") if url.startswith("http") else True
+        checks.append(SharedCheck("MLflow tracking (REFIT_MLFLOW_TRACKING_URI)", url, ok))
+    if not settings.local_prefect:
+        url = str(settings.prefect_api_url)
+        checks.append(
+            SharedCheck("Prefect API (REFIT_PREFECT_API_URL)", url, is_healthy(f"{url}/health"))
+        )
+    if not settings.local_serving or settings.serving.replicas:
+        for url in dict.fromkeys([settings.public_serving_url, *settings.serving_replicas()]):
+            checks.append(SharedCheck("serving", url, is_healthy(f"{url}/readyz")))
+    store = settings.shared_store()
+    if store.remote:
+        from core.objectstore import StoreError
+
+        try:
+            store.check()
+            checks.append(SharedCheck("shared store (REFIT_STORE_URL)", store.describe(), True))
+        except StoreError as exc:
+            checks.append(SharedCheck("shared store", store.describe(), False, str(exc)))
+    return checks

@@ -110,10 +110,11 @@ async def upload_model(
 @router.get("/retrain/submissions/{submission}", summary="A submission and its retrain run")
 async def submission_status(submission: str):
     from core import runs
-    from pipelines.submissions import find, pending
+    from pipelines import workspace
 
     settings = get_settings()
-    found = find(settings.incoming_dir, settings.submissions_dir, submission)
+    queue = workspace.queue(settings)
+    found = await anyio.to_thread.run_sync(queue.find, submission)
     if found is None:
         return error(404, f"no submission {submission!r}")
     try:
@@ -122,8 +123,8 @@ async def submission_status(submission: str):
     except Exception as exc:
         run, found.detail = None, f"Prefect not reachable: {exc}"
     state = {k: getattr(found, k) for k in ("id", "status", "outcome", "detail")}
-    queue = [s.id for s in pending(settings.incoming_dir)]  # runs take the oldest first
-    state["ahead"] = queue.index(found.id) if found.id in queue else 0
+    waiting = [s.id for s in await anyio.to_thread.run_sync(queue.pending)]  # oldest first
+    state["ahead"] = waiting.index(found.id) if found.id in waiting else 0
     return {"submission": state, "run": _run_json(settings, run)}
 
 
@@ -161,14 +162,14 @@ async def download(ref: str):
 def _queue_upload(settings: Settings, name: str, upload: BinaryIO) -> str:
     """Copy an uploaded batch (spooled on disk by the server) to a temp file, then queue it
     (moved, not copied again)."""
-    from pipelines.submissions import submit
+    from pipelines import workspace
 
     uploads = settings.workspace / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(dir=uploads))
     with (folder / name).open("wb") as out:
         shutil.copyfileobj(upload, out)
-    submission = submit(folder / name, settings.incoming_dir, move=True)
+    submission = workspace.queue(settings).submit(folder / name, move=True)
     shutil.rmtree(folder, ignore_errors=True)
     return submission.id
 

@@ -47,7 +47,7 @@ def refit_env(tmp_path: Path) -> dict[str, str]:
         "REFIT_MLFLOW_PORT": str(free_port()),
         "REFIT_PREFECT_PORT": str(free_port()),
         "REFIT_SERVING_PORT": str(free_port()),
-        "REFIT_RUNNER_PORT": str(free_port()),
+        "REFIT_WORKER_PORT": str(free_port()),
     }
 
 
@@ -118,3 +118,14 @@ def live(tmp_path_factory):
     platform.run_env()
     yield platform
     platform.refit("down")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API server (moto) on a free port, with credentials in the environment."""
+    from tests.servers import S3_CREDENTIALS, start_s3
+
+    os.environ.update(S3_CREDENTIALS)
+    server = start_s3("127.0.0.1", free_port(), tmp_path_factory.mktemp("s3") / "moto.log")
+    yield server
+    server.stop()

@@ -56,6 +56,13 @@ class LivePlatform:
                 Image.fromarray(pixels).save(path)
         return folder
 
+    def queue(self):
+        """The submission queue (in the workspace: the live platform's shared store)."""
+        from core.objectstore import Store
+        from pipelines.submissions import Queue
+
+        return Queue(Store(str(self.workspace)), self.workspace / "fetched")
+
     def champion(self) -> str | None:
         from serving.champion import RegistrySource
 
@@ -92,7 +99,7 @@ def start_platform(root: Path) -> LivePlatform:
         "REFIT_MLFLOW_PORT": str(free_port()),
         "REFIT_PREFECT_PORT": str(free_port()),
         "REFIT_SERVING_PORT": str(free_port()),
-        "REFIT_RUNNER_PORT": str(free_port()),
+        "REFIT_WORKER_PORT": str(free_port()),
         "REFIT_SERVING__ADMIN_TOKEN": TOKEN,
         "REFIT_FAILPOINTS": str(root / "failpoints"),  # the fault-matrix drills (core.faults)
         "COLUMNS": "200",  # `refit status` tables whole
@@ -100,6 +107,7 @@ def start_platform(root: Path) -> LivePlatform:
         "REFIT_ORCHESTRATION__INCOMING_POLL_S": "1",
         "REFIT_ORCHESTRATION__SETTLE_S": "1",
         "REFIT_ORCHESTRATION__RETRY_AFTER_S": "5",
+        "REFIT_ORCHESTRATION__LOCK_LEASE_S": "10",
         "REFIT_ORCHESTRATION__HTTP_RETRIES": "1",
         "REFIT_ORCHESTRATION__HTTP_RETRY_DELAY_S": "1",
         "REFIT_ORCHESTRATION__SMOKE_IMAGES": "8",

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from core.objectstore import Store
 from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
 from pipelines.dataset import load_index, recover_dataset
 from pipelines.intake import IntakePaths, add_batch
@@ -32,7 +33,7 @@ def repo(tmp_path: Path) -> tuple[DvcStore, IntakePaths]:
         dataset_dir=root / "data",
         remote=str(work / "remote"),
         cache_dir=work / "cache",
-        versions_dir=work / "versions",
+        log=Store(str(work)),
     )
     paths = IntakePaths(
         staging=work / "staging",
@@ -138,9 +139,9 @@ CRASHER = textwrap.dedent("""
     elif point == "version":  # killed after the swap, before DVC ran
         versions.DvcStore.add_version = die
     elif point == "record":  # killed after `dvc add` + push, before the version was recorded
-        versions.shutil.copyfile = die
+        versions.Store.write_bytes = die
     store = versions.DvcStore(repo, repo / "data", str(work / "remote"), work / "cache",
-                              work / "versions")
+                              versions.Store(str(work)))
     paths = IntakePaths(work / "staging", work / "quarantine", work / "batches",
                         work / "intake.lock")
     add_batch(Path(batch), store, paths, IngestLimits(),

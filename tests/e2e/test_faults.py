@@ -144,11 +144,10 @@ def last_md5(dvc_file: str) -> str:
 
 
 def _state(live: LivePlatform, submission: str) -> dict:
-    for root in ("incoming", "submissions"):
-        path = live.workspace / root / submission / "state.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-    raise AssertionError(f"no state for {submission}")
+    found = live.queue().find(submission)
+    if found is None:
+        raise AssertionError(f"no state for {submission}")
+    return found.state()
 
 
 def arm(live: LivePlatform, *steps: str) -> Path:

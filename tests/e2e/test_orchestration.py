@@ -1,4 +1,4 @@
-"""The product end to end: real Prefect (server + deployments runner), real MLflow, real DVC,
+"""The product end to end: real Prefect (server + a worker of the pool), real MLflow, real DVC,
 real serving, on tiny coloured images. Runs in file order on one platform: bootstrap, a
 passing and a new-class batch submitted at once, a rejected batch, a dropped file, a flow
 killed while training, and serving down during the reload step."""
@@ -21,14 +21,13 @@ pytestmark = pytest.mark.e2e
 
 
 def pending(live: LivePlatform) -> list[str]:
-    incoming = live.workspace / "incoming"
-    return sorted(p.name for p in incoming.glob("[!.]*"))
+    """Queued submissions and files in the drop folder not yet submitted."""
+    dropped = sorted(p.name for p in (live.workspace / "incoming").glob("[!.]*"))
+    return [s.id for s in live.queue().pending()] + dropped
 
 
 def outcome(live: LivePlatform, submission: str) -> dict:
-    from pipelines.submissions import find
-
-    found = find(live.workspace / "incoming", live.workspace / "submissions", submission)
+    found = live.queue().find(submission)
     assert found is not None
     return {"status": found.status, "outcome": found.outcome, "detail": found.detail}
 
@@ -89,8 +88,8 @@ def test_a_rejected_batch_changes_nothing(live: LivePlatform) -> None:
 
 
 def _flow_process(live: LivePlatform) -> psutil.Process | None:
-    runner = psutil.Process(json.loads((live.workspace / "run" / "runner.pid").read_text())["pid"])
-    children = runner.children(recursive=True)
+    worker = psutil.Process(json.loads((live.workspace / "run" / "worker.pid").read_text())["pid"])
+    children = worker.children(recursive=True)
     return next((c for c in children if "python" in c.name()), None)
 
 

@@ -108,20 +108,20 @@ def test_up_status_down_lifecycle(platform_env: dict[str, str]) -> None:
     assert httpx.post(f"{prefect_url}/api/deployments/filter", json={}).status_code == 401
     assert httpx.get(f"{mlflow_url}/health").text.strip() == "OK"
     assert httpx.get(f"{prefect_url}/api/health").json() is True
-    # Serving answers (its pages too) before any champion exists; the runner is healthy.
+    # Serving answers (its pages too) before any champion exists; the worker is healthy.
     serving_url = f"http://127.0.0.1:{env['REFIT_SERVING_PORT']}"
     assert "<html" in httpx.get(f"{serving_url}/try", timeout=10).text.lower()
-    assert httpx.get(f"http://127.0.0.1:{env['REFIT_RUNNER_PORT']}/health").is_success
+    assert httpx.get(f"http://127.0.0.1:{env['REFIT_WORKER_PORT']}/health").is_success
     assert "Admin token:" in started.stdout
 
     first = pid_records(env)
-    assert set(first) == {"mlflow", "prefect", "serving", "runner"}
-    assert refit(env, "status").stdout.count("healthy") == 4
+    assert set(first) == {"mlflow", "prefect", "serving", "worker", "watcher"}
+    assert refit(env, "status").stdout.count("healthy") == 5
 
     # A second `up` says so and starts nothing.
     again = refit(env, "up")
     assert again.returncode == 0
-    assert again.stdout.count("already running") == 4
+    assert again.stdout.count("already running") == 5
     assert pid_records(env) == first
 
     # The MLflow server crashes (its worker survives, holding the port): `up` cleans up
@@ -148,12 +148,12 @@ def test_up_status_down_lifecycle(platform_env: dict[str, str]) -> None:
 
     stopped = refit(env, "down")
     assert stopped.returncode == 0
-    assert stopped.stdout.count("stopped") == 4
+    assert stopped.stdout.count("stopped") == 5
     assert "left behind" in stopped.stdout
     for record in second.values():
         assert not group_alive(record)
     assert pid_records(env) == {}
-    assert refit(env, "status").stdout.count("stopped") == 4
+    assert refit(env, "status").stdout.count("stopped") == 5
 
 
 def test_up_refuses_a_port_taken_by_someone_else(platform_env: dict[str, str]) -> None:

@@ -1,4 +1,4 @@
-"""What `refit up` serves: the schedule carries the cron and time zone from settings, and
+"""What `refit deploy` registers: the schedule carries the cron and time zone from settings, and
 each retrain deployment runs one at a time. (In a subprocess: importing Prefect here would
 fix its settings for the whole test session.)"""
 
@@ -11,15 +11,15 @@ import sys
 
 PROBE = """
 import json
-from flows.deployments import deployments
-found = {d.name: d for d in deployments()}
-(schedule,) = found["scheduled-retrain"].schedules
+from core.settings import get_settings
+from flows.deployments import specs
+found = {name: options for _, name, options in specs(get_settings())}
+schedule = found["retrain"]["schedule"]
 print(json.dumps({
-    "cron": schedule.schedule.cron,
-    "timezone": schedule.schedule.timezone,
-    "retrain_schedules": len(found["retrain"].schedules),
-    "retrain_triggers": len(found["retrain"].triggers),
-    "limits": [found[n].concurrency_limit for n in ("retrain", "scheduled-retrain")],
+    "cron": schedule.cron,
+    "timezone": schedule.timezone,
+    "retrain_triggers": len(found["retrain"]["triggers"]),
+    "limits": [found[n].get("concurrency_limit") for n in ("retrain", "bootstrap")],
 }))
 """
 
@@ -36,5 +36,5 @@ def test_the_schedule_uses_the_configured_cron_and_time_zone() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["cron"] == "30 4 * * 2" and found["timezone"] == "Europe/Berlin"
-    assert found["retrain_schedules"] == 0 and found["retrain_triggers"] == 1
-    assert found["limits"] == [1, 1]
+    assert found["retrain_triggers"] == 1
+    assert found["limits"] == [1, None]  # one retrain at a time, on every worker

@@ -1,4 +1,5 @@
-"""The pending queue: atomic submit, adopting dropped files once settled, resume state."""
+"""The queue: atomic submit, adopting dropped files once settled, resume state; on a local
+folder and on a real S3 API server (moto)."""
 
 from __future__ import annotations
 
@@ -8,54 +9,69 @@ from pathlib import Path
 
 import pytest
 
+from core.objectstore import Store
 from pipelines import submissions
 
 
-def test_submit_copies_atomically_and_lists_oldest_first(tmp_path: Path) -> None:
+@pytest.fixture(params=["local", "s3"])
+def queue(request, tmp_path: Path) -> submissions.Queue:
+    if request.param == "local":
+        return submissions.Queue(Store(str(tmp_path / "store")), tmp_path / "fetched")
+    s3 = request.getfixturevalue("s3_server")
+    return submissions.Queue(s3.store(f"queue-{os.urandom(4).hex()}"), tmp_path / "fetched")
+
+
+def test_submit_copies_atomically_and_lists_oldest_first(tmp_path: Path, queue) -> None:
     batch = tmp_path / "batch.zip"
     batch.write_bytes(b"zip")
-    incoming = tmp_path / "incoming"
-    first = submissions.submit(batch, incoming)
-    second = submissions.submit(batch, incoming)
+    first = queue.submit(batch)
+    second = queue.submit(batch)
     assert batch.exists()  # copied, not moved
-    assert [s.id for s in submissions.pending(incoming)] == [first.id, second.id]
-    assert first.batch.read_bytes() == b"zip" and first.status == "pending"
-    assert not list(incoming.glob(".*"))  # no half-built submission left behind
+    assert [s.id for s in queue.pending()] == [first.id, second.id]
+    assert queue.batch(first).read_bytes() == b"zip" and first.status == "pending"
 
 
-def test_a_missing_batch_is_refused(tmp_path: Path) -> None:
+def test_a_submission_is_listed_only_once_whole(tmp_path: Path, queue) -> None:
+    batch = tmp_path / "batch.zip"
+    batch.write_bytes(b"zip")
+    sub = queue.submit(batch)
+    queue.store.delete(queue.store.path("queue", sub.id))  # as if killed before the marker
+    assert queue.pending() == []
+
+
+def test_a_missing_batch_is_refused(tmp_path: Path, queue) -> None:
     with pytest.raises(FileNotFoundError, match=r"nothing\.zip"):
-        submissions.submit(tmp_path / "nothing.zip", tmp_path / "incoming")
+        queue.submit(tmp_path / "nothing.zip")
 
 
-def test_dropped_files_are_adopted_only_once_settled(tmp_path: Path) -> None:
+def test_dropped_files_are_adopted_only_once_settled(tmp_path: Path, queue) -> None:
     incoming = tmp_path / "incoming"
     folder = incoming / "dropped"
     folder.mkdir(parents=True)
     (folder / "a.png").write_bytes(b"x")
-    assert submissions.adopt_dropped(incoming, settle_s=60) == []  # still being written?
+    assert queue.adopt_dropped(incoming, settle_s=60) == []  # still being written?
     old = time.time() - 120
     for path in (folder, folder / "a.png"):
         os.utime(path, (old, old))
-    adopted = submissions.adopt_dropped(incoming, settle_s=60)
-    assert len(adopted) == 1 and adopted[0].batch.name == "dropped"
+    adopted = queue.adopt_dropped(incoming, settle_s=60)
+    assert len(adopted) == 1 and adopted[0].name == "dropped"
+    assert (queue.batch(adopted[0]) / "a.png").read_bytes() == b"x"
     assert not folder.exists()  # moved into the submission
-    assert submissions.adopt_dropped(incoming, settle_s=0) == []  # not adopted twice
+    assert queue.adopt_dropped(incoming, settle_s=0) == []  # not adopted twice
 
 
-def test_merged_state_survives_and_finish_leaves_the_queue(tmp_path: Path) -> None:
+def test_merged_state_survives_and_finish_leaves_the_queue(tmp_path: Path, queue) -> None:
     batch = tmp_path / "b.csv"
     batch.write_text("path,label\n")
-    incoming, done = tmp_path / "incoming", tmp_path / "done"
-    sub = submissions.submit(batch, incoming)
-    submissions.mark_merged(sub, "batch-1")
-    again = submissions.pending(incoming)[0]  # as a restarted process reads it
+    sub = queue.submit(batch)
+    queue.mark_merged(sub, "batch-1")
+    again = queue.pending()[0]  # as a restarted process reads it
     assert (again.status, again.batch_id) == ("merged", "batch-1")
-    submissions.finish(again, done, "promoted", "v2")
-    assert submissions.pending(incoming) == []
-    found = submissions.find(incoming, done, sub.id)
+    queue.finish(again, "promoted", "v2")
+    assert queue.pending() == []
+    found = queue.find(sub.id)
     assert found is not None and (found.status, found.outcome) == ("done", "promoted")
-    assert submissions.find(incoming, done, "../etc") is None
+    assert queue.find("../etc") is None
 
 
 @pytest.mark.parametrize(
@@ -94,24 +110,24 @@ def test_next_step_resumes_a_merged_submission_at_fine_tuning() -> None:
         submissions.next_step("lost")
 
 
-def test_finish_refuses_an_outcome_that_cannot_end_the_submission(tmp_path: Path) -> None:
+def test_finish_refuses_an_outcome_that_cannot_end_the_submission(tmp_path: Path, queue) -> None:
     batch = tmp_path / "b.csv"
     batch.write_text("path,label\n")
-    sub = submissions.submit(batch, tmp_path / "incoming")
+    sub = queue.submit(batch)
     with pytest.raises(ValueError):
-        submissions.finish(sub, tmp_path / "done", "promoted")  # not merged yet
-    assert submissions.pending(tmp_path / "incoming")[0].status == "pending"  # unchanged
+        queue.finish(sub, "promoted")  # not merged yet
+    assert queue.pending()[0].status == "pending"  # unchanged
 
 
-def test_a_judged_submission_only_goes_live_again(tmp_path: Path) -> None:
+def test_a_judged_submission_only_goes_live_again(tmp_path: Path, queue) -> None:
     batch = tmp_path / "b.csv"
     batch.write_text("path,label\n")
-    sub = submissions.submit(batch, tmp_path / "incoming")
-    submissions.mark_merged(sub, "batch-1")
-    submissions.mark_judged(sub, "7", promoted=True)
-    again = submissions.pending(tmp_path / "incoming")[0]  # the next run reads it
+    sub = queue.submit(batch)
+    queue.mark_merged(sub, "batch-1")
+    queue.mark_judged(sub, "7", promoted=True)
+    again = queue.pending()[0]  # the next run reads it
     assert (again.status, again.version, again.promoted) == ("judged", "7", True)
     assert submissions.next_step(again.status) == "go live"
     with pytest.raises(ValueError):
-        submissions.mark_judged(again, "8", promoted=True)  # never judged twice
-    submissions.finish(again, tmp_path / "done", "promoted", "v7")
+        queue.mark_judged(again, "8", promoted=True)  # never judged twice
+    queue.finish(again, "promoted", "v7")
