@@ -70,12 +70,12 @@ def timed_flow() -> tuple[float, float, list[dict]]:
     """(submit -> new champion answering, flow run wall time, steps)."""
     from core import runs
     from core.settings import get_settings
-    from pipelines import workspace
+    from pipelines.submissions import Queue
 
     settings = get_settings()
     before = served_version(settings.serving_url)
     started = time.perf_counter()
-    submission = workspace.queue(settings).submit(settings.workspace / "sample" / "incoming")
+    submission = Queue.of(settings).submit(settings.workspace / "sample" / "incoming")
     while served_version(settings.serving_url) == before:
         time.sleep(0.25)
     answered = time.perf_counter() - started
@@ -92,10 +92,10 @@ def plain_calls() -> tuple[float, dict[str, float]]:
     """The flow's steps as plain function calls (no Prefect run), timed."""
     from core.settings import get_settings
     from flows import common, retrain
-    from pipelines import workspace
+    from pipelines.submissions import Queue
 
     settings = get_settings()
-    submission = workspace.queue(settings).submit(settings.workspace / "sample" / "incoming")
+    submission = Queue.of(settings).submit(settings.workspace / "sample" / "incoming")
     shares: dict[str, float] = {}
 
     def step(name, fn, *args):

@@ -82,7 +82,10 @@ class OrchestrationConfig(BaseModel):
         description="A running flow silent this long is marked crashed (its host died).",
     )
     lock_lease_s: float = Field(
-        default=30.0, description="A dataset lock whose holder died frees itself after this."
+        default=60.0,
+        ge=60.0,
+        description="A dataset lock whose holder died frees itself after this (Prefect's "
+        "shortest lease is 60 s).",
     )
 
 

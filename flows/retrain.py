@@ -30,6 +30,7 @@ from core import runs
 from core.faults import failpoint
 from flows.common import go_live, log, report_links, settings
 from pipelines import reports, submissions
+from pipelines.submissions import Queue
 
 
 @task(name="take submissions", cache_policy=NO_CACHE)
@@ -42,7 +43,7 @@ def take_submissions(submission: str | None) -> list:
     if done:
         log().info("Recovered: %s", done)
     failpoint("take")
-    queue = workspace.queue(config).pending()  # oldest first
+    queue = Queue.of(config).pending()  # oldest first
     if submission is not None:  # a run announced for one submission takes the oldest one
         if not queue:  # an earlier run (e.g. the scheduled one) took it already
             log().info("submission %s is no longer pending; nothing to do", submission)
@@ -60,7 +61,7 @@ def validate_and_merge(submission):
     from pipelines import workspace
 
     config = settings()
-    queue = workspace.queue(config)
+    queue = Queue.of(config)
     result = workspace.add_batch(config, queue.batch(submission), progress=log().info)
     if result.version is not None:
         queue.mark_merged(submission, result.version.batch_id)
@@ -173,9 +174,7 @@ def _finish(sub, outcome: str, detail: str, **extra) -> dict:
 
 
 def _queue():
-    from pipelines import workspace
-
-    return workspace.queue(settings())
+    return Queue.of(settings())
 
 
 def _reload(sub):

@@ -13,10 +13,10 @@ from core.settings import get_settings
 def watch() -> None:
     from core import runs
     from flows.deployments import announce
-    from pipelines import workspace
+    from pipelines.submissions import Queue
 
     config = get_settings()
-    queue = workspace.queue(config)
+    queue = Queue.of(config)
     announced: dict[str, float] = {}
     print(f"watching {config.incoming_dir} and the queue in {config.store_url}", flush=True)
     while True:

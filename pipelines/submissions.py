@@ -106,6 +106,11 @@ class Queue:
     store: Store
     fetched: Path
 
+    @classmethod
+    def of(cls, settings) -> Queue:
+        """The queue the settings describe: in the shared store, fetched into the workspace."""
+        return cls(settings.shared_store(), settings.fetched_dir)
+
     def _folder(self, submission_id: str) -> str:
         return self.store.path("submissions", submission_id)
 

@@ -115,8 +115,8 @@ class DvcStore:
         (``dvc add`` done, version never recorded). Returns whether it had to."""
         recorded = self.versions()
         current = self.current_version()
-        if not recorded or current in {v.version for v in recorded}:
-            return False
+        if not recorded or current is None or current in {v.version for v in recorded}:
+            return False  # (no data.dvc at all: a fresh copy, which `sync` checks out)
         self._restore_dvc_file(recorded[-1].version)
         return True
 

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from pipelines.dataset import Dataset
     from pipelines.intake import IntakePaths
     from pipelines.registry import Registry
-    from pipelines.submissions import Queue
     from pipelines.versions import DvcStore
 
 
@@ -31,13 +30,6 @@ def store(settings: Settings) -> DvcStore:
         log=settings.shared_store(),
         endpoint_url=settings.store_endpoint_url,
     )
-
-
-def queue(settings: Settings) -> Queue:
-    """The submission queue in the shared store."""
-    from pipelines.submissions import Queue
-
-    return Queue(settings.shared_store(), settings.fetched_dir)
 
 
 def intake_paths(settings: Settings) -> IntakePaths:

@@ -145,9 +145,9 @@ def demo() -> None:
         unpack_sample(settings.sample_archive, sample)
     incoming = sample / "incoming"
     console.print(f"\n[bold]2. Submitting the embedded batch {incoming}[/]")
-    from pipelines import workspace
+    from pipelines.submissions import Queue
 
-    submission = workspace.queue(settings).submit(incoming)
+    submission = Queue.of(settings).submit(incoming)
     final = _follow_submission(settings, submission.id, 3600)
     truck = min((sample / "seed" / "holdout" / "truck").iterdir())  # never trained on
     with truck.open("rb") as image:
@@ -280,10 +280,10 @@ def status() -> None:
 def _print_queue(settings: Settings, prefect_up: bool) -> None:
     """Submissions still queued (a stuck one shows here) and retrain runs that crashed."""
     from core import runs
-    from pipelines import workspace
+    from pipelines.submissions import Queue
 
     try:
-        queued = workspace.queue(settings).pending()
+        queued = Queue.of(settings).pending()
     except Exception as exc:
         console.print(f"[red]•[/] cannot read the submission queue: {exc}")
         queued = []
@@ -410,10 +410,10 @@ def data_submit(
     """Queue a batch for the retrain flow (what the Retrain page and the drop folder do)."""
     settings = _settings()
     from core.objectstore import StoreError
-    from pipelines import workspace
+    from pipelines.submissions import Queue
 
     try:
-        submission = workspace.queue(settings).submit(batch)
+        submission = Queue.of(settings).submit(batch)
     except (FileNotFoundError, StoreError) as exc:
         raise _fail(str(exc)) from exc
     console.print(f"Submitted [bold]{submission.id}[/]; the retrain flow will pick it up.")
@@ -428,9 +428,9 @@ def _follow_submission(settings: Settings, submission_id: str, timeout: float):
     import time
 
     from core import runs
-    from pipelines import workspace
+    from pipelines.submissions import Queue
 
-    queue_of = workspace.queue(settings)
+    queue_of = Queue.of(settings)
     deadline, seen = time.monotonic() + timeout, time.monotonic()
     with console.status("Waiting for a retrain run to take it…") as spinner:
         while (run_id := runs.find_submission_run(submission_id)) is None:

@@ -207,7 +207,7 @@ def worker_service(settings: Settings, deploy: bool) -> Service:
     process with this host's settings. With ``deploy``, the deployments are registered first
     (`refit up`); a worker host's `refit worker` only joins the pool."""
     config = settings.orchestration
-    name = config.worker_name or f"{socket.gethostname()}-{settings.worker_port}"
+    name = config.worker_name or f"{socket.gethostname()}-{settings.host}-{settings.worker_port}"
     command = [
         _bin("prefect"), "worker", "start", "--pool", config.work_pool, "--name", name,
         "--limit", "1", "--with-healthcheck",
@@ -529,9 +529,12 @@ class DownResult:
 
 
 def down(settings: Settings) -> list[DownResult]:
-    """Stop the servers `refit up` started (later ones first) and remove their pid files."""
+    """Stop the servers `refit up` or `refit worker` started (later ones first) and remove
+    their pid files."""
     results = []
-    for current in reversed(status(settings)):
+    chosen = services(settings, "up")
+    chosen += [s for s in services(settings, "worker") if s.name not in {c.name for c in chosen}]
+    for current in reversed([service_status(settings, s) for s in chosen]):
         _stop_and_forget(settings, current.service)
         results.append(DownResult(current.service, current.pid, current.state))
     return list(reversed(results))

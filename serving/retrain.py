@@ -110,10 +110,10 @@ async def upload_model(
 @router.get("/retrain/submissions/{submission}", summary="A submission and its retrain run")
 async def submission_status(submission: str):
     from core import runs
-    from pipelines import workspace
+    from pipelines.submissions import Queue
 
     settings = get_settings()
-    queue = workspace.queue(settings)
+    queue = Queue.of(settings)
     found = await anyio.to_thread.run_sync(queue.find, submission)
     if found is None:
         return error(404, f"no submission {submission!r}")
@@ -162,14 +162,14 @@ async def download(ref: str):
 def _queue_upload(settings: Settings, name: str, upload: BinaryIO) -> str:
     """Copy an uploaded batch (spooled on disk by the server) to a temp file, then queue it
     (moved, not copied again)."""
-    from pipelines import workspace
+    from pipelines.submissions import Queue
 
     uploads = settings.workspace / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(dir=uploads))
     with (folder / name).open("wb") as out:
         shutil.copyfileobj(upload, out)
-    submission = workspace.queue(settings).submit(folder / name, move=True)
+    submission = Queue.of(settings).submit(folder / name, move=True)
     shutil.rmtree(folder, ignore_errors=True)
     return submission.id
 

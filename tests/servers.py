@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,7 @@ class Postgres:
 
     def stop(self) -> None:
         _as_postgres(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"])
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 def _pg_bin(name: str) -> str:
@@ -117,13 +119,19 @@ def _as_postgres(command: list[str], netns: str | None = None) -> None:
         raise RuntimeError(f"{' '.join(command)} failed: {done.stdout}{done.stderr}")
 
 
-def start_postgres(root: Path, host: str, port: int, netns: str | None = None) -> Postgres:
-    """A fresh cluster in ``root`` (owned by postgres when run as root), trust auth."""
-    root.mkdir(parents=True, exist_ok=True)
+def start_postgres(
+    host: str, port: int, netns: str | None = None, clients: str = "127.0.0.1/32"
+) -> Postgres:
+    """A fresh cluster in a new folder under the system temp dir (owned by postgres when run
+    as root: pytest's own temp dirs are closed to other users), trust auth. ``remove`` it
+    after stopping."""
+    root = Path(tempfile.mkdtemp(prefix="refit-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
     data = root / "data"
     _as_postgres(["initdb", "-D", str(data), "-U", "refit", "--auth=trust", "--no-sync"])
+    with open(data / "pg_hba.conf", "a") as hba:  # trust the test's own hosts
+        hba.write(f"host all all {clients} trust\n")
     options = f"-p {port} -k {root} -c listen_addresses={host} -c fsync=off"
     _as_postgres(
         ["pg_ctl", "-D", str(data), "-l", str(root / "log"), "-w", "-o", options, "start"], netns

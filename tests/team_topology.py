@@ -82,8 +82,9 @@ def make_network() -> None:
 
 
 def remove_network() -> None:
-    for host in HOSTS:
+    for host, number in HOSTS.items():
         subprocess.run(["ip", "netns", "delete", ns(host)], capture_output=True)
+        subprocess.run(["ip", "link", "delete", f"{PREFIX}v{number}"], capture_output=True)
     subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
 
 
@@ -231,7 +232,6 @@ def _env(team: Team, host: str, **extra: str) -> dict[str, str]:
         "REFIT_ORCHESTRATION__RETRY_AFTER_S": "5",
         "REFIT_ORCHESTRATION__HEARTBEAT_S": "30",
         "REFIT_ORCHESTRATION__CRASHED_AFTER_S": "45",
-        "REFIT_ORCHESTRATION__LOCK_LEASE_S": "10",
         "REFIT_ORCHESTRATION__HTTP_RETRIES": "2",
         "REFIT_ORCHESTRATION__HTTP_RETRY_DELAY_S": "2",
         "REFIT_ORCHESTRATION__SMOKE_IMAGES": "8",
@@ -254,6 +254,7 @@ def _env(team: Team, host: str, **extra: str) -> dict[str, str]:
 
 NGINX = """
 daemon off;
+user root;
 pid {root}/nginx.pid;
 error_log {root}/nginx-error.log;
 events {{}}
@@ -291,7 +292,7 @@ def start_team(root: Path) -> Team:
     make_network()
     try:
         srv = address("srv")
-        team.postgres = start_postgres(root / "pg", srv, PORTS["pg"], netns=ns("srv"))
+        team.postgres = start_postgres(srv, PORTS["pg"], netns=ns("srv"), clients=f"{SUBNET}.0/24")
         for database in ("mlflow", "prefect"):
             team.postgres.createdb(database)
         team.s3 = start_s3(srv, PORTS["s3"], root / "moto.log", netns=ns("srv"))
