@@ -30,7 +30,7 @@ class S3Server:
     def bucket(self, name: str) -> str:
         import boto3
 
-        client = boto3.client("s3", endpoint_url=self.endpoint, **_boto_credentials())
+        client = boto3.client("s3", endpoint_url=self.endpoint, **boto_credentials())
         client.create_bucket(Bucket=name)
         return f"s3://{name}"
 
@@ -44,7 +44,7 @@ class S3Server:
         self.process.wait(timeout=15)
 
 
-def _boto_credentials() -> dict:
+def boto_credentials() -> dict:
     return {
         "aws_access_key_id": S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
         "aws_secret_access_key": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],

@@ -90,7 +90,9 @@ def test_a_batch_is_trained_on_another_host_and_survives_a_dead_worker(team, tmp
     # The dataset and its version log are in the object store, pushed by the workers.
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=team.s3.endpoint)
+    from tests.servers import boto_credentials
+
+    s3 = boto3.client("s3", endpoint_url=team.s3.endpoint, **boto_credentials())
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="refit-team")["Contents"]]
     assert any(k.startswith("shared/dvc/") for k in keys)
     log = s3.get_object(Bucket="refit-team", Key="shared/dataset-versions/versions.jsonl")

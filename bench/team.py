@@ -1,0 +1,150 @@
+"""Benchmark: Refit for a team (network namespaces, tests/team_topology.py) against `refit
+up` on one host, measured in the same run, on the same tiny user model and batch.
+
+- submit -> new champion answering: from `refit data submit` until the public serving URL
+  (nginx in front of two replicas; the local server on one host) answers with the new
+  version. Target: team <= 1.2x one host.
+- serving throughput: 16 clients sending single 32x32 JPEGs for ``--seconds``, to two
+  replicas behind nginx vs one replica directly. Target: >= 0.9x (two cores cap any gain
+  here); req/s, p50 and p99 for both.
+
+Needs root (namespaces) and nginx. Run: .venv/bin/python bench/team.py [--seconds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from bench.serve import hammer
+from tests.conftest import write_class_folders
+from tests.live_platform import COLOURS, start_platform, tiny_model_file
+from tests.team_topology import start_team, unavailable
+
+
+def served(url: str) -> str | None:
+    try:
+        return httpx.get(f"{url}/model", timeout=10).json()["model"]["version"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
+def wait(predicate, timeout: float, what: str, poll: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(poll)
+    raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+
+
+def bootstrap(model: Path, seed: Path) -> None:
+    from core import runs
+
+    final = runs.follow(
+        runs.start("bootstrap/bootstrap", {"model": str(model), "seed": str(seed)}),
+        lambda view: None,
+        timeout_s=600,
+    )
+    if final.state != "COMPLETED":
+        raise RuntimeError(f"bootstrap: {final.message}")
+
+
+def submit_to_answer(submit, public_url: str) -> float:
+    """Seconds from submitting until the public URL answers with a new version."""
+    before = served(public_url)
+    started = time.perf_counter()
+    done = submit()
+    if "Submitted" not in done.stdout:
+        raise RuntimeError(done.stdout + done.stderr)
+    wait(lambda: served(public_url) not in (None, before), 900, "the new champion", poll=0.25)
+    return time.perf_counter() - started
+
+
+def jpegs(count: int) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buffer, "JPEG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def load(url: str, seconds: float) -> tuple[float, float, float, int]:
+    rate, latencies, errors, _ = asyncio.run(
+        hammer(f"{url}/predict", jpegs(64), clients=16, seconds=seconds)
+    )
+    return rate, np.percentile(latencies, 50) * 1e3, np.percentile(latencies, 99) * 1e3, len(errors)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=15)
+    args = parser.parse_args()
+    if why := unavailable():
+        sys.exit(f"bench/team.py {why}")
+    root = Path(tempfile.mkdtemp(prefix="refit-bench-team-"))
+    model = tiny_model_file(root / "user-model.keras")
+    seed = write_class_folders(root / "seed", {c: 30 for c in COLOURS[:3]}, seed=1)
+    batch = write_class_folders(root / "yellow", {c: 14 for c in COLOURS}, seed=3)
+
+    print("one host: refit up …", flush=True)
+    local = start_platform(root / "local")
+    try:
+        local.run_env()
+        bootstrap(model, seed)
+        wait(lambda: served(local.serving_url), 120, "the local champion")
+        one_host = submit_to_answer(
+            lambda: local.refit("data", "submit", str(batch), "--no-follow"), local.serving_url
+        )
+    finally:
+        local.refit("down")
+
+    print("team: namespaces, Postgres, S3, MLflow, Prefect, 2 workers, 2 replicas …", flush=True)
+    team = start_team(root / "team")
+    try:
+        with team.client():
+            bootstrap(model, seed)
+            wait(lambda: served(team.lb_url), 120, "the team's champion")
+            team_time = submit_to_answer(
+                lambda: team.refit("s1", "data", "submit", str(batch), "--no-follow"),
+                team.lb_url,
+            )
+        behind_lb = load(team.lb_url, args.seconds)
+        direct = load(team.replica_url("s1"), args.seconds)
+    finally:
+        team.stop()
+
+    print("\nsubmit -> new champion answering (same model, same batch)")
+    print(f"{'topology':<34}{'seconds':>10}{'ratio':>8}")
+    print(f"{'refit up, one host':<34}{one_host:>10.1f}{1:>8.2f}")
+    print(f"{'team (namespaces, S3, Postgres)':<34}{team_time:>10.1f}{team_time / one_host:>8.2f}")
+    print(f"target: team <= 1.2x one host: {'met' if team_time <= 1.2 * one_host else 'NOT met'}")
+    print(f"\nserving, 16 clients, {args.seconds:.0f} s of single 32x32 JPEGs")
+    print(f"{'':<34}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'ratio':>8}")
+    for name, (rate, p50, p99, errors) in (
+        ("one replica, direct", direct),
+        ("two replicas behind nginx", behind_lb),
+    ):
+        print(f"{name:<34}{rate:>8.1f}{p50:>9.1f}{p99:>9.1f}{errors:>8}{rate / direct[0]:>8.2f}")
+    ratio = behind_lb[0] / direct[0]
+    print(f"target: >= 0.9x: {'met' if ratio >= 0.9 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
