@@ -74,6 +74,9 @@ class OrchestrationConfig(BaseModel):
     worker_name: str | None = Field(
         default=None, description="Name of this host's worker (default: host name + port)."
     )
+    worker_poll_s: float = Field(
+        default=10.0, description="How often a worker asks the Prefect server for runs."
+    )
     heartbeat_s: int = Field(
         default=30, description="How often a running flow tells Prefect it is alive (>= 30)."
     )

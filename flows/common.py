@@ -112,6 +112,22 @@ def smoke_check(version: str, model, dataset) -> dict:
     return result
 
 
+def reach_shared_servers() -> None:
+    """Fail now, naming the setting, when this worker cannot reach the shared store or the
+    tracking server (rather than half-way through a run)."""
+    config = settings()
+    config.shared_store().check()  # StoreError names REFIT_STORE_URL and the credentials
+    uri = str(config.mlflow_tracking_uri)
+    if uri.startswith("http"):
+        try:
+            httpx.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise RuntimeError(
+                f"this worker cannot reach the MLflow tracking server at {uri} "
+                f"(REFIT_MLFLOW_TRACKING_URI): {type(exc).__name__}: {exc}"
+            ) from exc
+
+
 def go_live(version: str, model, dataset) -> dict:
     """After a promotion: serving loads ``version`` now, then the live smoke check."""
     with_http_retries(reload_serving)(version)

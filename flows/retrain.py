@@ -28,7 +28,7 @@ from prefect.states import Failed
 
 from core import runs
 from core.faults import failpoint
-from flows.common import go_live, log, report_links, settings
+from flows.common import go_live, log, reach_shared_servers, report_links, settings
 from pipelines import reports, submissions
 from pipelines.submissions import Queue
 
@@ -38,6 +38,7 @@ def take_submissions(submission: str | None) -> list:
     from pipelines import workspace
 
     config = settings()
+    reach_shared_servers()
     workspace.recover(config, progress=log().info)  # what a killed run left
     done = workspace.registry(config).complete_pending()  # an alias move cut short
     if done:

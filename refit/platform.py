@@ -222,6 +222,7 @@ def worker_service(settings: Settings, deploy: bool) -> Service:
             "PREFECT_WORKER_WEBSERVER_HOST": settings.host,
             "PREFECT_WORKER_WEBSERVER_PORT": str(settings.worker_port),
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(config.heartbeat_s),
+            "PREFECT_WORKER_QUERY_SECONDS": str(config.worker_poll_s),
         },
         url=f"{settings.prefect_url}/work-pools/work-pool/{config.work_pool}",
         health_url=f"http://{settings.host}:{settings.worker_port}/health",

@@ -230,6 +230,7 @@ def _env(team: Team, host: str, **extra: str) -> dict[str, str]:
         "REFIT_ORCHESTRATION__INCOMING_POLL_S": "1",
         "REFIT_ORCHESTRATION__SETTLE_S": "1",
         "REFIT_ORCHESTRATION__RETRY_AFTER_S": "5",
+        "REFIT_ORCHESTRATION__WORKER_POLL_S": "1",
         "REFIT_ORCHESTRATION__HEARTBEAT_S": "30",
         "REFIT_ORCHESTRATION__CRASHED_AFTER_S": "45",
         "REFIT_ORCHESTRATION__HTTP_RETRIES": "2",
@@ -255,6 +256,7 @@ def _env(team: Team, host: str, **extra: str) -> dict[str, str]:
 NGINX = """
 daemon off;
 user root;
+worker_processes 1;
 pid {root}/nginx.pid;
 error_log {root}/nginx-error.log;
 events {{}}
@@ -266,11 +268,14 @@ http {{
     upstream serving {{
         server {s1}:{port} max_fails=1 fail_timeout=5s;
         server {s2}:{port} max_fails=1 fail_timeout=5s;
+        keepalive 32;
     }}
     server {{
         listen {srv}:{lb};
         location / {{
             proxy_pass http://serving;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
             proxy_next_upstream error timeout http_502 http_503;
             proxy_read_timeout 300s;
         }}

@@ -199,3 +199,39 @@ def test_a_merged_class_is_removed_as_a_recorded_version(tmp_path: Path, repo) -
 
     store.checkout(merged.version.version)  # the class is still in the earlier version
     assert dataset_state(store)[1] == with_bird[1]
+
+
+def test_an_object_store_down_during_push_changes_nothing(tmp_path: Path, repo, s3_server) -> None:
+    """The DVC remote is an S3 bucket whose server is down when a merge pushes: the merge is
+    rolled back and nothing is recorded; with the store back the same batch goes in, and a
+    second copy of the dataset on a fresh disk (another worker) pulls it from S3."""
+    from dataclasses import replace
+
+    from pipelines.versions import DvcError
+    from tests.conftest import free_port
+
+    store, paths = repo
+    bucket = s3_server.bucket("refit-remote")
+    up = replace(store, remote=f"{bucket}/dvc", endpoint_url=s3_server.endpoint)
+    first = add_batch(seed_batch(tmp_path / "seed"), up, paths, IngestLimits(), POLICY, SPLIT,
+                      progress=lambda m: None)  # fmt: skip
+    before = dataset_state(store)
+    down = replace(up, endpoint_url=f"http://127.0.0.1:{free_port()}")  # nothing listens
+    batch = write_class_folders(tmp_path / "b2", {"cat": 3, "bird": 6}, seed=5)
+    with pytest.raises(DvcError, match="push"):
+        add_batch(batch, down, paths, IngestLimits(), POLICY, SPLIT, progress=lambda m: None)
+    after = dataset_state(store)
+    pd.testing.assert_frame_equal(after[0], before[0])
+    assert after[1] == before[1] and len(store.versions()) == 1
+    assert store.current_version() == first.version.version
+
+    second = add_batch(batch, up, paths, IngestLimits(), POLICY, SPLIT, progress=lambda m: None)
+    assert second.version is not None and len(store.versions()) == 2
+    elsewhere = git_repo(tmp_path / "other-host")
+    fresh = replace(up, repo=elsewhere, dataset_dir=elsewhere / "data",
+                    cache_dir=tmp_path / "other-cache")  # fmt: skip
+    from pipelines.intake import sync
+
+    sync(fresh, replace(paths, lock=tmp_path / "other.lock"), progress=lambda m: None)
+    assert fresh.current_version() == second.version.version
+    assert dataset_state(fresh)[1] == dataset_state(store)[1]
