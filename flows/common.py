@@ -46,9 +46,11 @@ def reload_serving(version: str) -> dict:
     """Ask every serving replica to load the new champion now (each would within its poll
     interval). Done only when all answer with ``version``; otherwise fails (after retries)
     naming the replicas that lag. The registry stays as it is."""
+    from concurrent.futures import ThreadPoolExecutor
+
     config = settings()
-    loaded, lagging = {}, []
-    for replica in config.serving_replicas():
+
+    def reload(replica: str):
         try:
             answer = httpx.post(
                 f"{replica}/admin/reload",
@@ -58,8 +60,17 @@ def reload_serving(version: str) -> dict:
             body = answer.json() if answer.status_code in (200, 500) else None
             if body is None:
                 answer.raise_for_status()
+            return body
         except (httpx.HTTPError, ValueError) as exc:
-            lagging.append(f"{replica} ({type(exc).__name__}: {exc})")
+            return exc
+
+    replicas = config.serving_replicas()
+    with ThreadPoolExecutor(max_workers=len(replicas)) as pool:  # all load at once
+        answers = list(pool.map(reload, replicas))
+    loaded, lagging = {}, []
+    for replica, body in zip(replicas, answers, strict=True):
+        if isinstance(body, Exception):
+            lagging.append(f"{replica} ({type(body).__name__}: {body})")
             continue
         loaded[replica] = body.get("version")
         if body.get("version") != version:
