@@ -89,6 +89,28 @@ class LivePlatform:
         )
 
 
+# Tiny data, fast polls, a gate that promotes whatever trains: the orchestration is tested.
+QUICK = {
+    "REFIT_SERVING__POLL_INTERVAL_S": "2",
+    "REFIT_ORCHESTRATION__INCOMING_POLL_S": "1",
+    "REFIT_ORCHESTRATION__SETTLE_S": "1",
+    "REFIT_ORCHESTRATION__RETRY_AFTER_S": "5",
+    "REFIT_ORCHESTRATION__WORKER_POLL_S": "1",
+    "REFIT_ORCHESTRATION__HTTP_RETRIES": "1",
+    "REFIT_ORCHESTRATION__HTTP_RETRY_DELAY_S": "1",
+    "REFIT_ORCHESTRATION__SMOKE_IMAGES": "8",
+    "REFIT_VALIDATION__MIN_IMAGES_PER_NEW_CLASS": "10",
+    "REFIT_FINETUNE__HEAD_EPOCHS": "1",
+    "REFIT_FINETUNE__EPOCHS": "1",
+    "REFIT_FINETUNE__BATCH_SIZE": "16",
+    "REFIT_GATE__MIN_ACCURACY": "0",
+    "REFIT_GATE__MIN_DELTA": "-1",
+    "REFIT_GATE__MAX_RECALL_DROP": "1",
+    "REFIT_GATE__MAX_OLD_ACCURACY_DROP": "1",
+    "REFIT_GATE__NEW_CLASS_MIN_RECALL": "0",
+}
+
+
 def start_platform(root: Path) -> LivePlatform:
     repo = git_repo(root / "repo")
     env = {
@@ -103,23 +125,7 @@ def start_platform(root: Path) -> LivePlatform:
         "REFIT_SERVING__ADMIN_TOKEN": TOKEN,
         "REFIT_FAILPOINTS": str(root / "failpoints"),  # the fault-matrix drills (core.faults)
         "COLUMNS": "200",  # `refit status` tables whole
-        "REFIT_SERVING__POLL_INTERVAL_S": "2",
-        "REFIT_ORCHESTRATION__INCOMING_POLL_S": "1",
-        "REFIT_ORCHESTRATION__SETTLE_S": "1",
-        "REFIT_ORCHESTRATION__RETRY_AFTER_S": "5",
-        "REFIT_ORCHESTRATION__WORKER_POLL_S": "1",
-        "REFIT_ORCHESTRATION__HTTP_RETRIES": "1",
-        "REFIT_ORCHESTRATION__HTTP_RETRY_DELAY_S": "1",
-        "REFIT_ORCHESTRATION__SMOKE_IMAGES": "8",
-        "REFIT_VALIDATION__MIN_IMAGES_PER_NEW_CLASS": "10",
-        "REFIT_FINETUNE__HEAD_EPOCHS": "1",
-        "REFIT_FINETUNE__EPOCHS": "1",
-        "REFIT_FINETUNE__BATCH_SIZE": "16",
-        "REFIT_GATE__MIN_ACCURACY": "0",
-        "REFIT_GATE__MIN_DELTA": "-1",
-        "REFIT_GATE__MAX_RECALL_DROP": "1",
-        "REFIT_GATE__MAX_OLD_ACCURACY_DROP": "1",
-        "REFIT_GATE__NEW_CLASS_MIN_RECALL": "0",
+        **QUICK,
     }
     platform = LivePlatform(env, root)
     started = platform.refit("up", timeout=300)

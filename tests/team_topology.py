@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import git_repo
-from tests.live_platform import TOKEN
+from tests.live_platform import QUICK, TOKEN
 from tests.servers import S3_CREDENTIALS, Postgres, S3Server, start_postgres, start_s3
 
 PREFIX = "rf"  # namespace names: rf-srv, rf-w1, ...
@@ -224,27 +224,13 @@ def _env(team: Team, host: str, **extra: str) -> dict[str, str]:
         "REFIT_SERVING__PUBLIC_URL": f"http://{srv}:{PORTS['lb']}",
         "REFIT_SERVING__REPLICAS": f'["http://{address("s1")}:{SERVING_PORT}", '
         f'"http://{address("s2")}:{SERVING_PORT}"]',
-        "REFIT_SERVING__POLL_INTERVAL_S": "2",
+        **QUICK,
         "REFIT_ORCHESTRATION__RUN_WORKER": "false",
         "REFIT_ORCHESTRATION__WATCH_DROP_FOLDER": "false",
-        "REFIT_ORCHESTRATION__INCOMING_POLL_S": "1",
-        "REFIT_ORCHESTRATION__SETTLE_S": "1",
-        "REFIT_ORCHESTRATION__RETRY_AFTER_S": "5",
-        "REFIT_ORCHESTRATION__WORKER_POLL_S": "1",
         "REFIT_ORCHESTRATION__HEARTBEAT_S": "30",
         "REFIT_ORCHESTRATION__CRASHED_AFTER_S": "45",
         "REFIT_ORCHESTRATION__HTTP_RETRIES": "2",
         "REFIT_ORCHESTRATION__HTTP_RETRY_DELAY_S": "2",
-        "REFIT_ORCHESTRATION__SMOKE_IMAGES": "8",
-        "REFIT_VALIDATION__MIN_IMAGES_PER_NEW_CLASS": "10",
-        "REFIT_FINETUNE__HEAD_EPOCHS": "1",
-        "REFIT_FINETUNE__EPOCHS": "1",
-        "REFIT_FINETUNE__BATCH_SIZE": "16",
-        "REFIT_GATE__MIN_ACCURACY": "0",
-        "REFIT_GATE__MIN_DELTA": "-1",
-        "REFIT_GATE__MAX_RECALL_DROP": "1",
-        "REFIT_GATE__MAX_OLD_ACCURACY_DROP": "1",
-        "REFIT_GATE__NEW_CLASS_MIN_RECALL": "0",
         "COLUMNS": "200",
     }
     if host != "srv":

@@ -60,9 +60,33 @@ def test_workspace_moves_every_derived_path(
 ) -> None:
     monkeypatch.setenv("REFIT_WORKSPACE", str(tmp_path / "ws"))
     settings = Settings()
-    for path in (settings.prefect_home, settings.mlflow_artifact_root, settings.run_dir):
-        assert path.is_relative_to(tmp_path / "ws")
+    for path in (settings.prefect_home, settings.mlflow_artifact_root, settings.run_dir,
+                 settings.store_url, settings.dvc_remote):  # fmt: skip
+        assert Path(str(path)).is_relative_to(tmp_path / "ws")
     assert str(tmp_path / "ws") in str(settings.mlflow_backend_uri)
+
+
+def test_a_remote_store_holds_the_dvc_remote_and_the_artifacts(monkeypatch) -> None:
+    monkeypatch.setenv("REFIT_STORE_URL", "s3://team-bucket/refit")
+    settings = Settings()
+    assert settings.dvc_remote == "s3://team-bucket/refit/dvc"
+    assert settings.mlflow_artifact_root == "s3://team-bucket/refit/mlflow"
+    assert settings.shared_store().remote and settings.local_mlflow
+
+
+def test_settings_that_point_elsewhere_start_nothing_local(monkeypatch) -> None:
+    monkeypatch.setenv("REFIT_MLFLOW_TRACKING_URI", "http://mlflow.team:5000")
+    monkeypatch.setenv("REFIT_PREFECT_API_URL", "http://prefect.team:4200/api")
+    monkeypatch.setenv("REFIT_SERVING__PUBLIC_URL", "http://lb.team:8080/")
+    monkeypatch.setenv("REFIT_ORCHESTRATION__WATCH_DROP_FOLDER", "false")
+    from refit import platform
+
+    settings = Settings()
+    assert [s.name for s in platform.services(settings)] == ["worker"]
+    assert settings.serving_replicas() == ["http://lb.team:8080"]
+    assert [s.name for s in platform.services(settings, "worker")] == ["worker"]
+    assert platform.services(settings)[0].prepare  # `refit up` deploys before its worker
+    assert not platform.services(settings, "worker")[0].prepare
 
 
 def test_explicit_tracking_uri_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:

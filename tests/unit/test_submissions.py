@@ -131,3 +131,49 @@ def test_a_judged_submission_only_goes_live_again(tmp_path: Path, queue) -> None
     with pytest.raises(ValueError):
         queue.mark_judged(again, "8", promoted=True)  # never judged twice
     queue.finish(again, "promoted", "v7")
+
+
+def test_wrong_s3_credentials_are_refused_naming_the_settings(tmp_path: Path, monkeypatch) -> None:
+    """A real S3 server that checks signatures (moto with auth on): the right key works,
+    a wrong secret is refused with a message naming the settings and the credentials."""
+    import json
+    import subprocess
+    import sys
+
+    import boto3
+
+    from core.objectstore import StoreError
+    from tests.conftest import free_port
+    from tests.servers import wait_http
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},  # the IAM set-up below
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_http(endpoint, server, "moto")  # (this request counts as one action)
+        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                           aws_access_key_id="setup", aws_secret_access_key="setup")  # fmt: skip
+        iam.create_user(UserName="refit")
+        key = iam.create_access_key(UserName="refit")["AccessKey"]
+        allow = {"Version": "2012-10-17",
+                 "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}  # fmt: skip
+        iam.put_user_policy(UserName="refit", PolicyName="s3", PolicyDocument=json.dumps(allow))
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="team")
+        Store("s3://team/shared", endpoint).check()  # the right key
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        with pytest.raises(StoreError) as refused:
+            Store("s3://team/shared", endpoint).check()
+        message = str(refused.value)
+        assert "REFIT_STORE_URL" in message and "AWS_* credentials" in message
+        assert endpoint in message
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
