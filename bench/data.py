@@ -27,6 +27,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from core.objectstore import Store
 from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
 from core.settings import get_settings
 from pipelines.dataset import class_counts, load_index, merge_batch, reference_of
@@ -77,7 +78,7 @@ def new_store(root: Path) -> DvcStore:
     repo = root / "repo"
     repo.mkdir(parents=True)
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    store = DvcStore(repo, repo / "data", str(root / "remote"), root / "cache", root / "versions")
+    store = DvcStore(repo, repo / "data", str(root / "remote"), root / "cache", Store(str(root)))
     store.ensure_initialized()
     return store
 

@@ -31,6 +31,7 @@ from pathlib import Path
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from core.objectstore import Store
 from core.settings import PROJECT_ROOT, Settings, get_settings
 from pipelines.candidate import Baseline, assess
 from pipelines.dataset import Dataset
@@ -48,7 +49,7 @@ def build_dataset(settings: Settings, work: Path) -> tuple[DvcStore, str]:
     repo = work / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    store = DvcStore(repo, repo / "data", str(work / "remote"), work / "cache", work / "versions")
+    store = DvcStore(repo, repo / "data", str(work / "remote"), work / "cache", Store(str(work)))
     paths = IntakePaths(work / "staging", work / "quarantine", work / "batches", work / "lock")
     quiet = dict(progress=lambda m: None)
     for part in ("seed", "incoming"):

@@ -191,9 +191,6 @@ def _recover(store: DvcStore, paths: IntakePaths, progress: Progress) -> None:
 
 
 def _sync(store: DvcStore, progress: Progress) -> None:
-    if not store.versions():
-        return
-    store.ensure_initialized()
     if (synced := store.sync()) is not None:
         progress(f"Checked out dataset version {synced.version[:12]} (recorded by another host)")
 

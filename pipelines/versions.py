@@ -135,6 +135,7 @@ class DvcStore:
         recorded = self.versions()
         if not recorded or self.current_version() == recorded[-1].version:
             return None
+        self.ensure_initialized()  # a fresh copy: DVC, its cache and remote first
         return self.checkout(recorded[-1].version)
 
     def add_version(

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.objectstore import Store
 from core.policies import ValidationPolicy
 from core.settings import PROJECT_ROOT, Settings
 from pipelines.intake import IntakePaths, add_batch
@@ -35,7 +36,7 @@ def test_dvc_repro_validates_a_batch_and_trains_and_evaluates(tmp_path: Path) ->
     )
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     work = tmp_path / "workspace"
-    store = DvcStore(repo, repo / "data", str(work / "remote"), work / "cache", work / "versions")
+    store = DvcStore(repo, repo / "data", str(work / "remote"), work / "cache", Store(str(work)))
     paths = IntakePaths(work / "staging", work / "quarantine", work / "batches", work / "lock")
     first = write_class_folders(tmp_path / "first", {"cat": 8, "dog": 8}, seed=1)
     added = add_batch(

@@ -307,6 +307,7 @@ def small_disk(tmp_path):
 def test_a_full_disk_during_a_merge_changes_nothing(tmp_path, small_disk) -> None:
     """Real intake and DVC on a dataset whose filesystem fills up while a batch is merged:
     a clear error, the dataset and data.dvc as they were, nothing left half-merged."""
+    from core.objectstore import Store
     from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
     from pipelines.dataset import DiskFull, load_index
     from pipelines.intake import IntakePaths, add_batch
@@ -315,7 +316,7 @@ def test_a_full_disk_during_a_merge_changes_nothing(tmp_path, small_disk) -> Non
 
     repo = git_repo(small_disk / "repo")
     store = DvcStore(
-        repo, repo / "data", str(tmp_path / "remote"), tmp_path / "cache", tmp_path / "versions"
+        repo, repo / "data", str(tmp_path / "remote"), tmp_path / "cache", Store(str(tmp_path))
     )
     paths = IntakePaths(
         tmp_path / "staging",
