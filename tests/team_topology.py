@@ -125,7 +125,12 @@ class Team:
         from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
         user, _, password = MLFLOW_AUTH.partition(":")
-        mlflow_env = {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+        mlflow_env = {
+            "MLFLOW_TRACKING_USERNAME": user,
+            "MLFLOW_TRACKING_PASSWORD": password,
+            "MLFLOW_TRACKING_URI": self.mlflow_url,  # not the session's live platform
+            "MLFLOW_REGISTRY_URI": self.mlflow_url,
+        }
 
         @contextlib.contextmanager
         def context():
@@ -153,7 +158,7 @@ class Team:
 
         try:
             return (
-                MlflowClient(self.mlflow_url)
+                MlflowClient(self.mlflow_url, self.mlflow_url)
                 .get_model_version_by_alias("refit-classifier", "champion")
                 .version
             )
@@ -188,11 +193,16 @@ class Team:
                 proc.send_signal(signal.SIGKILL)
 
     def stop(self) -> None:
-        for host in reversed(self.started):
+        from concurrent.futures import ThreadPoolExecutor
+
+        def down(host: str) -> None:
             try:
                 self.refit(host, "down", timeout=120)
             except Exception as exc:  # keep stopping the others
                 print(f"refit down on {host}: {exc}")
+
+        with ThreadPoolExecutor(max_workers=len(HOSTS)) as pool:  # hosts stop side by side
+            list(pool.map(down, self.started))
         if self.nginx is not None:
             self.nginx.terminate()
             self.nginx.wait(timeout=15)

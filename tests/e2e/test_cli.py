@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import git_repo, write_class_folders
+from tests.conftest import git_repo
 
 pytestmark = pytest.mark.e2e
 
@@ -47,36 +47,6 @@ def test_hostile_batch_gets_a_clear_error_and_no_traceback(tmp_path: Path, env) 
     assert (Path(env["REFIT_WORKSPACE"]) / "quarantine").is_dir()
 
 
-def test_data_and_model_commands(tmp_path: Path, env) -> None:
-    batch = write_class_folders(tmp_path / "batch", {"cat": 10, "dog": 10}, seed=1)
-    added = refit(env, "data", "add", str(batch))
-    assert added.returncode == 0, added.stdout + added.stderr
-    assert "Dataset version" in added.stdout
-    assert "batch-" in refit(env, "data", "versions").stdout
-
-    import keras
-
-    inputs = keras.Input((24, 24, 3))
-    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs))
-    keras.Model(inputs, outputs).save(tmp_path / "user.keras")
-    imported = refit(env, "model", "import", str(tmp_path / "user.keras"), "--classes",
-                     "cat,dog", "--out", str(tmp_path / "imported.keras"))  # fmt: skip
-    assert imported.returncode == 0, imported.stdout + imported.stderr
-    refused = refit(env, "model", "import", str(tmp_path / "user.keras"), "--classes", "cat")
-    assert refused.returncode == 1 and "2 outputs but 1 class names" in refused.stderr
-
-    registered = refit(env, "model", "register", str(tmp_path / "imported.keras"))
-    assert registered.returncode == 0, registered.stdout + registered.stderr
-    assert "no baseline" in registered.stdout and "promoted to champion" in registered.stdout
-    listed = refit(env, "model", "list").stdout
-    assert "champion" in listed
-    exported = refit(env, "model", "export", "--out", str(tmp_path / "champion.h5"))
-    assert exported.returncode == 0 and (tmp_path / "champion.h5").stat().st_size > 0
-    rollback = refit(env, "model", "rollback", "--reason", "test")
-    assert rollback.returncode == 1 and "no previous version" in rollback.stderr
-    assert "Traceback" not in rollback.stderr
-
-
 def test_story_builtin_model_meets_truck(tmp_path: Path, env) -> None:
     """The user's story on the embedded sample, command by command (short fine-tuning)."""
     from core.settings import PROJECT_ROOT
@@ -86,6 +56,8 @@ def test_story_builtin_model_meets_truck(tmp_path: Path, env) -> None:
     assert refit(env, "sample", "unpack", str(tmp_path / "sample")).returncode == 0
     seed = refit(env, "data", "add", str(tmp_path / "sample" / "seed"))
     assert seed.returncode == 0, seed.stdout + seed.stderr
+    assert "Dataset version" in seed.stdout
+    assert "batch-" in refit(env, "data", "versions").stdout
     # The pointer committed at the repository root is exactly this first dataset version.
     committed, made = (
         yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
@@ -95,6 +67,13 @@ def test_story_builtin_model_meets_truck(tmp_path: Path, env) -> None:
     first = refit(env, "model", "register", str(PROJECT_ROOT / "models/builtin/model.keras"))
     assert first.returncode == 0, first.stdout + first.stderr
     assert "promoted to champion" in first.stdout  # 9 classes judged; truck has no train data
+    assert "no baseline" in first.stdout
+    assert "champion" in refit(env, "model", "list").stdout
+    exported = refit(env, "model", "export", "--out", str(tmp_path / "champion.h5"))
+    assert exported.returncode == 0 and (tmp_path / "champion.h5").stat().st_size > 0
+    rollback = refit(env, "model", "rollback", "--reason", "test")
+    assert rollback.returncode == 1 and "no previous version" in rollback.stderr
+    assert "Traceback" not in rollback.stderr
     incoming = refit(env, "data", "add", str(tmp_path / "sample" / "incoming"))
     assert incoming.returncode == 0 and "new classes: truck" in incoming.stdout
     tuned = refit(env, "train", "finetune")
@@ -126,6 +105,8 @@ def test_story_bring_your_own_model(tmp_path: Path, env) -> None:
                      "--labels", str(tmp_path / "classes.txt"), "--calibrate", str(seed),
                      "--out", str(tmp_path / "signs.keras"))  # fmt: skip
     assert imported.returncode == 0, imported.stdout + imported.stderr
+    refused = refit(env, "model", "import", str(tmp_path / "signs.h5"), "--classes", "one")
+    assert refused.returncode == 1 and "8 outputs but 1 class names" in refused.stderr
     assert "pixel range 0-1 chosen by calibration" in imported.stdout
     assert "pixels 0-1" in imported.stdout
     first = refit(env, "model", "register", str(tmp_path / "signs.keras"))

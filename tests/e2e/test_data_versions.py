@@ -201,7 +201,9 @@ def test_a_merged_class_is_removed_as_a_recorded_version(tmp_path: Path, repo) -
     assert dataset_state(store)[1] == with_bird[1]
 
 
-def test_an_object_store_down_during_push_changes_nothing(tmp_path: Path, repo, s3_server) -> None:
+def test_an_object_store_down_during_push_changes_nothing(
+    tmp_path: Path, repo, s3_server, monkeypatch
+) -> None:
     """The DVC remote is an S3 bucket whose server is down when a merge pushes: the merge is
     rolled back and nothing is recorded; with the store back the same batch goes in, and a
     second copy of the dataset on a fresh disk (another worker) pulls it from S3."""
@@ -210,6 +212,7 @@ def test_an_object_store_down_during_push_changes_nothing(tmp_path: Path, repo, 
     from pipelines.versions import DvcError
     from tests.conftest import free_port
 
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # DVC gives up at once on the dead endpoint
     store, paths = repo
     bucket = s3_server.bucket("refit-remote")
     up = replace(store, remote=f"{bucket}/dvc", endpoint_url=s3_server.endpoint)

@@ -25,14 +25,14 @@ from tests.live_platform import COLOURS, LivePlatform, ensure_champion, wait_for
 
 pytestmark = pytest.mark.e2e
 
-# Where each kill leaves the submission, and whether the champion has moved by then.
+# Where each kill leaves the submission, and whether the champion has moved by then. The
+# other failpoints are broken elsewhere: `merge.swapped` (and every step inside a merge) in
+# tests/e2e/test_data_versions.py, `merged` (killed while training) in test_orchestration.py
+# and test_team.py; `judged` leaves the state `live` does.
 KILLS = {
-    "merge.swapped": ("pending", False),  # the merge is undone; nothing versioned
     "merge.versioned": ("pending", False),  # versioned: kept, then found already merged
-    "merged": ("merged", False),
     "registered": ("merged", False),  # registered: resumed at promotion, never retrained
     "promote.intent": ("merged", False),  # the intent is dropped; promotion is redone
-    "judged": ("judged", True),
     "live": ("judged", True),  # serving reloads again; nothing else is repeated
 }
 
@@ -367,18 +367,16 @@ def _announced(submission: str) -> bool:
 
 
 def test_prefect_restarted_with_runs_queued_keeps_first_in_first_out(live) -> None:
-    """The Prefect server dies while one run works (held at a failpoint) and two more
-    submissions wait; after `refit up` all three are processed once each, oldest first,
-    and each names the run that took it."""
+    """The Prefect server dies while one run works (held at a failpoint) and another
+    submission waits; after `refit up` both are processed once each, oldest first, and each
+    names the run that took it."""
     ensure_champion(live)
     drill = arm(live, "take pause")
     held = reached(drill, "take")
     first = submit(live, live.batch("fifo-1", COLOURS[:3], 8, seed=14))
     try:
         wait_for(held.exists, 300, "the first run to start", poll=0.2)
-        queued = [
-            submit(live, live.batch(f"fifo-{n}", COLOURS[:3], 8, seed=14 + n)) for n in (2, 3)
-        ]
+        queued = [submit(live, live.batch("fifo-2", COLOURS[:3], 8, seed=16))]
         for submission in queued:
             wait_for(lambda s=submission: _announced(s), 60, f"a run for {submission}")
         _kill_tree(server_pid(live, "prefect"))
@@ -396,4 +394,4 @@ def test_prefect_restarted_with_runs_queued_keeps_first_in_first_out(live) -> No
     batches = [_state(live, s)["batch_id"] for s in order]
     assert sorted(batches, key=merged.index) == batches  # first in, first out
     taken_by = [runs.find_submission_run(s) for s in order]
-    assert None not in taken_by and len(set(taken_by)) == 3, taken_by
+    assert None not in taken_by and len(set(taken_by)) == 2, taken_by
