@@ -68,9 +68,6 @@ def test_story_builtin_model_meets_truck(tmp_path: Path, env) -> None:
     assert first.returncode == 0, first.stdout + first.stderr
     assert "promoted to champion" in first.stdout  # 9 classes judged; truck has no train data
     assert "no baseline" in first.stdout
-    assert "champion" in refit(env, "model", "list").stdout
-    exported = refit(env, "model", "export", "--out", str(tmp_path / "champion.h5"))
-    assert exported.returncode == 0 and (tmp_path / "champion.h5").stat().st_size > 0
     rollback = refit(env, "model", "rollback", "--reason", "test")
     assert rollback.returncode == 1 and "no previous version" in rollback.stderr
     assert "Traceback" not in rollback.stderr
@@ -105,8 +102,6 @@ def test_story_bring_your_own_model(tmp_path: Path, env) -> None:
                      "--labels", str(tmp_path / "classes.txt"), "--calibrate", str(seed),
                      "--out", str(tmp_path / "signs.keras"))  # fmt: skip
     assert imported.returncode == 0, imported.stdout + imported.stderr
-    refused = refit(env, "model", "import", str(tmp_path / "signs.h5"), "--classes", "one")
-    assert refused.returncode == 1 and "8 outputs but 1 class names" in refused.stderr
     assert "pixel range 0-1 chosen by calibration" in imported.stdout
     assert "pixels 0-1" in imported.stdout
     first = refit(env, "model", "register", str(tmp_path / "signs.keras"))

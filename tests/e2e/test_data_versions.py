@@ -3,6 +3,7 @@ crashes in the middle of a merge that leave the dataset as it was."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -174,6 +175,29 @@ def test_killed_merge_leaves_dataset_unchanged(tmp_path: Path, repo, point: str)
 
     retried = add(batch, repo)  # the batch is still there to be retried, and goes in
     assert retried.version is not None and len(store.versions()) == 2
+
+
+def test_killed_after_versioning_the_merge_is_kept_and_recognised(tmp_path: Path, repo) -> None:
+    """Killed at the real failpoint `merge.versioned` (the version recorded, the old state
+    not yet dropped): recovery keeps the new version, and the same batch again is found
+    already merged, never versioned twice."""
+    store, paths = repo
+    add(seed_batch(tmp_path / "seed"), repo)
+    batch = write_class_folders(tmp_path / "b2", {"cat": 4, "bird": 6}, seed=5)
+    drill = tmp_path / "drill"
+    drill.write_text("merge.versioned kill\n")
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASHER, "failpoint", str(store.repo), str(paths.lock.parent),
+         str(batch)],
+        capture_output=True, text=True, env={**os.environ, "REFIT_FAILPOINTS": str(drill)},
+    )  # fmt: skip
+    assert crashed.returncode == -9, crashed.stderr
+    assert len(store.versions()) == 2
+    again = add(batch, repo)  # recovers first, then recognises the batch by its content id
+    assert again.version is not None and again.version.version == store.versions()[-1].version
+    assert len(store.versions()) == 2 and store.current_version() == again.version.version
+    assert sorted(load_index(store.dataset_dir)["label"].unique()) == ["bird", "cat", "dog"]
+    assert not [p for p in store.dataset_dir.parent.iterdir() if ".previous-" in p.name]
 
 
 def test_a_merged_class_is_removed_as_a_recorded_version(tmp_path: Path, repo) -> None:

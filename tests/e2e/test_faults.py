@@ -26,11 +26,10 @@ from tests.live_platform import COLOURS, LivePlatform, ensure_champion, wait_for
 pytestmark = pytest.mark.e2e
 
 # Where each kill leaves the submission, and whether the champion has moved by then. The
-# other failpoints are broken elsewhere: `merge.swapped` (and every step inside a merge) in
-# tests/e2e/test_data_versions.py, `merged` (killed while training) in test_orchestration.py
-# and test_team.py; `judged` leaves the state `live` does.
+# other failpoints are broken elsewhere: the merge's (`merge.swapped`, `merge.versioned` and
+# four more kill points) in tests/e2e/test_data_versions.py, `merged` (killed while
+# training) in test_orchestration.py and test_team.py; `judged` leaves the state `live` does.
 KILLS = {
-    "merge.versioned": ("pending", False),  # versioned: kept, then found already merged
     "registered": ("merged", False),  # registered: resumed at promotion, never retrained
     "promote.intent": ("merged", False),  # the intent is dropped; promotion is redone
     "live": ("judged", True),  # serving reloads again; nothing else is repeated
