@@ -64,15 +64,45 @@ def bootstrap(model: Path, seed: Path) -> None:
         raise RuntimeError(f"bootstrap: {final.message}")
 
 
-def submit_to_answer(submit, public_url: str) -> float:
-    """Seconds from submitting until the public URL answers with a new version."""
+STEPS: dict[str, dict[str, list[float]]] = {}  # topology -> step -> seconds
+
+
+def submit_to_answer(submit, public_url: str, topology: str) -> float:
+    """Seconds from submitting until the public URL answers with a new version; the run's
+    steps are kept in STEPS."""
+    from core import runs
+
     before = served(public_url)
     started = time.perf_counter()
     done = submit()
     if "Submitted" not in done.stdout:
         raise RuntimeError(done.stdout + done.stderr)
     wait(lambda: served(public_url) not in (None, before), 900, "the new champion", poll=0.25)
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    submission = done.stdout.split("Submitted", 1)[1].split()[0].rstrip(";:.")
+    view = runs.follow(runs.find_submission_run(submission), lambda v: None, timeout_s=300)
+    steps = STEPS.setdefault(topology, {})
+    for step in view.steps:
+        steps.setdefault(step["name"], []).append(step["seconds"] or 0.0)
+    steps.setdefault("(run total)", []).append(runs_total(view.id))
+    return elapsed
+
+
+def runs_total(run_id: str) -> float:
+    import uuid
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(uuid.UUID(run_id)).total_run_time.total_seconds()
+
+
+def print_steps() -> None:
+    print("\nretrain run steps, mean seconds")
+    print(f"{'step':<28}" + "".join(f"{t:>12}" for t in STEPS))
+    for name in dict.fromkeys(n for steps in STEPS.values() for n in steps):
+        cells = [np.mean(STEPS[t][name]) if name in STEPS[t] else 0.0 for t in STEPS]
+        print(f"{name:<28}" + "".join(f"{c:>12.1f}" for c in cells))
 
 
 def jpegs(count: int) -> list[bytes]:
@@ -117,6 +147,7 @@ def main() -> None:
                 submit_to_answer(
                     lambda b=b: local.refit("data", "submit", str(b), "--no-follow"),
                     local.serving_url,
+                    "one host",
                 )
                 for b in batches
             ]
@@ -135,6 +166,7 @@ def main() -> None:
                     submit_to_answer(
                         lambda b=b: team.refit("s1", "data", "submit", str(b), "--no-follow"),
                         team.lb_url,
+                        "team",
                     )
                     for b in batches
                 ]
@@ -151,6 +183,7 @@ def main() -> None:
     print(f"{'refit up, one host':<34}{one_host:>10.1f}{1:>8.2f}")
     print(f"{'team (namespaces, S3, Postgres)':<34}{team_time:>10.1f}{team_time / one_host:>8.2f}")
     print(f"target: team <= 1.2x one host: {'met' if team_time <= 1.2 * one_host else 'NOT met'}")
+    print_steps()
     print(f"\nserving, 16 clients, {args.seconds:.0f} s of single 32x32 JPEGs")
     print(f"{'':<34}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'ratio':>8}")
     for name, (rate, p50, p99, errors) in (
