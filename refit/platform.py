@@ -49,8 +49,8 @@ class Service:
     command: list[str]
     env: dict[str, str]
     url: str
-    health_url: str
-    port: int
+    health_url: str | None  # None: no HTTP endpoint, healthy while its process lives
+    port: int | None
     needs: tuple[str, ...] = ()  # services that must answer before this one starts
     prepare: tuple[str, ...] = ()  # a command that must succeed first (e.g. deploy)
 
@@ -239,8 +239,8 @@ def _watcher_service(settings: Settings) -> Service:
         command=[sys.executable, "-m", "flows.watcher"],
         env={**tool_environment(settings), **_refit_env(settings)},
         url=str(settings.incoming_dir),
-        health_url="",  # no port: alive is healthy
-        port=0,
+        health_url=None,
+        port=None,
         needs=_local_needs(settings),
     )
 
@@ -300,13 +300,15 @@ def read_pid_record(path: Path) -> PidRecord | None:
 
 
 def is_healthy(url: str, timeout: float = 2.0) -> bool:
-    """Whether ``url`` answers HTTP 2xx (a service without one is healthy while alive)."""
-    if not url:
-        return True
+    """Whether ``url`` answers HTTP 2xx."""
     try:
         return httpx.get(url, timeout=timeout).is_success
     except httpx.HTTPError:
         return False
+
+
+def _answers(service: Service) -> bool:
+    return service.health_url is None or is_healthy(service.health_url)
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -324,7 +326,7 @@ def service_status(settings: Settings, service: Service) -> ServiceStatus:
         return ServiceStatus(service, State.ORPHANED, record.pid)
     if record is None or record.process() is None:
         return ServiceStatus(service, State.STALE, record.pid if record else None)
-    state = State.HEALTHY if is_healthy(service.health_url) else State.UNHEALTHY
+    state = State.HEALTHY if _answers(service) else State.UNHEALTHY
     return ServiceStatus(service, state, record.pid)
 
 
@@ -390,7 +392,7 @@ def up(
             to_start.append(current.service)
     for service in to_start:
         _stop_and_forget(settings, service)
-        if service.port and port_in_use(settings.host, service.port):
+        if service.port is not None and port_in_use(settings.host, service.port):
             raise PlatformError(
                 f"{service.title}: port {service.port} on {settings.host} is already used "
                 f"by another process; stop it or choose another port "
@@ -472,7 +474,7 @@ def _wait_healthy(
                     f"{service.title} exited during start-up. End of "
                     f"{log_file(settings, service)}:\n{_log_tail(log_file(settings, service))}"
                 )
-            if is_healthy(service.health_url):
+            if _answers(service):
                 waiting.remove((service, record))
                 on_ready(service)
         if waiting and time.monotonic() > deadline:
