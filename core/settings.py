@@ -17,6 +17,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -138,6 +139,43 @@ class ServingConfig(BaseModel):
     )
     admin_token_file: Path | None = Field(
         default=None, description="A file holding the admin token (a mounted secret)."
+    )
+
+
+class LoopConfig(BaseModel):
+    """Closing the loop: the prediction log, drift checks and the label queue."""
+
+    log_predictions: bool = Field(
+        default=True, description="Serving records live requests in the prediction log."
+    )
+    sample_rate: float = Field(
+        default=1.0, ge=0, le=1, description="Share of requests the log records."
+    )
+    log_url: str | None = Field(
+        default=None,
+        description="Where the prediction log lives (a folder or s3://...; default: "
+        "`predictions/` in the shared store).",
+    )
+    max_log_bytes: int = Field(
+        default=2_000_000_000, description="The log's size cap: the oldest entries go first."
+    )
+    max_log_age_days: float = Field(default=30.0, description="Entries older than this go.")
+    flush_s: float = Field(
+        default=2.0, description="How often the background writer writes what it holds."
+    )
+    max_pending: int = Field(
+        default=2000, description="Entries held for the writer; beyond, new ones are dropped."
+    )
+    drift_images: int = Field(default=1000, description="Newest log entries a drift check uses.")
+    drift_permutations: int = Field(default=200, description="Permutations of the MMD test.")
+    drift_cron: str = Field(
+        default="0 * * * *", description="When the live drift check runs (cron; hourly)."
+    )
+    on_drift: Literal["event", "retrain"] = Field(
+        default="event",
+        description="When the live log drifts: emit the Prefect event `refit.drift.detected` "
+        "(see it in the Prefect UI; hang notifications on it), or also start a retrain "
+        "(an automation) that takes every pending batch.",
     )
 
 
@@ -295,6 +333,7 @@ class Settings(BaseSettings):
     gate: GatePolicy = Field(default_factory=GatePolicy)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -383,6 +422,14 @@ class Settings(BaseSettings):
         from core.objectstore import Store
 
         return Store(str(self.store_url), self.store_endpoint_url)
+
+    def prediction_log_store(self):
+        """Where the prediction log lives (``loop.log_url``, else the shared store's
+        ``predictions/``)."""
+        from core.objectstore import Store
+
+        url = self.loop.log_url or self.shared_store().path("predictions")
+        return Store(url, self.store_endpoint_url)
 
     run_dir = _in_workspace("run", "Pid files of the background servers.")
     log_dir = _in_workspace("logs", "Log files of the background servers.")

@@ -171,6 +171,7 @@ def record(
             decision_markdown=decision.markdown(),
             dataset=dataset,
             reference_images=holdout.x[:: max(1, len(holdout.x) // 32)][:32],
+            training_features=_training_features(challenger, dataset),
         )
     failpoint("registered")
     promoted, note = decision.passed, ""
@@ -195,6 +196,13 @@ def record(
         promoted,
         note,
     )
+
+
+def _training_features(challenger: LoadedModel, dataset: Dataset | None) -> bytes | None:
+    from pipelines.features import training_features
+
+    found = training_features(challenger, dataset) if dataset is not None else None
+    return found.to_bytes() if found is not None else None
 
 
 def resume_recorded(registry: Registry, submission: str) -> tuple[str, bool] | None:

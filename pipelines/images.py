@@ -97,7 +97,7 @@ def to_model_input(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """An accepted image file as RGB (see :func:`to_rgb`)."""
+    """An accepted image file (a path or a file object) as RGB (see :func:`to_rgb`)."""
     with Image.open(path) as image:
         return to_rgb(image)
 
@@ -199,3 +199,33 @@ def stratified_sample(y: np.ndarray, total: int, seed: int) -> np.ndarray:
     per_class = math.ceil(total / max(len(classes), 1))
     picked = [rng.permutation(np.flatnonzero(y == c))[:per_class] for c in classes]
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+
+
+def thumbnail_grid(
+    images: list, captions: list[str], size: int = 64, columns: int = 8
+) -> bytes:
+    """A PNG grid of thumbnails (encoded image bytes or uint8 arrays) with a caption under
+    each: what a report shows of the images it names."""
+    import io
+
+    from PIL import ImageDraw
+
+    rows = max(1, math.ceil(len(images) / columns))
+    cell_h = size + 14
+    sheet = Image.new("RGB", (columns * size, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
+        try:
+            if isinstance(image, np.ndarray):
+                picture = Image.fromarray(image)
+            else:
+                picture = load_rgb(io.BytesIO(image) if isinstance(image, bytes) else image)
+        except Exception:  # a logged image retention removed, or unreadable: a grey cell
+            picture = Image.new("RGB", (size, size), "#ccc")
+        picture.thumbnail((size, size))
+        x, y = (i % columns) * size, (i // columns) * cell_h
+        sheet.paste(picture, (x + (size - picture.width) // 2, y))
+        draw.text((x + 2, y + size), caption[: size // 6], fill="black")
+    out = io.BytesIO()
+    sheet.save(out, "PNG")
+    return out.getvalue()

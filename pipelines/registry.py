@@ -171,12 +171,15 @@ class Registry:
         decision_markdown: str,
         dataset: Dataset | None = None,
         reference_images: np.ndarray | None = None,
+        training_features: bytes | None = None,
     ) -> tuple[str, str]:
         """Log a candidate's run (``run``: name, params, curves; plus ``tags``, ``metrics``
         and ``artifacts``) and register its model as a new version.
 
         ``reference_images`` (a few holdout images, uint8) travel with the version so that
-        serving can check its ONNX export against Keras on real images.
+        serving can check its ONNX export against Keras on real images;
+        ``training_features`` (``pipelines.features.TrainingFeatures`` bytes) let drift
+        checks and the label queue compare live images with the training images.
 
         Returns:
             (run id, registered version). No alias moves here.
@@ -207,7 +210,7 @@ class Registry:
                 mlflow.set_tags(all_tags)
                 failpoint("register")
                 _log_record(run, metrics, artifacts, decision_markdown, dataset)
-                self._log_files(model, reference_images)
+                self._log_files(model, reference_images, training_features)
                 info = _log_keras(model)
                 registered = self.client.create_model_version(
                     self.name,
@@ -244,7 +247,9 @@ class Registry:
         return ended
 
     @staticmethod
-    def _log_files(model: LoadedModel, reference_images: np.ndarray | None) -> None:
+    def _log_files(
+        model: LoadedModel, reference_images: np.ndarray | None, features: bytes | None
+    ) -> None:
         """The Refit model file and the reference images, where the contract says."""
         import mlflow
 
@@ -255,6 +260,10 @@ class Registry:
                 images = Path(tmp) / contract.REFERENCE_NAME
                 np.save(images, reference_images.astype(np.uint8))
                 mlflow.log_artifact(str(images), contract.REFERENCE_DIR)
+            if features is not None:
+                path = Path(tmp) / Path(contract.TRAINING_FEATURES_ARTIFACT).name
+                path.write_bytes(features)
+                mlflow.log_artifact(str(path), contract.REFERENCE_DIR)
 
     # -- aliases and history -------------------------------------------------------------
 
@@ -452,6 +461,27 @@ class Registry:
             if tag in mv.tags:
                 card[tag] = mv.tags[tag]
         return LoadedModel(model, json.loads(mv.tags[contract.CLASS_NAMES_TAG]), card)
+
+    def training_features(self, version: str) -> bytes | None:
+        """The training features logged with ``version``, or None (registered before Refit
+        logged them, or without a dataset)."""
+        import mlflow.artifacts
+
+        def read() -> bytes | None:
+            run_id = self.client.get_model_version(self.name, version).run_id
+            logged = {a.path for a in self.client.list_artifacts(run_id, contract.REFERENCE_DIR)}
+            if contract.TRAINING_FEATURES_ARTIFACT not in logged:
+                return None
+            with tempfile.TemporaryDirectory() as tmp:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=run_id,
+                    artifact_path=contract.TRAINING_FEATURES_ARTIFACT,
+                    dst_path=tmp,
+                    tracking_uri=self.config.tracking_uri,
+                )
+                return Path(path).read_bytes()
+
+        return self._call("read the training features", read)
 
     def export(self, ref: str, out: Path) -> Path:
         """Write a version or alias as a Refit model file (.keras, or .h5 for older tools)."""

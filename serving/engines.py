@@ -1,5 +1,8 @@
 """Inference engines: how a loaded Keras model turns a uint8 image batch into probabilities.
 
+Every engine answers probabilities and the image's features (the input of the ``logits``
+layer) from one call: the prediction log keeps both.
+
 - :class:`KerasEngine` calls the model through one ``tf.function`` (never ``model.predict``
   per request: that costs ~80 ms of overhead per call).
 - :class:`OnnxEngine` runs the model's frozen graph in ONNX Runtime, about 4x faster per
@@ -14,13 +17,22 @@ from typing import Protocol
 
 import numpy as np
 
+from core.contract import FEATURES_LAYER
+
 
 class Engine(Protocol):
     name: str
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities (N, K) for uint8 images (N, H, W, 3)."""
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (N, K) and features (N, D) for uint8 images (N, H, W, 3)."""
         ...
+
+
+def with_features(model):
+    """The model with two outputs: its probabilities and its features."""
+    import keras
+
+    return keras.Model(model.inputs, [model.output, model.get_layer(FEATURES_LAYER).input])
 
 
 class KerasEngine:
@@ -29,12 +41,14 @@ class KerasEngine:
     def __init__(self, model) -> None:
         import tensorflow as tf
 
+        both = with_features(model)
         self._call = tf.function(
-            lambda x: model(x, training=False), reduce_retracing=True, autograph=False
+            lambda x: both(x, training=False), reduce_retracing=True, autograph=False
         )
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self._call(images.astype(np.float32)).numpy()
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, features = self._call(images.astype(np.float32))
+        return probs.numpy(), features.numpy()
 
 
 class OnnxEngine:
@@ -51,8 +65,9 @@ class OnnxEngine:
         )
         self._input = self._session.get_inputs()[0].name
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: images.astype(np.float32)})[0]
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, features = self._session.run(None, {self._input: images.astype(np.float32)})
+        return probs, features
 
 
 def _to_onnx(model) -> bytes:
@@ -65,7 +80,8 @@ def _to_onnx(model) -> bytes:
     )
 
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="image")
-    concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    both = with_features(model)
+    concrete = tf.function(lambda x: both(x, training=False)).get_concrete_function(spec)
     frozen = convert_variables_to_constants_v2(concrete)
     graph_def = frozen.graph.as_graph_def()
     proto, _ = tf2onnx.convert.from_graph_def(
@@ -94,7 +110,7 @@ def best_engine(
         return EngineChoice(keras_engine, None, "Keras chosen in settings")
     try:
         onnx_engine = OnnxEngine(model)
-        diff = float(np.abs(onnx_engine(reference) - keras_engine(reference)).max())
+        diff = float(np.abs(onnx_engine(reference)[0] - keras_engine(reference)[0]).max())
     except Exception as exc:  # any export or runtime failure means: use Keras
         if preference == "onnx":
             raise

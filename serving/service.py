@@ -12,8 +12,10 @@ Two services, one ``bentoml serve serving.service:Refit``:
   ``/readyz`` (ready once the champion is loaded and warmed) and ``/metrics`` (Prometheus).
 
 ``classify`` returns one row per image: column 0 is the version of the model that answered
-(NaN when there is no champion), the rest its probabilities. A request is thus answered by
-exactly one complete model even while the champion is being swapped.
+(NaN when there is no champion), then its K probabilities, then (with the prediction log
+on) the image's features. A request is thus answered by exactly one complete model even
+while the champion is being swapped. The public service hands each answer to the
+prediction log's background writer (``pipelines.predlog``) and returns.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Classifier:
         source = RegistrySource.from_settings(settings)
         self.holder = ChampionHolder(source, config.engine, config.onnx_tolerance)
         self.described: dict[str, dict] = {}
+        self.with_features = settings.loop.log_predictions
         self.reload()
         self.holder.watch(config.poll_interval_s)
 
@@ -90,9 +93,12 @@ class Classifier:
         champion = self.holder.current
         if champion is None or images.shape[1:3] != champion.input_size:
             return np.full((len(images), 1), np.nan, dtype=np.float32)
-        probs = champion.predict(images)
+        probs, features = champion.predict(images)
         version = np.full((len(images), 1), float(champion.version), dtype=np.float32)
-        return np.concatenate([version, probs.astype(np.float32)], axis=1)
+        columns = [version, probs.astype(np.float32)]
+        if self.with_features:  # for the prediction log, from the same call
+            columns.append(features.astype(np.float32))
+        return np.concatenate(columns, axis=1)
 
     @bentoml.api
     def describe(self, version: str = "") -> dict:
@@ -214,6 +220,12 @@ class Refit:
         self.models: dict[str, dict] = {}
         self.input_size: tuple[int, int] | None = None
         self.in_flight = 0  # model calls under way in this worker
+        settings = get_settings()
+        self.log = None
+        if settings.loop.log_predictions:
+            from pipelines.predlog import LogWriter
+
+            self.log = LogWriter(settings.prediction_log_store(), settings.loop)
 
     async def __is_ready__(self) -> bool:
         """Ready once the classifier has a champion loaded and warmed (answers within 3 s;
@@ -282,12 +294,15 @@ class Refit:
         else:
             return error(503, "the model was being replaced; try again")
         version = str(int(versions[0]))
-        probs = rows[:, 1:]
-        if tta:
-            probs = (probs[: len(images)] + probs[len(images) :]) / 2
         model = await self._model(version)
         if model is None:
             return error(503, f"model version {version} is no longer served; try again")
+        classes = model["classes"]
+        probs, features = rows[:, 1 : 1 + len(classes)], rows[:, 1 + len(classes) :]
+        if tta:
+            probs = (probs[: len(images)] + probs[len(images) :]) / 2
+        if self.log is not None and features.shape[1]:
+            self.log.record(uploads, version, classes, probs, features[: len(images)])
         return {
             "model_version": version,
             "predictions": [
