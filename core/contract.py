@@ -56,3 +56,26 @@ def alias_version(client, model_name: str, alias: str) -> str | None:
             return None
         raise
     return None if found is None else str(found)
+
+
+def training_features(client, name: str, version: str, tracking_uri: str) -> bytes | None:
+    """The training features logged with a version (``pipelines.features.TrainingFeatures``
+    bytes), or None for a version registered before Refit kept them."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow.artifacts
+
+    run_id = client.get_model_version(name, version).run_id
+    if TRAINING_FEATURES_ARTIFACT not in {
+        a.path for a in client.list_artifacts(run_id, REFERENCE_DIR)
+    }:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path=TRAINING_FEATURES_ARTIFACT,
+            dst_path=tmp,
+            tracking_uri=tracking_uri,
+        )
+        return Path(path).read_bytes()

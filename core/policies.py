@@ -74,11 +74,17 @@ class ValidationPolicy(BaseModel):
         "their share is over label_issues_max_share.",
     )
     label_issues_max_share: float = Field(
-        default=0.1, ge=0, le=1, description="Share of disputed labels a batch may have "
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of disputed labels a batch may have "
         "before label_issues = refuse refuses it.",
     )
     drift_alpha: float = Field(
-        default=0.01, gt=0, lt=1, description="A batch (or the live log) drifted from the "
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="A batch (or the live log) drifted from the "
         "training images when the permutation test's p-value is below this.",
     )
     max_examples: int = Field(default=10, description="Example files listed per failed rule.")

@@ -167,6 +167,9 @@ class LoopConfig(BaseModel):
         default=2000, description="Entries held for the writer; beyond, new ones are dropped."
     )
     drift_images: int = Field(default=1000, description="Newest log entries a drift check uses.")
+    queue_images: int = Field(
+        default=5000, description="Newest log entries the label queue chooses from."
+    )
     drift_permutations: int = Field(default=200, description="Permutations of the MMD test.")
     drift_cron: str = Field(
         default="0 * * * *", description="When the live drift check runs (cron; hourly)."

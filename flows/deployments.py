@@ -6,6 +6,7 @@ and workers on any host (`refit worker`) run them.
   from settings (default weekly, in ``orchestration.schedule_timezone``), taking every
   pending submission. Its concurrency limit of one is the "one retrain at a time" of every
   worker (further runs wait as queued; a crashed run's slot is freed with its state).
+- ``drift``: the live drift check (``flows.drift``) on ``loop.drift_cron`` (hourly).
 - ``bootstrap`` and ``rollback``: manual runs from the Prefect UI or the CLI.
 
 What the server holds besides: the process work pool, the dataset lock (:mod:`core.locks`),
@@ -18,6 +19,8 @@ Run with ``python -m flows.deployments`` (``refit up`` and ``refit deploy`` do).
 
 from __future__ import annotations
 
+import contextlib
+
 from prefect.events import DeploymentEventTrigger, emit_event
 from prefect.schedules import Cron
 
@@ -25,8 +28,10 @@ from core.settings import PROJECT_ROOT, Settings
 
 SUBMITTED = "refit.batch.submitted"
 ZOMBIES = "refit: crash flow runs whose heartbeats stopped"
+DRIFT_RETRAIN = "refit: retrain when the live log drifts"
 ENTRYPOINTS = {
     "retrain": "flows/retrain.py:retrain",
+    "drift": "flows/drift.py:drift",
     "bootstrap": "flows/bootstrap.py:bootstrap_flow",
     "rollback": "flows/rollback.py:rollback",
 }
@@ -62,6 +67,16 @@ def specs(settings: Settings) -> list[tuple[str, str, dict]]:
                 "concurrency_limit": 1,
             },
         ),
+        (
+            "drift",
+            "drift",
+            {
+                "description": "Check the live prediction log for drift from the champion's "
+                "training images.",
+                "schedule": Cron(settings.loop.drift_cron, timezone=config.schedule_timezone),
+                "concurrency_limit": 1,
+            },
+        ),
         ("bootstrap", "bootstrap", {"description": "Make the first champion."}),
         ("rollback", "rollback", {"description": "Move the champion back."}),
     ]
@@ -86,7 +101,7 @@ def ensure_pool(settings: Settings) -> bool:
 
 def ensure_zombie_automation(settings: Settings) -> None:
     """Running flows that miss their heartbeats for ``crashed_after_s`` become Crashed."""
-    from prefect.automations import Automation, ChangeFlowRunState
+    from prefect.automations import ChangeFlowRunState
     from prefect.client.schemas.objects import StateType
     from prefect.events.schemas.automations import EventTrigger, Posture
 
@@ -110,19 +125,50 @@ def ensure_zombie_automation(settings: Settings) -> None:
         message=f"no heartbeat for {settings.orchestration.crashed_after_s} s: its host or "
         "worker died",
     )
+    _save_automation(ZOMBIES, trigger, [action])
+
+
+def _save_automation(name: str, trigger, actions: list) -> None:
+    from prefect.automations import Automation
+
     try:
-        existing = Automation.read(name=ZOMBIES)
+        existing = Automation.read(name=name)
     except ValueError:
         existing = None
     if existing is not None:
-        existing.trigger, existing.actions = trigger, [action]
+        existing.trigger, existing.actions = trigger, actions
         existing.update()
     else:
-        Automation(name=ZOMBIES, trigger=trigger, actions=[action]).create()
+        Automation(name=name, trigger=trigger, actions=actions).create()
+
+
+def ensure_drift_automation(settings: Settings, retrain_id) -> bool:
+    """With ``loop.on_drift = retrain``: a drifted live log starts a retrain (of every
+    pending batch). Otherwise no such automation. Returns whether it exists."""
+    from prefect.automations import Automation
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    from flows.drift import DRIFTED
+
+    if settings.loop.on_drift != "retrain":
+        with contextlib.suppress(ValueError):
+            Automation.read(name=DRIFT_RETRAIN).delete()
+        return False
+    trigger = EventTrigger(
+        expect={DRIFTED},
+        match={"prefect.resource.id": "refit.model.*"},
+        posture=Posture.Reactive,
+        threshold=1,
+        within=0,
+    )
+    action = RunDeployment(source="selected", deployment_id=retrain_id, parameters={})
+    _save_automation(DRIFT_RETRAIN, trigger, [action])
+    return True
 
 
 def deploy(settings: Settings) -> list[str]:
-    """Register pool, locks, automation and deployments (idempotent). Returns their names."""
+    """Register pool, locks, automations and deployments (idempotent). Returns their names."""
     from prefect import Flow
 
     from core import locks
@@ -130,10 +176,10 @@ def deploy(settings: Settings) -> list[str]:
     ensure_pool(settings)
     locks.ensure_limits()
     ensure_zombie_automation(settings)
-    names = []
+    names, ids = [], {}
     for flow_name, name, options in specs(settings):
         flow = Flow.from_source(source=str(PROJECT_ROOT), entrypoint=ENTRYPOINTS[flow_name])
-        flow.deploy(
+        ids[flow_name] = flow.deploy(
             name,
             work_pool_name=settings.orchestration.work_pool,
             build=False,
@@ -142,6 +188,7 @@ def deploy(settings: Settings) -> list[str]:
             **options,
         )
         names.append(f"{flow.name}/{name}")
+    ensure_drift_automation(settings, ids["retrain"])
     return names
 
 

@@ -72,7 +72,9 @@ def features_and_probs(model, x: np.ndarray, batch_size: int = 512):
     return np.concatenate(probs), np.concatenate(feats)
 
 
-def training_features(loaded, dataset, n: int = TRAINING_SAMPLE, seed: int = 0) -> TrainingFeatures | None:
+def training_features(
+    loaded, dataset, n: int = TRAINING_SAMPLE, seed: int = 0
+) -> TrainingFeatures | None:
     """The features of up to ``n`` training images (a seeded sample, every class in
     proportion), or None when the dataset has no training images."""
     from pipelines.images import stratified_sample

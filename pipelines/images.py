@@ -201,9 +201,7 @@ def stratified_sample(y: np.ndarray, total: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 
-def thumbnail_grid(
-    images: list, captions: list[str], size: int = 64, columns: int = 8
-) -> bytes:
+def thumbnail_grid(images: list, captions: list[str], size: int = 64, columns: int = 8) -> bytes:
     """A PNG grid of thumbnails (encoded image bytes or uint8 arrays) with a caption under
     each: what a report shows of the images it names."""
     import io

@@ -34,6 +34,7 @@ from pipelines.dataset import (
     reference_of,
 )
 from pipelines.dataset import remove_class as remove_class_from
+from pipelines.examine import ChampionView, examine
 from pipelines.ingest import (
     STAGING_OWNER,
     BatchRefused,
@@ -137,8 +138,10 @@ def check_batch(
     limits: IngestLimits,
     policy: ValidationPolicy,
     progress: Progress = print,
+    view: ChampionView | None = None,
 ) -> CheckedBatch:
-    """Stage, describe and validate a batch against the current dataset. Changes nothing.
+    """Stage, describe and validate a batch against the current dataset, and (with a
+    champion ``view``) examine it through the champion's eyes. Changes nothing.
 
     The staged copy stays in ``paths.staging`` for the caller to merge, quarantine or
     discard (:func:`discard`).
@@ -160,6 +163,8 @@ def check_batch(
     holdout = index[index["split"] == "holdout"]
     phashes = dataset_phashes(dataset_dir, holdout, paths.staging.parent / PHASH_CACHE)
     report = validate_batch(staged, manifest, reference_of(index, phashes), policy)
+    if view is not None and report.passed:
+        report = examine(view, staged.files_dir, manifest, report, policy, progress)
     return CheckedBatch(batch_id, staged, manifest, report)
 
 
@@ -209,15 +214,17 @@ def add_batch(
     policy: ValidationPolicy,
     split: SplitPolicy,
     progress: Progress = print,
+    view: ChampionView | None = None,
 ) -> IntakeResult:
-    """Validate a batch and either quarantine it or merge and version it.
+    """Validate a batch (examined by the champion ``view``, if given) and either quarantine
+    it or merge and version it.
 
     Returns:
         The result: the report, and the new dataset version or the quarantine folder.
     """
     with intake_lock(paths.lock):
         _recover(store, paths, progress)
-        checked = check_batch(source, store.dataset_dir, paths, limits, policy, progress)
+        checked = check_batch(source, store.dataset_dir, paths, limits, policy, progress, view)
         if _versioned(store, checked.batch_id):  # merged by a run killed before it said so
             return _already_merged(checked, store, paths.accepted, progress)
         if not checked.report.passed:

@@ -131,7 +131,9 @@ class LogWriter:
         while len(items) < FLUSH_AT:
             try:
                 timeout = max(0.0, deadline - time.monotonic())
-                items.append(self._queue.get(timeout=timeout) if timeout else self._queue.get_nowait())
+                items.append(
+                    self._queue.get(timeout=timeout) if timeout else self._queue.get_nowait()
+                )
             except queue.Empty:
                 break
         if not items:
@@ -263,7 +265,7 @@ def read_log(store, version: str | None = None, newest: int | None = None) -> Lo
                 continue
             try:
                 entry = json.loads(line)
-                entry["id"], entry["features"]  # noqa: B018 - the fields every reader needs
+                entry["id"], entry["features"]
             except (ValueError, KeyError, TypeError):
                 unreadable += 1
                 continue

@@ -132,14 +132,18 @@ class Registry:
             delay *= 2
         raise AssertionError("unreachable")
 
-    def experiment_id(self) -> str:
+    def experiment_id(self, name: str | None = None) -> str:
+        """The id of experiment ``name`` (default: the model's), made if missing."""
+        name = name or self.name
+
         def get_or_create() -> str:
-            found = self.client.get_experiment_by_name(self.name)
+            found = self.client.get_experiment_by_name(name)
             if found is not None:
                 return found.experiment_id
-            return self.client.create_experiment(
-                self.name, artifact_location=self.config.artifact_location
-            )
+            location = self.config.artifact_location
+            if location and name != self.name:  # beside the model's, not inside it
+                location = f"{location.rstrip('/')}-{name}"
+            return self.client.create_experiment(name, artifact_location=location)
 
         return self._call("find the experiment", get_or_create)
 
@@ -462,24 +466,62 @@ class Registry:
                 card[tag] = mv.tags[tag]
         return LoadedModel(model, json.loads(mv.tags[contract.CLASS_NAMES_TAG]), card)
 
+    @property
+    def monitoring_experiment(self) -> str:
+        return f"{self.name}-monitoring"
+
+    def log_check(
+        self,
+        run_name: str,
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        files: dict[str, bytes],
+    ) -> str:
+        """Log one monitoring check (a drift check) as a run of the monitoring experiment:
+        its metrics over time are that experiment's charts. Returns the run id."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.config.tracking_uri)
+        experiment = self.experiment_id(self.monitoring_experiment)
+
+        def log() -> str:
+            with mlflow.start_run(experiment_id=experiment, run_name=run_name) as active:
+                mlflow.set_tags(tags)
+                mlflow.log_metrics(metrics)
+                with tempfile.TemporaryDirectory() as tmp:
+                    for name, data in files.items():
+                        (Path(tmp) / name).write_bytes(data)
+                    mlflow.log_artifacts(tmp)
+                return active.info.run_id
+
+        return self._call("log the check", log)
+
+    def check_history(self, metric: str, limit: int = 500) -> list[tuple[float, float]]:
+        """(start time in s, value) of ``metric`` over the monitoring runs, oldest first."""
+
+        def read() -> list[tuple[float, float]]:
+            found = self.client.get_experiment_by_name(self.monitoring_experiment)
+            if found is None:
+                return []
+            runs = self.client.search_runs(
+                [found.experiment_id], max_results=limit, order_by=["attributes.start_time DESC"]
+            )
+            return sorted(
+                (r.info.start_time / 1000, r.data.metrics[metric])
+                for r in runs
+                if metric in r.data.metrics
+            )
+
+        return self._call("read the checks", read)
+
     def training_features(self, version: str) -> bytes | None:
         """The training features logged with ``version``, or None (registered before Refit
         logged them, or without a dataset)."""
-        import mlflow.artifacts
 
         def read() -> bytes | None:
-            run_id = self.client.get_model_version(self.name, version).run_id
-            logged = {a.path for a in self.client.list_artifacts(run_id, contract.REFERENCE_DIR)}
-            if contract.TRAINING_FEATURES_ARTIFACT not in logged:
-                return None
-            with tempfile.TemporaryDirectory() as tmp:
-                path = mlflow.artifacts.download_artifacts(
-                    run_id=run_id,
-                    artifact_path=contract.TRAINING_FEATURES_ARTIFACT,
-                    dst_path=tmp,
-                    tracking_uri=self.config.tracking_uri,
-                )
-                return Path(path).read_bytes()
+            return contract.training_features(
+                self.client, self.name, version, self.config.tracking_uri
+            )
 
         return self._call("read the training features", read)
 

@@ -20,6 +20,7 @@ The result is one typed :class:`ValidationReport`, renderable as text, JSON and 
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import logging
@@ -86,7 +87,8 @@ class RuleResult:
     failed_count: int = 0
     examples: list[str] = field(default_factory=list)
     checked_by: str = "refit"  # "great_expectations" or "refit"
-    severity: str = "refuse"  # "refuse": fails the batch; "repair": its files are skipped
+    severity: str = "refuse"  # "refuse": fails the batch; "repair": its files are skipped;
+    # "warn": reported only
 
 
 @dataclass
@@ -102,6 +104,15 @@ class ValidationReport:
     n_images: int = 0
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     skipped: list[dict] = field(default_factory=list)  # {path, rule, detail}: left out
+    # The champion's view (``pipelines.examine``): disputed labels, drift, thumbnail grids
+    champion_version: str | None = None
+    label_issues: list[dict] = field(default_factory=list)  # {path, label, likely, ...}
+    drift: dict | None = None  # pipelines.drift.DriftResult.to_dict() + paths, summary
+    grids: dict[str, str] = field(default_factory=dict)  # name -> base64 PNG
+
+    @property
+    def warnings(self) -> list[RuleResult]:
+        return [r for r in self.rules if r.severity == "warn" and r.failed_count]
 
     @property
     def failed_rules(self) -> list[RuleResult]:
@@ -139,6 +150,9 @@ class ValidationReport:
         for rule in self.repairs:
             lines.append(f"  ~ {rule.rule}: {rule.failed_count} skipped - {rule.description}")
             lines += [f"      {example}" for example in rule.examples]
+        for rule in self.warnings:
+            lines.append(f"  ! {rule.rule}: {rule.description}")
+            lines += [f"      {example}" for example in rule.examples]
         for rule in self.failed_rules:
             lines.append(f"  x {rule.rule}: {rule.failed_count} - {rule.description}")
             lines += [f"      {example}" for example in rule.examples]
@@ -151,7 +165,9 @@ class ValidationReport:
         def mark(r: RuleResult) -> tuple[str, str]:
             if not r.passed:
                 return "bad", "✗"
-            return ("warn", "~") if r.severity == "repair" and r.failed_count else ("ok", "✓")
+            if r.severity in ("repair", "warn") and r.failed_count:
+                return "warn", "~" if r.severity == "repair" else "!"
+            return "ok", "✓"
 
         rows = "".join(
             f"<tr class={mark(r)[0]}><td>{mark(r)[1]}</td>"
@@ -180,7 +196,38 @@ tr.ok td:first-child{{color:#197a33}}
 <th>broken by</th>
 <th>examples</th><th>checked by</th></tr>{rows}</table>
 <h2>Images per class</h2><table><tr><th>class</th><th>images</th></tr>{counts}</table>
-</body></html>"""
+{self._champion_html()}</body></html>"""
+
+    def _champion_html(self) -> str:
+        """The champion's findings: disputed labels and drift, with their thumbnails."""
+        esc, parts = html.escape, []
+        if self.label_issues:
+            rows = "".join(
+                f"<tr><td><code>{esc(x['path'])}</code></td><td>{esc(x['label'])} "
+                f"({x['label_probability']:.2f})</td><td>{esc(x['likely'])} "
+                f"({x['likely_probability']:.2f})</td></tr>"
+                for x in self.label_issues
+            )
+            parts.append(
+                f"<h2>Labels champion v{esc(str(self.champion_version))} disputes</h2>"
+                + self._grid("label_issues")
+                + "<table><tr><th>file</th><th>label (its probability)</th>"
+                f"<th>likely label</th></tr>{rows}</table>"
+            )
+        if self.drift:
+            parts.append(
+                f"<h2>Drift from the training images</h2><p>{esc(self.drift['summary'])}</p>"
+                + (
+                    "<p>Most unlike training:</p>" + self._grid("drift")
+                    if "drift" in self.grids
+                    else ""
+                )
+            )
+        return "\n".join(parts)
+
+    def _grid(self, name: str) -> str:
+        data = self.grids.get(name)
+        return f'<p><img alt="{name}" src="data:image/png;base64,{data}"></p>' if data else ""
 
     def write(self, directory: Path) -> None:
         """Write report.json, report.html and report.txt into ``directory``."""
@@ -188,6 +235,8 @@ tr.ok td:first-child{{color:#197a33}}
         (directory / "report.json").write_text(self.to_json(), encoding="utf-8")
         (directory / "report.html").write_text(self.to_html(), encoding="utf-8")
         (directory / "report.txt").write_text(self.summary() + "\n", encoding="utf-8")
+        for name, data in self.grids.items():
+            (directory / f"{name.replace('_', '-')}.png").write_bytes(base64.b64decode(data))
 
 
 # --------------------------------------------------------------------------- GX suite

@@ -87,13 +87,28 @@ def remove_class(settings: Settings, label: str, reason: str, progress=print):
         return intake.remove_class(store(settings), intake_paths(settings), label, reason, progress)
 
 
+def champion_view(settings: Settings, progress: Callable[[str], None] = print):
+    """The champion that examines batches (``pipelines.examine``); None before the first one,
+    or when the registry cannot be reached (the data checks still run; it says so)."""
+    from pipelines.examine import champion_view as view_of
+    from pipelines.registry import RegistryUnavailable
+
+    try:
+        return view_of(registry(settings))
+    except RegistryUnavailable as exc:
+        progress(f"Labels and drift not checked (no champion to ask): {exc}")
+        return None
+
+
 def add_batch(settings: Settings, source: Path, progress: Callable[[str], None] = print):
-    """Take a batch in with the configured limits and policies: validated, then merged and
-    versioned, or quarantined (:func:`pipelines.intake.add_batch`), holding the dataset lock
-    every host respects (:mod:`core.locks`)."""
+    """Take a batch in with the configured limits and policies: validated (and examined by
+    the champion, once there is one), then merged and versioned, or quarantined
+    (:func:`pipelines.intake.add_batch`), holding the dataset lock every host respects
+    (:mod:`core.locks`)."""
     from core import locks
     from pipelines import intake
 
+    view = champion_view(settings, progress)
     with locks.dataset_writer(settings):
         return intake.add_batch(
             source,
@@ -103,4 +118,5 @@ def add_batch(settings: Settings, source: Path, progress: Callable[[str], None] 
             settings.validation,
             settings.split,
             progress=progress,
+            view=view,
         )

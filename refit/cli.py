@@ -32,6 +32,10 @@ train_app = typer.Typer(help="Train models: from scratch, or fine-tune.", no_arg
 app.add_typer(train_app, name="train")
 model_app = typer.Typer(help="Import and manage models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+label_app = typer.Typer(
+    help="Choose the logged production images worth labelling next.", no_args_is_help=True
+)
+app.add_typer(label_app, name="label")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -368,6 +372,7 @@ def data_validate(batch: BatchArg) -> None:
             settings.ingest,
             settings.validation,
             progress=spinner.update,
+            view=workspace.champion_view(settings, spinner.update),
         )
     discard(checked)
     report_dir = settings.workspace / "reports" / checked.batch_id
@@ -886,3 +891,81 @@ def model_export(
     settings = _settings(tensorflow=True)
     path = _registry_call(lambda: _registry(settings).export(version or alias, out))
     console.print(f"Wrote {path}")
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@app.command()
+def drift() -> None:
+    """Check the live prediction log for drift from the champion's training images now
+    (the `drift` deployment does it on a schedule); logged to MLflow."""
+    settings = _settings()
+    from pipelines import monitor
+
+    with console.status("Checking the prediction log…"):
+        check = _registry_call(
+            lambda: monitor.check_live(
+                _registry(settings),
+                settings.prediction_log_store(),
+                settings.loop.drift_images,
+                settings.validation.drift_alpha,
+                settings.loop.drift_permutations,
+            )
+        )
+    colour = {"checked": "red" if check.drifted else "green"}.get(check.status, "yellow")
+    console.print(f"[{colour}]{check.message}[/]", highlight=False)
+    if check.run_id:
+        console.print(f"MLflow: {settings.mlflow_url}/#/experiments/-/runs/{check.run_id}")
+
+
+@label_app.command("next")
+def label_next(
+    out: Annotated[
+        Path, typer.Option(help="Where to write the batch skeleton: a .zip or a new folder.")
+    ],
+    n: Annotated[int, typer.Option("--n", min=1, help="How many images to choose.")] = 200,
+) -> None:
+    """Export the logged images worth labelling next as a batch skeleton: the images and a
+    labels.csv pre-filled with the champion's guess. Correct the labels, then
+    `refit data submit` it like any batch."""
+    settings = _settings()
+    from core.contract import CHAMPION
+    from pipelines import labelqueue, workspace
+    from pipelines.features import TrainingFeatures
+
+    registry = _registry(settings)
+    version = _registry_call(lambda: registry.alias_version(CHAMPION))
+    data = _registry_call(lambda: registry.training_features(version)) if version else None
+    known = set(workspace.dataset(settings).index.get("sha256", []))  # labelled already
+    store = settings.prediction_log_store()
+    items, view = labelqueue.next_up(
+        store,
+        TrainingFeatures.from_bytes(data) if data else None,
+        n,
+        settings.loop.queue_images,
+        known,
+    )
+    if view.unreadable:
+        console.print(f"[yellow]Skipped {view.unreadable} unreadable log lines.[/]")
+    if not items:
+        raise _fail(
+            f"nothing to label: the prediction log holds {len(view)} images, none unlabelled"
+        )
+    try:
+        path, written, gone = labelqueue.export(items, store, out)
+    except FileExistsError as exc:
+        raise _fail(str(exc)) from exc
+    if len(items) < n:
+        console.print(
+            f"[yellow]Asked for {n}; the log holds only {len(items)} unlabelled images.[/]"
+        )
+    if gone:
+        console.print(f"[yellow]{len(gone)} images left out: retention removed them.[/]")
+    reasons = {}
+    for item in items:
+        for reason in item.reasons:
+            reasons[reason.split(" (")[0]] = reasons.get(reason.split(" (")[0], 0) + 1
+    why = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    console.print(f"Wrote {written} images + labels.csv to {path} ({why}).")
+    console.print("Correct the `label` column, then: refit data submit " + str(path))

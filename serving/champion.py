@@ -127,6 +127,15 @@ class RegistrySource:
             dataset_version=mv.tags.get(contract.DATASET_VERSION_TAG),
         )
 
+    def class_names(self, version: str) -> list[str]:
+        return json.loads(
+            self.client.get_model_version(self.name, version).tags[contract.CLASS_NAMES_TAG]
+        )
+
+    def training_features(self, version: str) -> bytes | None:
+        """The training features logged with ``version`` (None for older versions)."""
+        return contract.training_features(self.client, self.name, version, self.tracking_uri)
+
     def download_model_file(self, ref: str, dst: str) -> tuple[str, Path]:
         """A version's (or alias's) Refit model file; returns (version, path)."""
         import mlflow.artifacts

@@ -7,8 +7,9 @@ Two services, one ``bentoml serve serving.service:Refit``:
   through ``bentoml.depends`` from another service, so it lives in its own worker.
 - :class:`Refit` is the public face: decodes uploads (``pipelines.images``, no TensorFlow
   in this worker), calls ``classify``, and serves ``/predict``, ``/predict_batch``,
-  ``/model``, ``/admin/reload`` and the Try and Retrain pages (``serving/web``; the Retrain
-  page's routes are ``serving.retrain``). BentoML adds ``/healthz``, ``/livez``,
+  ``/model``, ``/admin/reload`` and the Try, Retrain and Label pages (``serving/web``; the
+  Retrain page's routes are ``serving.retrain``, the Label page's ``serving.label``).
+  BentoML adds ``/healthz``, ``/livez``,
   ``/readyz`` (ready once the champion is loaded and warmed) and ``/metrics`` (Prometheus).
 
 ``classify`` returns one row per image: column 0 is the version of the model that answered
@@ -37,7 +38,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 from core.settings import get_settings
 from pipelines.images import BadImage, decode_upload
-from serving import retrain
+from serving import label, retrain
 from serving.retrain import UNAUTHORIZED, authorized, error
 
 # BentoML takes the batching knobs from the decorators below: the one place serving reads
@@ -128,6 +129,7 @@ app = FastAPI(
     docs_url=None,  # served below from local files: no script from a CDN on this origin
 )
 app.include_router(retrain.router)
+app.include_router(label.router)
 
 
 class BodyLimit:

@@ -1,0 +1,52 @@
+"""The drift flow: check the live prediction log against the champion's training images
+(``pipelines.monitor``), hourly by default (``loop.drift_cron``). A drifted log emits the
+event ``refit.drift.detected``; with ``loop.on_drift = retrain`` an automation then starts
+a retrain that takes every pending batch."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from flows.common import log, settings
+
+DRIFTED = "refit.drift.detected"
+
+
+@task(name="check the live log", cache_policy=NO_CACHE)
+def check_live_log():
+    from pipelines import monitor, workspace
+
+    config = settings()
+    return monitor.check_live(
+        workspace.registry(config),
+        config.prediction_log_store(),
+        config.loop.drift_images,
+        config.validation.drift_alpha,
+        config.loop.drift_permutations,
+    )
+
+
+@flow(name="drift", log_prints=True)
+def drift() -> dict:
+    """Check the live prediction log for drift from the champion's training images."""
+    config = settings()
+    check = check_live_log()
+    log().info(check.message)
+    link = ""
+    if check.run_id:
+        link = f"\n\n[The check in MLflow]({config.mlflow_url}/#/experiments/-/runs/{check.run_id})"
+    create_markdown_artifact(
+        f"## Drift of the live log: {check.status}\n\n{check.message}{link}\n",
+        key="drift-report",
+        description=check.status,
+    )
+    if check.drifted:
+        emit_event(
+            DRIFTED,
+            resource={"prefect.resource.id": f"refit.model.{config.registered_model_name}"},
+            payload={"version": check.version, **check.result.metrics()},
+        )
+    return {"status": check.status, "drifted": check.drifted, "message": check.message}

@@ -1,0 +1,197 @@
+"""Examine a batch through the champion's eyes, at validation: the labels it strongly
+disputes (cleanlab's confident learning) and how far the batch drifts from the training
+images (``pipelines.drift``). Both go into the validation report with thumbnail grids.
+
+Confident learning needs each class's typical confidence; a batch often brings one or two
+classes, so the champion's training sample (its labels and probabilities, logged with the
+version) is judged with the batch and only the batch's images are reported. Images of
+classes the champion does not know cannot be disputed. What happens to disputed images is
+``validation.label_issues``: warn (default), exclude (skipped, like a repair) or refuse
+(the batch, when their share is over ``validation.label_issues_max_share``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.policies import ValidationPolicy
+from pipelines.features import TrainingFeatures
+from pipelines.validate import RuleResult, ValidationReport
+
+MIN_IMAGES = 10  # fewer known-class images than this: labels are not judged
+
+
+@dataclass(frozen=True)
+class ChampionView:
+    """The champion that judges batches: its model and its training sample's features."""
+
+    loaded: object  # pipelines.modelfile.LoadedModel
+    version: str
+    reference: TrainingFeatures | None
+
+
+def champion_view(registry) -> ChampionView | None:
+    """The current champion with its training features; None before the first champion."""
+    from core.contract import CHAMPION
+    from pipelines.features import TrainingFeatures
+
+    version = registry.alias_version(CHAMPION)
+    if version is None:
+        return None
+    data = registry.training_features(version)
+    reference = TrainingFeatures.from_bytes(data) if data else None
+    return ChampionView(registry.load(version), version, reference)
+
+
+def label_issues(
+    labels: np.ndarray, probs: np.ndarray, reference: TrainingFeatures | None
+) -> np.ndarray:
+    """Indices of the rows whose label (index into the model's classes) the model strongly
+    disputes, most disputed first; judged beside the training sample when there is one."""
+    from cleanlab.filter import find_label_issues
+
+    context = len(reference.labels) if reference is not None else 0
+    if context:
+        labels = np.concatenate([reference.labels, labels])
+        probs = np.concatenate([reference.probs, probs])
+    with warnings.catch_warnings():  # "too few examples in class k": expected in a batch
+        warnings.simplefilter("ignore")
+        found = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+    return np.array([i - context for i in found if i >= context], dtype=int)
+
+
+def examine(
+    view: ChampionView,
+    root: Path,
+    manifest: pd.DataFrame,
+    report: ValidationReport,
+    policy: ValidationPolicy,
+    progress=print,
+) -> ValidationReport:
+    """The report with the champion's findings added (disputed labels, drift)."""
+    from pipelines.drift import compare
+    from pipelines.images import load_images
+
+    left_out = {row["path"] for row in report.skipped}
+    kept = manifest[~manifest["path"].isin(left_out) & manifest["label"].notna()]
+    if kept.empty:
+        return report
+    loaded = view.loaded
+    progress(f"Examining {len(kept)} images with champion v{view.version}")
+    from pipelines.features import features_and_probs
+
+    names = sorted(set(kept["label"]))
+    images = load_images(
+        [root / p for p in kept["path"]], list(kept["label"]), names, loaded.input_size
+    )
+    probs, features = features_and_probs(loaded.model, images.x)
+    classes = list(loaded.class_names)
+    known = kept["label"].isin(classes).to_numpy()
+    rules, skipped, issues = list(report.rules), list(report.skipped), []
+    if known.sum() >= MIN_IMAGES:
+        labels = np.array([classes.index(label) for label in kept["label"][known]])
+        rows = np.flatnonzero(known)
+        for i in rows[label_issues(labels, probs[known], view.reference)]:
+            likely = int(probs[i].argmax())
+            label = kept["label"].iloc[i]
+            issues.append(
+                {
+                    "path": kept["path"].iloc[i],
+                    "label": label,
+                    "label_probability": round(float(probs[i][classes.index(label)]), 4),
+                    "likely": classes[likely],
+                    "likely_probability": round(float(probs[i][likely]), 4),
+                }
+            )
+        rules.append(_issues_rule(issues, int(known.sum()), policy, view.version))
+        if policy.label_issues == "exclude":
+            skipped += [
+                {"path": x["path"], "rule": "label_issues", "detail": f"likely {x['likely']}"}
+                for x in issues
+            ]
+    drift = None
+    if view.reference is not None:
+        top1 = [classes[i] for i in probs.argmax(1)]
+        result = compare(view.reference, features, top1, probs.max(1), policy.drift_alpha)
+        note = (
+            f" (the batch brings new classes: {', '.join(report.new_classes)})"
+            if report.new_classes
+            else ""
+        )
+        drift = result.to_dict() | {
+            "paths": [kept["path"].iloc[i] for i in result.most_drifted],
+            "summary": result.summary() + note,
+        }
+        rules.append(
+            RuleResult(
+                "drift",
+                f"Compared with champion v{view.version}'s training images: {drift['summary']}",
+                True,
+                int(result.drifted),
+                severity="warn",
+                checked_by="refit (MMD)",
+            )
+        )
+    grids = {}
+    if issues:
+        grids["label_issues"] = _grid(
+            images.x,
+            kept,
+            [x["path"] for x in issues],
+            [f"{x['label']}>{x['likely']}" for x in issues],
+        )
+    if drift and drift["paths"]:
+        grids["drift"] = _grid(
+            images.x, kept, drift["paths"], [p.rsplit("/", 1)[-1] for p in drift["paths"]]
+        )
+    return replace(
+        report,
+        grids=grids,
+        rules=rules,
+        skipped=skipped,
+        passed=all(r.passed for r in rules),
+        label_issues=issues,
+        drift=drift,
+        champion_version=view.version,
+    )
+
+
+def _grid(x: np.ndarray, kept: pd.DataFrame, paths: list[str], captions: list[str]) -> str:
+    import base64
+
+    from pipelines.images import thumbnail_grid
+
+    where = {path: i for i, path in enumerate(kept["path"])}
+    shown = [x[where[p]] for p in paths[:32]]
+    return base64.b64encode(thumbnail_grid(shown, captions[:32])).decode()
+
+
+def _issues_rule(
+    issues: list[dict], judged: int, policy: ValidationPolicy, version: str
+) -> RuleResult:
+    share = len(issues) / judged
+    action = policy.label_issues
+    description = (
+        f"Champion v{version} does not strongly dispute the labels (cleanlab confident "
+        f"learning on {judged} images of classes it knows): {len(issues)} disputed "
+        f"({share:.0%}); validation.label_issues = {action}"
+    )
+    if action == "refuse":
+        description += f", refused over {policy.label_issues_max_share:.0%}"
+    examples = [f"{x['path']}: labelled {x['label']}, likely {x['likely']}" for x in issues]
+    passed = action != "refuse" or share <= policy.label_issues_max_share
+    severity = {"warn": "warn", "exclude": "repair", "refuse": "refuse"}[action]
+    return RuleResult(
+        "label_issues",
+        description + ".",
+        passed,
+        len(issues),
+        examples[: policy.max_examples],
+        checked_by="cleanlab",
+        severity=severity,
+    )

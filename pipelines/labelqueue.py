@@ -1,0 +1,189 @@
+"""Label these next: a ranked queue of logged images worth a person's label.
+
+Each logged image scores for **uncertainty** (1 - the margin between the champion's top two
+probabilities) plus **novelty** (how far its features lie from the nearest class of the
+training sample, in units of how far training images lie from their own class; above 1 it
+is likely a class the champion does not know). Picks are then spread for **diversity**:
+greedily, the next pick maximises score x distance to the picks so far (k-center on the
+features), so fifty near-copies of one confusing image cost one label, not fifty.
+
+:func:`export` writes the picks as a batch skeleton (the images + ``labels.csv`` pre-filled
+with the champion's guess) that, once corrected, uploads as a normal batch. Numpy only:
+serving's Label page uses it too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipelines import predlog
+
+LABELLED = "labelled"  # <log>/labelled/<submission>.json: the ids a submission labelled
+NEW_CLASS_AT = 1.0  # novelty above this: "far from every class"
+POOL = 4  # candidates considered per pick (the best scored n * POOL)
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    entry: dict  # the prediction-log entry
+    score: float
+    uncertainty: float
+    novelty: float | None
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.entry["id"]
+
+    @property
+    def guess(self) -> str:
+        return self.entry["labels"][0]
+
+    @property
+    def confidence(self) -> float:
+        return float(self.entry["probs"][0])
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "guess": self.guess,
+            "confidence": round(self.confidence, 4),
+            "score": round(self.score, 4),
+            "reasons": self.reasons,
+            "version": self.entry["version"],
+            "name": self.entry.get("name", ""),
+        }
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def novelty(features: np.ndarray, reference) -> np.ndarray:
+    """Distance to the nearest training class centroid, over the 95th percentile of training
+    images' distances to their own centroid (cosine distances)."""
+    centroids = _unit(np.nan_to_num(reference.centroids()))
+    own = 1 - (_unit(reference.features) * centroids[reference.labels]).sum(1)
+    scale = max(float(np.percentile(own, 95)), 1e-6)
+    nearest = 1 - (_unit(features) @ centroids.T).max(1)
+    return nearest / scale
+
+
+def rank(
+    view: predlog.LogView, reference, n: int, exclude: set[str] = frozenset()
+) -> list[QueueItem]:
+    """The ``n`` images of the log to label next, best first (fewer if the log holds fewer
+    unlabelled images). ``reference``: the champion's training features (None: no novelty)."""
+    keep = [i for i, e in enumerate(view.entries) if e["id"] not in exclude]
+    if not keep or n <= 0:
+        return []
+    entries = [view.entries[i] for i in keep]
+    feats = _unit(view.features[keep].astype(np.float64))
+    uncertainty = np.array([1 - float(e["margin"]) for e in entries])
+    far = novelty(view.features[keep], reference) if reference is not None else None
+    score = uncertainty + (np.minimum(far, 2.0) / 2 if far is not None else 0)
+    pool = np.argsort(-score)[: n * POOL]
+    taken = np.zeros(len(pool), bool)
+    nearest = np.full(len(pool), np.inf)  # cosine distance to the nearest pick so far
+    picked: list[int] = []
+    for _ in range(min(n, len(pool))):
+        spread = 1.0 if not picked else nearest / max(float(nearest[~taken].max()), 1e-12)
+        best = int(np.argmax(np.where(taken, -np.inf, score[pool] * spread)))
+        taken[best] = True
+        picked.append(int(pool[best]))
+        nearest = np.minimum(nearest, np.maximum(1 - feats[pool] @ feats[pool[best]], 0))
+    items = []
+    for i in picked:
+        reasons = []
+        if uncertainty[i] >= 0.5:
+            reasons.append(f"uncertain (margin {entries[i]['margin']:.2f})")
+        if far is not None and far[i] > NEW_CLASS_AT:
+            reasons.append(f"far from every class ({far[i]:.1f}x): maybe a new class")
+        if not reasons:
+            reasons.append("unlike the other picks")
+        items.append(
+            QueueItem(
+                entries[i],
+                float(score[i]),
+                float(uncertainty[i]),
+                None if far is None else float(far[i]),
+                reasons,
+            )
+        )
+    return items
+
+
+def labelled_ids(store) -> set[str]:
+    """Ids of logged images already submitted with labels (the queue skips them)."""
+    ids: set[str] = set()
+    for name in store.names(store.path(LABELLED)):
+        ids |= set(store.read_json(store.path(LABELLED, name)) or [])
+    return ids
+
+
+def record_labelled(store, submission: str, ids) -> None:
+    store.write_json(store.path(LABELLED, f"{submission}.json"), sorted(ids))
+
+
+def next_up(
+    store, reference, n: int, newest: int, exclude: set[str] = frozenset()
+) -> tuple[list[QueueItem], predlog.LogView]:
+    """The queue over the ``newest`` log entries, minus ``exclude`` and what was labelled."""
+    view = predlog.read_log(store, newest=newest)
+    return rank(view, reference, n, exclude=set(exclude) | labelled_ids(store)), view
+
+
+def skeleton(items: list[QueueItem], store) -> tuple[list[tuple[str, bytes]], bytes, list[str]]:
+    """The batch skeleton of ``items``: (file name, image bytes) pairs, the labels.csv text,
+    and the ids whose image retention removed (left out)."""
+    files, gone = [], []
+    out = io.StringIO()
+    table = csv.writer(out, lineterminator="\n")
+    table.writerow(["filename", "label", "guess", "confidence", "why", "image_id"])
+    for item in items:
+        data = predlog.image_bytes(store, item.entry)
+        if data is None:
+            gone.append(item.id)
+            continue
+        name = f"images/{item.id[:16]}{Path(item.entry['image']).suffix}"
+        files.append((name, data))
+        table.writerow(
+            [
+                name,
+                item.guess,
+                item.guess,
+                f"{item.confidence:.3f}",
+                "; ".join(item.reasons),
+                item.id,
+            ]
+        )
+    return files, out.getvalue().encode(), gone
+
+
+def export(items: list[QueueItem], store, out: Path) -> tuple[Path, int, list[str]]:
+    """Write the skeleton to ``out`` (a ``.zip``, else a folder). Returns (path, images
+    written, ids left out because their image is gone)."""
+    files, labels, gone = skeleton(items, store)
+    out = Path(out)
+    if out.suffix.lower() == ".zip":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".part")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+            for name, data in files:
+                archive.writestr(name, data)
+            archive.writestr("labels.csv", labels)
+        tmp.replace(out)
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out} exists and is not empty: give a new folder or a .zip")
+        for name, data in files:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_bytes(data)
+        (out / "labels.csv").write_bytes(labels)
+    return out, len(files), gone

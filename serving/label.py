@@ -1,0 +1,153 @@
+"""The Label page's routes: the queue of logged images to label next, their images, and
+submitting a person's labels as a batch. All need the admin token (production images are
+the users' data). Mounted on the public service's app.
+
+The queue is ``pipelines.labelqueue`` over the prediction log; submitted labels become a
+normal batch (images + ``labels.csv``) in the submission queue, so they are validated like
+any upload, and the ids they label are recorded so the queue skips them afterwards.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Body, Header, Query
+from fastapi.responses import FileResponse, Response
+
+from core.settings import get_settings
+from serving.retrain import UNAUTHORIZED, authorized, error
+
+WEB = Path(__file__).parent / "web"
+IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
+MEDIA = {".jpg": "image/jpeg", ".png": "image/png", ".gif": "image/gif", ".bmp": "image/bmp"}
+
+router = APIRouter()
+
+
+def _training_features(version: str):
+    from pipelines.features import TrainingFeatures
+    from serving.champion import RegistrySource
+
+    data = RegistrySource.from_settings(get_settings()).training_features(version)
+    return TrainingFeatures.from_bytes(data) if data else None
+
+
+def _queue(n: int) -> dict:
+    from pipelines import labelqueue
+    from serving.champion import RegistrySource
+
+    settings = get_settings()
+    source = RegistrySource.from_settings(settings)
+    version = source.champion_version()
+    reference = _training_features(version) if version else None
+    items, view = labelqueue.next_up(
+        settings.prediction_log_store(), reference, n, settings.loop.queue_images
+    )
+    classes = source.class_names(version) if version else []
+    note = f"{len(items)} of {len(view)} logged images"
+    if view.unreadable:
+        note += f" ({view.unreadable} unreadable log lines skipped)"
+    return {"items": [i.as_dict() for i in items], "classes": classes, "note": note}
+
+
+@router.get("/label", include_in_schema=False)
+async def label_page():
+    return FileResponse(WEB / "label.html")
+
+
+@router.get("/label/queue", summary="Logged images to label next, best first (token)")
+async def label_queue(
+    n: Annotated[int, Query(ge=1, le=500)] = 48,
+    authorization: Annotated[str | None, Header()] = None,
+):
+    if not authorized(authorization):
+        return error(401, UNAUTHORIZED)
+    try:
+        return await anyio.to_thread.run_sync(_queue, n)
+    except Exception as exc:
+        return error(503, f"cannot build the label queue: {exc}")
+
+
+@router.get("/label/images/{image_id}", summary="A logged image (token)")
+async def label_image(image_id: str, authorization: Annotated[str | None, Header()] = None):
+    if not authorized(authorization):
+        return error(401, UNAUTHORIZED)
+    if not IMAGE_ID.match(image_id):
+        return error(400, f"{image_id!r} is not an image id (64 hex digits)")
+    store = get_settings().prediction_log_store()
+    found = await anyio.to_thread.run_sync(_find_image, store, image_id)
+    if found is None:
+        return error(404, f"image {image_id[:12]} is no longer in the prediction log")
+    suffix, data = found
+    return Response(data, media_type=MEDIA.get(suffix, "application/octet-stream"))
+
+
+def _find_image(store, image_id: str) -> tuple[str, bytes] | None:
+    for name in store.names(store.path("images", image_id[:2])):
+        if name.startswith(image_id):
+            data = store.read_bytes(store.path("images", image_id[:2], name))
+            return (Path(name).suffix, data) if data is not None else None
+    return None
+
+
+@router.post("/retrain/labels", summary="Submit labels for logged images as a batch (token)")
+async def submit_labels(
+    labels: Annotated[dict[str, str], Body(embed=True, description="image id -> label")],
+    authorization: Annotated[str | None, Header()] = None,
+):
+    if not authorized(authorization):
+        return error(401, UNAUTHORIZED)
+    labels = {k: v.strip() for k, v in labels.items() if v and v.strip()}
+    if not labels:
+        return error(400, "labels: give at least one image id with its label")
+    bad = sorted(k for k in labels if not IMAGE_ID.match(k))
+    if bad:
+        return error(400, f"not image ids (64 hex digits): {', '.join(b[:16] for b in bad)}")
+    return await anyio.to_thread.run_sync(_submit, labels)
+
+
+def _submit(labels: dict[str, str]):
+    from pipelines import labelqueue
+    from pipelines.submissions import Queue
+
+    settings = get_settings()
+    store = settings.prediction_log_store()
+    found = {k: _find_image(store, k) for k in labels}
+    missing = sorted(k for k, v in found.items() if v is None)
+    if missing:  # all or nothing: a batch with holes would teach from a part of the work
+        return error(
+            409,
+            f"{len(missing)} of {len(labels)} images are no longer in the prediction log "
+            f"(retention removed them): {', '.join(m[:12] for m in missing)}; nothing was "
+            "submitted: drop them and submit again",
+        )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        rows = ["filename,label"]
+        for image_id, (suffix, data) in found.items():
+            name = f"images/{image_id[:16]}{suffix}"
+            archive.writestr(name, data)
+            label = labels[image_id].replace('"', '""')
+            rows.append(f'{name},"{label}"')
+        archive.writestr("labels.csv", "\n".join(rows) + "\n")
+    uploads = settings.workspace / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=uploads))
+    path = folder / f"labels-{time.strftime('%Y%m%d-%H%M%S')}.zip"
+    path.write_bytes(buffer.getvalue())
+    submission = Queue.of(settings).submit(path, move=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    labelqueue.record_labelled(store, submission.id, labels)
+    return {
+        "submission": submission.id,
+        "images": len(labels),
+        "follow": f"/retrain/submissions/{submission.id}",
+    }
