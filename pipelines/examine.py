@@ -2,9 +2,10 @@
 disputes (cleanlab's confident learning) and how far the batch drifts from the training
 images (``pipelines.drift``). Both go into the validation report with thumbnail grids.
 
-Confident learning needs each class's typical confidence; a batch often brings one or two
-classes, so the champion's training sample (its labels and probabilities, logged with the
-version) is judged with the batch and only the batch's images are reported. Images of
+Confident learning needs each class's typical confidence. A batch that brings every class
+the champion knows (``MIN_PER_CLASS`` images each) is judged alone; one that brings only
+some (the usual case) is judged beside the champion's training sample (its labels and
+probabilities, logged with the version), and only the batch's images are reported. Images of
 classes the champion does not know cannot be disputed. What happens to disputed images is
 ``validation.label_issues``: warn (default), exclude (skipped, like a repair) or refuse
 (the batch, when their share is over ``validation.label_issues_max_share``).
@@ -24,6 +25,7 @@ from pipelines.features import TrainingFeatures
 from pipelines.validate import RuleResult, ValidationReport
 
 MIN_IMAGES = 10  # fewer known-class images than this: labels are not judged
+MIN_PER_CLASS = 10  # a batch with this many of every class is judged without context
 
 
 @dataclass(frozen=True)
@@ -52,16 +54,21 @@ def label_issues(
     labels: np.ndarray, probs: np.ndarray, reference: TrainingFeatures | None
 ) -> np.ndarray:
     """Indices of the rows whose label (index into the model's classes) the model strongly
-    disputes, most disputed first; judged beside the training sample when there is one."""
+    disputes, most disputed first; judged beside the training sample (when there is one)
+    unless the rows bring every class."""
     from cleanlab.filter import find_label_issues
 
-    context = len(reference.labels) if reference is not None else 0
+    counts = np.bincount(labels, minlength=probs.shape[1])
+    covered = counts.min() >= MIN_PER_CLASS
+    context = len(reference.labels) if reference is not None and not covered else 0
     if context:
         labels = np.concatenate([reference.labels, labels])
         probs = np.concatenate([reference.probs, probs])
     with warnings.catch_warnings():  # "too few examples in class k": expected in a batch
         warnings.simplefilter("ignore")
-        found = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+        found = find_label_issues(
+            labels, probs, filter_by="prune_by_class", return_indices_ranked_by="self_confidence"
+        )
     return np.array([i - context for i in found if i >= context], dtype=int)
 
 

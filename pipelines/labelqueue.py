@@ -1,11 +1,12 @@
 """Label these next: a ranked queue of logged images worth a person's label.
 
-Each logged image scores for **uncertainty** (1 - the margin between the champion's top two
-probabilities) plus **novelty** (how far its features lie from the nearest class of the
-training sample, in units of how far training images lie from their own class; above 1 it
-is likely a class the champion does not know). Picks are then spread for **diversity**:
-greedily, the next pick maximises score x distance to the picks so far (k-center on the
-features), so fifty near-copies of one confusing image cost one label, not fifty.
+Two rankings of the logged images take turns: **uncertainty** (1 - the margin between the
+champion's top two probabilities) fills two picks of three, **novelty** (how far the
+features lie from the nearest class of the training sample, in units of how far training
+images lie from their own class; above 1 it is likely a class the champion does not know)
+every third. **Diversity**: a candidate within the near-copy radius of an earlier pick is
+passed over, so fifty near-copies of one confusing image cost one label, while many
+distinct images of a new class still count.
 
 :func:`export` writes the picks as a batch skeleton (the images + ``labels.csv`` pre-filled
 with the champion's guess) that, once corrected, uploads as a normal batch. Numpy only:
@@ -26,7 +27,8 @@ from pipelines import predlog
 
 LABELLED = "labelled"  # <log>/labelled/<submission>.json: the ids a submission labelled
 NEW_CLASS_AT = 1.0  # novelty above this: "far from every class"
-POOL = 4  # candidates considered per pick (the best scored n * POOL)
+NOVEL_EVERY = 3  # every third pick is the most novel image left (if any is novel)
+NEAR = 1  # percentile of the logged images' distances below which two are near-copies
 
 
 @dataclass(frozen=True)
@@ -87,36 +89,54 @@ def rank(
     feats = _unit(view.features[keep].astype(np.float64))
     uncertainty = np.array([1 - float(e["margin"]) for e in entries])
     far = novelty(view.features[keep], reference) if reference is not None else None
-    score = uncertainty + (np.minimum(far, 2.0) / 2 if far is not None else 0)
-    pool = np.argsort(-score)[: n * POOL]
-    taken = np.zeros(len(pool), bool)
-    nearest = np.full(len(pool), np.inf)  # cosine distance to the nearest pick so far
+    by_uncertainty = list(np.argsort(-uncertainty, kind="stable"))
+    by_novelty = [] if far is None else [i for i in np.argsort(-far) if far[i] > NEW_CLASS_AT]
+    radius = _near_copy_radius(feats)
     picked: list[int] = []
-    for _ in range(min(n, len(pool))):
-        spread = 1.0 if not picked else nearest / max(float(nearest[~taken].max()), 1e-12)
-        best = int(np.argmax(np.where(taken, -np.inf, score[pool] * spread)))
-        taken[best] = True
-        picked.append(int(pool[best]))
-        nearest = np.minimum(nearest, np.maximum(1 - feats[pool] @ feats[pool[best]], 0))
-    items = []
-    for i in picked:
-        reasons = []
-        if uncertainty[i] >= 0.5:
-            reasons.append(f"uncertain (margin {entries[i]['margin']:.2f})")
-        if far is not None and far[i] > NEW_CLASS_AT:
-            reasons.append(f"far from every class ({far[i]:.1f}x): maybe a new class")
-        if not reasons:
-            reasons.append("unlike the other picks")
-        items.append(
-            QueueItem(
-                entries[i],
-                float(score[i]),
-                float(uncertainty[i]),
-                None if far is None else float(far[i]),
-                reasons,
-            )
-        )
-    return items
+    nearest = np.full(len(entries), np.inf)  # cosine distance to the nearest pick
+    turn = 0
+    while len(picked) < min(n, len(entries)):
+        novel_turn = turn % NOVEL_EVERY == 0 and by_novelty
+        source = by_novelty if novel_turn or not by_uncertainty else by_uncertainty
+        turn += 1
+        if not source:
+            break
+        candidate = source.pop(0)
+        if candidate in picked:
+            continue
+        if nearest[candidate] < radius and (by_novelty or by_uncertainty):
+            continue  # a near-copy of a pick: one label covers both
+        picked.append(int(candidate))
+        nearest = np.minimum(nearest, np.maximum(1 - feats @ feats[candidate], 0))
+    if len(picked) < min(n, len(entries)):  # only near-copies left: take them after all
+        picked += [i for i in by_uncertainty_all(uncertainty) if i not in picked][: n - len(picked)]
+    return [_item(entries[i], uncertainty[i], None if far is None else far[i]) for i in picked]
+
+
+def by_uncertainty_all(uncertainty: np.ndarray) -> list[int]:
+    return [int(i) for i in np.argsort(-uncertainty, kind="stable")]
+
+
+def _near_copy_radius(feats: np.ndarray) -> float:
+    """Distance below which two images count as near-copies: a low percentile of the
+    distances between logged images (a sample of them)."""
+    sample = feats[:: max(1, len(feats) // 500)]
+    if len(sample) < 2:
+        return 0.0
+    distances = np.maximum(1 - sample @ sample.T, 0)[np.triu_indices(len(sample), 1)]
+    return float(np.percentile(distances, NEAR))
+
+
+def _item(entry: dict, uncertainty: float, far: float | None) -> QueueItem:
+    reasons = []
+    if uncertainty >= 0.5:
+        reasons.append(f"uncertain (margin {entry['margin']:.2f})")
+    if far is not None and far > NEW_CLASS_AT:
+        reasons.append(f"far from every class ({far:.1f}x): maybe a new class")
+    if not reasons:
+        reasons.append("least certain of the rest")
+    score = uncertainty + (min(far, 2.0) / 2 if far is not None else 0.0)
+    return QueueItem(entry, float(score), float(uncertainty), far, reasons)
 
 
 def labelled_ids(store) -> set[str]:

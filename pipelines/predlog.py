@@ -26,6 +26,7 @@ import logging
 import os
 import queue
 import random
+import re
 import socket
 import threading
 import time
@@ -40,6 +41,8 @@ ENTRIES, IMAGES = "entries", "images"
 FLUSH_AT = 256  # entries written at once at the latest
 PRUNE_EVERY_S = 60.0
 PRUNE_TO = 0.9  # once over the size cap, prune down to this share of it
+GRACE_S = 60.0  # an image younger than this is kept even if no entry names it yet
+IMAGE_FIELD = re.compile(r'"image": "images/([^"]+)"')
 SUFFIXES = {b"\xff\xd8": ".jpg", b"\x89P": ".png", b"GI": ".gif", b"BM": ".bmp", b"RI": ".webp"}
 
 
@@ -161,8 +164,6 @@ class LogWriter:
             if not self.store.exists(path):
                 self.store.write_bytes(path, body)
                 size += len(body)
-            elif not self.store.remote:  # refresh its age: retention keeps what is in use
-                os.utime(path)
             lines.append(json.dumps(entry))
         self._seq += 1
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -220,7 +221,9 @@ def _files(store, folder: str) -> list[tuple[str, int, float]]:
 
 def prune(store, max_bytes: int, max_age_s: float, force: bool = False) -> tuple[int, int]:
     """Remove the oldest entry files (past ``max_age_s``, or while over ``max_bytes``), then
-    the images older than every remaining entry file. Returns (files removed, bytes left)."""
+    the images no remaining entry names (unless younger than ``GRACE_S``, their entry may be
+    on its way; ``force``, for a full disk, waits for nothing). Returns (files removed,
+    bytes left)."""
     entries, images = _files(store, ENTRIES), _files(store, IMAGES)
     total = sum(size for _, size, _ in entries + images)
     now, removed = time.time(), 0
@@ -231,9 +234,14 @@ def prune(store, max_bytes: int, max_age_s: float, force: bool = False) -> tuple
         path, size, _ = entries.pop(0)
         store.fs.rm_file(path)
         total, removed = total - size, removed + 1
-    oldest_kept = entries[0][2] if entries else now
+    if not removed:
+        return 0, total
+    named = set()
+    for path, _, _ in entries:
+        named |= set(IMAGE_FIELD.findall((store.read_bytes(path) or b"").decode(errors="replace")))
     for path, size, stamp in images:
-        if stamp < oldest_kept or (not entries and total > target):
+        old = force or now - stamp >= GRACE_S
+        if old and path.rsplit(f"/{IMAGES}/", 1)[-1] not in named:
             store.fs.rm_file(path)
             total, removed = total - size, removed + 1
     return removed, total
