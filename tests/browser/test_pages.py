@@ -1,16 +1,20 @@
-"""The Try and Retrain pages in headless Chromium (Debian's, driven by Playwright) against the
-live platform: upload an image and see a label; upload a batch archive and follow its run to
-the gate decision and a downloadable model."""
+"""The Try, Retrain and Label pages in headless Chromium (Debian's, driven by Playwright)
+against the live platform: upload an image and see a label; upload a batch archive and
+follow its run to the gate decision and a downloadable model; label logged images and
+submit them as a batch."""
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
-from tests.live_platform import COLOURS, TOKEN, LivePlatform, ensure_champion
+from tests.conftest import coloured_images
+from tests.live_platform import COLOURS, TOKEN, LivePlatform, ensure_champion, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -84,3 +88,33 @@ def test_retrain_page_model_form_takes_a_labels_file_and_a_pixel_range(
     page.select_option("#pixels", "-1-1")
     page.click("#model-form button")
     page.wait_for_selector("text=or a Teachable Machine .zip export")
+
+
+def test_label_page_shows_the_queue_and_submits_corrections(live, browser) -> None:
+    ensure_champion(live)
+    for pixels in coloured_images(COLOURS[:3], 3, seed=50).x:  # something to label
+        data = io.BytesIO()
+        Image.fromarray(pixels).save(data, "PNG")
+        httpx.post(f"{live.serving_url}/predict", files={"image": ("x.png", data.getvalue())})
+    page = browser.new_page()
+    page.goto(f"{live.serving_url}/label")
+    page.fill("#token", TOKEN)
+    page.fill("#n", "4")
+    page.wait_for_timeout(2500)  # the log's writer flushes every 2 s
+    page.click("#load")
+    page.wait_for_selector(".card img[src^='blob:']")
+    cards = page.locator(".card")
+    assert cards.count() >= 1
+    assert "guess:" in cards.first.inner_text()
+    page.fill("#newclass", "purple")  # a class the champion does not know
+    page.dispatch_event("#newclass", "change")
+    for i in range(cards.count()):
+        cards.nth(i).locator("select").select_option("purple")
+    page.click("#submit")
+    page.wait_for_selector("#submitted")
+    submission = page.inner_text("#submitted").split(" as ")[1].split(":")[0]
+    # a handful of images of a new class: the intake refuses it (too few), like any upload
+    wait_for(
+        lambda: (s := live.queue().find(submission)) is not None and s.outcome, 180, "the run"
+    )
+    assert live.queue().find(submission).outcome == "rejected"

@@ -130,7 +130,7 @@ def test_retention_drops_the_oldest_entries_by_size_and_by_age(tmp_path, monkeyp
     monkeypatch.setattr(predlog, "GRACE_S", 0.0)
     writer = _writer(tmp_path, max_log_bytes=30_000)
     rng = np.random.default_rng(0)
-    for batch in range(6):  # ~6 KB per batch of three noisy JPEGs
+    for _ in range(6):  # ~6 KB per batch of three noisy JPEGs
         pixels = rng.integers(0, 255, (3, 24, 24, 3), dtype=np.uint8)
         _log(writer, [_jpeg(p) for p in pixels], _probs(3), rng.normal(size=(3, 8)))
         time.sleep(0.02)

@@ -1,0 +1,112 @@
+"""The loop on the live platform: real serving logs what it answers (image, version,
+top-k, features), a real drift check over that log finds colour inversion and logs to
+MLflow, the drift deployment runs on the worker, the label queue exports a skeleton that
+the real intake takes back, and labels for images the log no longer holds change nothing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import coloured_images
+from tests.live_platform import COLOURS, TOKEN, LivePlatform, ensure_champion, wait_for
+
+pytestmark = pytest.mark.e2e
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def _log(live: LivePlatform):
+    from core.objectstore import Store
+    from pipelines import predlog
+
+    store = Store(str(live.workspace / "predictions"))
+    return store, predlog.read_log(store)
+
+
+def test_serving_logs_answers_and_the_drift_check_finds_an_inversion(live: LivePlatform) -> None:
+    from core import runs
+    from pipelines import monitor
+    from pipelines.registry import Registry, RegistryConfig
+
+    version = ensure_champion(live)
+    images = coloured_images(COLOURS[:3], 14, seed=40)
+    truth = {}
+    for pixels, label in [*zip(images.x, images.y, strict=True),
+                          *zip(255 - images.x, images.y, strict=True)]:  # fmt: skip
+        data = _png(pixels)
+        answer = httpx.post(f"{live.serving_url}/predict", files={"image": ("x.png", data)})
+        assert answer.status_code == 200, answer.text
+        truth[_id(data)] = COLOURS[label]
+    store, _ = _log(live)
+    view = wait_for(
+        lambda: (v := _log(live)[1]) and set(truth) <= {e["id"] for e in v.entries} and v,
+        30,
+        "the background writer to log every answer",
+    )
+    entry = next(e for e in view.entries if e["id"] in truth)
+    assert entry["version"] == version and entry["labels"][0] in COLOURS
+    assert view.features.shape[1] > 0 and view.unreadable == 0
+
+    url = f"http://127.0.0.1:{live.env['REFIT_MLFLOW_PORT']}"
+    registry = Registry(RegistryConfig(url, url, "refit-classifier"))
+    check = monitor.check_live(registry, store, images=len(images), alpha=0.01)  # the inverted
+    assert check.status == "checked" and check.drifted, check.message
+    run = registry.client.get_run(check.run_id)
+    assert run.data.metrics["drift.drifted"] == 1.0 and run.data.tags["model_version"] == version
+    logged = {a.path for a in registry.client.list_artifacts(check.run_id)}
+    assert {"drift.json", "drift-history.png", "most-drifted.png"} <= logged
+
+    shown = live.refit("drift")  # the CLI: the same check, for people
+    assert shown.returncode == 0 and "MMD" in shown.stdout and "MLflow:" in shown.stdout, shown
+    flow_run = runs.start("drift/drift", {})  # the scheduled deployment, run now on the worker
+    final = runs.follow(flow_run, lambda view: None, timeout_s=120)
+    assert final.state == "COMPLETED", final.message
+
+
+def _id(data: bytes) -> str:
+    from pipelines.predlog import image_id
+
+    return image_id(data)
+
+
+def test_the_label_queue_exports_a_batch_the_intake_takes_back(live, tmp_path: Path) -> None:
+    ensure_champion(live)
+    _, view = _log(live)
+    if len(view) < 10:  # run alone: give the log something
+        for pixels in coloured_images(COLOURS[:3], 5, seed=41).x:
+            httpx.post(f"{live.serving_url}/predict", files={"image": ("x.png", _png(pixels))})
+        wait_for(lambda: len(_log(live)[1]) >= 10, 30, "the log to fill")
+    out = tmp_path / "next.zip"
+    done = live.refit("label", "next", "--n", "100000", "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Asked for 100000; the log holds only" in done.stdout
+    with zipfile.ZipFile(out) as archive:
+        rows = list(csv.DictReader(io.StringIO(archive.read("labels.csv").decode())))
+        assert rows and all(r["label"] == r["guess"] for r in rows)
+        assert all(archive.read(r["filename"]) for r in rows)
+    checked = live.refit("data", "validate", str(out))  # the real intake, the real champion
+    assert "Batch" in checked.stdout and "classes:" in checked.stdout, checked.stdout
+
+    # labels for an image the log no longer holds: refused, nothing submitted
+    pending = len(live.queue().pending())
+    gone = "0" * 64
+    refused = httpx.post(
+        f"{live.serving_url}/retrain/labels", json={"labels": {gone: "red"}}, headers=AUTH
+    )
+    assert refused.status_code == 409 and "no longer in the prediction log" in refused.text
+    assert len(live.queue().pending()) == pending
+    anonymous = httpx.get(f"{live.serving_url}/label/queue")
+    assert anonymous.status_code == 401
