@@ -19,7 +19,10 @@ Then overload, on the same server:
 Targets: >= 3x the baseline, >= 0.7x the HTTP ceiling, 0 errors during swaps; overload:
 0 non-200 with hogs and swaps, only 200/503 and no resets for the batch flood, healthz p99
 < 1 s under large images.
-Run: .venv/bin/python bench/serve.py [--seconds 15]
+
+``--log-cost``: the prediction log's cost alone (the same server with ``loop.log_predictions``
+off and on, interleaved rounds): throughput and p50; target <= 5%.
+Run: .venv/bin/python bench/serve.py [--seconds 15] [--log-cost [--rounds 3]]
 """
 
 from __future__ import annotations
@@ -93,24 +96,27 @@ def register_builtin(tmp: Path) -> tuple[str, object]:
     return uri, (registry, model, holdout, lenient)
 
 
-def start_ours(tmp: Path, uri: str) -> tuple[subprocess.Popen, str]:
+def start_ours(
+    tmp: Path, uri: str, log: bool = True, name: str = "ws"
+) -> tuple[subprocess.Popen, str]:
     from core.settings import get_settings
     from refit.platform import serving_service
 
-    config = tmp / "refit.toml"
+    config = tmp / f"refit-{name}.toml"
     port = free_port()
     config.write_text(
-        f'workspace = "{tmp / "ws"}"\nmlflow_tracking_uri = "{uri}"\nserving_port = {port}\n'
+        f'workspace = "{tmp / name}"\nmlflow_tracking_uri = "{uri}"\nserving_port = {port}\n'
         f'[serving]\nadmin_token = "{TOKEN}"\npoll_interval_s = 3600\n'
+        f"[loop]\nlog_predictions = {str(log).lower()}\n"
     )
     os.environ["REFIT_CONFIG"] = str(config)
     get_settings.cache_clear()
     service = serving_service(get_settings())
-    with open(tmp / "serving.log", "wb") as log:
+    with open(tmp / f"serving-{name}.log", "wb") as out:
         process = subprocess.Popen(
             service.command,
             env={**os.environ, **service.env},
-            stdout=log,
+            stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -338,13 +344,48 @@ def overload(url: str, images: list[bytes], registry, seconds: float) -> dict:
     return results
 
 
+def log_cost(tmp: Path, uri: str, images: list[bytes], seconds: float, rounds: int) -> None:
+    """The prediction log's cost: the same server with the log off and on, interleaved
+    rounds (this host's speed swings), each keeping its best throughput and p50."""
+    servers = {log: start_ours(tmp, uri, log, f"ws-log-{log}") for log in (False, True)}
+    best = {False: (0.0, float("inf")), True: (0.0, float("inf"))}
+    try:
+        for _ in range(rounds):
+            for log, (_, url) in servers.items():
+                rate, _, errors, _ = asyncio.run(hammer(f"{url}/predict", images, 32, seconds))
+                p50 = sequential_p50(f"{url}/predict", images)
+                assert not errors, errors[:3]
+                best[log] = (max(best[log][0], rate), min(best[log][1], p50))
+        logged = sum(1 for _ in (tmp / "ws-log-True" / "predictions" / "images").rglob("*.jpg"))
+    finally:
+        for process, _ in servers.values():
+            os.killpg(process.pid, 15)
+            process.wait(30)
+    (off_rate, off_p50), (on_rate, on_p50) = best[False], best[True]
+    print(f"\nPrediction log: 32 clients, single 32x32 JPEGs, best of {rounds} x {seconds:.0f} s")
+    print("| log | req/s | p50 ms (one client) |")
+    print("| --- | --- | --- |")
+    print(f"| off | {off_rate:.0f} | {off_p50 * 1000:.1f} |")
+    print(f"| on (every request) | {on_rate:.0f} | {on_p50 * 1000:.1f} |")
+    cost = 1 - on_rate / off_rate
+    print(
+        f"throughput cost {cost:.1%}, p50 {on_p50 / off_p50:.2f}x (target: <= 5% cost): "
+        f"{'ok' if cost <= 0.05 else 'MISSED'}; {logged} distinct images logged"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--log-cost", action="store_true", help="only the prediction log's cost")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --log-cost")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="refit-bench-serve-"))
     images = jpegs(256)
     uri, (registry, model, holdout, policy) = register_builtin(tmp)
+    if args.log_cost:
+        log_cost(tmp, uri, images, args.seconds, args.rounds)
+        return
     ours, url = start_ours(tmp, uri)
     baseline, base_url = start_baseline(tmp)
     ceiling_server, ceiling_url = start_ceiling(tmp)
