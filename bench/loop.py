@@ -78,6 +78,8 @@ def scenario(name: str, data: dict, args) -> dict:
         holdout += [
             (x, label) for x, _ in rows[start + args.stream : start + args.stream + args.holdout]
         ]
+    order = np.random.default_rng(0).permutation(len(stream))  # a stream mixes its classes
+    stream = [stream[i] for i in order]
     base_set = image_set(base, known)
     holdout_set = image_set(holdout, all_classes)
     print(
@@ -110,10 +112,13 @@ def scenario(name: str, data: dict, args) -> dict:
         writer = predlog.LogWriter(store, LoopConfig(), start=False)
         sx = np.stack([x for x, _, _ in stream])
         probs, feats = features_and_probs(champion.model, sx)
-        writer.record([(f"s{i}.jpg", d) for i, (_, d, _) in enumerate(stream)], "1",
-                      champion.class_names, probs, feats)  # fmt: skip
-        while writer.flush():
-            pass
+        for start in range(0, len(stream), 500):  # as requests arrive: the writer keeps up
+            part = slice(start, start + 500)
+            uploads = [(f"s{i}.jpg", d) for i, (_, d, _) in enumerate(stream[part], start)]
+            writer.record(uploads, "1", champion.class_names, probs[part], feats[part])
+            while writer.flush():
+                pass
+        assert writer.stats.dropped == 0
         view = predlog.read_log(store)
         truth = {predlog.image_id(d): (x, label) for x, d, label in stream}
         base_probs, base_feats = features_and_probs(champion.model, base_set.x)
@@ -122,7 +127,14 @@ def scenario(name: str, data: dict, args) -> dict:
         queued = [truth[item.id] for item in labelqueue.rank(view, reference, args.labels)]
         rank_s = time.perf_counter() - started
 
-    config = FinetuneConfig(head_epochs=2, epochs=args.finetune_epochs, batch_size=64)
+    config = FinetuneConfig(
+        head_epochs=2,
+        epochs=args.finetune_epochs,
+        batch_size=64,
+        lr=args.lr,
+        head_lr=args.lr,
+        unfreeze_layers=args.unfreeze,
+    )
     choices = {"queue": queued}
     for draw in range(args.draws):
         picked = np.random.default_rng(draw).choice(len(stream), args.labels, replace=False)
@@ -131,8 +143,17 @@ def scenario(name: str, data: dict, args) -> dict:
     for label, rows in choices.items():
         names = sorted({c for _, c in rows})
         challenger, _ = finetune(champion, image_set(rows, names), base_set, config, lambda m: None)
+        kept = challenger.card["kept_starting_weights"]
         results[label] = (holdout_accuracy(challenger), sum(c == "truck" for _, c in rows))
-        print(f"  fine-tuned on {label}: {results[label][0]:.4f}", flush=True)
+        if "truck" in challenger.class_names:
+            is_truck = np.array(all_classes)[holdout_set.y] == "truck"
+            guessed = predict_proba(challenger.model, holdout_set.x[is_truck]).argmax(1)
+            recall = float(np.mean(guessed == challenger.class_names.index("truck")))
+            print(f"  truck recall {recall:.2f}")
+        card = challenger.card
+        note = f" (validation {card['val_accuracy_before']} -> {card['val_accuracy_after']}"
+        note += ": the starting weights were kept)" if kept else ")"
+        print(f"  fine-tuned on {label}: {results[label][0]:.4f}{note}", flush=True)
     return {
         "name": name,
         "champion": base_accuracy,
@@ -177,7 +198,9 @@ def main() -> None:
     parser.add_argument("--stream", type=int, default=400, help="stream images per class")
     parser.add_argument("--holdout", type=int, default=200, help="holdout images per class")
     parser.add_argument("--epochs", type=int, default=10, help="champion training epochs")
-    parser.add_argument("--finetune-epochs", type=int, default=4)
+    parser.add_argument("--finetune-epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=0.05, help="fine-tune peak learning rate")
+    parser.add_argument("--unfreeze", type=int, default=3, help="top layers fine-tuned (-1: all)")
     parser.add_argument("--scenario", choices=["known", "new-class", "both"], default="both")
     args = parser.parse_args()
     started = time.perf_counter()

@@ -114,7 +114,5 @@ def test_label_page_shows_the_queue_and_submits_corrections(live, browser) -> No
     page.wait_for_selector("#submitted")
     submission = page.inner_text("#submitted").split(" as ")[1].split(":")[0]
     # a handful of images of a new class: the intake refuses it (too few), like any upload
-    wait_for(
-        lambda: (s := live.queue().find(submission)) is not None and s.outcome, 180, "the run"
-    )
+    wait_for(lambda: (s := live.queue().find(submission)) is not None and s.outcome, 180, "the run")
     assert live.queue().find(submission).outcome == "rejected"

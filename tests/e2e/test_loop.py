@@ -36,7 +36,28 @@ def _log(live: LivePlatform):
     return store, predlog.read_log(store)
 
 
-def test_serving_logs_answers_and_the_drift_check_finds_an_inversion(live: LivePlatform) -> None:
+def _in_process(live: LivePlatform, monkeypatch) -> None:
+    """This process's settings as the platform's (TensorFlow is loaded here already, so a
+    command runs in seconds rather than paying a fresh interpreter's imports)."""
+    from core.settings import get_settings
+
+    for name, value in live.env.items():
+        if name.startswith("REFIT_"):
+            monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+
+
+def _cli(live: LivePlatform, monkeypatch, *args: str):
+    """A `refit` command run in this process, as typed."""
+    from typer.testing import CliRunner
+
+    from refit.cli import app
+
+    _in_process(live, monkeypatch)
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_serving_logs_answers_and_the_drift_check_finds_an_inversion(live, monkeypatch) -> None:
     from core import runs
     from pipelines import monitor
     from pipelines.registry import Registry, RegistryConfig
@@ -69,11 +90,32 @@ def test_serving_logs_answers_and_the_drift_check_finds_an_inversion(live: LiveP
     logged = {a.path for a in registry.client.list_artifacts(check.run_id)}
     assert {"drift.json", "drift-history.png", "most-drifted.png"} <= logged
 
-    shown = live.refit("drift")  # the CLI: the same check, for people
-    assert shown.returncode == 0 and "MMD" in shown.stdout and "MLflow:" in shown.stdout, shown
+    shown = _cli(live, monkeypatch, "drift")  # the CLI: the same check, for people
+    assert shown.exit_code == 0 and "MMD" in shown.output and "MLflow:" in shown.output
     flow_run = runs.start("drift/drift", {})  # the scheduled deployment, run now on the worker
     final = runs.follow(flow_run, lambda view: None, timeout_s=120)
     assert final.state == "COMPLETED", final.message
+
+
+def _validate(live: LivePlatform, batch: Path, monkeypatch):
+    """What `refit data validate` does, in this process (TensorFlow is loaded already)."""
+    from core.settings import get_settings
+    from pipelines import workspace
+    from pipelines.intake import check_batch, discard
+
+    _in_process(live, monkeypatch)
+    settings = get_settings()
+    checked = check_batch(
+        batch,
+        settings.dataset_dir,
+        workspace.intake_paths(settings),
+        settings.ingest,
+        settings.validation,
+        progress=lambda m: None,
+        view=workspace.champion_view(settings),
+    )
+    discard(checked)
+    return checked
 
 
 def _id(data: bytes) -> str:
@@ -82,7 +124,9 @@ def _id(data: bytes) -> str:
     return image_id(data)
 
 
-def test_the_label_queue_exports_a_batch_the_intake_takes_back(live, tmp_path: Path) -> None:
+def test_the_label_queue_exports_a_batch_the_intake_takes_back(
+    live, tmp_path: Path, monkeypatch
+) -> None:
     ensure_champion(live)
     _, view = _log(live)
     if len(view) < 10:  # run alone: give the log something
@@ -90,15 +134,18 @@ def test_the_label_queue_exports_a_batch_the_intake_takes_back(live, tmp_path: P
             httpx.post(f"{live.serving_url}/predict", files={"image": ("x.png", _png(pixels))})
         wait_for(lambda: len(_log(live)[1]) >= 10, 30, "the log to fill")
     out = tmp_path / "next.zip"
-    done = live.refit("label", "next", "--n", "100000", "--out", str(out))
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "Asked for 100000; the log holds only" in done.stdout
+    done = _cli(live, monkeypatch, "label", "next", "--n", "100000", "--out", str(out))
+    assert done.exit_code == 0, done.output
+    assert "Asked for 100000; the log holds only" in done.output
     with zipfile.ZipFile(out) as archive:
         rows = list(csv.DictReader(io.StringIO(archive.read("labels.csv").decode())))
         assert rows and all(r["label"] == r["guess"] for r in rows)
         assert all(archive.read(r["filename"]) for r in rows)
-    checked = live.refit("data", "validate", str(out))  # the real intake, the real champion
-    assert "Batch" in checked.stdout and "classes:" in checked.stdout, checked.stdout
+    checked = _validate(
+        live, out, monkeypatch
+    )  # the real intake check, examined by the real champion
+    assert checked.report.n_images == len(rows) and checked.report.champion_version
+    assert not [r for r in checked.report.failed_rules if r.rule != "min_images_per_class"]
 
     # labels for an image the log no longer holds: refused, nothing submitted
     pending = len(live.queue().pending())

@@ -20,6 +20,7 @@ print(json.dumps({
     "timezone": schedule.timezone,
     "retrain_triggers": len(found["retrain"]["triggers"]),
     "limits": [found[n].get("concurrency_limit") for n in ("retrain", "bootstrap")],
+    "drift_cron": found["drift"]["schedule"].cron,
 }))
 """
 
@@ -29,6 +30,7 @@ def test_the_schedule_uses_the_configured_cron_and_time_zone() -> None:
         **os.environ,
         "REFIT_ORCHESTRATION__SCHEDULE_CRON": "30 4 * * 2",
         "REFIT_ORCHESTRATION__SCHEDULE_TIMEZONE": "Europe/Berlin",
+        "REFIT_LOOP__DRIFT_CRON": "15 */2 * * *",
     }
     done = subprocess.run(
         [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300
@@ -38,3 +40,4 @@ def test_the_schedule_uses_the_configured_cron_and_time_zone() -> None:
     assert found["cron"] == "30 4 * * 2" and found["timezone"] == "Europe/Berlin"
     assert found["retrain_triggers"] == 1
     assert found["limits"] == [1, None]  # one retrain at a time, on every worker
+    assert found["drift_cron"] == "15 */2 * * *"  # the live drift check's schedule

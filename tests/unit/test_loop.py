@@ -308,4 +308,3 @@ def test_an_exported_skeleton_comes_back_in_as_a_batch(tmp_path, sample) -> None
     assert written == 49 and gone == [items[0].id]
     with pytest.raises(FileExistsError):
         labelqueue.export(items, writer.store, tmp_path / "again")
-
