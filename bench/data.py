@@ -9,9 +9,11 @@ Measures, in one run, against baselines taken in the same run:
    `dvc add` + `dvc push`, with each step's share;
 5. the cost of near-duplicate detection: imagehash's pHash per image (CIFAR JPEGs and
    12-megapixel photos) against the plain decode, and the Hamming search of a batch's
-   hashes against a holdout's.
+   hashes against a holdout's;
+6. suspicious labels: cleanlab through the intake check on batches with 5% and 10% of
+   their labels flipped (precision and recall of the disputed images).
 
-Run: .venv/bin/python bench/data.py [--images 10000] [--skip-full]
+Run: .venv/bin/python bench/data.py [--images 10000] [--skip-full] [--label-issues]
 """
 
 from __future__ import annotations
@@ -181,17 +183,87 @@ def bench_full(tarball: Path, work: Path) -> None:
         print(f"{name:<32}{seconds:>9.2f}{seconds / total:>8.0%}")
 
 
+def bench_label_issues(work: Path) -> None:
+    """cleanlab through the real intake check: the built-in 9-class champion examines batches
+    of the embedded sample's holdout images (it never trained on them) with a known share of
+    labels flipped; precision and recall of the disputed images against the flips."""
+    import numpy as np
+
+    from pipelines.examine import ChampionView
+    from pipelines.features import TrainingFeatures, features_and_probs
+    from pipelines.images import load_images
+    from pipelines.intake import IntakePaths, check_batch, discard
+    from pipelines.modelfile import load_refit_model
+    from pipelines.sample import unpack_sample
+
+    settings = get_settings()
+    sample = work / "sample"
+    unpack_sample(settings.sample_archive, sample)
+    loaded = load_refit_model(settings.builtin_model)
+    classes = loaded.class_names
+    train = [
+        p for c in classes for p in sorted((sample / "seed" / "train" / c).glob("*.jpg"))[:120]
+    ]
+    images = load_images(train, [p.parent.name for p in train], classes, loaded.input_size)
+    probs, feats = features_and_probs(loaded.model, images.x)
+    view = ChampionView(loaded, "builtin", TrainingFeatures(feats, images.y, probs, classes))
+    holdout = [
+        (p, p.parent.name)
+        for c in classes
+        for p in sorted((sample / "seed" / "holdout" / c).glob("*.jpg"))
+    ]
+    print("\nSuspicious labels (cleanlab via the intake check; built-in champion, holdout images)")
+    print("| batch | images | flipped | disputed | precision | recall | seconds |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    rng = np.random.default_rng(0)
+    for name, keep, share in (
+        ("9 classes", classes, 0.05),
+        ("9 classes", classes, 0.10),
+        ("2 classes (cat, dog)", ["cat", "dog"], 0.10),
+    ):
+        rows = [(p, c) for p, c in holdout if c in keep]
+        flipped = set(rng.choice(len(rows), round(share * len(rows)), replace=False).tolist())
+        batch = work / f"flipped-{len(keep)}-{share}"
+        for i, (path, label) in enumerate(rows):
+            if i in flipped:
+                label = classes[
+                    (classes.index(label) + int(rng.integers(1, len(classes)))) % len(classes)
+                ]
+            (batch / label).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, batch / label / f"{i:05d}.jpg")
+        paths = IntakePaths(work / "st", work / "q", work / "acc", work / "lock")
+        started = time.perf_counter()
+        checked = check_batch(
+            batch, work / "no-dataset", paths, IngestLimits(),
+            ValidationPolicy(min_images_per_class=1, min_images_per_new_class=1, max_class_imbalance=1000),
+            progress=lambda m: None, view=view,
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        discard(checked)
+        found = {int(Path(x["path"]).stem) for x in checked.report.label_issues}
+        hits = len(found & flipped)
+        precision = hits / len(found) if found else float("nan")
+        print(f"| {name} | {len(rows)} | {len(flipped)} ({share:.0%}) | {len(found)} | "
+              f"{precision:.2f} | {hits / len(flipped):.2f} | {seconds:.1f} |")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--skip-full", action="store_true", help="skip the 50k end-to-end run")
+    parser.add_argument("--label-issues", action="store_true", help="only the cleanlab part")
     args = parser.parse_args()
+    if args.label_issues:
+        with tempfile.TemporaryDirectory(prefix="refit-bench-") as tmp:
+            bench_label_issues(Path(tmp))
+        return
     tarball = get_settings().cifar10_archive
     with tempfile.TemporaryDirectory(prefix="refit-bench-") as tmp:
         work = Path(tmp)
         subprocess.run(["tar", "-xzf", str(tarball), "-C", str(work)], check=True)
         bench_subset(work, work / "subset-run", args.images)
         bench_near_duplicates(work / "subset-run" / "subset", work / "near-duplicates")
+        bench_label_issues(work / "label-issues")
         if not args.skip_full:
             bench_full(tarball, work / "full-run")
 

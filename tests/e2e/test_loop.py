@@ -97,6 +97,29 @@ def test_serving_logs_answers_and_the_drift_check_finds_an_inversion(live, monke
     assert final.state == "COMPLETED", final.message
 
 
+def test_on_drift_retrain_adds_the_automation_and_event_removes_it(live, monkeypatch) -> None:
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+
+    from core.settings import get_settings
+    from flows.deployments import DRIFT_RETRAIN, ensure_drift_automation
+    from flows.drift import DRIFTED
+
+    _in_process(live, monkeypatch)
+    with get_client(sync_client=True) as client:
+        retrain = client.read_deployment_by_name("retrain/retrain").id
+    monkeypatch.setenv("REFIT_LOOP__ON_DRIFT", "retrain")
+    get_settings.cache_clear()
+    assert ensure_drift_automation(get_settings(), retrain)
+    made = Automation.read(name=DRIFT_RETRAIN)
+    assert DRIFTED in made.trigger.expect and made.actions[0].deployment_id == retrain
+    monkeypatch.setenv("REFIT_LOOP__ON_DRIFT", "event")
+    get_settings.cache_clear()
+    assert not ensure_drift_automation(get_settings(), retrain)
+    with pytest.raises(ValueError):
+        Automation.read(name=DRIFT_RETRAIN)
+
+
 def _validate(live: LivePlatform, batch: Path, monkeypatch):
     """What `refit data validate` does, in this process (TensorFlow is loaded already)."""
     from core.settings import get_settings

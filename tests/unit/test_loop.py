@@ -308,3 +308,28 @@ def test_an_exported_skeleton_comes_back_in_as_a_batch(tmp_path, sample) -> None
     assert written == 49 and gone == [items[0].id]
     with pytest.raises(FileExistsError):
         labelqueue.export(items, writer.store, tmp_path / "again")
+
+
+class _Registry:
+    """The two registry questions the live check asks, answered as a test says."""
+
+    def __init__(self, version, features) -> None:
+        self.version, self.features = version, features
+
+    def alias_version(self, alias: str):
+        return self.version
+
+    def training_features(self, version: str):
+        return self.features
+
+
+def test_the_live_check_says_why_it_cannot_check(tmp_path, sample) -> None:
+    from pipelines import monitor
+
+    store = Store(str(tmp_path / "log"))
+    none = monitor.check_live(_Registry(None, None), store, 100, 0.01)
+    assert none.status == "no-champion" and not none.drifted
+    old = monitor.check_live(_Registry("4", None), store, 100, 0.01)
+    assert old.status == "no-reference" and "v4 has no training features" in old.message
+    empty = monitor.check_live(_Registry("4", sample["reference"].to_bytes()), store, 100, 0.01)
+    assert empty.status == "no-data" and "holds 0 answers of champion v4" in empty.message
