@@ -233,9 +233,11 @@ def bench_label_issues(work: Path) -> None:
             shutil.copyfile(path, batch / label / f"{i:05d}.jpg")
         paths = IntakePaths(work / "st", work / "q", work / "acc", work / "lock")
         started = time.perf_counter()
+        policy = ValidationPolicy(  # no dataset yet: any class count will do
+            min_images_per_class=1, min_images_per_new_class=1, max_class_imbalance=1000
+        )
         checked = check_batch(
-            batch, work / "no-dataset", paths, IngestLimits(),
-            ValidationPolicy(min_images_per_class=1, min_images_per_new_class=1, max_class_imbalance=1000),
+            batch, work / "no-dataset", paths, IngestLimits(), policy,
             progress=lambda m: None, view=view,
         )  # fmt: skip
         seconds = time.perf_counter() - started
