@@ -100,6 +100,24 @@ def champion_view(settings: Settings, progress: Callable[[str], None] = print):
         return None
 
 
+def check_batch(settings: Settings, source: Path, progress: Callable[[str], None] = print):
+    """Validate a batch against the current dataset, examined by the champion, changing
+    nothing (:func:`pipelines.intake.check_batch`); the staged copy is dropped."""
+    from pipelines import intake
+
+    checked = intake.check_batch(
+        source,
+        settings.dataset_dir,
+        intake_paths(settings),
+        settings.ingest,
+        settings.validation,
+        progress=progress,
+        view=champion_view(settings, progress),
+    )
+    intake.discard(checked)
+    return checked
+
+
 def add_batch(settings: Settings, source: Path, progress: Callable[[str], None] = print):
     """Take a batch in with the configured limits and policies: validated (and examined by
     the champion, once there is one), then merged and versioned, or quarantined

@@ -362,19 +362,9 @@ def data_validate(batch: BatchArg) -> None:
     """Check a batch against the current dataset and report; changes nothing."""
     settings = _settings()
     from pipelines import workspace
-    from pipelines.intake import check_batch, discard
 
     with console.status("Checking…") as spinner:
-        checked = check_batch(
-            batch,
-            settings.dataset_dir,
-            workspace.intake_paths(settings),
-            settings.ingest,
-            settings.validation,
-            progress=spinner.update,
-            view=workspace.champion_view(settings, spinner.update),
-        )
-    discard(checked)
+        checked = workspace.check_batch(settings, batch, progress=spinner.update)
     report_dir = settings.workspace / "reports" / checked.batch_id
     checked.report.write(report_dir)
     _print_report(checked.report)

@@ -124,21 +124,9 @@ def _validate(live: LivePlatform, batch: Path, monkeypatch):
     """What `refit data validate` does, in this process (TensorFlow is loaded already)."""
     from core.settings import get_settings
     from pipelines import workspace
-    from pipelines.intake import check_batch, discard
 
     _in_process(live, monkeypatch)
-    settings = get_settings()
-    checked = check_batch(
-        batch,
-        settings.dataset_dir,
-        workspace.intake_paths(settings),
-        settings.ingest,
-        settings.validation,
-        progress=lambda m: None,
-        view=workspace.champion_view(settings),
-    )
-    discard(checked)
-    return checked
+    return workspace.check_batch(get_settings(), batch, progress=lambda m: None)
 
 
 def _id(data: bytes) -> str:
