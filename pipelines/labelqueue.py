@@ -34,7 +34,6 @@ NEAR = 1  # percentile of the logged images' distances below which two are near-
 @dataclass(frozen=True)
 class QueueItem:
     entry: dict  # the prediction-log entry
-    score: float
     uncertainty: float
     novelty: float | None
     reasons: list[str] = field(default_factory=list)
@@ -56,7 +55,6 @@ class QueueItem:
             "id": self.id,
             "guess": self.guess,
             "confidence": round(self.confidence, 4),
-            "score": round(self.score, 4),
             "reasons": self.reasons,
             "version": self.entry["version"],
             "name": self.entry.get("name", ""),
@@ -89,32 +87,26 @@ def rank(
     feats = _unit(view.features[keep].astype(np.float64))
     uncertainty = np.array([1 - float(e["margin"]) for e in entries])
     far = novelty(view.features[keep], reference) if reference is not None else None
-    by_uncertainty = list(np.argsort(-uncertainty, kind="stable"))
-    by_novelty = [] if far is None else [i for i in np.argsort(-far) if far[i] > NEW_CLASS_AT]
+    by_uncertainty = [int(i) for i in np.argsort(-uncertainty, kind="stable")]
+    by_novelty = [] if far is None else [int(i) for i in np.argsort(-far) if far[i] > NEW_CLASS_AT]
     radius = _near_copy_radius(feats)
     picked: list[int] = []
+    passed: list[int] = []  # near-copies of a pick: taken last, only if nothing else is left
     nearest = np.full(len(entries), np.inf)  # cosine distance to the nearest pick
-    turn = 0
-    while len(picked) < min(n, len(entries)):
-        novel_turn = turn % NOVEL_EVERY == 0 and by_novelty
-        source = by_novelty if novel_turn or not by_uncertainty else by_uncertainty
-        turn += 1
-        if not source:
+    for turn in range(2 * len(entries)):
+        if len(picked) == min(n, len(entries)) or not (by_novelty or by_uncertainty):
             break
-        candidate = source.pop(0)
+        novel_turn = turn % NOVEL_EVERY == 0 and by_novelty
+        candidate = (by_novelty if novel_turn or not by_uncertainty else by_uncertainty).pop(0)
         if candidate in picked:
             continue
-        if nearest[candidate] < radius and (by_novelty or by_uncertainty):
-            continue  # a near-copy of a pick: one label covers both
-        picked.append(int(candidate))
+        if nearest[candidate] < radius:
+            passed.append(candidate)
+            continue
+        picked.append(candidate)
         nearest = np.minimum(nearest, np.maximum(1 - feats @ feats[candidate], 0))
-    if len(picked) < min(n, len(entries)):  # only near-copies left: take them after all
-        picked += [i for i in by_uncertainty_all(uncertainty) if i not in picked][: n - len(picked)]
+    picked += list(dict.fromkeys(p for p in passed if p not in picked))[: n - len(picked)]
     return [_item(entries[i], uncertainty[i], None if far is None else far[i]) for i in picked]
-
-
-def by_uncertainty_all(uncertainty: np.ndarray) -> list[int]:
-    return [int(i) for i in np.argsort(-uncertainty, kind="stable")]
 
 
 def _near_copy_radius(feats: np.ndarray) -> float:
@@ -135,8 +127,7 @@ def _item(entry: dict, uncertainty: float, far: float | None) -> QueueItem:
         reasons.append(f"far from every class ({far:.1f}x): maybe a new class")
     if not reasons:
         reasons.append("least certain of the rest")
-    score = uncertainty + (min(far, 2.0) / 2 if far is not None else 0.0)
-    return QueueItem(entry, float(score), float(uncertainty), far, reasons)
+    return QueueItem(entry, float(uncertainty), far, reasons)
 
 
 def labelled_ids(store) -> set[str]:

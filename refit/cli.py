@@ -952,10 +952,9 @@ def label_next(
         )
     if gone:
         console.print(f"[yellow]{len(gone)} images left out: retention removed them.[/]")
-    reasons = {}
-    for item in items:
-        for reason in item.reasons:
-            reasons[reason.split(" (")[0]] = reasons.get(reason.split(" (")[0], 0) + 1
-    why = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    from collections import Counter
+
+    reasons = Counter(reason.split(" (")[0] for item in items for reason in item.reasons)
+    why = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common())
     console.print(f"Wrote {written} images + labels.csv to {path} ({why}).")
     console.print("Correct the `label` column, then: refit data submit " + str(path))

@@ -9,6 +9,7 @@ any upload, and the ids they label are recorded so the queue skips them afterwar
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import shutil
@@ -32,6 +33,7 @@ MEDIA = {".jpg": "image/jpeg", ".png": "image/png", ".gif": "image/gif", ".bmp":
 router = APIRouter()
 
 
+@functools.lru_cache(maxsize=4)  # a version's training sample never changes
 def _training_features(version: str):
     from pipelines.features import TrainingFeatures
     from serving.champion import RegistrySource
