@@ -1,5 +1,6 @@
 # The two commands a user needs: `make demo` and `make test`.
-# Both install what they need: uv into .tools/, then the locked environment into .venv/.
+# Both install what they need: uv into .tools/, then the locked environment into .venv/,
+# compiled to bytecode (so no process compiles TensorFlow's sources again on import).
 
 PYTHON ?= python3.11
 UV_VERSION := 0.13.9
@@ -13,7 +14,7 @@ $(UV):
 	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
 
 $(VENV)/.installed: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --compile-bytecode --python $(PYTHON)
 	touch $@
 
 install: $(VENV)/.installed  ## Install the locked environment into .venv/
