@@ -18,6 +18,9 @@ from tests.conftest import coloured_images, free_port, git_repo
 
 COLOURS = ["red", "green", "blue", "yellow"]  # yellow = red + green: a learnable new class
 TOKEN = "live-test-token"
+# How long a test waits for a flow run: generous, as a busy machine may be several times
+# slower; a healthy run returns as soon as it is done.
+RUN_TIMEOUT_S = 600
 
 
 @dataclass
@@ -158,7 +161,7 @@ def ensure_champion(live: LivePlatform) -> str:
         model = tiny_model_file(live.root / "user-model.keras")
         seed = live.batch("seed", COLOURS[:3], 30, seed=1)
         run_id = runs.start("bootstrap/bootstrap", {"model": str(model), "seed": str(seed)})
-        final = runs.follow(run_id, lambda view: None, timeout_s=300)
+        final = runs.follow(run_id, lambda view: None, timeout_s=RUN_TIMEOUT_S)
         assert final.state == "COMPLETED", final.message
     version = live.champion()
     wait_for(lambda: live.served_version() == version, 60, f"serving to load v{version}")

@@ -14,7 +14,14 @@ import pytest
 from PIL import Image
 
 from tests.conftest import coloured_images
-from tests.live_platform import COLOURS, TOKEN, LivePlatform, ensure_champion, wait_for
+from tests.live_platform import (
+    COLOURS,
+    RUN_TIMEOUT_S,
+    TOKEN,
+    LivePlatform,
+    ensure_champion,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -64,8 +71,8 @@ def test_retrain_page_follows_a_batch_to_its_decision(live, browser, tmp_path: P
     page.wait_for_selector("text=missing or wrong token")
     page.fill("#token", TOKEN)
     page.click("#batch-form button")
-    page.wait_for_selector("text=validate and merge: Completed", timeout=120_000)
-    page.wait_for_selector("#download", timeout=300_000)
+    page.wait_for_selector("text=validate and merge: Completed", timeout=RUN_TIMEOUT_S * 1000)
+    page.wait_for_selector("#download", timeout=RUN_TIMEOUT_S * 1000)
     report = page.inner_text("#report")
     assert "Gate decision" in report and "PASSED" in report
     href = page.get_attribute("#download", "href")
@@ -91,16 +98,24 @@ def test_retrain_page_model_form_takes_a_labels_file_and_a_pixel_range(
 
 
 def test_label_page_shows_the_queue_and_submits_corrections(live, browser) -> None:
+    from core.objectstore import Store
+    from pipelines import predlog
+
     ensure_champion(live)
+    sent = set()
     for pixels in coloured_images(COLOURS[:3], 3, seed=50).x:  # something to label
         data = io.BytesIO()
         Image.fromarray(pixels).save(data, "PNG")
         httpx.post(f"{live.serving_url}/predict", files={"image": ("x.png", data.getvalue())})
+        sent.add(predlog.image_id(data.getvalue()))
+    log = Store(str(live.workspace / "predictions"))
+    wait_for(
+        lambda: sent <= {e["id"] for e in predlog.read_log(log).entries}, 60, "the log's writer"
+    )
     page = browser.new_page()
     page.goto(f"{live.serving_url}/label")
     page.fill("#token", TOKEN)
     page.fill("#n", "4")
-    page.wait_for_timeout(2500)  # the log's writer flushes every 2 s
     page.click("#load")
     page.wait_for_selector(".card img[src^='blob:']")
     cards = page.locator(".card")
@@ -114,5 +129,9 @@ def test_label_page_shows_the_queue_and_submits_corrections(live, browser) -> No
     page.wait_for_selector("#submitted")
     submission = page.inner_text("#submitted").split(" as ")[1].split(":")[0]
     # a handful of images of a new class: the intake refuses it (too few), like any upload
-    wait_for(lambda: (s := live.queue().find(submission)) is not None and s.outcome, 180, "the run")
+    wait_for(
+        lambda: (s := live.queue().find(submission)) is not None and s.outcome,
+        RUN_TIMEOUT_S,
+        "the run",
+    )
     assert live.queue().find(submission).outcome == "rejected"

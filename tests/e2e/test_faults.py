@@ -21,7 +21,7 @@ import pytest
 
 from core import runs
 from tests.e2e.test_orchestration import outcome, submit
-from tests.live_platform import COLOURS, LivePlatform, ensure_champion, wait_for
+from tests.live_platform import COLOURS, RUN_TIMEOUT_S, LivePlatform, ensure_champion, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -216,7 +216,7 @@ def test_mlflow_killed_during_register_leaves_no_run_running(live) -> None:
         _kill_tree(server_pid(live, "mlflow"))
         held.unlink()
         run_id = runs.find_submission_run(submission)
-        final = runs.follow(run_id, lambda view: None, timeout_s=300)
+        final = runs.follow(run_id, lambda view: None, timeout_s=RUN_TIMEOUT_S)
         assert final.state == "FAILED"
         assert "MLflow" in final.message or "judge" in final.message, final.message
     finally:

@@ -16,7 +16,14 @@ import pytest
 from PIL import Image
 
 from tests.conftest import coloured_images
-from tests.live_platform import COLOURS, TOKEN, LivePlatform, ensure_champion, wait_for
+from tests.live_platform import (
+    COLOURS,
+    RUN_TIMEOUT_S,
+    TOKEN,
+    LivePlatform,
+    ensure_champion,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -93,7 +100,7 @@ def test_serving_logs_answers_and_the_drift_check_finds_an_inversion(live, monke
     shown = _cli(live, monkeypatch, "drift")  # the CLI: the same check, for people
     assert shown.exit_code == 0 and "MMD" in shown.output and "MLflow:" in shown.output
     flow_run = runs.start("drift/drift", {})  # the scheduled deployment, run now on the worker
-    final = runs.follow(flow_run, lambda view: None, timeout_s=120)
+    final = runs.follow(flow_run, lambda view: None, timeout_s=RUN_TIMEOUT_S)
     assert final.state == "COMPLETED", final.message
 
 

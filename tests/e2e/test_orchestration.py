@@ -16,7 +16,14 @@ import psutil
 import pytest
 
 from core import runs
-from tests.live_platform import COLOURS, LivePlatform, ensure_champion, tiny_model_file, wait_for
+from tests.live_platform import (
+    COLOURS,
+    RUN_TIMEOUT_S,
+    LivePlatform,
+    ensure_champion,
+    tiny_model_file,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +51,7 @@ def test_bootstrap_imports_a_users_model_as_champion(live: LivePlatform) -> None
     model = tiny_model_file(live.root / "user-model.keras")
     seed = live.batch("seed", COLOURS[:3], 30, seed=1)
     run_id = runs.start("bootstrap/bootstrap", {"model": str(model), "seed": str(seed)})
-    final = runs.follow(run_id, lambda view: None, timeout_s=300)
+    final = runs.follow(run_id, lambda view: None, timeout_s=RUN_TIMEOUT_S)
     assert final.state == "COMPLETED", final.message
     names = [s["name"] for s in final.steps]
     assert names[:3] == ["seed the dataset", "make the model", "judge and promote"], names
@@ -111,7 +118,7 @@ def test_serving_down_during_reload_fails_the_run_and_the_registry_tells(live) -
         submission = submit(live, live.batch("unserved", COLOURS[:3], 8, seed=7))
         wait_for(lambda: outcome(live, submission)["status"] != "pending", 300, "the merge")
         run_id = runs.find_submission_run(submission)
-        final = runs.follow(run_id, lambda view: None, timeout_s=300)
+        final = runs.follow(run_id, lambda view: None, timeout_s=RUN_TIMEOUT_S)
         assert final.state == "FAILED"
         assert any(s["name"] == "reload serving" and s["state"] == "Failed" for s in final.steps)
         promoted = live.champion()

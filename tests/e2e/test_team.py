@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.live_platform import COLOURS, tiny_model_file, wait_for
+from tests.live_platform import COLOURS, RUN_TIMEOUT_S, tiny_model_file, wait_for
 from tests.team_topology import start_team, unavailable
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +47,7 @@ def test_a_batch_is_trained_on_another_host_and_survives_a_dead_worker(team, tmp
         model = tiny_model_file(tmp_path / "user-model.keras")
         seed = write_class_folders(tmp_path / "seed", {c: 30 for c in COLOURS[:3]}, seed=1)
         run_id = runs.start("bootstrap/bootstrap", {"model": str(model), "seed": str(seed)})
-        final = runs.follow(run_id, lambda view: None, timeout_s=300)
+        final = runs.follow(run_id, lambda view: None, timeout_s=RUN_TIMEOUT_S)
         assert final.state == "COMPLETED", final.message
         first = team.champion()
         assert first is not None
