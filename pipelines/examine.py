@@ -66,8 +66,12 @@ def label_issues(
         probs = np.concatenate([reference.probs, probs])
     with warnings.catch_warnings():  # "too few examples in class k": expected in a batch
         warnings.simplefilter("ignore")
-        found = find_label_issues(
-            labels, probs, filter_by="prune_by_class", return_indices_ranked_by="self_confidence"
+        found = find_label_issues(  # n_jobs=1: no pool forked from a process holding
+            labels,  # TensorFlow (and Prefect's SIGTERM handler, which its exit trips)
+            probs,
+            filter_by="prune_by_class",
+            return_indices_ranked_by="self_confidence",
+            n_jobs=1,
         )
     return np.array([i - context for i in found if i >= context], dtype=int)
 
