@@ -164,7 +164,7 @@ def ensure_champion(live: LivePlatform) -> str:
         final = runs.follow(run_id, lambda view: None, timeout_s=RUN_TIMEOUT_S)
         assert final.state == "COMPLETED", final.message
     version = live.champion()
-    wait_for(lambda: live.served_version() == version, 60, f"serving to load v{version}")
+    wait_for(lambda: live.served_version() == version, 180, f"serving to load v{version}")
     return version
 
 

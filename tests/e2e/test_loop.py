@@ -150,7 +150,7 @@ def test_the_label_queue_exports_a_batch_the_intake_takes_back(
     if len(view) < 10:  # run alone: give the log something
         for pixels in coloured_images(COLOURS[:3], 5, seed=41).x:
             httpx.post(f"{live.serving_url}/predict", files={"image": ("x.png", _png(pixels))})
-        wait_for(lambda: len(_log(live)[1]) >= 10, 30, "the log to fill")
+        wait_for(lambda: len(_log(live)[1]) >= 10, 120, "the log to fill")
     out = tmp_path / "next.zip"
     done = _cli(live, monkeypatch, "label", "next", "--n", "100000", "--out", str(out))
     assert done.exit_code == 0, done.output
