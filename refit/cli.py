@@ -7,6 +7,7 @@ that need them, so `refit --help` answers at once.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -952,8 +953,6 @@ def label_next(
         )
     if gone:
         console.print(f"[yellow]{len(gone)} images left out: retention removed them.[/]")
-    from collections import Counter
-
     reasons = Counter(reason.split(" (")[0] for item in items for reason in item.reasons)
     why = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common())
     console.print(f"Wrote {written} images + labels.csv to {path} ({why}).")

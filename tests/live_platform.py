@@ -21,6 +21,9 @@ TOKEN = "live-test-token"
 # How long a test waits for a flow run: generous, as a busy machine may be several times
 # slower; a healthy run returns as soon as it is done.
 RUN_TIMEOUT_S = 600
+# How long for a short step of the platform: serving to load a version, a run to appear,
+# the prediction log's writer to flush.
+SETTLE_S = 180
 
 
 @dataclass
@@ -65,6 +68,14 @@ class LivePlatform:
         from pipelines.submissions import Queue
 
         return Queue(Store(str(self.workspace)), self.workspace / "fetched")
+
+    def prediction_log(self):
+        """The log's store and what it holds now (``pipelines.predlog.read_log``)."""
+        from core.objectstore import Store
+        from pipelines import predlog
+
+        store = Store(str(self.workspace / "predictions"))
+        return store, predlog.read_log(store)
 
     def champion(self) -> str | None:
         from serving.champion import RegistrySource
@@ -164,7 +175,7 @@ def ensure_champion(live: LivePlatform) -> str:
         final = runs.follow(run_id, lambda view: None, timeout_s=RUN_TIMEOUT_S)
         assert final.state == "COMPLETED", final.message
     version = live.champion()
-    wait_for(lambda: live.served_version() == version, 180, f"serving to load v{version}")
+    wait_for(lambda: live.served_version() == version, SETTLE_S, f"serving to load v{version}")
     return version
 
 

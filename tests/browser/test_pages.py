@@ -17,6 +17,7 @@ from tests.conftest import coloured_images
 from tests.live_platform import (
     COLOURS,
     RUN_TIMEOUT_S,
+    SETTLE_S,
     TOKEN,
     LivePlatform,
     ensure_champion,
@@ -98,8 +99,7 @@ def test_retrain_page_model_form_takes_a_labels_file_and_a_pixel_range(
 
 
 def test_label_page_shows_the_queue_and_submits_corrections(live, browser) -> None:
-    from core.objectstore import Store
-    from pipelines import predlog
+    from pipelines.predlog import image_id
 
     ensure_champion(live)
     sent = set()
@@ -107,10 +107,11 @@ def test_label_page_shows_the_queue_and_submits_corrections(live, browser) -> No
         data = io.BytesIO()
         Image.fromarray(pixels).save(data, "PNG")
         httpx.post(f"{live.serving_url}/predict", files={"image": ("x.png", data.getvalue())})
-        sent.add(predlog.image_id(data.getvalue()))
-    log = Store(str(live.workspace / "predictions"))
+        sent.add(image_id(data.getvalue()))
     wait_for(
-        lambda: sent <= {e["id"] for e in predlog.read_log(log).entries}, 60, "the log's writer"
+        lambda: sent <= {e["id"] for e in live.prediction_log()[1].entries},
+        SETTLE_S,
+        "the log's writer",
     )
     page = browser.new_page()
     page.goto(f"{live.serving_url}/label")

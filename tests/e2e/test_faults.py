@@ -21,7 +21,14 @@ import pytest
 
 from core import runs
 from tests.e2e.test_orchestration import outcome, submit
-from tests.live_platform import COLOURS, RUN_TIMEOUT_S, LivePlatform, ensure_champion, wait_for
+from tests.live_platform import (
+    COLOURS,
+    RUN_TIMEOUT_S,
+    SETTLE_S,
+    LivePlatform,
+    ensure_champion,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -191,7 +198,7 @@ def test_a_run_killed_at_every_step_finishes_the_work_exactly_once(live) -> None
     champion = live.champion()
     previous = _registry(live).get_model_version_by_alias("refit-classifier", "previous")
     assert previous.version == before
-    wait_for(lambda: live.served_version() == champion, 180, f"serving v{champion}")
+    wait_for(lambda: live.served_version() == champion, SETTLE_S, f"serving v{champion}")
     view = runs.view(runs.find_submission_run(submission))
     assert "Resumed" in view.report and "Live check" in view.report
 
@@ -377,7 +384,7 @@ def test_prefect_restarted_with_runs_queued_keeps_first_in_first_out(live) -> No
         wait_for(held.exists, 300, "the first run to start", poll=0.2)
         queued = [submit(live, live.batch("fifo-2", COLOURS[:3], 8, seed=16))]
         for submission in queued:
-            wait_for(lambda s=submission: _announced(s), 180, f"a run for {submission}")
+            wait_for(lambda s=submission: _announced(s), SETTLE_S, f"a run for {submission}")
         _kill_tree(server_pid(live, "prefect"))
         assert live.refit("up", timeout=300).returncode == 0
         held.unlink()

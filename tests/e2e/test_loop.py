@@ -19,6 +19,7 @@ from tests.conftest import coloured_images
 from tests.live_platform import (
     COLOURS,
     RUN_TIMEOUT_S,
+    SETTLE_S,
     TOKEN,
     LivePlatform,
     ensure_champion,
@@ -33,14 +34,6 @@ def _png(pixels: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, "PNG")
     return out.getvalue()
-
-
-def _log(live: LivePlatform):
-    from core.objectstore import Store
-    from pipelines import predlog
-
-    store = Store(str(live.workspace / "predictions"))
-    return store, predlog.read_log(store)
 
 
 def _in_process(live: LivePlatform, monkeypatch) -> None:
@@ -78,10 +71,12 @@ def test_serving_logs_answers_and_the_drift_check_finds_an_inversion(live, monke
         answer = httpx.post(f"{live.serving_url}/predict", files={"image": ("x.png", data)})
         assert answer.status_code == 200, answer.text
         truth[_id(data)] = COLOURS[label]
-    store, _ = _log(live)
+    store, _ = live.prediction_log()
     view = wait_for(
-        lambda: (v := _log(live)[1]) and set(truth) <= {e["id"] for e in v.entries} and v,
-        30,
+        lambda: (
+            (v := live.prediction_log()[1]) and set(truth) <= {e["id"] for e in v.entries} and v
+        ),
+        SETTLE_S,
         "the background writer to log every answer",
     )
     entry = next(e for e in view.entries if e["id"] in truth)
@@ -146,11 +141,11 @@ def test_the_label_queue_exports_a_batch_the_intake_takes_back(
     live, tmp_path: Path, monkeypatch
 ) -> None:
     ensure_champion(live)
-    _, view = _log(live)
+    _, view = live.prediction_log()
     if len(view) < 10:  # run alone: give the log something
         for pixels in coloured_images(COLOURS[:3], 5, seed=41).x:
             httpx.post(f"{live.serving_url}/predict", files={"image": ("x.png", _png(pixels))})
-        wait_for(lambda: len(_log(live)[1]) >= 10, 120, "the log to fill")
+        wait_for(lambda: len(live.prediction_log()[1]) >= 10, SETTLE_S, "the log to fill")
     out = tmp_path / "next.zip"
     done = _cli(live, monkeypatch, "label", "next", "--n", "100000", "--out", str(out))
     assert done.exit_code == 0, done.output

@@ -19,6 +19,7 @@ from core import runs
 from tests.live_platform import (
     COLOURS,
     RUN_TIMEOUT_S,
+    SETTLE_S,
     LivePlatform,
     ensure_champion,
     tiny_model_file,
@@ -57,7 +58,7 @@ def test_bootstrap_imports_a_users_model_as_champion(live: LivePlatform) -> None
     assert names[:3] == ["seed the dataset", "make the model", "judge and promote"], names
     champion = live.champion()
     assert champion is not None and champion != before
-    wait_for(lambda: live.served_version() == champion, 180, f"serving to load v{champion}")
+    wait_for(lambda: live.served_version() == champion, SETTLE_S, f"serving to load v{champion}")
     assert len(live.dataset_versions()) >= 1
 
 
@@ -68,12 +69,12 @@ def test_two_batches_queue_one_dropped_one_bringing_a_new_class(live: LivePlatfo
     yellow = submit(live, live.batch("yellow", COLOURS, 14, seed=3))
     dropped = live.batch("dropped", COLOURS[:3], 12, seed=2)
     shutil.copytree(dropped, live.workspace / "incoming" / "dropped-by-hand")
-    wait_for(lambda: len(pending(live)) == 2 or not pending(live), 120, "the drop adopted")
+    wait_for(lambda: len(pending(live)) == 2 or not pending(live), SETTLE_S, "the drop adopted")
     wait_for(lambda: not pending(live), 400, "both submissions processed")
     assert outcome(live, yellow)["outcome"] == "promoted"
     assert len(live.dataset_versions()) == versions + 2  # one version per batch
     champion = live.champion()
-    wait_for(lambda: live.served_version() == champion, 180, f"serving to load v{champion}")
+    wait_for(lambda: live.served_version() == champion, SETTLE_S, f"serving to load v{champion}")
     described = httpx.get(f"{live.serving_url}/model").json()["model"]
     assert described["classes"] == COLOURS  # the head grew; old indices kept
     view = runs.view(runs.find_submission_run(yellow))
@@ -90,7 +91,7 @@ def test_killing_the_flow_while_training_keeps_the_champion_and_resumes(live) ->
     ensure_champion(live)
     champion = live.champion()
     submission = submit(live, live.batch("killed", COLOURS[:3], 8, seed=6))
-    run_id = wait_for(lambda: runs.find_submission_run(submission), 180, "the run", poll=0.3)
+    run_id = wait_for(lambda: runs.find_submission_run(submission), SETTLE_S, "the run", poll=0.3)
     wait_for(
         lambda: any(s["name"] == "fine-tune" for s in runs.view(run_id).steps),
         120,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.live_platform import COLOURS, RUN_TIMEOUT_S, tiny_model_file, wait_for
+from tests.live_platform import COLOURS, RUN_TIMEOUT_S, SETTLE_S, tiny_model_file, wait_for
 from tests.team_topology import start_team, unavailable
 
 pytestmark = pytest.mark.e2e
@@ -51,14 +51,14 @@ def test_a_batch_is_trained_on_another_host_and_survives_a_dead_worker(team, tmp
         assert final.state == "COMPLETED", final.message
         first = team.champion()
         assert first is not None
-        wait_for(lambda: set(team.served_versions().values()) == {first}, 180, "both replicas")
+        wait_for(lambda: set(team.served_versions().values()) == {first}, SETTLE_S, "both replicas")
 
         # A batch with a new class, submitted on a serving host (into the S3 queue).
         batch = write_class_folders(tmp_path / "yellow", {c: 14 for c in COLOURS}, seed=3)
         submitted = team.refit("s1", "data", "submit", str(batch), "--no-follow")
         assert "Submitted" in submitted.stdout, submitted.stdout + submitted.stderr
         submission = submitted.stdout.split("Submitted", 1)[1].split()[0].rstrip(";:.")
-        killed_run = wait_for(lambda: runs.find_submission_run(submission), 180, "a run")
+        killed_run = wait_for(lambda: runs.find_submission_run(submission), SETTLE_S, "a run")
         wait_for(
             lambda: any(s["name"] == "fine-tune" for s in runs.view(killed_run).steps),
             120,
