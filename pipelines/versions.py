@@ -184,18 +184,17 @@ class DvcStore:
     def checkout(self, version: str) -> DatasetVersion:
         """Restore the dataset directory to a recorded version.
 
-        The version's data is fetched first; only when that succeeded is ``data.dvc``
-        switched and the directory checked out, so a missing version never costs the
-        current data.
+        One ``dvc pull``: DVC fetches the version's data first and checks the directory out
+        only when every file arrived, so a missing version never costs the current data;
+        ``data.dvc`` is put back if it fails (a later sync tries again).
         """
         record = self.find(version)
         current = self.dvc_file.read_bytes() if self.dvc_file.is_file() else None
         self._restore_dvc_file(record.version)
         try:
-            self._dvc("fetch", str(self.dvc_file.relative_to(self.repo)))
+            self._dvc("pull", "--force", str(self.dvc_file.relative_to(self.repo)))
         except DvcError:
             if current is not None:
                 self.dvc_file.write_bytes(current)
             raise
-        self._dvc("checkout", "--force", str(self.dvc_file.relative_to(self.repo)))
         return record

@@ -111,6 +111,31 @@ def test_checkout_of_unknown_version_changes_nothing(tmp_path: Path, repo) -> No
     assert dataset_state(store)[1] == before
 
 
+def test_checkout_of_a_version_whose_data_is_gone_changes_nothing(tmp_path: Path, repo) -> None:
+    """The version is recorded, but its new files are in neither the cache nor the remote
+    (a pruned remote): the checkout fails saying so, and the data and data.dvc stay."""
+    import json
+
+    store, _ = repo
+    first = add(seed_batch(tmp_path / "seed"), repo)
+    second = add(write_class_folders(tmp_path / "b2", {"cat": 3, "dog": 3, "bird": 10}, 3), repo)
+    store.checkout(first.version.version)
+    before, pointer = dataset_state(store)[1], store.dvc_file.read_bytes()
+
+    def objects(root: Path, md5: str) -> Path:  # DVC 3's layout, the same in cache and remote
+        return root / "files" / "md5" / md5[:2] / md5[2:]
+
+    listing = json.loads(objects(store.cache_dir, second.version.version).read_text())
+    birds = [entry["md5"] for entry in listing if "bird" in entry["relpath"]]
+    for md5 in birds:
+        for root in (store.cache_dir, Path(store.remote)):
+            objects(root, md5).unlink()
+    with pytest.raises(Exception, match="dvc pull"):
+        store.checkout(second.version.version)
+    assert dataset_state(store)[1] == before
+    assert store.dvc_file.read_bytes() == pointer
+
+
 CRASHER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
