@@ -26,6 +26,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On pytest-xdist's workers (`make test`), the tests sharing the live platform are one
+    group, so it starts once, on one worker; it is the longest group, so it goes first."""
+    live = [item for item in items if "live" in getattr(item, "fixturenames", ())]
+    for item in live:
+        item.add_marker(pytest.mark.xdist_group("live"))
+    if config.getoption("numprocesses", None):
+        shared = set(live)
+        items[:] = live + [item for item in items if item not in shared]
+
+
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the developer's REFIT_* variables or refit.toml."""
