@@ -16,6 +16,7 @@ down, :class:`RegistryUnavailable` says so and nothing moved.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -66,6 +67,7 @@ class RegistryConfig:
     registry_uri: str
     model_name: str
     artifact_location: str | None = None  # for clients that write to a database directly
+    cache_dir: Path | None = None  # downloaded versions (see Registry.load)
     retries: int = 4
     backoff_s: float = 0.5
 
@@ -447,24 +449,58 @@ class Registry:
         ]
 
     def load(self, ref: str) -> LoadedModel:
-        """Load a version (``"3"``) or alias (``"champion"``) with its class names."""
+        """Load a version (``"3"``) or alias (``"champion"``) with its class names. With a
+        ``cache_dir``, a version's files are downloaded once per host (a registered version
+        never changes): a run that examines a batch and then fine-tunes downloads it once."""
         import mlflow.keras
 
-        uri = f"models:/{self.name}/{ref}" if ref.isdigit() else f"models:/{self.name}@{ref}"
-        if not ref.isdigit() and self.alias_version(ref) is None:
-            raise RegistryError(f"{self.name} has no version with alias {ref!r}")
-        mlflow.set_registry_uri(self.config.registry_uri)
-        mlflow.set_tracking_uri(self.config.tracking_uri)
-        model = self._call("load the model", lambda: mlflow.keras.load_model(uri))
         version = ref if ref.isdigit() else self.alias_version(ref)
+        if version is None:
+            raise RegistryError(f"{self.name} has no version with alias {ref!r}")
         mv = self._call(
             "read the version", lambda: self.client.get_model_version(self.name, version)
         )
+        mlflow.set_registry_uri(self.config.registry_uri)
+        mlflow.set_tracking_uri(self.config.tracking_uri)
+        model = self._call("load the model", lambda: mlflow.keras.load_model(self._files(mv)))
         card = {"registered_model": self.name, "version": version}
         for tag in (contract.IMPORTED_TAG, contract.PIXELS_TAG):  # picks the fine-tune recipe
             if tag in mv.tags:
                 card[tag] = mv.tags[tag]
         return LoadedModel(model, json.loads(mv.tags[contract.CLASS_NAMES_TAG]), card)
+
+    def _files(self, mv, keep: int = 4) -> str:
+        """Where to load a version from: its copy in ``cache_dir`` (downloaded now if missing;
+        the ``keep`` newest copies stay), or its ``models:/`` URI without a cache."""
+        import hashlib
+        import shutil
+
+        import mlflow.artifacts
+
+        uri = f"models:/{self.name}/{mv.version}"
+        cache = self.config.cache_dir
+        if cache is None:
+            return uri
+        key = f"{self.config.registry_uri}|{self.name}|{mv.version}|{mv.source}"
+        target = cache / f"v{mv.version}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        if (target / "MLmodel").is_file():
+            os.utime(target)  # the newest copies are the ones kept
+        else:
+            cache.mkdir(parents=True, exist_ok=True)
+            partial = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
+            try:
+                got = self._call(
+                    "download the model",
+                    lambda: mlflow.artifacts.download_artifacts(uri, dst_path=str(partial)),
+                )
+                with contextlib.suppress(OSError):  # another process got it first: theirs
+                    os.rename(got, target)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
+            copies = sorted(cache.glob("v*-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+            for old in copies[keep:]:
+                shutil.rmtree(old, ignore_errors=True)
+        return str(target)
 
     @property
     def monitoring_experiment(self) -> str:

@@ -67,6 +67,7 @@ def registry(settings: Settings) -> Registry:
             registry_uri=str(settings.mlflow_registry_uri),
             model_name=settings.registered_model_name,
             artifact_location=str(settings.mlflow_artifact_root) if direct else None,
+            cache_dir=settings.workspace / "model-cache",
         )
     )
 

@@ -27,12 +27,15 @@ def free_port() -> int:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On pytest-xdist's workers (`make test`), the tests sharing the live platform are one
-    group, so it starts once, on one worker; it is the longest group, so it goes first."""
+    """On pytest-xdist's workers (`make test`), the tests on a live platform form two groups,
+    each run by one worker on its own platform (the fault drills, and the rest); they are
+    the longest, so they go first, the fault drills (about half the live tests' time) first."""
     live = [item for item in items if "live" in getattr(item, "fixturenames", ())]
     for item in live:
-        item.add_marker(pytest.mark.xdist_group("live"))
+        drills = item.path.name == "test_faults.py"
+        item.add_marker(pytest.mark.xdist_group("live-faults" if drills else "live"))
     if config.getoption("numprocesses", None):
+        live.sort(key=lambda item: item.path.name != "test_faults.py")  # stable: file order
         shared = set(live)
         items[:] = live + [item for item in items if item not in shared]
 

@@ -215,3 +215,33 @@ def test_promotion_is_a_compare_and_set_on_the_judged_champion(registry, models)
     tags = registry.client.get_model_version(registry.name, late.version).tags
     assert tags["parent_version"] == second.version  # judged against, and says so
     assert "not promoted" in tags["gate.not_promoted"]
+
+
+def test_a_version_is_downloaded_once_per_host(models, tmp_path: Path) -> None:
+    """With a cache, loading a version again reads the local copy (the artifact store is not
+    asked: here it is gone), answers the same, and only the newest copies are kept."""
+    import shutil
+
+    good, bad, _ = models
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cache = tmp_path / "model-cache"
+    registry = Registry(RegistryConfig(uri, uri, "refit-test", str(tmp_path / "artifacts"),
+                                       cache_dir=cache))  # fmt: skip
+    holdout = coloured(10, 99)
+    first = judge(good, holdout, registry, POLICY, CandidateRun("good"))
+    loaded = registry.load("champion")
+    assert [p.name.split("-")[0] for p in cache.iterdir()] == [f"v{first.version}"]
+    shutil.rmtree(tmp_path / "artifacts")  # what a second load would have to download
+    again = registry.load(first.version)
+    assert again.class_names == CLASSES and again.card["version"] == first.version
+    np.testing.assert_allclose(
+        predict_proba(again.model, holdout.x), predict_proba(loaded.model, holdout.x), atol=1e-6
+    )
+
+    (tmp_path / "artifacts").mkdir()
+    versions = [judge(bad, holdout, registry, POLICY, CandidateRun(f"bad {i}")).version
+                for i in range(4)]  # fmt: skip
+    for version in versions:
+        registry.load(version)
+    kept = sorted(p.name.split("-")[0] for p in cache.iterdir())
+    assert kept == sorted(f"v{v}" for v in versions)  # the oldest copy went first
