@@ -32,6 +32,7 @@ import psutil
 from core.settings import PROJECT_ROOT, Settings, config_file, tool_environment
 
 STOP_GRACE_S = 15.0
+SERVERS_LAST = {"prefect", "mlflow"}  # `refit down` stops what uses them first
 HEALTH_POLL_S = 0.5
 LOG_TAIL_LINES = 20
 
@@ -534,13 +535,17 @@ class DownResult:
 def down(settings: Settings) -> list[DownResult]:
     """Stop the servers `refit up` or `refit worker` started (later ones first) and remove
     their pid files."""
-    results = []
     chosen = services(settings, "up")
     chosen += [s for s in services(settings, "worker") if s.name not in {c.name for c in chosen}]
-    for current in reversed([service_status(settings, s) for s in chosen]):
-        _stop_and_forget(settings, current.service)
-        results.append(DownResult(current.service, current.pid, current.state))
-    return list(reversed(results))
+    statuses = [service_status(settings, s) for s in chosen]
+    # Two waves, each stopped at once: what uses the servers, then the servers.
+    for wave in (False, True):
+        stopping = [s.service for s in statuses if (s.service.name in SERVERS_LAST) == wave]
+        paths = [pid_file(settings, service) for service in stopping]
+        _stop_records([r for r in map(read_pid_record, paths) if r is not None])
+        for path in paths:
+            path.unlink(missing_ok=True)
+    return [DownResult(s.service, s.pid, s.state) for s in statuses]
 
 
 @dataclass(frozen=True)
