@@ -29,11 +29,16 @@ def free_port() -> int:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On pytest-xdist's workers (`make test`), the tests on a live platform form two groups,
     each run by one worker on its own platform (the fault drills, and the rest); they are
-    the longest, so they go first, the fault drills (about half the live tests' time) first."""
+    the longest, so they go first, the fault drills (about half the live tests' time) first.
+    Every other end-to-end module is a group of its own: its tests share module fixtures
+    (a server, a trained model) and some build on the one before."""
     live = [item for item in items if "live" in getattr(item, "fixturenames", ())]
-    for item in live:
-        drills = item.path.name == "test_faults.py"
-        item.add_marker(pytest.mark.xdist_group("live-faults" if drills else "live"))
+    for item in items:
+        if item in live:
+            drills = item.path.name == "test_faults.py"
+            item.add_marker(pytest.mark.xdist_group("live-faults" if drills else "live"))
+        elif item.path.parent.name in ("e2e", "browser"):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
     if config.getoption("numprocesses", None):
         live.sort(key=lambda item: item.path.name != "test_faults.py")  # stable: file order
         shared = set(live)
