@@ -50,12 +50,12 @@ demo: install  ## The story: refit up, built-in champion, a batch brings `truck`
 # pytest's "no tests collected" (exit 5) is not a failure; every other non-zero exit is.
 PYTEST = $(VENV)/bin/pytest $(1); rc=$$?; [ $$rc -ne 5 ] || { echo "no tests collected"; rc=0; }; exit $$rc
 
-# Two pytest-xdist workers: much of the suite waits on servers and flow runs, so two share
-# two cores well. The tests on the live platform stay together on one of them.
-TEST_WORKERS ?= 2
+# One process by default. `make test TEST_WORKERS=2` runs pytest-xdist workers (21 min
+# instead of 34 here), but its module groups do not hold yet (see README): not the default.
+TEST_WORKERS ?= 0
 
 test: install browser team-tools  ## Run the whole test suite (unit + end-to-end + browser)
-	@$(call PYTEST,-n $(TEST_WORKERS) --dist loadgroup)
+	@$(call PYTEST,$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup,))
 
 test-fast: install  ## Skip the slow end-to-end tests while iterating
 	@$(call PYTEST,-m "not e2e")

@@ -26,6 +26,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On pytest-xdist's workers (`make test`), the tests on a live platform form two groups,
     each run by one worker on its own platform (the fault drills, and the rest); they are
