@@ -533,8 +533,8 @@ class DownResult:
 
 
 def down(settings: Settings) -> list[DownResult]:
-    """Stop the servers `refit up` or `refit worker` started (later ones first) and remove
-    their pid files."""
+    """Stop the servers `refit up` or `refit worker` started (what uses Prefect and MLflow
+    first, then those two) and remove their pid files."""
     chosen = services(settings, "up")
     chosen += [s for s in services(settings, "worker") if s.name not in {c.name for c in chosen}]
     statuses = [service_status(settings, s) for s in chosen]
