@@ -50,12 +50,12 @@ demo: install  ## The story: refit up, built-in champion, a batch brings `truck`
 # pytest's "no tests collected" (exit 5) is not a failure; every other non-zero exit is.
 PYTEST = $(VENV)/bin/pytest $(1); rc=$$?; [ $$rc -ne 5 ] || { echo "no tests collected"; rc=0; }; exit $$rc
 
-# One process by default. `make test TEST_WORKERS=2` runs pytest-xdist workers (21 min
-# instead of 34 here), but its module groups do not hold yet (see README): not the default.
-TEST_WORKERS ?= 0
+# Two pytest-xdist workers by default, each end-to-end module (and each live platform's
+# tests) kept on one worker, longest first; `make test TEST_WORKERS=0` runs one process.
+TEST_WORKERS ?= 2
 
 test: install browser team-tools  ## Run the whole test suite (unit + end-to-end + browser)
-	@$(call PYTEST,$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup,))
+	@$(call PYTEST,$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder,))
 
 test-fast: install  ## Skip the slow end-to-end tests while iterating
 	@$(call PYTEST,-m "not e2e")

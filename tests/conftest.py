@@ -28,10 +28,10 @@ def free_port() -> int:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Groups for pytest-xdist (`make test TEST_WORKERS=2`): the tests on a live platform in
-    two (the fault drills, and the rest), each meant for one worker with its own platform and
-    run first; every other end-to-end module one group (its tests share module fixtures and
-    some build on the one before). Known: xdist does not honour these yet (README)."""
+    """Groups for pytest-xdist (`--dist loadgroup`): the tests on a live platform in two (the
+    fault drills, and the rest), each on one worker with its own platform and first in line
+    (the longest); every other end-to-end module one group (its tests share module fixtures
+    and some build on the one before)."""
     live = {item for item in items if "live" in getattr(item, "fixturenames", ())}
     for item in items:
         if item in live:
@@ -39,12 +39,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group("live-faults" if drills else "live"))
         elif item.path.parent.name in ("e2e", "browser"):
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
-    if config.getoption("numprocesses", None):
-        first = sorted(  # stable: file order within each
-            (item for item in items if item in live),
-            key=lambda item: item.path.name != "test_faults.py",
-        )
-        items[:] = first + [item for item in items if item not in live]
+    if hasattr(config, "workerinput"):  # on an xdist worker (the same order on each)
+
+        def rank(item: pytest.Item) -> int:  # the longest groups first, unit tests last
+            if item in live:
+                return 0 if item.path.name == "test_faults.py" else 1
+            return 2 if item.path.parent.name in ("e2e", "browser") else 3
+
+        items.sort(key=rank)  # stable: file order within each
 
 
 @pytest.fixture(autouse=True)
