@@ -14,6 +14,7 @@ the places the fault-matrix tests kill a run.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from prefect import flow, task
@@ -28,7 +29,7 @@ from prefect.states import Failed
 
 from core import runs
 from core.faults import failpoint
-from flows.common import go_live, log, reach_shared_servers, report_links, settings
+from flows.common import go_live, importing, log, reach_shared_servers, report_links, settings
 from pipelines import reports, submissions
 from pipelines.submissions import Queue
 
@@ -38,8 +39,10 @@ def take_submissions(submission: str | None) -> list:
     from pipelines import workspace
 
     config = settings()
+    heavy = importing("pipelines.registry", "mlflow")  # while this waits on the servers
     reach_shared_servers()
     workspace.recover(config, progress=log().info)  # what a killed run left
+    heavy.join()
     done = workspace.registry(config).complete_pending()  # an alias move cut short
     if done:
         log().info("Recovered: %s", done)
@@ -63,7 +66,10 @@ def validate_and_merge(submission):
 
     config = settings()
     queue = Queue.of(config)
-    result = workspace.add_batch(config, queue.batch(submission), progress=log().info)
+    with ThreadPoolExecutor(1) as pool:  # the batch comes from the store as the champion loads
+        batch = pool.submit(queue.batch, submission)
+        view = workspace.champion_view(config, log().info)
+        result = workspace.add_batch(config, batch.result(), log().info, view=view)
     if result.version is not None:
         queue.mark_merged(submission, result.version.batch_id)
     return result

@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -215,9 +216,19 @@ class Registry:
             with mlflow.start_run(experiment_id=experiment, run_name=run.name) as active:
                 mlflow.set_tags(all_tags)
                 failpoint("register")
-                _log_record(run, metrics, artifacts, decision_markdown, dataset)
-                self._log_files(model, reference_images, training_features)
-                info = _log_keras(model)
+                _log_record(run, metrics, decision_markdown, dataset)
+                with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(4) as pool:
+                    files = [
+                        *_record_files(artifacts),
+                        *_model_files(model, reference_images, training_features, Path(tmp)),
+                    ]
+                    uploads = [  # side by side: each is a round trip to the artifact store
+                        pool.submit(self.client.log_artifact, active.info.run_id, str(f), d)
+                        for f, d in files
+                    ]
+                    info = _log_keras(model)
+                    for upload in uploads:
+                        upload.result()
                 registered = self.client.create_model_version(
                     self.name,
                     info.model_uri,
@@ -251,25 +262,6 @@ class Registry:
             )
             ended.append(run.info.run_id)
         return ended
-
-    @staticmethod
-    def _log_files(
-        model: LoadedModel, reference_images: np.ndarray | None, features: bytes | None
-    ) -> None:
-        """The Refit model file and the reference images, where the contract says."""
-        import mlflow
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = save_model(model, Path(tmp) / contract.MODEL_FILE_NAME)
-            mlflow.log_artifact(str(path), artifact_path=contract.MODEL_FILE_DIR)
-            if reference_images is not None:
-                images = Path(tmp) / contract.REFERENCE_NAME
-                np.save(images, reference_images.astype(np.uint8))
-                mlflow.log_artifact(str(images), contract.REFERENCE_DIR)
-            if features is not None:
-                path = Path(tmp) / Path(contract.TRAINING_FEATURES_ARTIFACT).name
-                path.write_bytes(features)
-                mlflow.log_artifact(str(path), contract.REFERENCE_DIR)
 
     # -- aliases and history -------------------------------------------------------------
 
@@ -567,24 +559,25 @@ class Registry:
 
 
 def _log_record(
-    run: CandidateRun,
-    metrics: dict[str, float],
-    artifacts: list[Path],
-    decision_markdown: str,
-    dataset: Dataset | None,
+    run: CandidateRun, metrics: dict[str, float], decision_markdown: str, dataset: Dataset | None
 ) -> None:
-    """Into the active MLflow run: params, curves per step, metrics, figures and reports,
-    the decision, and the dataset version as an input."""
+    """Into the active MLflow run: params, curves per step (one request), metrics, the
+    decision, and the dataset version as an input."""
+    from mlflow.entities import Metric
+
     import mlflow
 
+    active = mlflow.active_run().info.run_id
     mlflow.log_params({k: str(v)[:500] for k, v in run.params.items()})
-    for key, values in run.curves.items():
-        for step, value in enumerate(values):
-            mlflow.log_metric(key, value, step=step)
+    now = int(time.time() * 1000)
+    curves = [
+        Metric(key, value, now, step)
+        for key, values in run.curves.items()
+        for step, value in enumerate(values)
+    ]
+    if curves:
+        mlflow.MlflowClient().log_batch(active, metrics=curves)
     mlflow.log_metrics(metrics)
-    for path in artifacts:
-        folder = "evaluation" if path.suffix in (".png", ".json") else "reports"
-        mlflow.log_artifact(str(path), artifact_path=folder)
     mlflow.log_text(decision_markdown, "decision.md")
     if dataset is not None:
         digest = (dataset.version or "")[:36] or None
@@ -592,6 +585,27 @@ def _log_record(
             dataset.index, source=str(dataset.dir), name="refit-dataset", digest=digest
         )
         mlflow.log_input(frame, context="training")
+
+
+def _record_files(artifacts: list[Path]) -> list[tuple[Path, str]]:
+    """The figures and reports, with the run folder each goes to."""
+    return [(p, "evaluation" if p.suffix in (".png", ".json") else "reports") for p in artifacts]
+
+
+def _model_files(
+    model: LoadedModel, reference_images: np.ndarray | None, features: bytes | None, tmp: Path
+) -> list[tuple[Path, str]]:
+    """The Refit model file and the reference images, where the contract says, written to
+    ``tmp``."""
+    files = [(save_model(model, tmp / contract.MODEL_FILE_NAME), contract.MODEL_FILE_DIR)]
+    if reference_images is not None:
+        np.save(images := tmp / contract.REFERENCE_NAME, reference_images.astype(np.uint8))
+        files.append((images, contract.REFERENCE_DIR))
+    if features is not None:
+        path = tmp / Path(contract.TRAINING_FEATURES_ARTIFACT).name
+        path.write_bytes(features)
+        files.append((path, contract.REFERENCE_DIR))
+    return files
 
 
 def _log_keras(model: LoadedModel):

@@ -119,15 +119,18 @@ def check_batch(settings: Settings, source: Path, progress: Callable[[str], None
     return checked
 
 
-def add_batch(settings: Settings, source: Path, progress: Callable[[str], None] = print):
+ASK = object()  # add_batch's default view: the champion's, asked for then
+
+
+def add_batch(settings: Settings, source: Path, progress: Callable[[str], None] = print, view=ASK):
     """Take a batch in with the configured limits and policies: validated (and examined by
-    the champion, once there is one), then merged and versioned, or quarantined
-    (:func:`pipelines.intake.add_batch`), holding the dataset lock every host respects
-    (:mod:`core.locks`)."""
+    the champion ``view``, :func:`champion_view` unless given), then merged and versioned, or
+    quarantined (:func:`pipelines.intake.add_batch`), holding the dataset lock every host
+    respects (:mod:`core.locks`)."""
     from core import locks
     from pipelines import intake
 
-    view = champion_view(settings, progress)
+    view = champion_view(settings, progress) if view is ASK else view
     with locks.dataset_writer(settings):
         return intake.add_batch(
             source,
