@@ -174,14 +174,14 @@ def main() -> None:
                   f"team {times['team'][-1]:.1f} s", flush=True)  # fmt: skip
         local.refit("down")  # the throughput runs on the team alone
         local = None
-        for url in (team.lb_url, team.replica_url("s1")):  # warm: every replica has run
+        urls = {"lb": team.lb_url, "direct": team.replica_url("s1")}
+        for url in urls.values():  # warm: every replica has run
             load(url, 3)
-        takes: dict[str, list] = {"lb": [], "direct": []}
+        takes: dict[str, list] = {key: [] for key in urls}
         for i in range(2):  # in turns, who goes first alternating, as above
-            for key in ("lb", "direct")[:: 1 if i % 2 == 0 else -1]:
-                url = team.lb_url if key == "lb" else team.replica_url("s1")
-                takes[key].append(load(url, args.seconds))
-        behind_lb, direct = (tuple(np.mean(takes[k], axis=0)) for k in ("lb", "direct"))
+            for key in list(urls)[:: 1 if i % 2 == 0 else -1]:
+                takes[key].append(load(urls[key], args.seconds))
+        behind_lb, direct = (tuple(np.mean(takes[key], axis=0)) for key in urls)
         team.refit("s2", "down")  # nginx now sends everything to s1
         one_behind_lb = load(team.lb_url, args.seconds)
     finally:

@@ -216,7 +216,7 @@ class Registry:
             with mlflow.start_run(experiment_id=experiment, run_name=run.name) as active:
                 mlflow.set_tags(all_tags)
                 failpoint("register")
-                _log_record(run, metrics, decision_markdown, dataset)
+                _log_record(self.client, run, metrics, decision_markdown, dataset)
                 with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(4) as pool:
                     files = [
                         *_record_files(artifacts),
@@ -559,7 +559,11 @@ class Registry:
 
 
 def _log_record(
-    run: CandidateRun, metrics: dict[str, float], decision_markdown: str, dataset: Dataset | None
+    client,
+    run: CandidateRun,
+    metrics: dict[str, float],
+    decision_markdown: str,
+    dataset: Dataset | None,
 ) -> None:
     """Into the active MLflow run: params, curves per step (one request), metrics, the
     decision, and the dataset version as an input."""
@@ -567,7 +571,6 @@ def _log_record(
 
     import mlflow
 
-    active = mlflow.active_run().info.run_id
     mlflow.log_params({k: str(v)[:500] for k, v in run.params.items()})
     now = int(time.time() * 1000)
     curves = [
@@ -576,7 +579,7 @@ def _log_record(
         for step, value in enumerate(values)
     ]
     if curves:
-        mlflow.MlflowClient().log_batch(active, metrics=curves)
+        client.log_batch(mlflow.active_run().info.run_id, metrics=curves)
     mlflow.log_metrics(metrics)
     mlflow.log_text(decision_markdown, "decision.md")
     if dataset is not None:

@@ -26,27 +26,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+GROUPS_FIRST = ("live-faults", "live")  # the longest groups, each with its own platform
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Groups for pytest-xdist (`--dist loadgroup`): the tests on a live platform in two (the
-    fault drills, and the rest), each on one worker with its own platform and first in line
-    (the longest); every other end-to-end module one group (its tests share module fixtures
-    and some build on the one before)."""
-    live = {item for item in items if "live" in getattr(item, "fixturenames", ())}
-    for item in items:
-        if item in live:
-            drills = item.path.name == "test_faults.py"
-            item.add_marker(pytest.mark.xdist_group("live-faults" if drills else "live"))
-        elif item.path.parent.name in ("e2e", "browser"):
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    fault drills, and the rest), each on one worker with its own platform and first in line;
+    every other end-to-end module one group (its tests share module fixtures and some build
+    on the one before), then the unit tests."""
+
+    def group(item: pytest.Item) -> str | None:
+        if "live" in getattr(item, "fixturenames", ()):
+            return "live-faults" if item.path.name == "test_faults.py" else "live"
+        return item.path.stem if item.path.parent.name in ("e2e", "browser") else None
+
+    groups = {item: group(item) for item in items}
+    for item, name in groups.items():
+        if name is not None:
+            item.add_marker(pytest.mark.xdist_group(name))
     if hasattr(config, "workerinput"):  # on an xdist worker (the same order on each)
-
-        def rank(item: pytest.Item) -> int:  # the longest groups first, unit tests last
-            if item in live:
-                return 0 if item.path.name == "test_faults.py" else 1
-            return 2 if item.path.parent.name in ("e2e", "browser") else 3
-
-        items.sort(key=rank)  # stable: file order within each
+        rank = {name: i for i, name in enumerate(GROUPS_FIRST)}
+        # stable: file order within each rank; unit tests last
+        items.sort(key=lambda item: rank.get(groups[item], 2 if groups[item] else 3))
 
 
 @pytest.fixture(autouse=True)
