@@ -60,7 +60,7 @@ def mark_taken(run_id: str, submission_id: str) -> None:
         client.update_flow_run(run.id, tags=[*run.tags, f"{TOOK}{submission_id}"])
 
 
-def _retrain_runs(limit: int, tags: list[str] | None = None) -> list:
+def _retrain_runs(limit: int, tags: list[str] | None = None, by_start: bool = False) -> list:
     from prefect.client.schemas.filters import (
         FlowFilter,
         FlowFilterName,
@@ -73,7 +73,7 @@ def _retrain_runs(limit: int, tags: list[str] | None = None) -> list:
         return client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
             flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=tags)) if tags else None,
-            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            sort=FlowRunSort.START_TIME_DESC if by_start else FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=limit,
         )
 
@@ -84,9 +84,10 @@ def _took(run) -> list[str]:
 
 
 def find_submission_run(submission_id: str) -> str | None:
-    """The newest retrain run that took this submission (None while it waits its turn:
-    runs take submissions oldest first, whichever one announced them)."""
-    found = _retrain_runs(1, [f"{TOOK}{submission_id}"])
+    """The retrain run that took this submission last (None while it waits its turn: runs
+    take submissions oldest first, whichever one announced them). Ordered by when runs
+    started: a run queued early can take it after a newer one was killed with it."""
+    found = _retrain_runs(1, [f"{TOOK}{submission_id}"], by_start=True)
     return str(found[0].id) if found else None
 
 

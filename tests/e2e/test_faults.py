@@ -200,7 +200,7 @@ def test_a_run_killed_at_every_step_finishes_the_work_exactly_once(live) -> None
     assert previous.version == before
     wait_for(lambda: live.served_version() == champion, SETTLE_S, f"serving v{champion}")
     view = runs.view(runs.find_submission_run(submission))
-    assert "Resumed" in view.report and "Live check" in view.report
+    assert view.report and "Resumed" in view.report and "Live check" in view.report, view
 
 
 def _kill_tree(pid: int) -> None:

@@ -166,3 +166,26 @@ def test_the_prefect_api_refuses_anonymous_and_foreign_callers(live: LivePlatfor
 
 def live_origin(live: LivePlatform) -> str:
     return f"http://127.0.0.1:{live.env['REFIT_PREFECT_PORT']}"
+
+
+def test_a_submission_is_followed_to_the_run_that_took_it_last(live: LivePlatform) -> None:
+    """A run queued early can take a submission after a newer run was killed holding it (the
+    watcher and the CLI both announce): the CLI and the pages follow the later taker."""
+    from uuid import uuid4
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed, Running, Scheduled
+
+    @flow(name="retrain")
+    def stand_in() -> None: ...
+
+    took = [f"{runs.TOOK}{uuid4().hex}"]
+    with get_client(sync_client=True) as client:
+        queued_early = client.create_flow_run(stand_in, tags=took, state=Scheduled())
+        killed = client.create_flow_run(stand_in, tags=took, state=Scheduled())
+        for run in (killed, queued_early):  # the newer one starts (and dies) first
+            client.set_flow_run_state(run.id, Running(), force=True)
+        assert runs.find_submission_run(took[0].removeprefix(runs.TOOK)) == str(queued_early.id)
+        for run in (killed, queued_early):
+            client.set_flow_run_state(run.id, Completed(), force=True)
