@@ -34,7 +34,7 @@ browser:  ## Make sure chromium is there for tests/browser
 # namespaces: Debian's packages, installed through apt when missing and root (it skips,
 # saying why, without root).
 team-tools:  ## Make sure nginx and PostgreSQL are there for tests/e2e/test_team.py
-	@missing=""; command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="nginx-light"; \
+	@missing=""; command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing=" nginx-light"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	[ -z "$$missing" ] && exit 0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
-class IngestLimits(BaseModel):
+class Section(BaseModel):
+    """A table of settings: a key it does not know (a typo) is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class IngestLimits(Section):
     """Caps that keep a hostile upload from exhausting the disk or memory."""
 
     max_files: int = Field(default=200_000, description="Most files one batch may hold.")
@@ -25,7 +31,7 @@ class IngestLimits(BaseModel):
     workers: int = Field(default=0, description="Decoding processes (0: one per CPU core).")
 
 
-class ValidationPolicy(BaseModel):
+class ValidationPolicy(Section):
     """Thresholds of the data checks a batch must pass before it can touch the dataset."""
 
     min_side: int = Field(default=8, description="Smallest image width/height in pixels.")
@@ -90,7 +96,7 @@ class ValidationPolicy(BaseModel):
     max_examples: int = Field(default=10, description="Example files listed per failed rule.")
 
 
-class SplitPolicy(BaseModel):
+class SplitPolicy(Section):
     """How accepted images are divided between train and the fixed holdout."""
 
     holdout_share: float = Field(
@@ -99,7 +105,7 @@ class SplitPolicy(BaseModel):
     seed: int = Field(default=20261123, description="Seed of the stratified holdout split.")
 
 
-class ArchitectureConfig(BaseModel):
+class ArchitectureConfig(Section):
     """Which network to build (``pipelines.architectures``)."""
 
     name: str = Field(
@@ -117,7 +123,7 @@ class ArchitectureConfig(BaseModel):
     dropout: float = Field(default=0.0, description="Dropout before the output layer.")
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Section):
     """Training from scratch (bootstrap)."""
 
     epochs: int = Field(default=40, description="Epochs of the one-cycle schedule.")
@@ -145,7 +151,7 @@ class TrainConfig(BaseModel):
     seed: int = Field(default=0, description="Seed of splits, shuffling and augmentation.")
 
 
-class FinetuneConfig(BaseModel):
+class FinetuneConfig(Section):
     """Fine-tuning the champion on new data with replay of the old.
 
     Two recipes: ``refit`` (SGD + one-cycle, for Refit's own nets) and ``gentle`` (Adam at a
@@ -201,7 +207,7 @@ class FinetuneConfig(BaseModel):
     seed: int = Field(default=0, description="Seed of the replay sample and shuffling.")
 
 
-class GatePolicy(BaseModel):
+class GatePolicy(Section):
     """When a challenger may replace the champion (the "blessing")."""
 
     min_delta: float = Field(

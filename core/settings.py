@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -32,6 +32,7 @@ from core.policies import (
     FinetuneConfig,
     GatePolicy,
     IngestLimits,
+    Section,
     SplitPolicy,
     TrainConfig,
     ValidationPolicy,
@@ -41,7 +42,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_ENV_VAR = "REFIT_CONFIG"
 
 
-class OrchestrationConfig(BaseModel):
+class OrchestrationConfig(Section):
     """Prefect flows and deployments (``flows/``): triggers, schedule, retries."""
 
     schedule_cron: str = Field(
@@ -93,7 +94,7 @@ class OrchestrationConfig(BaseModel):
     )
 
 
-class ServingConfig(BaseModel):
+class ServingConfig(Section):
     """The prediction server (``serving/``): batching, hot swap, upload limits."""
 
     max_batch_size: int = Field(default=64, description="Most images per inference call.")
@@ -110,6 +111,12 @@ class ServingConfig(BaseModel):
     )
     onnx_tolerance: float = Field(
         default=1e-5, description="Largest probability difference ONNX may have vs Keras."
+    )
+    threads: int = Field(
+        default=0,
+        ge=0,
+        description="Inference threads per replica; 0: the CPUs it may use (its affinity and "
+        "container CPU limit). Replicas sharing a host: its cores / replicas each.",
     )
     max_upload_bytes: int = Field(
         default=20_000_000, description="Largest request body (413 beyond)."
@@ -142,7 +149,7 @@ class ServingConfig(BaseModel):
     )
 
 
-class LoopConfig(BaseModel):
+class LoopConfig(Section):
     """Closing the loop: the prediction log, drift checks and the label queue."""
 
     log_predictions: bool = Field(

@@ -55,15 +55,31 @@ def main(
 def _settings(tensorflow: bool = False) -> Settings:
     """Load the settings (exporting the tool environment before any heavy import); with
     ``tensorflow``, load it now, keeping its start-up lines off the terminal."""
-    from core.settings import get_settings
+    from pydantic import ValidationError
+
+    from core.settings import config_file, get_settings
     from refit import quiet
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        raise _fail(_bad_settings(exc, config_file())) from None
     if not settings.verbose:
         quiet.quiet_libraries()
         if tensorflow:
             quiet.load_tensorflow_quietly()
     return settings
+
+
+def _bad_settings(exc, path: Path) -> str:
+    """Each rule the settings broke, named as a setting and as its REFIT_* variable."""
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        variable = "REFIT_" + "__".join(str(part) for part in error["loc"]).upper()
+        rule = "not a setting" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"  {key} ({variable}): {rule}")
+    return f"the settings (from REFIT_* variables and {path}) are invalid:\n" + "\n".join(lines)
 
 
 def _fail(message: str) -> typer.Exit:

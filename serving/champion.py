@@ -23,7 +23,7 @@ import numpy as np
 
 from core import contract
 from core.contract import CHAMPION
-from serving.engines import Engine, best_engine
+from serving.engines import Engine, best_engine, inference_threads, limit_tensorflow_threads
 
 log = logging.getLogger("refit.serving")
 
@@ -85,7 +85,7 @@ class RegistrySource:
     def champion_version(self) -> str | None:
         return contract.alias_version(self.client, self.name, CHAMPION)
 
-    def load(self, version: str, engine: str, tolerance: float) -> Champion:
+    def load(self, version: str, engine: str, tolerance: float, threads: int = 0) -> Champion:
         import keras
         import mlflow.artifacts
 
@@ -106,7 +106,7 @@ class RegistrySource:
                 f"version {version}: {model.output_shape[-1]} outputs but "
                 f"{len(class_names)} class names"
             )
-        choice = best_engine(model, reference, engine, tolerance)
+        choice = best_engine(model, reference, engine, tolerance, threads)
         choice.engine(reference[:1])  # warm the chosen engine at batch 1 and batch N
         choice.engine(reference)
         prefix = contract.CHALLENGER_PREFIX
@@ -121,7 +121,7 @@ class RegistrySource:
             class_names=class_names,
             input_size=tuple(model.input_shape[1:3]),
             engine=choice.engine,
-            engine_note=choice.note,
+            engine_note=f"{choice.note}, {threads} threads" if threads else choice.note,
             run_id=mv.run_id,
             metrics=metrics,
             dataset_version=mv.tags.get(contract.DATASET_VERSION_TAG),
@@ -174,10 +174,18 @@ class RegistrySource:
 class ChampionHolder:
     """The serving champion, reloaded when the registry alias moves."""
 
-    def __init__(self, source: RegistrySource, engine: str = "auto", tolerance: float = 1e-5):
+    def __init__(
+        self,
+        source: RegistrySource,
+        engine: str = "auto",
+        tolerance: float = 1e-5,
+        threads: int = 0,
+    ):
         self.source = source
         self.engine = engine
         self.tolerance = tolerance
+        self.threads = inference_threads(threads)
+        limit_tensorflow_threads(self.threads)
         self._current: Champion | None = None
         self._reload_lock = threading.Lock()
         self.error: str | None = None
@@ -211,7 +219,7 @@ class ChampionHolder:
                 return self._result(before, changed=False)
             started = time.perf_counter()
             try:
-                loaded = self.source.load(version, self.engine, self.tolerance)
+                loaded = self.source.load(version, self.engine, self.tolerance, self.threads)
             except Exception as exc:
                 self.error = f"version {version} failed to load, still serving {before}: {exc}"
                 log.error(self.error)

@@ -12,7 +12,11 @@ layer) from one call: the prediction log keeps both.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -26,6 +30,33 @@ class Engine(Protocol):
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (N, K) and features (N, D) for uint8 images (N, H, W, 3)."""
         ...
+
+
+CPU_LIMIT = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def inference_threads(wanted: int = 0, cpu_limit: Path = CPU_LIMIT) -> int:
+    """Threads for one engine: ``wanted``, or (0) the CPUs this process may use, capped by a
+    cgroup v2 CPU limit. ONNX Runtime and TensorFlow otherwise size their pools to the
+    host's cores, and replicas sharing a host (or pods with CPU limits) fight over them."""
+    if wanted > 0:
+        return wanted
+    count = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_limit.read_text().split()
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
+def limit_tensorflow_threads(threads: int) -> None:
+    """TensorFlow's intra-op pool to ``threads`` (only possible before TF first runs)."""
+    import tensorflow as tf
+
+    with contextlib.suppress(RuntimeError):  # TF already ran here: its pool stays as it is
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
 
 
 def with_features(model):
@@ -101,7 +132,11 @@ class EngineChoice:
 
 
 def best_engine(
-    model, reference: np.ndarray, preference: str = "auto", tolerance: float = 1e-5
+    model,
+    reference: np.ndarray,
+    preference: str = "auto",
+    tolerance: float = 1e-5,
+    threads: int = 0,
 ) -> EngineChoice:
     """ONNX Runtime when it matches Keras within ``tolerance`` on ``reference`` images,
     else Keras. ``preference``: auto, onnx (fail if it does not match) or keras."""
@@ -109,7 +144,7 @@ def best_engine(
     if preference == "keras":
         return EngineChoice(keras_engine, None, "Keras chosen in settings")
     try:
-        onnx_engine = OnnxEngine(model)
+        onnx_engine = OnnxEngine(model, threads)
         diff = float(np.abs(onnx_engine(reference)[0] - keras_engine(reference)[0]).max())
     except Exception as exc:  # any export or runtime failure means: use Keras
         if preference == "onnx":

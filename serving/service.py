@@ -66,7 +66,7 @@ class Classifier:
         settings = get_settings()
         config = settings.serving
         source = RegistrySource.from_settings(settings)
-        self.holder = ChampionHolder(source, config.engine, config.onnx_tolerance)
+        self.holder = ChampionHolder(source, config.engine, config.onnx_tolerance, config.threads)
         self.described: dict[str, dict] = {}
         self.with_features = settings.loop.log_predictions
         self.reload()

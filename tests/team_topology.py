@@ -319,7 +319,8 @@ def start_team(root: Path) -> Team:
             team.envs[host] = _env(
                 team, host, REFIT_SERVING_PORT=str(SERVING_PORT),
                 REFIT_SERVING__PUBLIC_URL="",
-            )  # fmt: skip
+                REFIT_SERVING__THREADS=str(max(1, len(os.sched_getaffinity(0)) // 2)),
+            )  # fmt: skip  (the two replicas share this host's cores, as two pods a node's)
             team.envs[host].pop("REFIT_SERVING__PUBLIC_URL")
         _check(team.refit("srv", "up", timeout=300), "refit up on srv")
         team.started.append("srv")

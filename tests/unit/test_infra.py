@@ -72,15 +72,23 @@ def test_the_work_pool_job_template_renders_a_valid_job(tmp_path: Path) -> None:
 def _refit_variables() -> list[dict[str, str]]:
     compose = yaml.safe_load((INFRA / "compose.yaml").read_text())
     config = yaml.safe_load((K8S / "config.yaml").read_text())
-    return [compose["x-refit"]["environment"], config["data"]]
+    kubernetes = dict(config["data"])
+    for manifest in K8S.glob("*.yaml"):  # and what containers set beside the ConfigMap
+        for doc in yaml.safe_load_all(manifest.read_text()):
+            pod = (doc or {}).get("spec", {}).get("template", {}).get("spec", {})
+            for container in pod.get("containers", []):
+                kubernetes |= {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    return [compose["x-refit"]["environment"], kubernetes]
 
 
 @pytest.mark.parametrize("variables", _refit_variables(), ids=["compose", "kubernetes"])
 def test_the_settings_they_set_exist(monkeypatch: pytest.MonkeyPatch, variables) -> None:
     for name, value in variables.items():
         if name.startswith("REFIT_"):
+            field = name.removeprefix("REFIT_").split("__")[0].lower()
+            assert field in Settings.model_fields, f"{name}: no setting {field!r}"
             monkeypatch.setenv(name, str(value))
-    settings = Settings()  # extra="forbid": a misspelt setting fails here
+    settings = Settings()  # and a misspelt key of a section fails here (extra="forbid")
     assert settings.store_url == "s3://refit/team" and not settings.local_mlflow
     assert not settings.local_prefect and not settings.local_serving
 

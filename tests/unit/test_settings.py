@@ -124,3 +124,20 @@ def test_admin_token_is_generated_once_private_and_a_setting_wins(tmp_path) -> N
     assert settings.ensure_admin_token() == (token, False)
     configured = Settings(workspace=tmp_path / "ws", serving={"admin_token": "mine"})
     assert configured.admin_token() == "mine"
+
+
+def test_a_misspelt_setting_is_refused_by_name(tmp_path: Path) -> None:
+    """A typo in a section (variable or refit.toml) is an error naming it, not ignored."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "refit.toml").write_text("[gate]\nmin_acuracy = 0.9\n")
+    env = {**os.environ, "REFIT_SERVING__THREAD": "1", "REFIT_WORKSPACE": str(tmp_path / "ws")}
+    env.pop("REFIT_CONFIG", None)
+    cli = [sys.executable, "-c", "from refit.cli import app; app()", "status"]
+    done = subprocess.run(cli, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "serving.thread (REFIT_SERVING__THREAD): not a setting" in done.stderr, done.stderr
+    assert "gate.min_acuracy (REFIT_GATE__MIN_ACURACY): not a setting" in done.stderr
+    assert "refit.toml" in done.stderr and "Traceback" not in done.stderr
