@@ -315,12 +315,12 @@ def start_team(root: Path) -> Team:
                 team, host, REFIT_DVC_REPO=str(git_repo(root / host / "repo")),
                 REFIT_WORKER_PORT="4201",
             )  # fmt: skip
-        for host in ("s1", "s2"):
+        for host in ("s1", "s2"):  # the replicas share this host's cores, as pods a node's
             team.envs[host] = _env(
                 team, host, REFIT_SERVING_PORT=str(SERVING_PORT),
                 REFIT_SERVING__PUBLIC_URL="",
                 REFIT_SERVING__THREADS=str(max(1, len(os.sched_getaffinity(0)) // 2)),
-            )  # fmt: skip  (the two replicas share this host's cores, as two pods a node's)
+            )  # fmt: skip
             team.envs[host].pop("REFIT_SERVING__PUBLIC_URL")
         _check(team.refit("srv", "up", timeout=300), "refit up on srv")
         team.started.append("srv")
