@@ -36,23 +36,27 @@ CPU_LIMIT = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "
 
 
 def inference_threads(wanted: int = 0, cpu_limit: Path = CPU_LIMIT) -> int:
-    """Threads for one engine: ``wanted``, or (0) the CPUs this process may use, capped by a
-    cgroup v2 CPU limit. ONNX Runtime and TensorFlow otherwise size their pools to the
-    host's cores, and replicas sharing a host (or pods with CPU limits) fight over them."""
+    """Threads for one engine: ``wanted``, else the CPUs this process may use (its affinity,
+    capped by a cgroup v2 CPU limit) when that is fewer than the machine's, else 0 (the
+    libraries size their own pools). Without the cap, ONNX Runtime and TensorFlow size their
+    pools to the whole machine, and replicas sharing it (or pods with CPU limits) fight."""
     if wanted > 0:
         return wanted
-    count = len(os.sched_getaffinity(0))
+    usable = len(os.sched_getaffinity(0))
     try:
         quota, period = cpu_limit.read_text().split()
         if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+            usable = min(usable, max(1, math.ceil(int(quota) / int(period))))
     except (OSError, ValueError):
         pass
-    return count
+    return usable if usable < (os.cpu_count() or usable) else 0
 
 
 def limit_tensorflow_threads(threads: int) -> None:
-    """TensorFlow's intra-op pool to ``threads`` (only possible before TF first runs)."""
+    """TensorFlow's intra-op pool to ``threads`` (0: its default; only possible before TF
+    first runs)."""
+    if threads <= 0:
+        return
     import tensorflow as tf
 
     with contextlib.suppress(RuntimeError):  # TF already ran here: its pool stays as it is
