@@ -6,12 +6,14 @@ up` on one host, measured in the same run, on the same tiny user model and batch
   version. Both platforms are up at once and take the same batches in turns (who goes first
   alternates), so a host whose speed drifts during the run weighs on both alike; the mean of
   ``--rounds`` batches (the first brings a new class). Target: team <= 1.2x one host.
-- serving throughput: 16 clients sending single 32x32 JPEGs for ``--seconds``, to two
-  replicas behind nginx vs one replica directly, twice each in turns after a warm-up (the
-  means), then one replica behind nginx, to tell the proxy's cost from the split's.
+- serving throughput: 16 clients sending single 32x32 JPEGs, to two replicas behind nginx
+  vs one replica directly, ``--pairs`` windows of ``--seconds`` each in turns after a warm-up
+  (the means; short windows in turns, so the host's drift weighs on both alike), then one
+  replica behind nginx, to tell the proxy's cost from the split's.
   Target: >= 0.9x (two cores cap any gain here); req/s, p50, p99.
 
-Needs root (namespaces) and nginx. Run: .venv/bin/python bench/team.py [--rounds 4] [--seconds 15]
+Needs root (namespaces) and nginx.
+Run: .venv/bin/python bench/team.py [--rounds 4] [--seconds 8] [--pairs 5]
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ def load(url: str, seconds: float) -> tuple[float, float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4, help="batches each topology takes")
-    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--seconds", type=float, default=8, help="one load window")
+    parser.add_argument("--pairs", type=int, default=5, help="load windows each way, in turns")
     args = parser.parse_args()
     if why := unavailable():
         sys.exit(f"bench/team.py {why}")
@@ -178,12 +181,13 @@ def main() -> None:
         for url in urls.values():  # warm: every replica has run
             load(url, 3)
         takes: dict[str, list] = {key: [] for key in urls}
-        for i in range(2):  # in turns, who goes first alternating, as above
+        for i in range(args.pairs):  # in turns, who goes first alternating, as above
             for key in list(urls)[:: 1 if i % 2 == 0 else -1]:
                 takes[key].append(load(urls[key], args.seconds))
+        pairs = [lb[0] / d[0] for lb, d in zip(takes["lb"], takes["direct"], strict=True)]
         behind_lb, direct = (tuple(np.mean(takes[key], axis=0)) for key in urls)
         team.refit("s2", "down")  # nginx now sends everything to s1
-        one_behind_lb = load(team.lb_url, args.seconds)
+        one_behind_lb = tuple(np.mean([load(team.lb_url, args.seconds) for _ in range(2)], axis=0))
     finally:
         if local is not None:
             local.refit("down")
@@ -202,7 +206,8 @@ def main() -> None:
     print(f"per-round ratios: {' '.join(f'{r:.2f}' for r in rounds)}")
     print(f"target: team <= 1.2x one host: {'met' if many <= 1.2 * one else 'NOT met'}")
     print_steps()
-    print(f"\nserving, 16 clients, {args.seconds:.0f} s of single 32x32 JPEGs")
+    print(f"\nserving, 16 clients, single 32x32 JPEGs, {args.pairs} windows of "
+          f"{args.seconds:.0f} s each way in turns (the means)")  # fmt: skip
     print(f"{'':<34}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'ratio':>8}")
     for name, (rate, p50, p99, errors) in (
         ("one replica, direct", direct),
@@ -211,6 +216,7 @@ def main() -> None:
     ):
         print(f"{name:<34}{rate:>8.1f}{p50:>9.1f}{p99:>9.1f}{errors:>8.0f}{rate / direct[0]:>8.2f}")
     ratio = behind_lb[0] / direct[0]
+    print(f"per-pair ratios (two behind nginx / direct): {' '.join(f'{r:.2f}' for r in pairs)}")
     print(f"target: >= 0.9x: {'met' if ratio >= 0.9 else 'NOT met'}")
 
 

@@ -42,6 +42,7 @@ FLUSH_AT = 256  # entries written at once at the latest
 PRUNE_EVERY_S = 60.0
 PRUNE_TO = 0.9  # once over the size cap, prune down to this share of it
 GRACE_S = 60.0  # an image younger than this is kept even if no entry names it yet
+KNOWN_S = 60.0  # an image this writer stored or found this recently is not looked up again
 IMAGE_FIELD = re.compile(r'"image": "images/([^"]+)"')
 SUFFIXES = {b"\xff\xd8": ".jpg", b"\x89P": ".png", b"GI": ".gif", b"BM": ".bmp", b"RI": ".webp"}
 
@@ -107,6 +108,9 @@ class LogWriter:
         self._seq = 0
         self._size: int | None = None  # bytes in the log, measured at the first prune
         self._pruned_at = 0.0
+        # image path -> when this writer last stored or found it. Its entries name the image,
+        # and retention removes the oldest entries first, so the image stays while they do.
+        self._known: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         if start:
@@ -157,13 +161,17 @@ class LogWriter:
         return written
 
     def _write(self, items) -> int:
-        lines, size = [], 0
+        lines, size, now = [], 0, time.monotonic()
+        if len(self._known) > 100_000:
+            self._known = {k: t for k, t in self._known.items() if now - t < KNOWN_S}
         for name, data, version, classes, p, f in items:
             entry, body = make_entry(data, name, version, classes, p, f)
             path = self.store.path(entry["image"])
-            if not self.store.exists(path):
-                self.store.write_bytes(path, body)
-                size += len(body)
+            if now - self._known.get(path, -KNOWN_S) >= KNOWN_S:  # one lookup per image
+                if not self.store.exists(path):
+                    self.store.write_bytes(path, body)
+                    size += len(body)
+                self._known[path] = now
             lines.append(json.dumps(entry))
         self._seq += 1
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -193,6 +201,8 @@ class LogWriter:
             self.store, self.config.max_log_bytes, self.config.max_log_age_days * 86400, force
         )
         self.stats.pruned_files += removed
+        if removed:
+            self._known.clear()  # images may have gone with their entries
         return removed
 
     def close(self, timeout_s: float = 10.0) -> None:

@@ -126,6 +126,31 @@ def test_the_log_keeps_each_answer_with_its_image_once_and_skips_a_cut_line(tmp_
     assert again.unreadable == 1 and len(again) == 3
 
 
+def test_a_popular_image_is_looked_up_once_until_retention_removes_files(
+    tmp_path, monkeypatch
+) -> None:
+    class Counting(Store):
+        lookups = 0
+
+        def exists(self, path) -> bool:
+            Counting.lookups += 1
+            return super().exists(path)
+
+    writer = predlog.LogWriter(Counting(str(tmp_path / "log")), _config(), start=False)
+    image = _jpeg(np.full((8, 8, 3), 7, dtype=np.uint8))
+    for _ in range(5):  # five flushes of the same image, twice each
+        _log(writer, [image, image], _probs(2), np.zeros((2, 4)))
+    lines = [f.read_text().splitlines() for f in (tmp_path / "log" / "entries").glob("*")]
+    assert Counting.lookups == 1 and sum(map(len, lines)) == 10
+    monkeypatch.setattr(predlog, "GRACE_S", 0.0)
+    writer.config = writer.config.model_copy(update={"max_log_age_days": 0.0})
+    assert writer.prune() > 0  # every entry and, with them, the image
+    assert not list((tmp_path / "log" / "images").rglob("*.jpg"))
+    _log(writer, [image], _probs(1), np.zeros((1, 4)))
+    entry = predlog.read_log(writer.store).entries[-1]
+    assert Counting.lookups == 2 and predlog.image_bytes(writer.store, entry) == image
+
+
 def test_retention_drops_the_oldest_entries_by_size_and_by_age(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(predlog, "GRACE_S", 0.0)
     writer = _writer(tmp_path, max_log_bytes=30_000)
