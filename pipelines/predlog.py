@@ -161,17 +161,18 @@ class LogWriter:
         return written
 
     def _write(self, items) -> int:
-        lines, size, now = [], 0, time.monotonic()
+        lines, size, now, looked_up = [], 0, time.monotonic(), set()
         if len(self._known) > 100_000:
             self._known = {k: t for k, t in self._known.items() if now - t < KNOWN_S}
         for name, data, version, classes, p, f in items:
             entry, body = make_entry(data, name, version, classes, p, f)
             path = self.store.path(entry["image"])
-            if now - self._known.get(path, -KNOWN_S) >= KNOWN_S:  # one lookup per image
+            fresh = now - self._known.get(path, -KNOWN_S) < KNOWN_S
+            if not fresh and path not in looked_up:  # one lookup per image
                 if not self.store.exists(path):
                     self.store.write_bytes(path, body)
                     size += len(body)
-                self._known[path] = now
+                looked_up.add(path)
             lines.append(json.dumps(entry))
         self._seq += 1
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -179,6 +180,7 @@ class LogWriter:
         self.store.write_bytes(
             self.store.path(ENTRIES, f"{stamp}-{self._prefix}-{self._seq:06d}.jsonl"), text
         )
+        self._known |= dict.fromkeys(looked_up, now)  # named by an entry only now
         self.stats.logged += len(lines)
         if self._size is not None:
             self._size += size + len(text)
