@@ -12,7 +12,7 @@ import bentoml
 from fastapi import FastAPI, File, UploadFile
 from fastapi.responses import JSONResponse
 
-from pipelines.images import BadImage, decode_upload
+from pipelines.images.decode import BadImage, decode_upload
 
 app = FastAPI(title="HTTP ceiling")
 

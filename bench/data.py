@@ -32,10 +32,10 @@ from PIL import Image
 from core.objectstore import Store
 from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
 from core.settings import get_settings
-from pipelines.dataset import class_counts, load_index, merge_batch, reference_of
-from pipelines.ingest import build_manifest, stage_batch
-from pipelines.validate import validate_batch
-from pipelines.versions import DvcStore
+from pipelines.data.dataset import class_counts, load_index, merge_batch, reference_of
+from pipelines.data.ingest import build_manifest, stage_batch
+from pipelines.data.validate import validate_batch
+from pipelines.data.versions import DvcStore
 
 
 def timed(fn, *args, **kwargs):
@@ -118,8 +118,8 @@ def bench_subset(tarball_dir: Path, work: Path, n: int) -> None:
 def bench_near_duplicates(folder: Path, work: Path) -> None:
     import numpy as np
 
-    from pipelines.ingest import perceptual_hash
-    from pipelines.neardup import nearest
+    from pipelines.data.ingest import perceptual_hash
+    from pipelines.data.neardup import nearest
 
     def decode(paths):
         for path in paths:
@@ -189,12 +189,12 @@ def bench_label_issues(work: Path) -> None:
     labels flipped; precision and recall of the disputed images against the flips."""
     import numpy as np
 
-    from pipelines.examine import ChampionView
-    from pipelines.features import TrainingFeatures, features_and_probs
-    from pipelines.images import load_images
-    from pipelines.intake import IntakePaths, check_batch, discard
-    from pipelines.modelfile import load_refit_model
-    from pipelines.sample import unpack_sample
+    from pipelines.data.examine import ChampionView
+    from pipelines.data.intake import IntakePaths, check_batch, discard
+    from pipelines.data.sample import unpack_sample
+    from pipelines.images.decode import load_images
+    from pipelines.loop.features import TrainingFeatures, features_and_probs
+    from pipelines.models.modelfile import load_refit_model
 
     settings = get_settings()
     sample = work / "sample"

@@ -33,14 +33,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from core.objectstore import Store
 from core.settings import PROJECT_ROOT, Settings, get_settings
-from pipelines.candidate import Baseline, assess
-from pipelines.dataset import Dataset
-from pipelines.intake import IntakePaths, add_batch
-from pipelines.modelfile import load_refit_model
-from pipelines.predict import accuracy, predict_proba
-from pipelines.sample import unpack_sample
-from pipelines.train import finetune_on_batch
-from pipelines.versions import DvcStore
+from pipelines.data.dataset import Dataset
+from pipelines.data.intake import IntakePaths, add_batch
+from pipelines.data.sample import unpack_sample
+from pipelines.data.versions import DvcStore
+from pipelines.judge.candidate import Baseline, assess
+from pipelines.models.modelfile import load_refit_model
+from pipelines.models.predict import accuracy, predict_proba
+from pipelines.training.finetune import finetune_on_batch
 
 
 def build_dataset(settings: Settings, work: Path) -> tuple[DvcStore, str]:
@@ -106,10 +106,10 @@ def _table(rows) -> None:
 
 def bench_imported(args) -> None:
     from core.policies import FinetuneConfig
-    from pipelines.images import ImageSet
-    from pipelines.modelfile import import_model
-    from pipelines.pixels import parse
-    from pipelines.train import finetune
+    from pipelines.images.decode import ImageSet
+    from pipelines.images.pixels import parse
+    from pipelines.models.modelfile import import_model
+    from pipelines.training.finetune import finetune
     from tests import userfiles
 
     names = userfiles.shape_classes()
@@ -158,10 +158,10 @@ def bench_large(args) -> None:
     import numpy as np
 
     from core.policies import FinetuneConfig
-    from pipelines.gentle import top_layers
-    from pipelines.images import ImageSet
-    from pipelines.imports import import_user_model
-    from pipelines.train import finetune
+    from pipelines.images.decode import ImageSet
+    from pipelines.training.finetune import finetune
+    from pipelines.training.gentle import top_layers
+    from pipelines.training.imports import import_user_model
     from tests import userfiles
 
     names = userfiles.shape_classes()[:4]
@@ -181,7 +181,7 @@ def bench_large(args) -> None:
     epochs = [f.epochs_run for f in fits]
     # The same epochs the naive way: every epoch runs the whole 224 px network forward, and
     # backward through everything above the lowest trainable layer.
-    from pipelines.surgery import grow_head
+    from pipelines.training.surgery import grow_head
 
     naive = grow_head(champion, [names[3]]).model
     train = ImageSet.concat([new.relabel(names), old.relabel(names)])

@@ -26,11 +26,10 @@ import numpy as np
 from PIL import Image
 
 from core.settings import Settings, get_settings
-from pipelines.bootstrap import sample_holdout, source_images
-from pipelines.images import ImageSet, stratified_sample
-from pipelines.predict import accuracy, predict_proba
-from pipelines.sample import sample_hashes
-from pipelines.train import bootstrap
+from pipelines.data.sample import sample_hashes
+from pipelines.images.decode import ImageSet, stratified_sample
+from pipelines.models.predict import accuracy, predict_proba
+from pipelines.training.scratch import fit_from_scratch, sample_holdout, source_images
 
 EXCLUDED_CLASS = "truck"
 
@@ -69,7 +68,7 @@ def run(settings: Settings, images: ImageSet, holdout: ImageSet, epochs: int, la
     """One short bootstrap (the built-in model's recipe and split); accuracies of the result."""
     print(f"\n{label}")
     config = settings.train.model_copy(update={"epochs": epochs})
-    loaded, _ = bootstrap(images, settings.architecture, config, progress=print)
+    loaded, _ = fit_from_scratch(images, settings.architecture, config, progress=print)
     return {
         "val": loaded.card["val_accuracy"],
         "holdout": accuracy(predict_proba(loaded.model, holdout.x), holdout.y),

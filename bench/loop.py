@@ -3,9 +3,9 @@
 From the shared tarball, per class, disjoint splits: a small labelled base, an unlabelled
 stream and a holdout. A weak champion is trained on the base (in the ``new-class`` scenario
 it never saw ``truck``; the stream and the holdout have it). The champion answers the
-stream through the real prediction log (``pipelines.predlog``: the same entries serving
+stream through the real prediction log (``pipelines.loop.predlog``: the same entries serving
 writes, features from the same call). Then N images are "labelled" (their known truth),
-chosen by the label queue (``pipelines.labelqueue``) or at random (several draws), the
+chosen by the label queue (``pipelines.loop.labelqueue``) or at random (several draws), the
 champion is fine-tuned on each choice with the same recipe and replay, and every challenger
 is judged on the same holdout.
 
@@ -36,11 +36,12 @@ from PIL import Image
 from core.objectstore import Store
 from core.policies import ArchitectureConfig, FinetuneConfig, TrainConfig
 from core.settings import LoopConfig, get_settings
-from pipelines import labelqueue, predlog
-from pipelines.features import TrainingFeatures, features_and_probs
-from pipelines.images import ImageSet
-from pipelines.predict import accuracy, predict_proba
-from pipelines.train import bootstrap, finetune
+from pipelines.images.decode import ImageSet
+from pipelines.loop import labelqueue, predlog
+from pipelines.loop.features import TrainingFeatures, features_and_probs
+from pipelines.models.predict import accuracy, predict_proba
+from pipelines.training.finetune import finetune
+from pipelines.training.scratch import fit_from_scratch
 
 
 def read_cifar(archive: Path, per_class: int) -> dict[str, list[tuple[np.ndarray, bytes]]]:
@@ -88,7 +89,7 @@ def scenario(name: str, data: dict, args) -> dict:
     )
 
     started = time.perf_counter()
-    champion, _ = bootstrap(
+    champion, _ = fit_from_scratch(
         base_set,
         ArchitectureConfig(input_size=32, widths=(32, 64, 64)),
         TrainConfig(epochs=args.epochs, batch_size=128, val_share=0.1, patience=0),

@@ -70,7 +70,7 @@ def timed_flow() -> tuple[float, float, list[dict]]:
     """(submit -> new champion answering, flow run wall time, steps)."""
     from core import runs
     from core.settings import get_settings
-    from pipelines.submissions import Queue
+    from pipelines.data.submissions import Queue
 
     settings = get_settings()
     before = served_version(settings.serving_url)
@@ -92,7 +92,7 @@ def plain_calls() -> tuple[float, dict[str, float]]:
     """The flow's steps as plain function calls (no Prefect run), timed."""
     from core.settings import get_settings
     from flows import common, retrain
-    from pipelines.submissions import Queue
+    from pipelines.data.submissions import Queue
 
     settings = get_settings()
     submission = Queue.of(settings).submit(settings.workspace / "sample" / "incoming")

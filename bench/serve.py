@@ -71,7 +71,7 @@ def wait_http(url: str, timeout: float = 180) -> None:
 
 def jpegs(n: int) -> list[bytes]:
     """Holdout images of the embedded sample as 32x32 JPEG uploads."""
-    from pipelines.sample import unpack_sample
+    from pipelines.data.sample import unpack_sample
 
     tmp = Path(tempfile.mkdtemp())
     unpack_sample(PROJECT_ROOT / "samples" / "cifar10-sample.tar.gz", tmp)
@@ -81,10 +81,10 @@ def jpegs(n: int) -> list[bytes]:
 def register_builtin(tmp: Path) -> tuple[str, object]:
     """The built-in model as champion v1 of a fresh sqlite registry; returns (uri, model)."""
     from core.policies import GatePolicy
-    from pipelines.candidate import CandidateRun, judge
-    from pipelines.images import ImageSet
-    from pipelines.modelfile import load_refit_model
-    from pipelines.registry import Registry, RegistryConfig
+    from pipelines.images.decode import ImageSet
+    from pipelines.judge.candidate import judge
+    from pipelines.judge.registry import CandidateRun, Registry, RegistryConfig
+    from pipelines.models.modelfile import load_refit_model
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     registry = Registry(RegistryConfig(uri, uri, "refit-classifier", str(tmp / "artifacts")))
@@ -237,7 +237,8 @@ def sequential_p50(url: str, images: list[bytes], n: int = 200) -> float:
 
 
 def swap_under_load(url: str, images: list[bytes], registry, model, holdout, policy) -> tuple:
-    from pipelines.candidate import CandidateRun, judge
+    from pipelines.judge.candidate import judge
+    from pipelines.judge.registry import CandidateRun
 
     second = judge(model, holdout, registry, policy, CandidateRun("bench v2")).version
     reload = f"{url}/admin/reload"

@@ -32,9 +32,9 @@ import keras
 import numpy as np
 
 from core.settings import get_settings
-from pipelines.architectures import build_model
-from pipelines.images import load_images
-from pipelines.train import Recipe, dtype_policy, fit
+from pipelines.images.decode import load_images
+from pipelines.training.architectures import build_model
+from pipelines.training.fit import Recipe, dtype_policy, fit
 
 
 def cifar_subset(n: int) -> tuple:

@@ -1,5 +1,5 @@
 """The registry contract: what a registered version carries, written once for the code that
-writes it (``pipelines.registry``) and the code that serves it (``serving.champion``).
+writes it (``pipelines.judge.registry``) and the code that serves it (``serving.champion``).
 
 Aliases only, never stages: ``champion`` serves, ``previous`` served before it.
 """
@@ -59,7 +59,7 @@ def alias_version(client, model_name: str, alias: str) -> str | None:
 
 
 def training_features(client, name: str, version: str, tracking_uri: str) -> bytes | None:
-    """The training features logged with a version (``pipelines.features.TrainingFeatures``
+    """The training features logged with a version (``pipelines.loop.features.TrainingFeatures``
     bytes), or None for a version registered before Refit kept them."""
     import tempfile
     from pathlib import Path

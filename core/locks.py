@@ -5,7 +5,7 @@ the retrain deployment's own concurrency limit.)
 
 A slot is leased: a holder killed with its host frees it after
 ``orchestration.lock_lease_s``. Each host also guards its own copy of the dataset with a
-file lock (``pipelines.intake``).
+file lock (``pipelines.data.intake``).
 """
 
 from __future__ import annotations

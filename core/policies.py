@@ -106,7 +106,7 @@ class SplitPolicy(Section):
 
 
 class ArchitectureConfig(Section):
-    """Which network to build (``pipelines.architectures``)."""
+    """Which network to build (``pipelines.training.architectures``)."""
 
     name: str = Field(
         default="airbench",

@@ -13,14 +13,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from flows.common import go_live, log, report_links, settings
-from pipelines import reports
+from pipelines.judge import reports
 
 
 @task(name="seed the dataset", cache_policy=NO_CACHE)
 def seed_dataset(seed: str | None):
     """Add the seed batch when the dataset is empty; None when there is nothing to do."""
     from pipelines import workspace
-    from pipelines.sample import unpack_sample
+    from pipelines.data.sample import unpack_sample
 
     config = settings()
     if not workspace.dataset(config).empty:
@@ -42,16 +42,17 @@ def make_model(
     labels: str | None = None,
     pixels: str | None = None,
 ):
-    from pipelines import bootstrap, workspace
-    from pipelines.imports import import_user_model
-    from pipelines.modelfile import load_refit_model
+    from pipelines import workspace
+    from pipelines.models.modelfile import load_refit_model
+    from pipelines.training import scratch
+    from pipelines.training.imports import import_user_model
 
     config = settings()
     if from_scratch:
         size = (config.architecture.input_size,) * 2
-        images, card = bootstrap.dataset_images(workspace.dataset(config), "train", size)
+        images, card = scratch.dataset_images(workspace.dataset(config), "train", size)
         train_config = config.train.model_copy(update={"epochs": epochs} if epochs else {})
-        return bootstrap.train_from_scratch(
+        return scratch.train_from_scratch(
             images, config.architecture, train_config, card, progress=log().info
         )
     if model is None:
@@ -77,7 +78,8 @@ def make_model(
 @task(name="judge and promote", cache_policy=NO_CACHE)
 def judge_first(challenger, reason: str):
     from pipelines import workspace
-    from pipelines.candidate import CandidateRun, judge_model_file
+    from pipelines.judge.candidate import judge_model_file
+    from pipelines.judge.registry import CandidateRun
 
     config = settings()
     dataset = workspace.dataset(config)

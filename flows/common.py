@@ -104,8 +104,8 @@ def smoke_check(version: str, model, dataset) -> dict:
     """Send holdout images to the live endpoint; compare with offline predictions."""
     import numpy as np
 
-    from pipelines.dataset import evaluation_holdout
-    from pipelines.predict import predict_proba
+    from pipelines.data.dataset import evaluation_holdout
+    from pipelines.models.predict import predict_proba
 
     config = settings()
     rows = evaluation_holdout(dataset.index)
@@ -163,7 +163,7 @@ def go_live(version: str, model, dataset) -> dict:
 
 
 def report_links(run_id: str, version: str) -> str:
-    from pipelines import reports
+    from pipelines.judge import reports
 
     config = settings()
     return reports.links(

@@ -1,5 +1,5 @@
 """The drift flow: check the live prediction log against the champion's training images
-(``pipelines.monitor``), hourly by default (``loop.drift_cron``). A drifted log emits the
+(``pipelines.loop.monitor``), hourly by default (``loop.drift_cron``). A drifted log emits the
 event ``refit.drift.detected``; with ``loop.on_drift = retrain`` an automation then starts
 a retrain that takes every pending batch."""
 
@@ -17,7 +17,8 @@ DRIFTED = "refit.drift.detected"
 
 @task(name="check the live log", cache_policy=NO_CACHE)
 def check_live_log():
-    from pipelines import monitor, workspace
+    from pipelines import workspace
+    from pipelines.loop import monitor
 
     config = settings()
     return monitor.check_live(

@@ -3,7 +3,7 @@ fine-tune (growing the head for new classes) → judge champion vs challenger �
 promote → serving reload → live smoke check → report.
 
 Orchestration only: each task calls ``pipelines`` functions, and the submission's state
-machine (``pipelines.submissions.advance``) says what happens next. A rejected batch is
+machine (``pipelines.data.submissions.advance``) says what happens next. A rejected batch is
 quarantined and never reaches the dataset; a failed or killed run never moves the champion
 alias (only ``judge and promote`` moves it, after the gate). Every run first finishes or
 undoes what a killed run left (``workspace.recover``); a submission is then resumed where
@@ -30,8 +30,9 @@ from prefect.states import Failed
 from core import runs
 from core.faults import failpoint
 from flows.common import go_live, importing, log, reach_shared_servers, report_links, settings
-from pipelines import reports, submissions
-from pipelines.submissions import Queue
+from pipelines.data import submissions
+from pipelines.data.submissions import Queue
+from pipelines.judge import reports
 
 
 @task(name="take submissions", cache_policy=NO_CACHE)
@@ -39,7 +40,7 @@ def take_submissions(submission: str | None) -> list:
     from pipelines import workspace
 
     config = settings()
-    heavy = importing("pipelines.registry", "mlflow")  # while this waits on the servers
+    heavy = importing("pipelines.judge.registry", "mlflow")  # while this waits on the servers
     reach_shared_servers()
     workspace.recover(config, progress=log().info)  # what a killed run left
     heavy.join()
@@ -82,8 +83,8 @@ def finetune(batch_id: str, epochs: int | None):
     Returns the champion (downloaded once, judged in the next step), the challenger, its
     fits and the dataset (its index read once)."""
     from pipelines import workspace
-    from pipelines.candidate import current_champion
-    from pipelines.train import finetune_on_batch
+    from pipelines.judge.candidate import current_champion
+    from pipelines.training.finetune import finetune_on_batch
 
     config = settings()
     champion = current_champion(workspace.registry(config))
@@ -114,7 +115,8 @@ def finetune(batch_id: str, epochs: int | None):
 def judge_and_promote(submission, champion, challenger, fits, dataset, gate_overrides: dict):
     """Evaluate champion and challenger on the same holdout; register; promote if blessed."""
     from core.contract import SUBMISSION_TAG
-    from pipelines import candidate, workspace
+    from pipelines import workspace
+    from pipelines.judge import candidate
 
     config = settings()
     holdout = dataset.holdout_images(champion.model.input_size, challenger.class_names)
@@ -131,7 +133,8 @@ def judge_and_promote(submission, champion, challenger, fits, dataset, gate_over
 def resume_recorded(submission) -> bool:
     """A run killed after registering this submission's challenger: promote it as the gate
     said (never fine-tune again). Returns whether a challenger was registered."""
-    from pipelines import candidate, workspace
+    from pipelines import workspace
+    from pipelines.judge import candidate
 
     resumed = candidate.resume_recorded(workspace.registry(settings()), submission.id)
     if resumed is not None:
@@ -190,7 +193,7 @@ def _reload(sub):
 
 def _process(sub, epochs: int | None, gate: dict) -> dict:
     """One submission through the steps its state asks for; its outcome."""
-    from pipelines.train import NotTrainable
+    from pipelines.training.finetune import NotTrainable
 
     step = submissions.next_step(sub.status)
     if step == "go live":

@@ -13,7 +13,7 @@ from core.settings import get_settings
 def watch() -> None:
     from core import runs
     from flows.deployments import announce
-    from pipelines.submissions import Queue
+    from pipelines.data.submissions import Queue
 
     config = get_settings()
     queue = Queue.of(config)

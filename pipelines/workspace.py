@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from core.settings import Settings
-    from pipelines.dataset import Dataset
-    from pipelines.intake import IntakePaths
-    from pipelines.registry import Registry
-    from pipelines.versions import DvcStore
+    from pipelines.data.dataset import Dataset
+    from pipelines.data.intake import IntakePaths
+    from pipelines.data.versions import DvcStore
+    from pipelines.judge.registry import Registry
 
 
 def store(settings: Settings) -> DvcStore:
     """The DVC repository that versions the dataset."""
-    from pipelines.versions import DvcStore
+    from pipelines.data.versions import DvcStore
 
     settings.ensure_workspace()
     return DvcStore(
@@ -34,7 +34,7 @@ def store(settings: Settings) -> DvcStore:
 
 def intake_paths(settings: Settings) -> IntakePaths:
     """Where batches are staged, quarantined and archived, and the intake lock."""
-    from pipelines.intake import IntakePaths
+    from pipelines.data.intake import IntakePaths
 
     return IntakePaths(
         staging=settings.staging_dir,
@@ -46,8 +46,8 @@ def intake_paths(settings: Settings) -> IntakePaths:
 
 def dataset(settings: Settings) -> Dataset:
     """The current dataset version: its index, read once, and its DVC version."""
-    from pipelines import intake
-    from pipelines.dataset import Dataset
+    from pipelines.data import intake
+    from pipelines.data.dataset import Dataset
 
     versions = store(settings)
     intake.sync(versions, intake_paths(settings), progress=lambda message: None)
@@ -57,7 +57,7 @@ def dataset(settings: Settings) -> Dataset:
 def registry(settings: Settings) -> Registry:
     """The MLflow model registry (artifacts go to our artifact root when the tracking URI is
     a database rather than a server)."""
-    from pipelines.registry import Registry, RegistryConfig
+    from pipelines.judge.registry import Registry, RegistryConfig
 
     uri = str(settings.mlflow_tracking_uri)
     direct = not uri.startswith("http")
@@ -73,26 +73,26 @@ def registry(settings: Settings) -> Registry:
 
 
 def recover(settings: Settings, progress: Callable[[str], None] = print) -> None:
-    """Finish or undo what killed intakes left behind (:func:`pipelines.intake.recover`)."""
-    from pipelines import intake
+    """Finish or undo what killed intakes left behind (:func:`pipelines.data.intake.recover`)."""
+    from pipelines.data import intake
 
     intake.recover(store(settings), intake_paths(settings), progress)
 
 
 def remove_class(settings: Settings, label: str, reason: str, progress=print):
-    """A recorded dataset version without ``label`` (:func:`pipelines.intake.remove_class`)."""
+    """A recorded dataset version without ``label`` (:func:`pipelines.data.intake.remove_class`)."""
     from core import locks
-    from pipelines import intake
+    from pipelines.data import intake
 
     with locks.dataset_writer(settings):
         return intake.remove_class(store(settings), intake_paths(settings), label, reason, progress)
 
 
 def champion_view(settings: Settings, progress: Callable[[str], None] = print):
-    """The champion that examines batches (``pipelines.examine``); None before the first one,
+    """The champion that examines batches (``pipelines.data.examine``); None before the first one,
     or when the registry cannot be reached (the data checks still run; it says so)."""
-    from pipelines.examine import champion_view as view_of
-    from pipelines.registry import RegistryUnavailable
+    from pipelines.data.examine import champion_view as view_of
+    from pipelines.judge.registry import RegistryUnavailable
 
     try:
         return view_of(registry(settings))
@@ -103,8 +103,8 @@ def champion_view(settings: Settings, progress: Callable[[str], None] = print):
 
 def check_batch(settings: Settings, source: Path, progress: Callable[[str], None] = print):
     """Validate a batch against the current dataset, examined by the champion, changing
-    nothing (:func:`pipelines.intake.check_batch`); the staged copy is dropped."""
-    from pipelines import intake
+    nothing (:func:`pipelines.data.intake.check_batch`); the staged copy is dropped."""
+    from pipelines.data import intake
 
     checked = intake.check_batch(
         source,
@@ -125,10 +125,10 @@ ASK = object()  # add_batch's default view: the champion's, asked for then
 def add_batch(settings: Settings, source: Path, progress: Callable[[str], None] = print, view=ASK):
     """Take a batch in with the configured limits and policies: validated (and examined by
     the champion ``view``, :func:`champion_view` unless given), then merged and versioned, or
-    quarantined (:func:`pipelines.intake.add_batch`), holding the dataset lock every host
+    quarantined (:func:`pipelines.data.intake.add_batch`), holding the dataset lock every host
     respects (:mod:`core.locks`)."""
     from core import locks
-    from pipelines import intake
+    from pipelines.data import intake
 
     view = champion_view(settings, progress) if view is ASK else view
     with locks.dataset_writer(settings):

@@ -161,12 +161,12 @@ def demo() -> None:
         console.print(f"\n1. Champion v{champion} already serves")
     sample = settings.workspace / "sample"
     if not (sample / "incoming").is_dir():
-        from pipelines.sample import unpack_sample
+        from pipelines.data.sample import unpack_sample
 
         unpack_sample(settings.sample_archive, sample)
     incoming = sample / "incoming"
     console.print(f"\n[bold]2. Submitting the embedded batch {incoming}[/]")
-    from pipelines.submissions import Queue
+    from pipelines.data.submissions import Queue
 
     submission = Queue.of(settings).submit(incoming)
     final = _follow_submission(settings, submission.id, 3600)
@@ -301,7 +301,7 @@ def status() -> None:
 def _print_queue(settings: Settings, prefect_up: bool) -> None:
     """Submissions still queued (a stuck one shows here) and retrain runs that crashed."""
     from core import runs
-    from pipelines.submissions import Queue
+    from pipelines.data.submissions import Queue
 
     try:
         queued = Queue.of(settings).pending()
@@ -332,7 +332,7 @@ def _print_queue(settings: Settings, prefect_up: bool) -> None:
 @sample_app.command("unpack")
 def sample_unpack(dest: Annotated[Path, typer.Argument(help="Directory to unpack into.")]) -> None:
     """Unpack the embedded sample (seed dataset, holdout, incoming batch) into DEST."""
-    from pipelines.sample import unpack_sample
+    from pipelines.data.sample import unpack_sample
 
     settings = _settings()
     try:
@@ -346,7 +346,7 @@ def sample_unpack(dest: Annotated[Path, typer.Argument(help="Directory to unpack
 @sample_app.command("cut")
 def sample_cut() -> None:
     """Re-cut the embedded sample from the full CIFAR-10 tarball (for maintainers)."""
-    from pipelines.sample import cut_sample
+    from pipelines.data.sample import cut_sample
 
     settings = _settings()
     with console.status(f"Cutting the sample from {settings.cifar10_archive}…"):
@@ -395,7 +395,7 @@ def data_add(batch: BatchArg) -> None:
     """Validate a batch, then merge it into the dataset and version it (or quarantine it)."""
     settings = _settings()
     from pipelines import workspace
-    from pipelines.versions import DvcError
+    from pipelines.data.versions import DvcError
 
     with console.status("Adding…") as spinner:
         try:
@@ -422,7 +422,7 @@ def data_submit(
     """Queue a batch for the retrain flow (what the Retrain page and the drop folder do)."""
     settings = _settings()
     from core.objectstore import StoreError
-    from pipelines.submissions import Queue
+    from pipelines.data.submissions import Queue
 
     try:
         submission = Queue.of(settings).submit(batch)
@@ -440,7 +440,7 @@ def _follow_submission(settings: Settings, submission_id: str, timeout: float):
     import time
 
     from core import runs
-    from pipelines.submissions import Queue
+    from pipelines.data.submissions import Queue
 
     queue_of = Queue.of(settings)
     deadline, seen = time.monotonic() + timeout, time.monotonic()
@@ -491,7 +491,7 @@ def data_remove_class(
     version (earlier versions keep it; the champion's head is not changed)."""
     settings = _settings()
     from pipelines import workspace
-    from pipelines.versions import DvcError
+    from pipelines.data.versions import DvcError
 
     with console.status(f"Removing {label}…") as spinner:
         try:
@@ -531,7 +531,7 @@ def data_checkout(
 ) -> None:
     """Restore the dataset directory to a recorded version."""
     settings = _settings()
-    from pipelines.versions import DvcError
+    from pipelines.data.versions import DvcError
     from pipelines.workspace import store
 
     with console.status(f"Restoring {version}…"):
@@ -575,7 +575,7 @@ def _model_out(settings: Settings, out: Path | None, recipe: str) -> Path:
 
 
 def _save(loaded, out: Path) -> None:
-    from pipelines.bootstrap import save_with_card
+    from pipelines.training.scratch import save_with_card
 
     save_with_card(loaded, out)
     console.print(f"Saved {out} and its card {out.with_suffix('.md')}")
@@ -594,8 +594,9 @@ def train_bootstrap(
     import time
 
     settings = _settings(tensorflow=True)
-    from pipelines import bootstrap, workspace
-    from pipelines.sample import sample_hashes
+    from pipelines import workspace
+    from pipelines.data.sample import sample_hashes
+    from pipelines.training import scratch
 
     started = time.monotonic()
     config = settings.train.model_copy(update={"epochs": epochs} if epochs else {})
@@ -605,24 +606,24 @@ def train_bootstrap(
     holdout = None
     try:
         if source is None:
-            images, card = bootstrap.dataset_images(dataset, "train", size, excluded)
+            images, card = scratch.dataset_images(dataset, "train", size, excluded)
             holdout = lambda names: (  # noqa: E731
-                bootstrap.dataset_images(dataset, "holdout", size, excluded, names)[0],
+                scratch.dataset_images(dataset, "holdout", size, excluded, names)[0],
                 "holdout (dataset)",
             )
         else:
             hashes = sample_hashes(settings.sample_archive) if exclude_sample else set()
-            images, card = bootstrap.source_images(
+            images, card = scratch.source_images(
                 source, settings.staging_dir, settings.ingest, size, excluded, hashes, console.print
             )
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     if exclude_sample:
         holdout = lambda names: (  # noqa: E731
-            bootstrap.sample_holdout(settings.sample_archive, names, size),
+            scratch.sample_holdout(settings.sample_archive, names, size),
             "holdout (embedded sample)",
         )
-    loaded = bootstrap.train_from_scratch(
+    loaded = scratch.train_from_scratch(
         images, settings.architecture, config, card, holdout, console.print
     )
     loaded.card["wall_time_s"] = round(time.monotonic() - started, 1)
@@ -640,8 +641,9 @@ def train_finetune(
     """Fine-tune on a merged batch with replay (growing the head for new classes), then
     judge the challenger against the champion and promote it only if the gate blesses it."""
     settings = _settings(tensorflow=True)
-    from pipelines import candidate, workspace
-    from pipelines.train import NotTrainable, finetune_on_batch
+    from pipelines import workspace
+    from pipelines.judge import candidate
+    from pipelines.training.finetune import NotTrainable, finetune_on_batch
 
     versions = workspace.store(settings).versions()
     batch_id = batch_id or (versions[-1].batch_id if versions else None)
@@ -670,7 +672,7 @@ def _register_finetuned(settings, registry, parent, challenger, fits, assessment
     """Judge a fine-tuned challenger against the registry's champion (the assessment made
     against its parent, when the parent was the champion); register; promote if blessed."""
     from core.contract import PARENT_TAG
-    from pipelines import candidate
+    from pipelines.judge import candidate
 
     with console.status("Judging against the champion…"):
         if parent.version is None:  # fine-tuned from a file
@@ -689,8 +691,8 @@ def _register_finetuned(settings, registry, parent, challenger, fits, assessment
 
 def _parent_model(registry, model: Path | None):
     """What to fine-tune: a model file, or the registry's champion (downloaded once)."""
-    from pipelines.candidate import Baseline, current_champion
-    from pipelines.modelfile import ModelRefused, load_refit_model
+    from pipelines.judge.candidate import Baseline, current_champion
+    from pipelines.models.modelfile import ModelRefused, load_refit_model
 
     try:
         if model is not None:
@@ -745,8 +747,8 @@ def model_import(
     """Import a user's classifier: inspected before loading (no Lambda, no custom code),
     converted to Keras 3, its pixel range wrapped in, saved as a Refit .keras."""
     settings = _settings(tensorflow=True)
-    from pipelines.imports import import_user_model
-    from pipelines.modelfile import ModelRefused, save_model
+    from pipelines.models.modelfile import ModelRefused, save_model
+    from pipelines.training.imports import import_user_model
 
     names = [c for c in classes.split(",")] if classes else None
     try:
@@ -786,7 +788,7 @@ def _registry(settings: Settings):
 
 def _registry_call(fn):
     """Run a registry action, turning its errors into a clear message and exit code 1."""
-    from pipelines.registry import RegistryError
+    from pipelines.judge.registry import RegistryError
 
     try:
         return fn()
@@ -802,9 +804,10 @@ def model_register(
     """Judge a model file against the champion on the dataset holdout; promote if blessed."""
     settings = _settings(tensorflow=True)
     from pipelines import workspace
-    from pipelines.candidate import CandidateRun, judge_model_file
-    from pipelines.evaluate import EvaluationError
-    from pipelines.modelfile import ModelRefused, load_refit_model
+    from pipelines.judge.candidate import judge_model_file
+    from pipelines.judge.evaluate import EvaluationError
+    from pipelines.judge.registry import CandidateRun
+    from pipelines.models.modelfile import ModelRefused, load_refit_model
 
     try:
         challenger = load_refit_model(file)
@@ -908,7 +911,7 @@ def drift() -> None:
     """Check the live prediction log for drift from the champion's training images now
     (the `drift` deployment does it on a schedule); logged to MLflow."""
     settings = _settings()
-    from pipelines import monitor
+    from pipelines.loop import monitor
 
     with console.status("Checking the prediction log…"):
         check = _registry_call(
@@ -938,8 +941,9 @@ def label_next(
     `refit data submit` it like any batch."""
     settings = _settings()
     from core.contract import CHAMPION
-    from pipelines import labelqueue, workspace
-    from pipelines.features import TrainingFeatures
+    from pipelines import workspace
+    from pipelines.loop import labelqueue
+    from pipelines.loop.features import TrainingFeatures
 
     registry = _registry(settings)
     version = _registry_call(lambda: registry.alias_version(CHAMPION))

@@ -32,7 +32,7 @@ def _settings_and_params() -> tuple[Settings, dict]:
 
 def ingest() -> None:
     """Stage the batch named in params.yaml and write its manifest."""
-    from pipelines.ingest import build_manifest, stage_batch
+    from pipelines.data.ingest import build_manifest, stage_batch
 
     settings, params = _settings_and_params()
     target = BUILD / "batch"
@@ -44,9 +44,9 @@ def ingest() -> None:
 
 def validate() -> None:
     """Validate the staged batch against the current dataset; write the report and metrics."""
-    from pipelines.dataset import load_index, reference_of
-    from pipelines.ingest import BatchFile, Finding, StagedBatch
-    from pipelines.validate import validate_batch
+    from pipelines.data.dataset import load_index, reference_of
+    from pipelines.data.ingest import BatchFile, Finding, StagedBatch
+    from pipelines.data.validate import validate_batch
 
     settings, params = _settings_and_params()
     manifest = pd.read_csv(
@@ -79,21 +79,22 @@ def validate() -> None:
 
 def train() -> None:
     """Train a model from scratch on the dataset's train split."""
-    from pipelines import bootstrap, workspace
-    from pipelines.modelfile import save_model
+    from pipelines import workspace
+    from pipelines.models.modelfile import save_model
+    from pipelines.training import scratch
 
     settings, _ = _settings_and_params()
     size = (settings.architecture.input_size,) * 2
-    images, card = bootstrap.dataset_images(workspace.dataset(settings), "train", size)
-    loaded = bootstrap.train_from_scratch(images, settings.architecture, settings.train, card)
+    images, card = scratch.dataset_images(workspace.dataset(settings), "train", size)
+    loaded = scratch.train_from_scratch(images, settings.architecture, settings.train, card)
     save_model(loaded, BUILD / "model.keras")
 
 
 def evaluate() -> None:
     """Holdout metrics of the trained model (classes it knows) into build/metrics.json."""
     from pipelines import workspace
-    from pipelines.modelfile import load_refit_model
-    from pipelines.predict import holdout_metrics
+    from pipelines.models.modelfile import load_refit_model
+    from pipelines.models.predict import holdout_metrics
 
     settings, _ = _settings_and_params()
     loaded = load_refit_model(BUILD / "model.keras")

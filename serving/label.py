@@ -2,7 +2,7 @@
 submitting a person's labels as a batch. All need the admin token (production images are
 the users' data). Mounted on the public service's app.
 
-The queue is ``pipelines.labelqueue`` over the prediction log; submitted labels become a
+The queue is ``pipelines.loop.labelqueue`` over the prediction log; submitted labels become a
 normal batch (images + ``labels.csv``) in the submission queue, so they are validated like
 any upload, and the ids they label are recorded so the queue skips them afterwards.
 """
@@ -35,7 +35,7 @@ router = APIRouter()
 
 @functools.lru_cache(maxsize=4)  # a version's training sample never changes
 def _training_features(version: str):
-    from pipelines.features import TrainingFeatures
+    from pipelines.loop.features import TrainingFeatures
     from serving.champion import RegistrySource
 
     data = RegistrySource.from_settings(get_settings()).training_features(version)
@@ -43,7 +43,7 @@ def _training_features(version: str):
 
 
 def _queue(n: int) -> dict:
-    from pipelines import labelqueue
+    from pipelines.loop import labelqueue
     from serving.champion import RegistrySource
 
     settings = get_settings()
@@ -117,8 +117,8 @@ async def submit_labels(
 
 
 def _submit(labels: dict[str, str]):
-    from pipelines import labelqueue
-    from pipelines.submissions import Queue
+    from pipelines.data.submissions import Queue
+    from pipelines.loop import labelqueue
 
     settings = get_settings()
     store = settings.prediction_log_store()

@@ -1,7 +1,7 @@
 """The Retrain page's control plane: batch and model uploads (token required), following a
 submission or flow run, and model downloads. Mounted on the public service's app.
 
-Uploads go to the submission queue (``pipelines.submissions``) or start the bootstrap flow
+Uploads go to the submission queue (``pipelines.data.submissions``) or start the bootstrap flow
 through the Prefect API (``core.runs``); downloads read the registry. No model runs here.
 """
 
@@ -71,7 +71,7 @@ async def upload_model(
     authorization: Annotated[str | None, Header()] = None,
 ):
     from core import runs
-    from pipelines.pixels import BadContract, parse
+    from pipelines.images.pixels import BadContract, parse
 
     if not authorized(authorization):
         return error(401, UNAUTHORIZED)
@@ -110,7 +110,7 @@ async def upload_model(
 @router.get("/retrain/submissions/{submission}", summary="A submission and its retrain run")
 async def submission_status(submission: str):
     from core import runs
-    from pipelines.submissions import Queue
+    from pipelines.data.submissions import Queue
 
     settings = get_settings()
     queue = Queue.of(settings)
@@ -162,7 +162,7 @@ async def download(ref: str):
 def _queue_upload(settings: Settings, name: str, upload: BinaryIO) -> str:
     """Copy an uploaded batch (spooled on disk by the server) to a temp file, then queue it
     (moved, not copied again)."""
-    from pipelines.submissions import Queue
+    from pipelines.data.submissions import Queue
 
     uploads = settings.workspace / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)

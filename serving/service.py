@@ -5,7 +5,7 @@ Two services, one ``bentoml serve serving.service:Refit``:
 - :class:`Classifier` holds the champion (``serving.champion``) and exposes the batchable
   ``classify`` method. BentoML's adaptive batcher only runs when that method is reached
   through ``bentoml.depends`` from another service, so it lives in its own worker.
-- :class:`Refit` is the public face: decodes uploads (``pipelines.images``, no TensorFlow
+- :class:`Refit` is the public face: decodes uploads (``pipelines.images.decode``, no TensorFlow
   in this worker), calls ``classify``, and serves ``/predict``, ``/predict_batch``,
   ``/model``, ``/admin/reload`` and the Try, Retrain and Label pages (``serving/web``; the
   Retrain page's routes are ``serving.retrain``, the Label page's ``serving.label``).
@@ -16,7 +16,7 @@ Two services, one ``bentoml serve serving.service:Refit``:
 (NaN when there is no champion), then its K probabilities, then (with the prediction log
 on) the image's features. A request is thus answered by exactly one complete model even
 while the champion is being swapped. The public service hands each answer to the
-prediction log's background writer (``pipelines.predlog``) and returns.
+prediction log's background writer (``pipelines.loop.predlog``) and returns.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 from core.settings import get_settings
-from pipelines.images import BadImage, decode_upload
+from pipelines.images.decode import BadImage, decode_upload
 from serving import label, retrain
 from serving.retrain import UNAUTHORIZED, authorized, error
 
@@ -225,7 +225,7 @@ class Refit:
         settings = get_settings()
         self.log = None
         if settings.loop.log_predictions:
-            from pipelines.predlog import LogWriter
+            from pipelines.loop.predlog import LogWriter
 
             self.log = LogWriter(settings.prediction_log_store(), settings.loop)
 

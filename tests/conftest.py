@@ -122,7 +122,7 @@ def coloured_images(classes: list[str], per_class: int, seed: int, size: int = 2
     Classes 0-2 light one channel each; classes 3-5 light two."""
     import numpy as np
 
-    from pipelines.images import ImageSet
+    from pipelines.images.decode import ImageSet
 
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 90, (len(classes) * per_class, size, size, 3)).astype(np.uint8)

@@ -65,14 +65,14 @@ class LivePlatform:
     def queue(self):
         """The submission queue (in the workspace: the live platform's shared store)."""
         from core.objectstore import Store
-        from pipelines.submissions import Queue
+        from pipelines.data.submissions import Queue
 
         return Queue(Store(str(self.workspace)), self.workspace / "fetched")
 
     def prediction_log(self):
-        """The log's store and what it holds now (``pipelines.predlog.read_log``)."""
+        """The log's store and what it holds now (``pipelines.loop.predlog.read_log``)."""
         from core.objectstore import Store
-        from pipelines import predlog
+        from pipelines.loop import predlog
 
         store = Store(str(self.workspace / "predictions"))
         return store, predlog.read_log(store)
@@ -152,10 +152,10 @@ def start_platform(root: Path) -> LivePlatform:
 def tiny_model_file(path: Path) -> Path:
     """A 3-colour classifier trained for a few epochs, saved as a Refit .keras file."""
     from core.policies import ArchitectureConfig, TrainConfig
-    from pipelines.modelfile import save_model
-    from pipelines.train import bootstrap
+    from pipelines.models.modelfile import save_model
+    from pipelines.training.scratch import fit_from_scratch
 
-    model, _ = bootstrap(
+    model, _ = fit_from_scratch(
         coloured_images(COLOURS[:3], 30, 0),
         ArchitectureConfig(input_size=24, widths=(8, 16, 16)),
         TrainConfig(epochs=4, batch_size=16, val_share=0.1, patience=0, peak_lr=0.05),

@@ -99,7 +99,7 @@ def test_retrain_page_model_form_takes_a_labels_file_and_a_pixel_range(
 
 
 def test_label_page_shows_the_queue_and_submits_corrections(live, browser) -> None:
-    from pipelines.predlog import image_id
+    from pipelines.loop.predlog import image_id
 
     ensure_champion(live)
     sent = set()

@@ -28,7 +28,7 @@ class ServingServer:
     artifacts: str
 
     def registry(self):
-        from pipelines.registry import Registry, RegistryConfig
+        from pipelines.judge.registry import Registry, RegistryConfig
 
         return Registry(
             RegistryConfig(self.tracking_uri, self.tracking_uri, "refit-classifier", self.artifacts)

@@ -14,9 +14,9 @@ import pytest
 
 from core.objectstore import Store
 from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
-from pipelines.dataset import load_index, recover_dataset
-from pipelines.intake import IntakePaths, add_batch
-from pipelines.versions import DvcStore
+from pipelines.data.dataset import load_index, recover_dataset
+from pipelines.data.intake import IntakePaths, add_batch
+from pipelines.data.versions import DvcStore
 from tests.conftest import git_repo, write_class_folders
 
 pytestmark = pytest.mark.e2e
@@ -139,10 +139,10 @@ def test_checkout_of_a_version_whose_data_is_gone_changes_nothing(tmp_path: Path
 CRASHER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    import pipelines.dataset as dataset
-    import pipelines.versions as versions
+    import pipelines.data.dataset as dataset
+    import pipelines.data.versions as versions
     from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
-    from pipelines.intake import IntakePaths, add_batch
+    from pipelines.data.intake import IntakePaths, add_batch
 
     point, repo, work, batch = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
     die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
@@ -226,7 +226,7 @@ def test_killed_after_versioning_the_merge_is_kept_and_recognised(tmp_path: Path
 
 
 def test_a_merged_class_is_removed_as_a_recorded_version(tmp_path: Path, repo) -> None:
-    from pipelines.intake import remove_class
+    from pipelines.data.intake import remove_class
 
     store, paths = repo
     add(seed_batch(tmp_path / "seed"), repo)
@@ -258,7 +258,7 @@ def test_an_object_store_down_during_push_changes_nothing(
     second copy of the dataset on a fresh disk (another worker) pulls it from S3."""
     from dataclasses import replace
 
-    from pipelines.versions import DvcError
+    from pipelines.data.versions import DvcError
     from tests.conftest import free_port
 
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # DVC gives up at once on the dead endpoint
@@ -282,7 +282,7 @@ def test_an_object_store_down_during_push_changes_nothing(
     elsewhere = git_repo(tmp_path / "other-host")
     fresh = replace(up, repo=elsewhere, dataset_dir=elsewhere / "data",
                     cache_dir=tmp_path / "other-cache")  # fmt: skip
-    from pipelines.intake import sync
+    from pipelines.data.intake import sync
 
     sync(fresh, replace(paths, lock=tmp_path / "other.lock"), progress=lambda m: None)
     assert fresh.current_version() == second.version.version

@@ -16,8 +16,8 @@ import yaml
 from core.objectstore import Store
 from core.policies import ValidationPolicy
 from core.settings import PROJECT_ROOT, Settings
-from pipelines.intake import IntakePaths, add_batch
-from pipelines.versions import DvcStore
+from pipelines.data.intake import IntakePaths, add_batch
+from pipelines.data.versions import DvcStore
 from tests.conftest import git_repo, write_class_folders
 
 pytestmark = pytest.mark.e2e

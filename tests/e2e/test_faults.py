@@ -88,7 +88,7 @@ def check_invariants(live: LivePlatform, submission: str | None = None) -> None:
         PREVIOUS,
         SUBMISSION_TAG,
     )
-    from pipelines.dataset import class_counts, load_index
+    from pipelines.data.dataset import class_counts, load_index
 
     client, name = _registry(live), "refit-classifier"
     model = client.get_registered_model(name)
@@ -315,9 +315,9 @@ def test_a_full_disk_during_a_merge_changes_nothing(tmp_path, small_disk) -> Non
     a clear error, the dataset and data.dvc as they were, nothing left half-merged."""
     from core.objectstore import Store
     from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
-    from pipelines.dataset import DiskFull, load_index
-    from pipelines.intake import IntakePaths, add_batch
-    from pipelines.versions import DvcStore
+    from pipelines.data.dataset import DiskFull, load_index
+    from pipelines.data.intake import IntakePaths, add_batch
+    from pipelines.data.versions import DvcStore
     from tests.conftest import git_repo, write_class_folders
 
     repo = git_repo(small_disk / "repo")

@@ -59,8 +59,8 @@ def _cli(live: LivePlatform, monkeypatch, *args: str):
 
 def test_serving_logs_answers_and_the_drift_check_finds_an_inversion(live, monkeypatch) -> None:
     from core import runs
-    from pipelines import monitor
-    from pipelines.registry import Registry, RegistryConfig
+    from pipelines.judge.registry import Registry, RegistryConfig
+    from pipelines.loop import monitor
 
     version = ensure_champion(live)
     images = coloured_images(COLOURS[:3], 14, seed=40)
@@ -132,7 +132,7 @@ def _validate(live: LivePlatform, batch: Path, monkeypatch):
 
 
 def _id(data: bytes) -> str:
-    from pipelines.predlog import image_id
+    from pipelines.loop.predlog import image_id
 
     return image_id(data)
 

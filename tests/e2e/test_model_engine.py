@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from core.policies import ArchitectureConfig, FinetuneConfig, TrainConfig
-from pipelines.architectures import whitening_weights
-from pipelines.images import ImageSet, stratified_split
-from pipelines.modelfile import (
+from pipelines.images.decode import ImageSet, stratified_split
+from pipelines.models.modelfile import (
     LoadedModel,
     ModelRefused,
     import_model,
@@ -21,9 +20,11 @@ from pipelines.modelfile import (
     read_class_names,
     save_model,
 )
-from pipelines.predict import accuracy, predict_proba
-from pipelines.surgery import grow_head
-from pipelines.train import bootstrap, finetune
+from pipelines.models.predict import accuracy, predict_proba
+from pipelines.training.architectures import whitening_weights
+from pipelines.training.finetune import finetune
+from pipelines.training.scratch import fit_from_scratch
+from pipelines.training.surgery import grow_head
 from tests.conftest import coloured_images
 
 pytestmark = pytest.mark.e2e
@@ -43,7 +44,7 @@ CHAMPION_IMAGES = coloured(["red", "green", "blue"], 20, 0)
 
 @pytest.fixture(scope="module")
 def champion() -> LoadedModel:
-    loaded, result = bootstrap(CHAMPION_IMAGES, SPEC, TINY, **QUIET)
+    loaded, result = fit_from_scratch(CHAMPION_IMAGES, SPEC, TINY, **QUIET)
     assert result.epochs_run == 2
     return loaded
 
@@ -82,7 +83,7 @@ def test_whitening_layer_decorrelates_patches_and_stays_frozen(champion) -> None
 
 def test_bfloat16_bootstrap_saves_a_float32_model() -> None:
     config = TINY.model_copy(update={"epochs": 1, "precision": "mixed_bfloat16"})
-    loaded, _ = bootstrap(coloured(["red", "green", "blue"], 10, 2), SPEC, config, **QUIET)
+    loaded, _ = fit_from_scratch(coloured(["red", "green", "blue"], 10, 2), SPEC, config, **QUIET)
     assert loaded.card["precision"] == "mixed_bfloat16"
     assert {layer.dtype_policy.name for layer in loaded.model.layers} == {"float32"}
     assert keras.mixed_precision.global_policy().name == "float32"  # restored for others

@@ -10,12 +10,18 @@ import numpy as np
 import pytest
 
 from core.policies import ArchitectureConfig, GatePolicy, TrainConfig
-from pipelines.candidate import CandidateRun, judge
-from pipelines.images import ImageSet
-from pipelines.modelfile import load_refit_model
-from pipelines.predict import predict_proba
-from pipelines.registry import Registry, RegistryConfig, RegistryError, RegistryUnavailable
-from pipelines.train import bootstrap
+from pipelines.images.decode import ImageSet
+from pipelines.judge.candidate import judge
+from pipelines.judge.registry import (
+    CandidateRun,
+    Registry,
+    RegistryConfig,
+    RegistryError,
+    RegistryUnavailable,
+)
+from pipelines.models.modelfile import load_refit_model
+from pipelines.models.predict import predict_proba
+from pipelines.training.scratch import fit_from_scratch
 from tests.conftest import coloured_images, free_port
 
 pytestmark = pytest.mark.e2e
@@ -32,10 +38,10 @@ def coloured(per_class: int, seed: int) -> ImageSet:
 @pytest.fixture(scope="module")
 def models():
     """A good model (trained a few epochs) and a useless one (no training)."""
-    good, result = bootstrap(coloured(30, 0), SPEC, TrainConfig(
+    good, result = fit_from_scratch(coloured(30, 0), SPEC, TrainConfig(
         epochs=6, batch_size=16, val_share=0.1, patience=0, time_budget_s=120, peak_lr=0.05),
         progress=lambda m: None)  # fmt: skip
-    bad, _ = bootstrap(coloured(3, 1), SPEC, TrainConfig(
+    bad, _ = fit_from_scratch(coloured(3, 1), SPEC, TrainConfig(
         epochs=1, batch_size=16, val_share=0.34, patience=0, time_budget_s=60, peak_lr=1e-6),
         progress=lambda m: None)  # fmt: skip
     return good, bad, result.history
@@ -127,7 +133,7 @@ def test_server_down_is_retried_then_a_clear_error() -> None:
 
 def test_new_class_path_is_judged_on_old_classes_and_new_recall(registry, models) -> None:
     from core.policies import FinetuneConfig
-    from pipelines.train import finetune
+    from pipelines.training.finetune import finetune
 
     good, _, _ = models
     first = judge(good, coloured(10, 99), registry, POLICY, CandidateRun("bootstrap good"))
@@ -200,7 +206,7 @@ def test_a_promotion_killed_before_the_champion_moved_leaves_it(registry, models
 
 def test_promotion_is_a_compare_and_set_on_the_judged_champion(registry, models) -> None:
     """A rollback made while a challenger was judged is not silently undone."""
-    from pipelines.candidate import assess, current_champion, record
+    from pipelines.judge.candidate import assess, current_champion, record
 
     good, _, _ = models
     holdout = coloured(10, 99)

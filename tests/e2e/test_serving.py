@@ -17,9 +17,10 @@ import pytest
 from PIL import Image
 
 from core.policies import ArchitectureConfig, GatePolicy, TrainConfig
-from pipelines.candidate import CandidateRun, judge
-from pipelines.predict import predict_proba
-from pipelines.train import bootstrap
+from pipelines.judge.candidate import judge
+from pipelines.judge.registry import CandidateRun
+from pipelines.models.predict import predict_proba
+from pipelines.training.scratch import fit_from_scratch
 from tests.conftest import coloured_images
 from tests.e2e.serving_server import ServingServer, start_serving, wait_ready
 
@@ -31,7 +32,7 @@ LENIENT = GatePolicy(min_accuracy=0.0, min_delta=-1.0, max_recall_drop=1.0)
 
 @pytest.fixture(scope="module")
 def model():
-    trained, _ = bootstrap(
+    trained, _ = fit_from_scratch(
         coloured_images(CLASSES, 30, 0),
         ArchitectureConfig(input_size=24, widths=(8, 16, 16)),
         TrainConfig(epochs=4, batch_size=16, val_share=0.1, patience=0, peak_lr=0.05),

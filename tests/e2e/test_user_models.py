@@ -42,7 +42,7 @@ def test_keras3_alone_cannot_load_the_teachable_machine_file(teachable) -> None:
 
 
 def test_teachable_machine_export_imports_and_matches_the_original(teachable) -> None:
-    from pipelines.imports import import_user_model
+    from pipelines.training.imports import import_user_model
 
     h5, labels, original = teachable
     imported = import_user_model(h5, labels=labels)
@@ -59,7 +59,7 @@ def test_teachable_machine_export_imports_and_matches_the_original(teachable) ->
 
 
 def test_the_zip_teachable_machine_downloads_imports(teachable, tmp_path: Path) -> None:
-    from pipelines.imports import import_user_model
+    from pipelines.training.imports import import_user_model
 
     archive = tmp_path / "converted_keras.zip"
     with zipfile.ZipFile(archive, "w") as handle:
@@ -70,8 +70,8 @@ def test_the_zip_teachable_machine_downloads_imports(teachable, tmp_path: Path) 
 
 
 def test_labels_file_with_the_wrong_number_of_names_is_refused(teachable, tmp_path) -> None:
-    from pipelines.imports import import_user_model
-    from pipelines.modelfile import ModelRefused
+    from pipelines.models.modelfile import ModelRefused
+    from pipelines.training.imports import import_user_model
 
     for names in (CLASSES[:2], [*CLASSES, "extra"]):
         labels = tmp_path / "labels.txt"
@@ -83,8 +83,8 @@ def test_labels_file_with_the_wrong_number_of_names_is_refused(teachable, tmp_pa
 def test_lambda_code_never_runs_through_any_path(tmp_path: Path) -> None:
     import tf_keras
 
-    from pipelines.imports import import_user_model
-    from pipelines.modelfile import ModelRefused, import_model, load_refit_model
+    from pipelines.models.modelfile import ModelRefused, import_model, load_refit_model
+    from pipelines.training.imports import import_user_model
 
     marker = tmp_path / "pwned"
     evil = userfiles.lambda_h5(tmp_path / "evil.h5", marker)
@@ -122,7 +122,7 @@ def test_lambda_code_never_runs_through_any_path(tmp_path: Path) -> None:
 
 
 def test_custom_layers_and_saved_models_are_refused_with_a_way_out(tmp_path: Path) -> None:
-    from pipelines.modelfile import ModelRefused, import_model
+    from pipelines.models.modelfile import ModelRefused, import_model
 
     custom = userfiles.custom_layer_h5(tmp_path / "custom.h5")
     with pytest.raises(ModelRefused, match="custom class 'Swish6'"):
@@ -146,7 +146,7 @@ def no_bn(tmp_path_factory):
 
 
 def test_calibration_finds_the_range_and_contradicts_a_wrong_one(no_bn, tmp_path) -> None:
-    from pipelines.imports import import_user_model
+    from pipelines.training.imports import import_user_model
 
     batch = userfiles.write_signs(tmp_path / "batch", 200, seed=7)
     classes = userfiles.shape_classes()
@@ -164,8 +164,8 @@ def test_calibration_finds_the_range_and_contradicts_a_wrong_one(no_bn, tmp_path
 def test_the_wrapped_contract_equals_the_original_fed_the_documented_way(no_bn) -> None:
     import tf_keras
 
-    from pipelines.modelfile import import_model
-    from pipelines.pixels import parse
+    from pipelines.images.pixels import parse
+    from pipelines.models.modelfile import import_model
 
     original = tf_keras.models.load_model(no_bn, compile=False)
     raw, _ = userfiles.shapes(16, seed=9)
@@ -182,7 +182,7 @@ def test_the_wrapped_contract_equals_the_original_fed_the_documented_way(no_bn) 
 
 
 def test_imported_models_serve_through_onnx_like_keras(teachable, no_bn) -> None:
-    from pipelines.imports import import_user_model
+    from pipelines.training.imports import import_user_model
     from serving.engines import best_engine
 
     for model in (
@@ -198,9 +198,9 @@ def test_imported_models_serve_through_onnx_like_keras(teachable, no_bn) -> None
 def test_gentle_finetune_teaches_a_teachable_machine_model_a_class(tmp_path: Path) -> None:
     """96 px so the test is quick; the cached-features path runs as it does at 224 px."""
     from core.policies import FinetuneConfig
-    from pipelines.images import ImageSet
-    from pipelines.imports import import_user_model
-    from pipelines.train import finetune
+    from pipelines.images.decode import ImageSet
+    from pipelines.training.finetune import finetune
+    from pipelines.training.imports import import_user_model
 
     names = userfiles.shape_classes()[:3]
     old_x, old_y = userfiles.shapes(240, seed=1, size=96, only=[0, 1])
@@ -228,10 +228,10 @@ def test_gentle_finetune_teaches_a_teachable_machine_model_a_class(tmp_path: Pat
 
 def test_a_finetune_that_makes_things_worse_keeps_the_starting_weights(no_bn) -> None:
     from core.policies import FinetuneConfig
-    from pipelines.images import ImageSet
-    from pipelines.modelfile import import_model
-    from pipelines.pixels import parse
-    from pipelines.train import finetune
+    from pipelines.images.decode import ImageSet
+    from pipelines.images.pixels import parse
+    from pipelines.models.modelfile import import_model
+    from pipelines.training.finetune import finetune
 
     names = userfiles.shape_classes()
     champion = import_model(no_bn, names, contract=parse("0-1"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from pipelines.train import early_stopping
+from pipelines.training.fit import early_stopping
 
 
 def epochs_until_stop(epochs: int, patience: int, val_accuracy: list[float]) -> int | None:

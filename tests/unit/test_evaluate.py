@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.evaluate import accuracy_on, expected_calibration_error, metrics_from_probs
+from pipelines.judge.evaluate import accuracy_on, expected_calibration_error, metrics_from_probs
 
 CLASSES = ["cat", "dog", "ship"]
 
@@ -55,8 +55,8 @@ def test_old_class_accuracy_counts_a_new_class_guess_as_a_mistake() -> None:
 
 def test_the_comparison_reads_old_and_new_classes_from_the_two_evaluations() -> None:
     from core.policies import GatePolicy
-    from pipelines.candidate import Assessment
-    from pipelines.gate import decide
+    from pipelines.judge.candidate import Assessment
+    from pipelines.judge.gate import decide
 
     names = ["cat", "dog", "truck"]
     y = np.array([0, 0, 1, 1, 2, 2, 2, 2])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.images import BadImage, decode_upload, load_images
+from pipelines.images.decode import BadImage, decode_upload, load_images
 
 SIZE = (12, 20)  # height, width: not square, so a lost rotation shows
 
@@ -95,6 +95,6 @@ def test_bad_uploads_name_the_rule(tmp_path: Path) -> None:
 
 
 def test_the_decoder_imports_without_tensorflow() -> None:
-    code = "import sys, pipelines.images; print('tensorflow' in sys.modules)"
+    code = "import sys, pipelines.images.decode; print('tensorflow' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr

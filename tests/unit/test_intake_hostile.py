@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from core.policies import IngestLimits, ValidationPolicy
-from pipelines.images import load_rgb
-from pipelines.ingest import BatchRefused, build_manifest, stage_batch
-from pipelines.validate import Reference, ValidationReport, validate_batch
+from pipelines.data.ingest import BatchRefused, build_manifest, stage_batch
+from pipelines.data.validate import Reference, ValidationReport, validate_batch
+from pipelines.images.decode import load_rgb
 from tests.conftest import write_class_folders, write_image
 
 LIMITS = IngestLimits(max_total_mb=40, max_files=500)

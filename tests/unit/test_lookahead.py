@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from pipelines.train import Lookahead
+from pipelines.training.fit import Lookahead
 
 
 class FixedSchedule:

@@ -22,7 +22,7 @@ from PIL import Image
 from core.objectstore import Store
 from core.policies import IngestLimits, ValidationPolicy
 from core.settings import LoopConfig, Settings
-from pipelines import labelqueue, predlog
+from pipelines.loop import labelqueue, predlog
 
 CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -39,8 +39,8 @@ def _jpeg(x: np.ndarray) -> bytes:
 def sample(tmp_path_factory) -> dict:
     """The built-in model, its features of seed training images, and incoming images
     (9 known classes, and trucks it has never seen), decoded at 32x32."""
-    from pipelines.features import TrainingFeatures, features_and_probs
-    from pipelines.modelfile import load_refit_model
+    from pipelines.loop.features import TrainingFeatures, features_and_probs
+    from pipelines.models.modelfile import load_refit_model
 
     root = tmp_path_factory.mktemp("sample")
     with tarfile.open(Settings().sample_archive) as tar:  # only what the tests read
@@ -204,8 +204,8 @@ def test_a_full_disk_frees_the_oldest_entries_and_never_raises(tmp_path) -> None
 
 
 def test_drift_finds_inverted_colours_and_not_more_of_the_same(sample) -> None:
-    from pipelines.drift import compare
-    from pipelines.features import features_and_probs
+    from pipelines.loop.drift import compare
+    from pipelines.loop.features import features_and_probs
 
     model, reference = sample["loaded"].model, sample["reference"]
 
@@ -231,8 +231,8 @@ def _batch_folder(folder: Path, paths: list[Path], labels: list[str]) -> Path:
 
 
 def _check(tmp_path: Path, source: Path, sample: dict, **policy):
-    from pipelines.examine import ChampionView
-    from pipelines.intake import IntakePaths, check_batch, discard
+    from pipelines.data.examine import ChampionView
+    from pipelines.data.intake import IntakePaths, check_batch, discard
 
     paths = IntakePaths(tmp_path / "st", tmp_path / "q", tmp_path / "acc", tmp_path / "lock")
     view = ChampionView(sample["loaded"], "1", sample["reference"])
@@ -278,7 +278,7 @@ def test_cleanlab_finds_the_flipped_labels_and_the_setting_decides(tmp_path, sam
 def test_the_queue_puts_unknown_and_uncertain_images_first_and_spreads_them(
     tmp_path, sample
 ) -> None:
-    from pipelines.features import features_and_probs
+    from pipelines.loop.features import features_and_probs
 
     model = sample["loaded"].model
     known_x = sample["x"][::4]  # 90 known-class images
@@ -308,7 +308,7 @@ def test_the_queue_puts_unknown_and_uncertain_images_first_and_spreads_them(
 
 
 def test_an_exported_skeleton_comes_back_in_as_a_batch(tmp_path, sample) -> None:
-    from pipelines.features import features_and_probs
+    from pipelines.loop.features import features_and_probs
 
     x = sample["x"][::6]
     probs, feats = features_and_probs(sample["loaded"].model, x)
@@ -349,7 +349,7 @@ class _Registry:
 
 
 def test_the_live_check_says_why_it_cannot_check(tmp_path, sample) -> None:
-    from pipelines import monitor
+    from pipelines.loop import monitor
 
     store = Store(str(tmp_path / "log"))
     none = monitor.check_live(_Registry(None, None), store, 100, 0.01)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.names import is_valid
-from pipelines.reports import rejection
+from pipelines.images.names import is_valid
+from pipelines.judge.reports import rejection
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ def test_markup_paths_and_padding_are_refused(name: str) -> None:
 
 
 def test_model_import_refuses_unsafe_names() -> None:
-    from pipelines.modelfile import check_class_names
+    from pipelines.models.modelfile import check_class_names
 
     with pytest.raises(ValueError, match="class names must be"):
         check_class_names(["cat", "<b>dog</b>"])
@@ -64,7 +64,7 @@ def test_a_rejection_report_shows_hostile_names_as_text() -> None:
 
 
 def test_class_list_files_plain_numbered_and_broken(tmp_path: Path) -> None:
-    from pipelines.modelfile import ModelRefused, read_class_list
+    from pipelines.models.modelfile import ModelRefused, read_class_list
 
     plain = tmp_path / "classes.txt"
     cat = "\u041a\u043e\u0448\u043a\u0430"  # Cyrillic

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
-from pipelines.dataset import assign_splits, empty_index
-from pipelines.ingest import build_manifest, stage_batch
-from pipelines.names import natural_sorted
-from pipelines.validate import Reference, validate_batch
+from pipelines.data.dataset import assign_splits, empty_index
+from pipelines.data.ingest import build_manifest, stage_batch
+from pipelines.data.validate import Reference, validate_batch
+from pipelines.images.names import natural_sorted
 from tests.conftest import write_image
 from tests.userfiles import messy_photo_set
 
@@ -115,7 +115,7 @@ def photo(path: Path, seed: int, size=(160, 120)) -> Path:
 
 @pytest.mark.parametrize("mode", ["skip", "refuse"])
 def test_a_resized_resave_of_a_holdout_image_is_leakage(tmp_path: Path, mode: str) -> None:
-    from pipelines.ingest import perceptual_hash
+    from pipelines.data.ingest import perceptual_hash
 
     held = photo(tmp_path / "holdout.png", seed=1)
     with Image.open(held) as image:
@@ -142,7 +142,7 @@ def test_a_resized_resave_of_a_holdout_image_is_leakage(tmp_path: Path, mode: st
 
 
 def test_near_duplicates_of_one_merge_stay_on_one_side_of_the_split(tmp_path: Path) -> None:
-    from pipelines.ingest import perceptual_hash
+    from pipelines.data.ingest import perceptual_hash
 
     rows = []
     for i in range(10):  # ten photos, each with two re-saves: 30 images, 10 groups
@@ -165,7 +165,7 @@ def test_near_duplicates_of_one_merge_stay_on_one_side_of_the_split(tmp_path: Pa
 
 
 def test_dataset_phashes_are_cached_by_sha256(tmp_path: Path) -> None:
-    from pipelines.neardup import dataset_phashes
+    from pipelines.data.neardup import dataset_phashes
 
     photo(tmp_path / "data" / "a.png", seed=3)
     rows = pd.DataFrame({"path": ["a.png"], "sha256": ["abc"]})
@@ -176,7 +176,7 @@ def test_dataset_phashes_are_cached_by_sha256(tmp_path: Path) -> None:
 
 
 def test_a_merge_leaves_skipped_files_out_and_records_why(tmp_path: Path) -> None:
-    from pipelines.dataset import SKIPPED_FILE, load_index, merge_batch
+    from pipelines.data.dataset import SKIPPED_FILE, load_index, merge_batch
 
     folder = tmp_path / "batch"
     for i in range(8):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import Settings
-from pipelines.sample import NEW_CLASS, SamplePlan, cut_sample, unpack_sample
+from pipelines.data.sample import NEW_CLASS, SamplePlan, cut_sample, unpack_sample
 
 
 @pytest.fixture(scope="module")

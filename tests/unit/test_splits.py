@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from core.policies import SplitPolicy
-from pipelines.dataset import assign_splits, class_counts, evaluation_holdout
+from pipelines.data.dataset import assign_splits, class_counts, evaluation_holdout
 
 POLICY = SplitPolicy(holdout_share=0.2, seed=7)
 
@@ -71,7 +71,7 @@ def test_staging_left_by_killed_intakes_is_swept(tmp_path) -> None:
     import os
     import time
 
-    from pipelines.intake import sweep_staging
+    from pipelines.data.intake import sweep_staging
 
     old, fresh = tmp_path / "batch-old", tmp_path / "batch-fresh"
     for folder in (old, fresh):
@@ -88,8 +88,8 @@ def test_staging_whose_owner_process_died_is_swept_at_once(tmp_path) -> None:
     import subprocess
     import sys
 
-    from pipelines.ingest import STAGING_OWNER
-    from pipelines.intake import sweep_staging
+    from pipelines.data.ingest import STAGING_OWNER
+    from pipelines.data.intake import sweep_staging
 
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.objectstore import Store
-from pipelines import submissions
+from pipelines.data import submissions
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -1,6 +1,6 @@
-"""Bootstrap: train a model from scratch on a source of labelled images, report it on a
-holdout, and write it with its model card. What `refit train bootstrap`, the bootstrap flow
-(train from scratch), the DVC `train` stage and the benches run.
+"""From scratch: train a new model on a source of labelled images, report it on a holdout,
+and write it with its model card. What the bootstrap flow (the first champion),
+`refit train bootstrap`, the DVC `train` stage and the benches run.
 
 Sources: the dataset's train split (:func:`dataset_images`), or any batch-shaped folder or
 archive (:func:`source_images`: staged and inspected like an intake, never merged), minus
@@ -17,15 +17,58 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.policies import ArchitectureConfig, IngestLimits, TrainConfig
-from pipelines.dataset import Dataset
-from pipelines.images import ImageSet, images_from_rows, load_images
-from pipelines.ingest import build_manifest, new_batch_id, stage_batch
-from pipelines.modelfile import LoadedModel, model_card_markdown, save_model
-from pipelines.predict import holdout_metrics
-from pipelines.sample import unpack_sample
-from pipelines.train import bootstrap
+from core.progress import Progress
+from pipelines.data.dataset import Dataset
+from pipelines.data.ingest import build_manifest, new_batch_id, stage_batch
+from pipelines.data.sample import unpack_sample
+from pipelines.images.decode import ImageSet, images_from_rows, load_images, stratified_split
+from pipelines.models.modelfile import LoadedModel, model_card_markdown, save_model
+from pipelines.models.predict import accuracy, holdout_metrics, predict_proba
+from pipelines.training.architectures import build_model
+from pipelines.training.fit import (
+    FitResult,
+    Recipe,
+    as_float32,
+    dtype_policy,
+    fit,
+    training_precision,
+)
 
-Progress = Callable[[str], None]
+
+def fit_from_scratch(
+    images: ImageSet, spec: ArchitectureConfig, config: TrainConfig, progress: Progress = print
+) -> tuple[LoadedModel, FitResult]:
+    """Train a new model from scratch on ``images`` (a stratified share kept for validation).
+
+    Returns:
+        The model with its class names and a card of the recipe, and the fit history.
+    """
+    rest, held = stratified_split(images.y, config.val_share, config.seed)
+    train, val = images.take(rest), images.take(held)
+    precision = training_precision(config.precision)
+    with dtype_policy(precision):
+        model = build_model(spec, len(images.class_names), init_images=train.x)
+    progress(
+        f"From scratch: {spec.name}: {len(train)} training and {len(val)} validation images, "
+        f"{len(images.class_names)} classes, {model.count_params():,} parameters, {precision}"
+    )
+    result = fit(model, train, val, Recipe.scratch(config), progress, "scratch")
+    if precision != "float32":
+        model = as_float32(model)
+    card = {
+        "recipe": "bootstrap",
+        "architecture": spec.model_dump(),
+        "train": config.model_dump(),
+        "train_images": len(train),
+        "val_images": len(val),
+        # the returned model's own score: the last epoch's, or the best one's when early
+        # stopping ended the run and restored it (the history's maximum may be neither)
+        "val_accuracy": round(accuracy(predict_proba(model, val.x), val.y), 4),
+        "train_seconds": round(result.seconds, 1),
+        "epochs_run": result.epochs_run,
+        "precision": precision,
+    }
+    return LoadedModel(model, list(images.class_names), card), result
 
 
 def dataset_images(
@@ -99,9 +142,9 @@ def train_from_scratch(
     holdout: Callable[[list[str]], tuple[ImageSet, str]] | None = None,
     progress: Progress = print,
 ) -> LoadedModel:
-    """Bootstrap a model on ``images``; with ``holdout`` (class names -> images and a
+    """Train a model from scratch on ``images``; with ``holdout`` (class names -> images and a
     title), score it there and put the numbers in its card."""
-    loaded, _ = bootstrap(images, spec, config, progress=progress)
+    loaded, _ = fit_from_scratch(images, spec, config, progress=progress)
     if holdout is not None:
         held, title = holdout(loaded.class_names)
         metrics = holdout_metrics(loaded.model, loaded.class_names, held.x, held.y)

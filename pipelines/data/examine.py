@@ -1,6 +1,6 @@
 """Examine a batch through the champion's eyes, at validation: the labels it strongly
 disputes (cleanlab's confident learning) and how far the batch drifts from the training
-images (``pipelines.drift``). Both go into the validation report with thumbnail grids.
+images (``pipelines.loop.drift``). Both go into the validation report with thumbnail grids.
 
 Confident learning needs each class's typical confidence. A batch that brings every class
 the champion knows (``MIN_PER_CLASS`` images each) is judged alone; one that brings only
@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from core.policies import ValidationPolicy
-from pipelines.features import TrainingFeatures
-from pipelines.validate import RuleResult, ValidationReport
+from pipelines.data.validate import RuleResult, ValidationReport
+from pipelines.loop.features import TrainingFeatures
 
 MIN_IMAGES = 10  # fewer known-class images than this: labels are not judged
 MIN_PER_CLASS = 10  # a batch with this many of every class is judged without context
@@ -32,7 +32,7 @@ MIN_PER_CLASS = 10  # a batch with this many of every class is judged without co
 class ChampionView:
     """The champion that judges batches: its model and its training sample's features."""
 
-    loaded: object  # pipelines.modelfile.LoadedModel
+    loaded: object  # pipelines.models.modelfile.LoadedModel
     version: str
     reference: TrainingFeatures | None
 
@@ -40,7 +40,7 @@ class ChampionView:
 def champion_view(registry) -> ChampionView | None:
     """The current champion with its training features; None before the first champion."""
     from core.contract import CHAMPION
-    from pipelines.features import TrainingFeatures
+    from pipelines.loop.features import TrainingFeatures
 
     version = registry.alias_version(CHAMPION)
     if version is None:
@@ -85,8 +85,8 @@ def examine(
     progress=print,
 ) -> ValidationReport:
     """The report with the champion's findings added (disputed labels, drift)."""
-    from pipelines.drift import compare
-    from pipelines.images import load_images
+    from pipelines.images.decode import load_images
+    from pipelines.loop.drift import compare
 
     left_out = {row["path"] for row in report.skipped}
     kept = manifest[~manifest["path"].isin(left_out) & manifest["label"].notna()]
@@ -94,7 +94,7 @@ def examine(
         return report
     loaded = view.loaded
     progress(f"Examining {len(kept)} images with champion v{view.version}")
-    from pipelines.features import features_and_probs
+    from pipelines.loop.features import features_and_probs
 
     names = sorted(set(kept["label"]))
     images = load_images(
@@ -175,7 +175,7 @@ def examine(
 def _grid(x: np.ndarray, kept: pd.DataFrame, paths: list[str], captions: list[str]) -> str:
     import base64
 
-    from pipelines.images import thumbnail_grid
+    from pipelines.images.decode import thumbnail_grid
 
     where = {path: i for i, path in enumerate(kept["path"])}
     shown = [x[where[p]] for p in paths[:32]]

@@ -45,7 +45,7 @@ import pandas as pd
 from PIL import Image
 
 from core.policies import IngestLimits
-from pipelines.images import plain_signals
+from pipelines.images.decode import plain_signals
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 LABELS_CSV = "labels.csv"
@@ -526,7 +526,7 @@ def perceptual_hash(image: Image.Image) -> str:
     """imagehash's 64-bit pHash (16 hex digits) of a loaded image, on its RGB form."""
     import imagehash
 
-    from pipelines.images import to_rgb
+    from pipelines.images.decode import to_rgb
 
     factor = min(image.size) // 256  # pHash looks at 32x32: shrink a 50 MP photo first
     if factor > 1:

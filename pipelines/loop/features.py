@@ -77,7 +77,7 @@ def training_features(
 ) -> TrainingFeatures | None:
     """The features of up to ``n`` training images (a seeded sample, every class in
     proportion), or None when the dataset has no training images."""
-    from pipelines.images import stratified_sample
+    from pipelines.images.decode import stratified_sample
 
     rows = dataset.rows("train", classes=loaded.class_names)
     if rows.empty:

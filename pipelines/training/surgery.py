@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from pipelines.modelfile import LoadedModel
+from pipelines.models.modelfile import LoadedModel
 
 
 def grow_head(loaded: LoadedModel, new_classes: list[str]) -> LoadedModel:

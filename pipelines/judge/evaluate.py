@@ -18,8 +18,8 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 if TYPE_CHECKING:  # heavy (TensorFlow): imported where used
-    from pipelines.modelfile import LoadedModel
-    from pipelines.train import ImageSet
+    from pipelines.images.decode import ImageSet
+    from pipelines.models.modelfile import LoadedModel
 
 CALIBRATION_BINS = 10
 
@@ -134,7 +134,7 @@ def evaluate(
     loaded: LoadedModel, holdout: ImageSet, tta: bool = False
 ) -> tuple[Evaluation, np.ndarray]:
     """Evaluate ``loaded`` on ``holdout``; returns the metrics and the probabilities."""
-    from pipelines.predict import predict_proba
+    from pipelines.models.predict import predict_proba
 
     present = [holdout.class_names[i] for i in np.unique(holdout.y)]
     check_coverage(loaded.class_names, present)

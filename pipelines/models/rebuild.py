@@ -11,7 +11,7 @@ paths), so the file is loaded by ``tf-keras`` (Keras 2), then rebuilt layer by l
 Keras 3 layers with the same weights (:func:`load_keras2`), so the result trains, serves and
 exports like Refit's own. The rebuild is checked against the original on the same input.
 
-Only call these on a file :func:`pipelines.modelsafety.inspect` has passed: tf-keras builds
+Only call these on a file :func:`pipelines.models.safety.inspect` has passed: tf-keras builds
 whatever the file describes.
 """
 
@@ -24,7 +24,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipelines.modelsafety import ModelRefused
+from pipelines.images import pixels
+from pipelines.images.pixels import PixelContract
+from pipelines.models.safety import ModelRefused
 
 # Keras 2 arguments Keras 3 does not take, dropped when they hold the value that means
 # "as Keras 3 does anyway".
@@ -243,3 +245,17 @@ def _plain(value):
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def wrap_contract(model, contract: PixelContract):
+    """``model`` behind a fixed ``pixel_contract`` layer: it then takes raw 0-255 RGB."""
+    if contract.identity:
+        return model
+    kernel = np.zeros((1, 1, 3, 3), np.float32)
+    for out in range(3):
+        source = 2 - out if contract.bgr else out
+        kernel[0, 0, source, out] = contract.scale[out]
+    layer = keras.layers.Conv2D(3, 1, name=pixels.LAYER, trainable=False)
+    wrapped = flatten(model, front=layer)
+    layer.set_weights([kernel, np.asarray(contract.offset, np.float32)])
+    return wrapped

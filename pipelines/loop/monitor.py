@@ -15,8 +15,8 @@ from datetime import datetime
 
 import numpy as np
 
-from pipelines import predlog
-from pipelines.drift import DriftResult, compare
+from pipelines.loop import predlog
+from pipelines.loop.drift import DriftResult, compare
 
 
 @dataclass
@@ -40,7 +40,7 @@ def check_live(
 ) -> LiveCheck:
     """Drift of the champion's newest ``images`` logged predictions from its training images."""
     from core.contract import CHAMPION
-    from pipelines.features import TrainingFeatures
+    from pipelines.loop.features import TrainingFeatures
 
     version = registry.alias_version(CHAMPION)
     if version is None:
@@ -79,7 +79,7 @@ def check_live(
 
 
 def _files(registry, log_store, view, result: DriftResult) -> dict[str, bytes]:
-    from pipelines.images import thumbnail_grid
+    from pipelines.images.decode import thumbnail_grid
 
     shown = [view.entries[i] for i in result.most_drifted]
     files = {

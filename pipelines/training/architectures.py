@@ -13,7 +13,7 @@ feeds decoded images as they are and there is no train/serve skew.
   download).
 
 The last two layers are always a Dense layer named ``logits`` and a softmax named
-``probabilities``; head surgery (``pipelines.surgery``) relies on that shape.
+``probabilities``; head surgery (``pipelines.training.surgery``) relies on that shape.
 """
 
 from __future__ import annotations

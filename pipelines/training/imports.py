@@ -13,13 +13,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.policies import IngestLimits
-from pipelines import pixels
-from pipelines.modelfile import (
+from core.progress import Progress
+from pipelines.images import pixels
+from pipelines.models.modelfile import (
     LoadedModel,
     ModelRefused,
     import_model,
@@ -27,7 +27,6 @@ from pipelines.modelfile import (
     with_contract,
 )
 
-Progress = Callable[[str], None]
 TEACHABLE_MACHINE = ("keras_model.h5", "labels.txt")
 TEACHABLE_MACHINE_PIXELS = "-1-1"  # its MobileNet trunk is fed (x / 127.5) - 1
 MAX_MEMBER_MB = 512
@@ -117,7 +116,7 @@ def _unpack_teachable_machine(archive: Path, scratch: Path) -> tuple[Path, Path]
             Path(info.filename).name: info for info in handle.infolist() if not info.is_dir()
         }
         if any(name.endswith("saved_model.pb") for name in members):
-            from pipelines.modelsafety import read_facts
+            from pipelines.models.safety import read_facts
 
             read_facts(archive)  # raises the SavedModel explanation
         missing = [name for name in TEACHABLE_MACHINE if name not in members]
@@ -150,8 +149,8 @@ def calibrate(
 ) -> pixels.Calibration:
     """Run ``batch``'s images of the classes of ``model`` (a Keras model taking the pixels
     as its file had them) through it under each pixel range."""
-    from pipelines.images import load_images
-    from pipelines.ingest import BatchRefused, stage_batch
+    from pipelines.data.ingest import BatchRefused, stage_batch
+    from pipelines.images.decode import load_images
 
     size = tuple(model.input_shape[1:3])
     with tempfile.TemporaryDirectory(prefix="refit-calibrate-") as staging:
@@ -175,7 +174,7 @@ def measure_pixel_ranges(model, raw, labels, declared: str | None = None) -> pix
     """Which plausible contract makes ``model`` (unwrapped) agree with ``labels`` on ``raw``."""
     import numpy as np
 
-    from pipelines.predict import predict_proba
+    from pipelines.models.predict import predict_proba
 
     names = list(pixels.PLAUSIBLE)
     if declared and declared not in names:

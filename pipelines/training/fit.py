@@ -1,28 +1,16 @@
-"""Train: bootstrap a model from scratch, or fine-tune the champion on new data with replay.
-
-Images arrive decoded once into a uint8 array (``pipelines.images``), then are fed through
-tf.data with augmentation (random crop with reflect padding + horizontal flip). Both recipes use
-SGD with Nesterov momentum, label smoothing, and a one-cycle learning rate (linear warm-up,
-cosine decay) driven by whichever is further along: the step count or the wall-time budget,
-so a run on a busy machine still ends on time with a fully decayed learning rate.
-Bootstrap averages its weights as it goes (airbench's Lookahead), keeps the best weights on
-its validation split (early stopping) and computes in bfloat16 where the CPU does so
-natively; the model it returns is float32 either way.
-
-Fine-tuning grows the head first when the data brings new classes (``pipelines.surgery``),
-then trains in two phases: the head alone with everything else frozen, then the top layers
-unfrozen. Each epoch mixes the new images with a stratified replay sample of the old
-training set, so old classes are not forgotten; a stratified share of that mix is held out
-for validation, and if the fine-tuned model is worse on it than the starting one, the
-starting weights are kept. Refit's own nets use the recipe above; models imported from
-users' files use the gentle one (``pipelines.gentle``).
+"""The fitting machinery every recipe shares: the tf.data pipeline (random crop with reflect
+padding + horizontal flip over images decoded once into uint8), SGD with Nesterov momentum,
+label smoothing and a one-cycle learning rate (linear warm-up, cosine decay) driven by
+whichever is further along, the step count or the wall-time budget, so a run on a busy
+machine still ends on time with a fully decayed learning rate; Lookahead weight averaging,
+early stopping, the training precision and the trainable top of a model.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,17 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.policies import ArchitectureConfig, FinetuneConfig, TrainConfig
-from pipelines.architectures import FROZEN_LAYERS, build_model
-from pipelines.dataset import Dataset
-from pipelines.gentle import finetune_gentle
-from pipelines.images import ImageSet, stratified_sample, stratified_split
-from pipelines.modelfile import LoadedModel
-from pipelines.predict import accuracy, predict_proba
-from pipelines.surgery import grow_head
-
-Progress = Callable[[str], None]
-
+from core.policies import FinetuneConfig, TrainConfig
+from core.progress import Progress
+from pipelines.images.decode import ImageSet
+from pipelines.training.architectures import FROZEN_LAYERS
 
 # --------------------------------------------------------------------------- data
 
@@ -196,7 +177,7 @@ class Recipe:
         return cls(**{k: getattr(config, k) for k in (*shared, "seed")}, **rest)
 
     @classmethod
-    def bootstrap(cls, config: TrainConfig) -> Recipe:
+    def scratch(cls, config: TrainConfig) -> Recipe:
         return cls._of(
             config,
             epochs=config.epochs,
@@ -314,45 +295,6 @@ def as_float32(model: keras.Model) -> keras.Model:
     return copy
 
 
-# --------------------------------------------------------------------------- recipes
-
-
-def bootstrap(
-    images: ImageSet, spec: ArchitectureConfig, config: TrainConfig, progress: Progress = print
-) -> tuple[LoadedModel, FitResult]:
-    """Train a new model from scratch on ``images`` (a stratified share kept for validation).
-
-    Returns:
-        The model with its class names and a card of the recipe, and the fit history.
-    """
-    rest, held = stratified_split(images.y, config.val_share, config.seed)
-    train, val = images.take(rest), images.take(held)
-    precision = training_precision(config.precision)
-    with dtype_policy(precision):
-        model = build_model(spec, len(images.class_names), init_images=train.x)
-    progress(
-        f"Bootstrap {spec.name}: {len(train)} training and {len(val)} validation images, "
-        f"{len(images.class_names)} classes, {model.count_params():,} parameters, {precision}"
-    )
-    result = fit(model, train, val, Recipe.bootstrap(config), progress, "bootstrap")
-    if precision != "float32":
-        model = as_float32(model)
-    card = {
-        "recipe": "bootstrap",
-        "architecture": spec.model_dump(),
-        "train": config.model_dump(),
-        "train_images": len(train),
-        "val_images": len(val),
-        # the returned model's own score: the last epoch's, or the best one's when early
-        # stopping ended the run and restored it (the history's maximum may be neither)
-        "val_accuracy": round(accuracy(predict_proba(model, val.x), val.y), 4),
-        "train_seconds": round(result.seconds, 1),
-        "epochs_run": result.epochs_run,
-        "precision": precision,
-    }
-    return LoadedModel(model, list(images.class_names), card), result
-
-
 def set_trainable_top(model: keras.Model, n_layers: int) -> None:
     """Freeze everything, then unfreeze the top ``n_layers`` weight layers (-1: all).
 
@@ -375,136 +317,3 @@ def _flat_layers(model: keras.Model) -> list[keras.layers.Layer]:
     for layer in model.layers:
         flat += _flat_layers(layer) if isinstance(layer, keras.Model) else [layer]
     return flat
-
-
-def finetune(
-    champion: LoadedModel,
-    new: ImageSet,
-    old: ImageSet,
-    config: FinetuneConfig,
-    progress: Progress = print,
-) -> tuple[LoadedModel, list[FitResult]]:
-    """Fine-tune the champion on ``new`` images mixed with a replay sample of ``old`` ones.
-
-    Classes of ``new`` that the champion lacks are added by growing its head first (old
-    output indices never move). ``champion`` itself is not modified.
-    """
-    added = [c for c in new.class_names if c not in champion.class_names]
-    added += [c for c in old.class_names if c not in champion.class_names and c not in added]
-    model = grow_head(champion, added)
-    if added:
-        progress(f"Grew the output layer by {len(added)} for new classes: {', '.join(added)}")
-    else:
-        clone = keras.models.clone_model(champion.model)
-        clone.set_weights(champion.model.get_weights())
-        model = LoadedModel(clone, list(champion.class_names), dict(champion.card))
-    names = model.class_names
-    train, val, replay = _train_and_validation(new.relabel(names), old.relabel(names), config)
-    recipe = recipe_for(champion, config)
-    progress(
-        f"Fine-tune ({recipe} recipe) on {len(train) - len(replay)} new + {len(replay)} "
-        f"replayed images; {len(val)} held for validation"
-    )
-    start_weights = model.model.get_weights()
-    before = accuracy(predict_proba(model.model, val.x), val.y) if len(val) else float("nan")
-    if recipe == "gentle":
-        results, did = finetune_gentle(model.model, train, val, config, progress)
-    else:
-        results, did = _finetune_refit(model.model, train, config, progress), {"recipe": "refit"}
-    after = accuracy(predict_proba(model.model, val.x), val.y) if len(val) else float("nan")
-    kept = not (after < before)
-    if not kept:  # never hand the gate a model worse than the one we started from
-        model.model.set_weights(start_weights)
-        progress(
-            f"Validation accuracy fell from {before:.4f} to {after:.4f}: kept the starting "
-            "weights (the gate judges the model as it was)"
-        )
-    else:
-        progress(f"Validation accuracy {before:.4f} -> {after:.4f}")
-    model.card = {
-        **model.card,
-        "recipe": "finetune",
-        "finetune": config.model_dump(),
-        "finetune_recipe": did,
-        "new_images": len(new),
-        "replay_images": len(replay),
-        "val_images": len(val),
-        "val_accuracy_before": round(before, 4),
-        "val_accuracy_after": round(after, 4),
-        "kept_starting_weights": not kept,
-        "train_seconds": round(sum(r.seconds for r in results), 1),
-    }
-    return model, results
-
-
-def _train_and_validation(
-    new: ImageSet, old: ImageSet, config: FinetuneConfig
-) -> tuple[ImageSet, ImageSet, ImageSet]:
-    """(train, validation, replay): the new images minus a stratified ``val_share`` held for
-    validation, plus the replay sample; validation also gets old images the replay sample
-    left unused (the same share of it), so holding data back never costs replay."""
-    replay_n = min(len(old), round(config.replay_ratio * len(new)))
-    picked = stratified_sample(old.y, replay_n, config.seed)
-    replay = old.take(picked)
-    kept, held = stratified_split(new.y, config.val_share, config.seed, min_rest=1)
-    if not config.val_share:
-        kept, held = np.arange(len(new)), np.zeros(0, np.int64)
-    unused = np.setdiff1d(np.arange(len(old)), picked)
-    n_old = min(len(unused), round(config.val_share * replay_n))
-    old_val = old.take(unused[stratified_sample(old.y[unused], n_old, config.seed + 1)])
-    train = ImageSet.concat([new.take(kept), replay])
-    return train, ImageSet.concat([new.take(held), old_val]), replay
-
-
-def recipe_for(champion: LoadedModel, config: FinetuneConfig) -> str:
-    """The recipe to fine-tune ``champion`` with: as configured, or for ``auto`` gentle for a
-    model imported from a user's file (its card says so), Refit's own for Refit's nets."""
-    if config.recipe != "auto":
-        return config.recipe
-    return "gentle" if "imported_from" in champion.card else "refit"
-
-
-def _finetune_refit(
-    model: keras.Model, train: ImageSet, config: FinetuneConfig, progress: Progress
-) -> list[FitResult]:
-    """Refit's own recipe: the head alone, then the top layers, SGD + one-cycle."""
-    head, body = Recipe.finetune_phases(config)
-    results = []
-    if config.head_epochs:
-        set_trainable_top(model, 0)
-        results.append(fit(model, train, None, head, progress, "head"))
-    set_trainable_top(model, config.unfreeze_layers)
-    body = replace(body, budget_s=body.budget_s - sum(r.seconds for r in results))
-    results.append(fit(model, train, None, body, progress, "finetune"))
-    set_trainable_top(model, -1)
-    return results
-
-
-class NotTrainable(ValueError):
-    """This data cannot be trained on (e.g. the batch left no training images); retrying
-    would fail the same way."""
-
-
-def finetune_on_batch(
-    champion: LoadedModel,
-    dataset: Dataset,
-    batch_id: str,
-    config: FinetuneConfig,
-    *,
-    progress: Progress,
-) -> tuple[LoadedModel, list[FitResult]]:
-    """Fine-tune on one merged batch's training images, replaying the rest of the train split.
-
-    Raises:
-        NotTrainable: the batch has no training images in the dataset.
-    """
-    size = champion.input_size
-    train = dataset.rows("train")
-    batch_rows = train[train["batch_id"] == batch_id]
-    if batch_rows.empty:
-        raise NotTrainable(f"batch {batch_id} has no training images in the dataset")
-    new = dataset.images(batch_rows, size)
-    old = dataset.images(train[train["batch_id"] != batch_id], size)
-    challenger, fits = finetune(champion, new, old, config, progress)
-    challenger.card["batch_id"] = batch_id
-    return challenger, fits

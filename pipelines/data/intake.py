@@ -14,7 +14,7 @@ import json
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +24,8 @@ import psutil
 
 from core.faults import failpoint
 from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
-from pipelines.dataset import (
+from core.progress import Progress
+from pipelines.data.dataset import (
     PendingMerge,
     class_counts,
     load_index,
@@ -33,9 +34,9 @@ from pipelines.dataset import (
     recover_dataset,
     reference_of,
 )
-from pipelines.dataset import remove_class as remove_class_from
-from pipelines.examine import ChampionView, examine
-from pipelines.ingest import (
+from pipelines.data.dataset import remove_class as remove_class_from
+from pipelines.data.examine import ChampionView, examine
+from pipelines.data.ingest import (
     STAGING_OWNER,
     BatchRefused,
     StagedBatch,
@@ -43,11 +44,9 @@ from pipelines.ingest import (
     new_batch_id,
     stage_batch,
 )
-from pipelines.neardup import dataset_phashes
-from pipelines.validate import RuleResult, ValidationReport, validate_batch
-from pipelines.versions import DatasetVersion, DvcStore
-
-Progress = Callable[[str], None]
+from pipelines.data.neardup import dataset_phashes
+from pipelines.data.validate import RuleResult, ValidationReport, validate_batch
+from pipelines.data.versions import DatasetVersion, DvcStore
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ ones the champion was trained on?
 
 The score is the maximum mean discrepancy (MMD², Gaussian kernel at the median distance)
 between the champion's features of the new images and of its training sample
-(``pipelines.features``), with a permutation test for its p-value: drifted when p < alpha.
+(``pipelines.loop.features``), with a permutation test for its p-value: drifted when p < alpha.
 Beside it, the shift in predicted class shares (total variation distance) and in mean
 confidence, and the images most unlike training (the MMD witness function), for the
 reports' thumbnail grids.
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from pipelines.features import TrainingFeatures
+from pipelines.loop.features import TrainingFeatures
 
 MAX_PER_SIDE = 500  # images per side in the test (a seeded subsample beyond)
 

@@ -9,7 +9,7 @@ step leaves the champion where it was.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,9 @@ from core.contract import (
 )
 from core.faults import failpoint
 from core.policies import FinetuneConfig, GatePolicy
-from pipelines.dataset import Dataset
-from pipelines.evaluate import (
+from pipelines.data.dataset import Dataset
+from pipelines.images.decode import ImageSet
+from pipelines.judge.evaluate import (
     Evaluation,
     EvaluationError,
     accuracy_on,
@@ -34,10 +35,9 @@ from pipelines.evaluate import (
     evaluate,
     write_figures,
 )
-from pipelines.gate import Decision, decide
-from pipelines.images import ImageSet
-from pipelines.modelfile import LoadedModel
-from pipelines.registry import ChampionMoved, Registry
+from pipelines.judge.gate import Decision, decide
+from pipelines.judge.registry import CandidateRun, ChampionMoved, Registry
+from pipelines.models.modelfile import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -53,17 +53,6 @@ def current_champion(registry: Registry) -> Baseline | None:
     """The registry's champion, downloaded once, or None before the first one."""
     version = registry.alias_version(CHAMPION)
     return None if version is None else Baseline(registry.load(version), version)
-
-
-@dataclass
-class CandidateRun:
-    """What a candidate's MLflow run records besides its evaluation."""
-
-    name: str
-    params: dict = field(default_factory=dict)
-    curves: dict[str, list[float]] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    reports: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -199,7 +188,7 @@ def record(
 
 
 def _training_features(challenger: LoadedModel, dataset: Dataset | None) -> bytes | None:
-    from pipelines.features import training_features
+    from pipelines.loop.features import training_features
 
     found = training_features(challenger, dataset) if dataset is not None else None
     return found.to_bytes() if found is not None else None

@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -38,11 +38,10 @@ import psutil
 from core import contract
 from core.contract import CHAMPION, HISTORY_PREFIX, PREVIOUS
 from core.faults import failpoint
-from pipelines.modelfile import LoadedModel, save_model
+from pipelines.models.modelfile import LoadedModel, save_model
 
 if TYPE_CHECKING:
-    from pipelines.candidate import CandidateRun
-    from pipelines.dataset import Dataset
+    from pipelines.data.dataset import Dataset
 
 T = TypeVar("T")
 
@@ -57,6 +56,17 @@ class RegistryUnavailable(RegistryError):
 
 class ChampionMoved(RegistryError):
     """The champion is no longer the one a promotion was judged against."""
+
+
+@dataclass
+class CandidateRun:
+    """What a candidate's MLflow run records besides its evaluation."""
+
+    name: str
+    params: dict = field(default_factory=dict)
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    reports: list[Path] = field(default_factory=list)
 
 
 ANY = object()  # promote(expected=ANY): no compare-and-set (a manual promote or rollback)
@@ -185,7 +195,7 @@ class Registry:
 
         ``reference_images`` (a few holdout images, uint8) travel with the version so that
         serving can check its ONNX export against Keras on real images;
-        ``training_features`` (``pipelines.features.TrainingFeatures`` bytes) let drift
+        ``training_features`` (``pipelines.loop.features.TrainingFeatures`` bytes) let drift
         checks and the label queue compare live images with the training images.
 
         Returns:

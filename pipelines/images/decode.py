@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipelines.names import natural_sorted
+from pipelines.images.names import natural_sorted
 
-# What Pillow may open: the formats a batch may hold (see ``pipelines.ingest``).
+# What Pillow may open: the formats a batch may hold (see ``pipelines.data.ingest``).
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 POOL_THRESHOLD = 2_000  # below this, decoding in-process beats starting a pool
 

@@ -28,9 +28,10 @@ import numpy as np
 import tensorflow as tf
 
 from core.policies import FinetuneConfig
-from pipelines.architectures import FROZEN_LAYERS
-from pipelines.images import ImageSet
-from pipelines.predict import outputs
+from pipelines.images.decode import ImageSet
+from pipelines.models.predict import outputs
+from pipelines.training.architectures import FROZEN_LAYERS
+from pipelines.training.fit import EpochLog, FitResult, make_dataset
 
 WEIGHT_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 MAX_BODY_LR = 1e-4
@@ -81,8 +82,6 @@ def lr_range_test(head: keras.Model, x: np.ndarray, y: np.ndarray, seed: int) ->
 
 
 def _fit(net, train_data, val_data, lr, epochs, patience, deadline, progress, label, steps):
-    from pipelines.train import EpochLog, FitResult
-
     net.compile(
         optimizer=keras.optimizers.Adam(lr), loss="categorical_crossentropy", metrics=["accuracy"]
     )
@@ -148,8 +147,6 @@ def finetune_gentle(
 ) -> tuple[list, dict]:
     """Fine-tune ``model`` (in place) with the gentle recipe; returns the fits and a card of
     what it did (learning rates, epochs, which layers, whether features were cached)."""
-    from pipelines.train import make_dataset  # train.py imports this module
-
     deadline = time.monotonic() + config.time_budget_s
     k = len(train.class_names)
     y_train = np.eye(k, dtype="float32")[train.y]

@@ -8,7 +8,7 @@ at import, that mapping becomes the model's first layer, ``pixel_contract``: a f
 convolution (a per-channel scale and offset, with the channel order swapped for BGR
 models), never trained. From then on the model is fed like every other.
 
-When the user does not know, calibration (``pipelines.imports``) runs labelled images
+When the user does not know, calibration (``pipelines.training.imports``) runs labelled images
 through the model under each plausible contract; :class:`Calibration` says which one makes
 its predictions agree with the labels.
 """
@@ -124,24 +124,6 @@ def _named(kind: str, name: str) -> PixelContract:
     if kind == "caffe":
         return PixelContract(name, (1.0,) * 3, tuple(-m for m in CAFFE_MEAN_BGR), bgr=True)
     return _mean_std(name, [m * 255 for m in IMAGENET_MEAN], [s * 255 for s in IMAGENET_STD])
-
-
-def wrap(model, contract: PixelContract):
-    """``model`` behind a fixed ``pixel_contract`` layer: it then takes raw 0-255 RGB."""
-    import keras
-
-    if contract.identity:
-        return model
-    kernel = np.zeros((1, 1, 3, 3), np.float32)
-    for out in range(3):
-        source = 2 - out if contract.bgr else out
-        kernel[0, 0, source, out] = contract.scale[out]
-    from pipelines.rebuild import flatten
-
-    layer = keras.layers.Conv2D(3, 1, name=LAYER, trainable=False)
-    wrapped = flatten(model, front=layer)
-    layer.set_weights([kernel, np.asarray(contract.offset, np.float32)])
-    return wrapped
 
 
 @dataclass(frozen=True)

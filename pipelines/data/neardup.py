@@ -61,7 +61,7 @@ def dataset_phashes(dataset_dir: Path, rows, cache: Path) -> list[str]:
     """The pHash of each index row's file (``path``, ``sha256``), cached by sha256."""
     from PIL import Image
 
-    from pipelines.ingest import perceptual_hash
+    from pipelines.data.ingest import perceptual_hash
 
     known: dict[str, str] = {}
     if cache.is_file():

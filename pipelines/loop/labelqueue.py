@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import predlog
+from pipelines.loop import predlog
 
 LABELLED = "labelled"  # <log>/labelled/<submission>.json: the ids a submission labelled
 NEW_CLASS_AT = 1.0  # novelty above this: "far from every class"

@@ -32,8 +32,8 @@ from pathlib import Path
 import pandas as pd
 
 from core.policies import ValidationPolicy
-from pipelines import names
-from pipelines.ingest import BatchRefused, Finding, StagedBatch
+from pipelines.data.ingest import BatchRefused, Finding, StagedBatch
+from pipelines.images import names
 
 RGB_CONVERTIBLE_MODES = [
     "RGB",
@@ -104,10 +104,10 @@ class ValidationReport:
     n_images: int = 0
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     skipped: list[dict] = field(default_factory=list)  # {path, rule, detail}: left out
-    # The champion's view (``pipelines.examine``): disputed labels, drift, thumbnail grids
+    # The champion's view (``pipelines.data.examine``): disputed labels, drift, thumbnail grids
     champion_version: str | None = None
     label_issues: list[dict] = field(default_factory=list)  # {path, label, likely, ...}
-    drift: dict | None = None  # pipelines.drift.DriftResult.to_dict() + paths, summary
+    drift: dict | None = None  # pipelines.loop.drift.DriftResult.to_dict() + paths, summary
     grids: dict[str, str] = field(default_factory=dict)  # name -> base64 PNG
 
     @property
@@ -488,7 +488,7 @@ def _near_holdout(
     rows: pd.DataFrame, reference: Reference, policy: ValidationPolicy
 ) -> pd.DataFrame:
     """Rows whose pHash is near a holdout image's (exact copies are ``holdout_leakage``)."""
-    from pipelines.neardup import nearest
+    from pipelines.data.neardup import nearest
 
     sides = rows[["width", "height"]].astype("float").min(axis=1)
     rows = rows[
@@ -567,7 +567,7 @@ def validate_batch(
 
     Args:
         batch: the staged batch (for its id, source and ingest findings).
-        manifest: its manifest from :func:`pipelines.ingest.build_manifest`.
+        manifest: its manifest from :func:`pipelines.data.ingest.build_manifest`.
         reference: classes, counts and hashes of the current dataset (empty at first).
         policy: thresholds.
 

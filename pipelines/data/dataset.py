@@ -34,9 +34,9 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from core.policies import SplitPolicy
-from pipelines.images import ImageSet, images_from_rows
-from pipelines.ingest import StagedBatch
-from pipelines.validate import Reference, ValidationReport
+from pipelines.data.ingest import StagedBatch
+from pipelines.data.validate import Reference, ValidationReport
+from pipelines.images.decode import ImageSet, images_from_rows
 
 INDEX_FILE = "index.csv"
 SKIPPED_FILE = "skipped.csv"  # files batches brought that were left out, and why
@@ -60,7 +60,7 @@ def load_index(dataset_dir: Path) -> pd.DataFrame:
 
 def reference_of(index: pd.DataFrame, holdout_phash: list[str] | None = None) -> Reference:
     """The classes, counts and hashes a new batch is validated against (``holdout_phash``:
-    the holdout rows' pHashes, from :func:`pipelines.neardup.dataset_phashes`)."""
+    the holdout rows' pHashes, from :func:`pipelines.data.neardup.dataset_phashes`)."""
     train = index[index["split"] == "train"]
     holdout = index[index["split"] == "holdout"]
     counts = train["label"].value_counts()
@@ -85,7 +85,7 @@ def assign_splits(
     Near-duplicates (pHashes within ``near_distance`` bits; -1: off) move as one group, so
     a photo and its re-save never sit on both sides.
     """
-    from pipelines.neardup import groups
+    from pipelines.data.neardup import groups
 
     frozen = set(index.loc[index["split"] == "holdout", "label"])
     splits = manifest["split"].copy()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipelines.candidate import Judgement
+    from pipelines.judge.candidate import Judgement
 
 
 def links(mlflow_url: str, model_name: str, run_id: str, version: str, reports: Path) -> str:

@@ -5,11 +5,11 @@ A Refit model file is a normal Keras ``.keras`` archive with one extra member,
 names never travel separately. ``.h5`` exports carry the class names as an HDF5 attribute.
 
 Models from users are untrusted: their config is inspected before any loader runs
-(``pipelines.modelsafety``: no Lambda, no custom class, the file is what its name says);
+(``pipelines.models.safety``: no Lambda, no custom class, the file is what its name says);
 Keras 3 files load with ``safe_mode=True`` and ``compile=False``, Keras 2 ``.h5`` files
-through tf-keras into a Keras 3 rebuild (``pipelines.rebuild``). The model must take an
+through tf-keras into a Keras 3 rebuild (``pipelines.models.rebuild``). The model must take an
 HxWx3 image and end in as many softmax outputs as the class names given; the pixels it
-expects are wrapped into its graph (``pipelines.pixels``).
+expects are wrapped into its graph (``pipelines.images.pixels``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipelines import modelsafety, pixels
-from pipelines.modelsafety import ModelRefused
-from pipelines.names import RULE, is_valid
-from pipelines.rebuild import flatten, load_keras2
+from pipelines.images import pixels
+from pipelines.images.names import RULE, is_valid
+from pipelines.models import safety
+from pipelines.models.rebuild import flatten, load_keras2, wrap_contract
+from pipelines.models.safety import ModelRefused
 
 META_MEMBER = "refit.json"
 __all__ = [
@@ -102,8 +103,8 @@ def read_class_names(path: Path) -> list[str] | None:
     return meta["class_names"] if meta else None
 
 
-def _load_untrusted(path: Path, facts: modelsafety.FileFacts) -> keras.Model:
-    """Load a file whose config :func:`modelsafety.inspect` passed, in Keras 3 form."""
+def _load_untrusted(path: Path, facts: safety.FileFacts) -> keras.Model:
+    """Load a file whose config :func:`safety.inspect` passed, in Keras 3 form."""
     if facts.keras2:
         return load_keras2(path)  # already flat
     try:
@@ -187,7 +188,7 @@ def import_model(
         names = check_class_names(class_names, existing)
     except ValueError as exc:
         raise ModelRefused(path, str(exc)) from exc
-    facts = modelsafety.inspect(path)
+    facts = safety.inspect(path)
     model = bare_model(path, facts)
     units = model.output_shape[-1]
     if units != len(names):
@@ -204,16 +205,16 @@ def import_model(
 
 def with_contract(bare: LoadedModel, contract: pixels.PixelContract) -> LoadedModel:
     """An imported model (pixels as its file had them) behind the input ``contract``."""
-    model = pixels.wrap(bare.model, contract)
+    model = wrap_contract(bare.model, contract)
     probe = np.full((1, *model.input_shape[1:]), 127.0, dtype="float32")
     if not np.isfinite(np.asarray(model(probe, training=False))).all():
         raise ModelRefused(bare.card.get("imported_from", "model"), "produces non-finite outputs")
     return LoadedModel(model, bare.class_names, {**bare.card, "pixels": contract.name})
 
 
-def bare_model(path: Path, facts: modelsafety.FileFacts | None = None) -> keras.Model:
+def bare_model(path: Path, facts: safety.FileFacts | None = None) -> keras.Model:
     """The user's model as Keras 3, checked (one HxWx3 input, softmax head), pixels as is."""
-    facts = facts or modelsafety.inspect(path)
+    facts = facts or safety.inspect(path)
     model = _load_untrusted(path, facts)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelRefused(path, "must have exactly one input and one output")
@@ -258,7 +259,7 @@ def read_class_list(path: Path) -> tuple[list[str], bool]:
 
 def load_refit_model(path: Path) -> LoadedModel:
     """Load a Refit model file (ours: trusted format, still loaded in safe mode)."""
-    modelsafety.inspect(path)  # a file passed to `refit model register` may be anyone's
+    safety.inspect(path)  # a file passed to `refit model register` may be anyone's
     meta = read_meta(path)
     if meta is None:
         raise ModelRefused(path, "has no class names; import it with `refit model import`")

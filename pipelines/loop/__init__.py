@@ -1,0 +1,2 @@
+"""The loop from production: ``features`` (embeddings), ``predlog`` (the prediction log),
+``drift``, ``monitor`` (drift checks on the log), ``labelqueue`` (what to label next)."""
