@@ -1,0 +1,157 @@
+"""Training: a model from scratch, or the champion fine-tuned on a merged batch."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from refit.cli.common import (
+    BatchIdOpt,
+    ExcludeSampleOpt,
+    ModelOut,
+    ParentOpt,
+    RegisterOpt,
+    SourceOpt,
+    console,
+    fail,
+    load_settings,
+    model_out,
+    print_judgement,
+    registry_call,
+    save_model_file,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+app = typer.Typer(help="Train models: from scratch, or fine-tune.", no_args_is_help=True)
+
+
+@app.command("bootstrap")
+def train_bootstrap(
+    source: SourceOpt = None,
+    exclude_class: Annotated[list[str], typer.Option(help="Leave this class out.")] = [],  # noqa: B006
+    exclude_sample: ExcludeSampleOpt = False,
+    epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
+    out: ModelOut = None,
+) -> None:
+    """Train a model from scratch and save it with its class names and a model card."""
+    import time
+
+    settings = load_settings(tensorflow=True)
+    from pipelines import workspace
+    from pipelines.data.sample import sample_hashes
+    from pipelines.training import scratch
+
+    started = time.monotonic()
+    config = settings.train.model_copy(update={"epochs": epochs} if epochs else {})
+    size = (settings.architecture.input_size,) * 2
+    excluded = set(exclude_class)
+    dataset = workspace.dataset(settings)
+    holdout = None
+    try:
+        if source is None:
+            images, card = scratch.dataset_images(dataset, "train", size, excluded)
+            holdout = lambda names: (  # noqa: E731
+                scratch.dataset_images(dataset, "holdout", size, excluded, names)[0],
+                "holdout (dataset)",
+            )
+        else:
+            hashes = sample_hashes(settings.sample_archive) if exclude_sample else set()
+            images, card = scratch.source_images(
+                source, settings.staging_dir, settings.ingest, size, excluded, hashes, console.print
+            )
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    if exclude_sample:
+        holdout = lambda names: (  # noqa: E731
+            scratch.sample_holdout(settings.sample_archive, names, size),
+            "holdout (embedded sample)",
+        )
+    loaded = scratch.train_from_scratch(
+        images, settings.architecture, config, card, holdout, console.print
+    )
+    loaded.card["wall_time_s"] = round(time.monotonic() - started, 1)
+    loaded.card["command"] = "refit " + " ".join(sys.argv[1:])
+    save_model_file(loaded, model_out(settings, out, "bootstrap"))
+
+
+@app.command("finetune")
+def train_finetune(
+    model: ParentOpt = None,
+    batch_id: BatchIdOpt = None,
+    register: RegisterOpt = True,
+    out: ModelOut = None,
+) -> None:
+    """Fine-tune on a merged batch with replay (growing the head for new classes), then
+    judge the challenger against the champion and promote it only if the gate blesses it."""
+    settings = load_settings(tensorflow=True)
+    from pipelines import workspace
+    from pipelines.judge import candidate
+    from pipelines.training.finetune import NotTrainable, finetune_on_batch
+
+    versions = workspace.store(settings).versions()
+    batch_id = batch_id or (versions[-1].batch_id if versions else None)
+    dataset = workspace.dataset(settings)
+    if batch_id is None or dataset.empty:
+        raise fail("no dataset yet: add a batch with `refit data add` first")
+    registry = workspace.registry(settings)
+    parent = _parent_model(registry, model)
+    try:
+        challenger, fits = finetune_on_batch(
+            parent.model, dataset, batch_id, settings.finetune, progress=console.print
+        )
+    except NotTrainable as exc:
+        raise fail(str(exc)) from exc
+    holdout = dataset.holdout_images(parent.model.input_size, challenger.class_names)
+    assessment = candidate.assess(challenger, holdout, settings.gate, parent)
+    for key, value in assessment.summary().items():
+        console.print(f"  {key}: {value}")
+    challenger.card["holdout"] = assessment.summary()
+    save_model_file(challenger, model_out(settings, out, "finetune"))
+    if register:
+        _register_finetuned(settings, registry, parent, challenger, fits, assessment, dataset)
+
+
+def _register_finetuned(settings, registry, parent, challenger, fits, assessment, dataset):
+    """Judge a fine-tuned challenger against the registry's champion (the assessment made
+    against its parent, when the parent was the champion); register; promote if blessed."""
+    from core.contract import PARENT_TAG
+    from pipelines.judge import candidate
+
+    with console.status("Judging against the champion…"):
+        if parent.version is None:  # fine-tuned from a file
+            champion = registry_call(lambda: candidate.current_champion(registry))
+            assessment = candidate.assess(challenger, assessment.holdout, settings.gate, champion)
+        run = candidate.finetune_run(
+            parent.model, challenger, fits, settings.finetune, settings.accepted_dir
+        )
+        if parent.version is None:
+            run.tags[PARENT_TAG] = "a model file"  # lineage names the real parent
+        outcome = registry_call(
+            lambda: candidate.record(assessment, challenger, registry, run, dataset)
+        )
+    print_judgement(outcome)
+
+
+def _parent_model(registry, model: Path | None):
+    """What to fine-tune: a model file, or the registry's champion (downloaded once)."""
+    from pipelines.judge.candidate import Baseline, current_champion
+    from pipelines.models.modelfile import ModelRefused, load_refit_model
+
+    try:
+        if model is not None:
+            return Baseline(load_refit_model(model))
+        champion = registry_call(lambda: current_champion(registry))
+    except (ModelRefused, OSError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    if champion is None:
+        raise fail(
+            f"{registry.name} has no version with alias 'champion'; register one first "
+            "(refit model register models/builtin/model.keras)"
+        )
+    return champion
