@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
+from flows import locks
 from flows.common import go_live, log, report_links, settings
 from pipelines.judge import reports
 
@@ -30,7 +31,8 @@ def seed_dataset(seed: str | None):
         if not (unpacked / "seed").is_dir():
             unpack_sample(config.sample_archive, unpacked)
         seed = str(unpacked / "seed")
-    return workspace.add_batch(config, Path(seed), progress=log().info)
+    lock = locks.dataset_writer(config)
+    return workspace.add_batch(config, Path(seed), progress=log().info, lock=lock)
 
 
 @task(name="make the model", cache_policy=NO_CACHE)

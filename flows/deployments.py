@@ -9,7 +9,7 @@ and workers on any host (`refit worker`) run them.
 - ``drift``: the live drift check (``flows.drift``) on ``loop.drift_cron`` (hourly).
 - ``bootstrap`` and ``rollback``: manual runs from the Prefect UI or the CLI.
 
-What the server holds besides: the process work pool, the dataset lock (:mod:`core.locks`),
+What the server holds besides: the process work pool, the dataset lock (:mod:`flows.locks`),
 and an automation that marks a running flow crashed when its heartbeats stop (its host
 died), so its submission is announced again (``flows.watcher``) and another worker takes it.
 The code runs from this checkout's path on every worker (the same path in the image).
@@ -171,7 +171,7 @@ def deploy(settings: Settings) -> list[str]:
     """Register pool, locks, automations and deployments (idempotent). Returns their names."""
     from prefect import Flow
 
-    from core import locks
+    from flows import locks
 
     ensure_pool(settings)
     locks.ensure_limits()

@@ -29,6 +29,7 @@ from prefect.states import Failed
 
 from core import runs
 from core.faults import failpoint
+from flows import locks
 from flows.common import go_live, importing, log, reach_shared_servers, report_links, settings
 from pipelines.data import submissions
 from pipelines.data.submissions import Queue
@@ -70,7 +71,8 @@ def validate_and_merge(submission):
     with ThreadPoolExecutor(1) as pool:  # the batch comes from the store as the champion loads
         batch = pool.submit(queue.batch, submission)
         view = workspace.champion_view(config, log().info)
-        result = workspace.add_batch(config, batch.result(), log().info, view=view)
+        lock = locks.dataset_writer(config)
+        result = workspace.add_batch(config, batch.result(), log().info, view=view, lock=lock)
     if result.version is not None:
         queue.mark_merged(submission, result.version.batch_id)
     return result

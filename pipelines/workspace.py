@@ -5,9 +5,11 @@ inside the functions."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from core.progress import Progress
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -15,6 +17,11 @@ if TYPE_CHECKING:
     from pipelines.data.intake import IntakePaths
     from pipelines.data.versions import DvcStore
     from pipelines.judge.registry import Registry
+
+
+# The caller's dataset lock when it takes none (a test, a workspace without servers): this
+# host's file lock (pipelines.data.intake) still guards its own copy.
+NO_LOCK = nullcontext()
 
 
 def store(settings: Settings) -> DvcStore:
@@ -72,23 +79,29 @@ def registry(settings: Settings) -> Registry:
     )
 
 
-def recover(settings: Settings, progress: Callable[[str], None] = print) -> None:
+def recover(settings: Settings, progress: Progress = print) -> None:
     """Finish or undo what killed intakes left behind (:func:`pipelines.data.intake.recover`)."""
     from pipelines.data import intake
 
     intake.recover(store(settings), intake_paths(settings), progress)
 
 
-def remove_class(settings: Settings, label: str, reason: str, progress=print):
-    """A recorded dataset version without ``label`` (:func:`pipelines.data.intake.remove_class`)."""
-    from core import locks
+def remove_class(
+    settings: Settings,
+    label: str,
+    reason: str,
+    progress: Progress = print,
+    lock: AbstractContextManager = NO_LOCK,
+):
+    """A recorded dataset version without ``label`` (:func:`pipelines.data.intake.remove_class`),
+    holding ``lock``: the dataset lock every host respects, which the caller takes."""
     from pipelines.data import intake
 
-    with locks.dataset_writer(settings):
+    with lock:
         return intake.remove_class(store(settings), intake_paths(settings), label, reason, progress)
 
 
-def champion_view(settings: Settings, progress: Callable[[str], None] = print):
+def champion_view(settings: Settings, progress: Progress = print):
     """The champion that examines batches (``pipelines.data.examine``); None before the first one,
     or when the registry cannot be reached (the data checks still run; it says so)."""
     from pipelines.data.examine import champion_view as view_of
@@ -101,7 +114,7 @@ def champion_view(settings: Settings, progress: Callable[[str], None] = print):
         return None
 
 
-def check_batch(settings: Settings, source: Path, progress: Callable[[str], None] = print):
+def check_batch(settings: Settings, source: Path, progress: Progress = print):
     """Validate a batch against the current dataset, examined by the champion, changing
     nothing (:func:`pipelines.data.intake.check_batch`); the staged copy is dropped."""
     from pipelines.data import intake
@@ -122,16 +135,21 @@ def check_batch(settings: Settings, source: Path, progress: Callable[[str], None
 ASK = object()  # add_batch's default view: the champion's, asked for then
 
 
-def add_batch(settings: Settings, source: Path, progress: Callable[[str], None] = print, view=ASK):
+def add_batch(
+    settings: Settings,
+    source: Path,
+    progress: Progress = print,
+    view=ASK,
+    lock: AbstractContextManager = NO_LOCK,
+):
     """Take a batch in with the configured limits and policies: validated (and examined by
     the champion ``view``, :func:`champion_view` unless given), then merged and versioned, or
-    quarantined (:func:`pipelines.data.intake.add_batch`), holding the dataset lock every host
-    respects (:mod:`core.locks`)."""
-    from core import locks
+    quarantined (:func:`pipelines.data.intake.add_batch`), holding ``lock``: the dataset lock
+    every host respects, which the caller (a flow, the CLI) takes."""
     from pipelines.data import intake
 
     view = champion_view(settings, progress) if view is ASK else view
-    with locks.dataset_writer(settings):
+    with lock:
         return intake.add_batch(
             source,
             store(settings),

@@ -84,12 +84,16 @@ def data_validate(batch: BatchArg) -> None:
 def data_add(batch: BatchArg) -> None:
     """Validate a batch, then merge it into the dataset and version it (or quarantine it)."""
     settings = load_settings()
+    from flows.locks import LockError, dataset_writer
     from pipelines import workspace
     from pipelines.data.versions import DvcError
 
     with console.status("Adding…") as spinner:
         try:
-            result = workspace.add_batch(settings, batch, progress=spinner.update)
+            lock = dataset_writer(settings)
+            result = workspace.add_batch(settings, batch, progress=spinner.update, lock=lock)
+        except LockError as exc:
+            raise fail(f"{exc}\nThe dataset was left as it was.") from None
         except DvcError as exc:
             raise fail(f"{exc}\nThe dataset was left as it was.") from exc
     _print_report(result.report)
@@ -133,13 +137,15 @@ def data_remove_class(
     """Take a class that should not have been merged out of the dataset, as a new recorded
     version (earlier versions keep it; the champion's head is not changed)."""
     settings = load_settings()
+    from flows.locks import LockError, dataset_writer
     from pipelines import workspace
     from pipelines.data.versions import DvcError
 
     with console.status(f"Removing {label}…") as spinner:
         try:
-            version = workspace.remove_class(settings, label, reason, progress=spinner.update)
-        except (ValueError, DvcError) as exc:
+            lock = dataset_writer(settings)
+            version = workspace.remove_class(settings, label, reason, spinner.update, lock)
+        except (ValueError, DvcError, LockError) as exc:
             raise fail(f"{exc}\nThe dataset was left as it was.") from exc
     console.print(f"Removed {label!r}. Dataset version [bold]{version.version}[/]")
 

@@ -5,7 +5,8 @@ the retrain deployment's own concurrency limit.)
 
 A slot is leased: a holder killed with its host frees it after
 ``orchestration.lock_lease_s``. Each host also guards its own copy of the dataset with a
-file lock (``pipelines.data.intake``).
+file lock (``pipelines.data.intake``). The flows and the CLI take it and hand it to the
+use case (``pipelines.workspace``), which never imports Prefect.
 """
 
 from __future__ import annotations
@@ -33,12 +34,28 @@ def _held(settings: Settings, name: str) -> Iterator[None]:
         ):
             yield
     except Exception as exc:
-        if "not found" in str(exc).lower():
-            raise LockError(
-                f"the Prefect server at {settings.prefect_api_url} (REFIT_PREFECT_API_URL) has "
-                f"no concurrency limit {name!r}: run `refit deploy` ({exc})"
-            ) from exc
-        raise
+        raise _readable(settings, name, exc) from exc
+
+
+def _readable(settings: Settings, name: str, exc: Exception) -> Exception:
+    """A failure to take the lock as one message naming the setting to check; anything that
+    is not about the lock (an error of the work done while holding it) passes unchanged."""
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+
+    text = str(exc)
+    where = f"the Prefect server at {settings.prefect_api_url} (REFIT_PREFECT_API_URL)"
+    if "not found" in text.lower():
+        return LockError(f"{where} has no concurrency limit {name!r}: run `refit deploy` ({exc})")
+    if not isinstance(exc, ConcurrencySlotAcquisitionError):
+        return exc
+    if "401" in text or "403" in text:
+        return LockError(
+            f"could not take the dataset lock: {where} refused the credential "
+            "(REFIT_PREFECT_AUTH, or the workspace's prefect-auth file). Is it another "
+            "workspace's server? Point REFIT_PREFECT_API_URL at this workspace's server, or "
+            "stop the other one."
+        )
+    return LockError(f"could not take the dataset lock {name!r} on {where}: {text}")
 
 
 def _answers(url: str) -> bool:
