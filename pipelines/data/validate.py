@@ -33,6 +33,7 @@ import pandas as pd
 
 from core.policies import ValidationPolicy
 from pipelines.data.ingest import BatchRefused, Finding, StagedBatch
+from pipelines.data.rules import CATALOGUE, describe
 from pipelines.images import names
 
 RGB_CONVERTIBLE_MODES = [
@@ -55,14 +56,8 @@ RGB_CONVERTIBLE_MODES = [
     "HSV",
 ]
 # Per-file findings of ingest: skipped (repairs), except a malformed labels CSV.
-INGEST_RULES = {
-    "not_an_image": "Every file is an image by extension (others are skipped).",
-    "missing_file": "Every file labels.csv names exists (missing ones are skipped).",
-    "unlabelled_file": "Every file has a label: a class folder or labels.csv row (others are "
-    "skipped).",
-    "labels_csv": "Every labels.csv row is well formed.",
-}
-REPAIRED_FINDINGS = frozenset({"not_an_image", "missing_file", "unlabelled_file"})
+FINDING_RULES = ("not_an_image", "missing_file", "unlabelled_file", "labels_csv")
+REPAIRED_FINDINGS = frozenset(r for r in FINDING_RULES if CATALOGUE[r].severity == "repair")
 
 
 @dataclass(frozen=True)
@@ -125,9 +120,9 @@ class ValidationReport:
     @classmethod
     def refused(cls, batch_id: str, source: Path | str, exc: BatchRefused) -> ValidationReport:
         """The report of a batch refused as a whole (unsafe or unreadable archive)."""
-        rule = RuleResult(
-            exc.rule, "The batch can be unpacked safely.", False, 1, [f"{exc.path}: {exc.message}"]
-        )
+        known = exc.rule in CATALOGUE and CATALOGUE[exc.rule].stage == "ingest"
+        text = CATALOGUE[exc.rule].text if known else "The batch can be unpacked safely."
+        rule = RuleResult(exc.rule, text, False, 1, [f"{exc.path}: {exc.message}"])
         return cls(batch_id, str(source), False, [rule])
 
     def to_dict(self) -> dict:
@@ -294,35 +289,31 @@ def _plain(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def _expectation(kind: str, rule: str, description: str, **kwargs):
+def _expectation(kind: str, rule: str, policy: ValidationPolicy, **kwargs):
     import great_expectations.expectations as gxe
 
-    return getattr(gxe, kind)(meta={"rule": rule, "description": description}, **kwargs)
+    meta = {"rule": rule, "description": describe(rule, policy)}
+    return getattr(gxe, kind)(meta=meta, **kwargs)
 
 
 def _manifest_expectations(policy: ValidationPolicy, allowed_labels: list[str]) -> list:
     e = _expectation
     return [
         *(
-            e(
-                "ExpectColumnValuesToNotBeNull",
-                "no_nulls",
-                "Path and hash are never empty.",
-                column=c,
-            )
+            e("ExpectColumnValuesToNotBeNull", "no_nulls", policy, column=c)
             for c in ("path", "sha256")
         ),
         e(
             "ExpectColumnValuesToMatchRegex",
             "valid_class_name",
-            f"Class names are {names.RULE}.",
+            policy,
             column="label",
             regex=names.CLASS_NAME_REGEX,
         ),
         e(
             "ExpectColumnValuesToBeInSet",
             "known_or_allowed_label",
-            "Labels are known classes, or new classes are allowed (validation.allow_new_classes).",
+            policy,
             column="label",
             value_set=allowed_labels,
         ),
@@ -335,25 +326,21 @@ def _class_expectations(policy: ValidationPolicy, imbalance_cap: float) -> list:
         e(
             "ExpectColumnValuesToBeBetween",
             "min_images_per_class",
-            f"Every class the batch brings has at least {policy.min_images_per_class} images "
-            "once merged (validation.min_images_per_class).",
+            policy,
             column="merged_images",
             min_value=policy.min_images_per_class,
         ),
         e(
             "ExpectColumnValuesToBeBetween",
             "min_images_per_new_class",
-            f"Every new class has at least {policy.min_images_per_new_class} images "
-            "(validation.min_images_per_new_class).",
+            policy,
             column="new_class_images",
             min_value=policy.min_images_per_new_class,
         ),
         e(
             "ExpectColumnValuesToBeBetween",
             "class_balance",
-            f"After the merge, no class has more than {policy.max_class_imbalance:g}x the images "
-            "of another, or the batch leaves the imbalance no worse "
-            "(validation.max_class_imbalance).",
+            policy,
             column="imbalance",
             max_value=imbalance_cap,
         ),
@@ -389,7 +376,7 @@ def _variant_rule(labels: list[str], reference: Reference, max_examples: int) ->
     examples = [" vs ".join(repr(n) for n in g) for g in clashes][:max_examples]
     return RuleResult(
         "class_name_variant",
-        "No class name differs from another only by case, whitespace or Unicode form.",
+        CATALOGUE["class_name_variant"].text,
         not clashes,
         len(clashes),
         examples,
@@ -398,7 +385,8 @@ def _variant_rule(labels: list[str], reference: Reference, max_examples: int) ->
 
 def _finding_rules(findings: list[Finding], max_examples: int) -> list[RuleResult]:
     rules = []
-    for rule, description in INGEST_RULES.items():
+    for rule in FINDING_RULES:
+        description = CATALOGUE[rule].text
         hits = [f for f in findings if f.rule == rule]
         examples = [f"{f.path} ({f.detail})" for f in hits[:max_examples]]
         if rule in REPAIRED_FINDINGS:
@@ -408,6 +396,19 @@ def _finding_rules(findings: list[Finding], max_examples: int) -> list[RuleResul
         else:
             rules.append(RuleResult(rule, description, not hits, len(hits), examples))
     return rules
+
+
+# The per-image repair rules, in the report's order (the near-duplicate rule joins them when
+# validation.near_duplicate_leakage = skip).
+REPAIRS = (
+    "decodable",
+    "empty_label",
+    "size_within_bounds",
+    "mode_convertible_to_rgb",
+    "unique_in_batch",
+    "conflicting_labels",
+    "duplicate_of_train",
+)
 
 
 def _repairs(
@@ -450,38 +451,19 @@ def _repairs(
     in_train = rest[rest["sha256"].isin(reference.train_sha256)]
     skip(in_train, "duplicate_of_train", ["already in the training set"] * len(in_train))
     near = _near_holdout(manifest[~manifest["path"].isin(taken)], reference, policy)
-    if policy.near_duplicate_leakage == "skip":
+    near_skipped = policy.near_duplicate_leakage == "skip"
+    if near_skipped:
         skip(near, "near_duplicate_of_holdout", near["detail"])
     table = pd.DataFrame(skipped, columns=["path", "rule", "detail"])
     n = policy.max_examples
-    described = {
-        "decodable": "Every image decodes completely (unreadable ones are skipped).",
-        "empty_label": "Every labels.csv row has a label (rows without one are skipped).",
-        "size_within_bounds": f"Width and height are within {policy.min_side}-"
-        f"{policy.max_side} px (validation.min_side / max_side; others are skipped).",
-        "mode_convertible_to_rgb": "Image modes can be converted to RGB (others are skipped).",
-        "unique_in_batch": "No image appears twice in the batch by sha256 (one copy is kept).",
-        "conflicting_labels": "No image appears in the batch under two labels (every copy "
-        "is skipped: which label is right cannot be told).",
-        "duplicate_of_train": "No image is already in the training set by sha256 (skipped).",
-    }
-    if policy.near_duplicate_leakage == "skip":
-        described["near_duplicate_of_holdout"] = _near_description(policy, "skipped")
+    repaired = [*REPAIRS, *(["near_duplicate_of_holdout"] if near_skipped else [])]
     rules = []
-    for rule, description in described.items():
+    for rule in repaired:
+        description = describe(rule, policy)
         hits = table[table["rule"] == rule]
         examples = [f"{p} ({d})" for p, d in zip(hits["path"][:n], hits["detail"][:n], strict=True)]
         rules.append(RuleResult(rule, description, True, len(hits), examples, severity="repair"))
     return rules, table
-
-
-def _near_description(policy: ValidationPolicy, action: str) -> str:
-    return (
-        "No image nearly duplicates a holdout image (pHash within "
-        f"{policy.near_duplicate_distance} of 64 bits: re-saved, resized, a neighbouring "
-        f"frame; images of {policy.near_duplicate_min_side} px and up; "
-        f"validation.near_duplicate_leakage = {action})."
-    )
 
 
 def _near_holdout(
@@ -513,12 +495,10 @@ def _image_rules(
         (manifest["split"] == "holdout") & manifest["label"].isin(reference.holdout_classes)
     ]
     rules = [
-        _rows_rule(
-            "holdout_leakage", "No image duplicates a holdout image (by sha256).", leaked, None, n
-        ),
+        _rows_rule("holdout_leakage", CATALOGUE["holdout_leakage"].text, leaked, None, n),
         _rows_rule(
             "frozen_holdout",
-            "No holdout images for classes whose holdout is already fixed.",
+            CATALOGUE["frozen_holdout"].text,
             frozen,
             frozen["label"],
             n,
@@ -530,7 +510,7 @@ def _image_rules(
         rules.append(
             _rows_rule(
                 "near_duplicate_of_holdout",
-                _near_description(policy, "refuse"),
+                describe("near_duplicate_of_holdout", policy),
                 near,
                 near["detail"],
                 n,
@@ -613,7 +593,7 @@ def validate_batch(
         rules.append(
             RuleResult(
                 "has_images",
-                "The batch holds at least one usable image.",
+                CATALOGUE["has_images"].text,
                 False,
                 1,
                 [str(batch.source)],
@@ -631,8 +611,7 @@ def validate_batch(
     rules.append(
         RuleResult(
             "max_skipped_share",
-            f"At most {policy.max_skipped_share:.0%} of the batch's files are skipped as "
-            "repairs (validation.max_skipped_share).",
+            describe("max_skipped_share", policy),
             share <= policy.max_skipped_share,
             len(skipped_rows) if share > policy.max_skipped_share else 0,
             [f"{len(skipped_rows)} of {total} files ({share:.0%}) would be skipped"]
