@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 VENV := .venv
 
-.PHONY: install browser team-tools demo test test-fast lint format clean
+.PHONY: install browser team-tools demo test test-fast lint format docs clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -60,6 +60,10 @@ test: install browser team-tools  ## Run the whole test suite (unit + end-to-end
 test-fast: install  ## Skip the slow end-to-end tests while iterating
 	@$(call PYTEST,-m "not e2e")
 
+# mkdocs-typer2 runs the `typer` command, so the environment's bin/ goes first on the PATH.
+docs: install  ## Build the documentation site into site/ (strict: a broken link fails)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .
 
@@ -68,4 +72,4 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 clean:  ## Remove the environments (not the workspace: `refit down` first, then rm -r .refit)
-	rm -rf $(VENV) .tools .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache site

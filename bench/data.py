@@ -23,6 +23,7 @@ import hashlib
 import io
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -271,4 +272,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.results import recorded
+
+    with recorded("data"):
+        main()

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -109,4 +111,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.results import recorded
+
+    with recorded("jpeg"):
+        main()

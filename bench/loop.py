@@ -22,6 +22,7 @@ import argparse
 import io
 import os
 import statistics
+import sys
 import tarfile
 import tempfile
 import time
@@ -215,4 +216,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.results import recorded
+
+    with recorded("loop"):
+        main()

@@ -173,4 +173,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.results import recorded
+
+    with recorded("pipeline"):
+        code = main()
+    sys.exit(code)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -17,6 +18,7 @@ from tests.conftest import git_repo
 pytestmark = pytest.mark.e2e
 
 REFIT = str(Path(sys.executable).parent / "refit")
+ROOT = Path(__file__).resolve().parents[2]  # the README's paths are relative to it
 
 
 @pytest.fixture
@@ -31,7 +33,9 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def refit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([REFIT, *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [REFIT, *args], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
 
 
 def test_hostile_batch_gets_a_clear_error_and_no_traceback(tmp_path: Path, env) -> None:
@@ -47,14 +51,31 @@ def test_hostile_batch_gets_a_clear_error_and_no_traceback(tmp_path: Path, env) 
     assert (Path(env["REFIT_WORKSPACE"]) / "quarantine").is_dir()
 
 
+def readme_story(sample: Path) -> list[list[str]]:
+    """The README's by-hand story, command by command (``/tmp/sample`` moved to ``sample``)."""
+    from core.settings import PROJECT_ROOT
+
+    text = (PROJECT_ROOT / "README.md").read_text()
+    block = text.split("The same story by hand")[1].split("\n\n")[1]
+    lines = [line.split("#")[0].replace("/tmp/sample", str(sample)) for line in block.splitlines()]
+    return [shlex.split(line)[1:] for line in lines if line.strip()]
+
+
 def test_story_builtin_model_meets_truck(tmp_path: Path, env) -> None:
-    """The user's story on the embedded sample, command by command (short fine-tuning)."""
+    """The user's story on the embedded sample, as the README tells it by hand, command by
+    command (short fine-tuning)."""
     from core.settings import PROJECT_ROOT
 
     env = {**env, "REFIT_VALIDATION__MIN_IMAGES_PER_NEW_CLASS": "50",
            "REFIT_FINETUNE__HEAD_EPOCHS": "1", "REFIT_FINETUNE__EPOCHS": "1"}  # fmt: skip
-    assert refit(env, "sample", "unpack", str(tmp_path / "sample")).returncode == 0
-    seed = refit(env, "data", "add", str(tmp_path / "sample" / "seed"))
+    story = readme_story(tmp_path / "sample")
+    assert [command[:2] for command in story] == [
+        ["sample", "unpack"], ["data", "add"], ["model", "register"], ["data", "add"],
+        ["train", "finetune"], ["model", "list"],
+    ]  # fmt: skip
+    unpack, add_seed, register, add_incoming, finetune, listing = story
+    assert refit(env, *unpack).returncode == 0
+    seed = refit(env, *add_seed)
     assert seed.returncode == 0, seed.stdout + seed.stderr
     assert "Dataset version" in seed.stdout
     assert "batch-" in refit(env, "data", "versions").stdout
@@ -64,20 +85,22 @@ def test_story_builtin_model_meets_truck(tmp_path: Path, env) -> None:
         for root in (PROJECT_ROOT, Path(env["REFIT_DVC_REPO"]))
     )
     assert made == committed, "data.dvc no longer matches the demo's first intake"
-    first = refit(env, "model", "register", str(PROJECT_ROOT / "models/builtin/model.keras"))
+    first = refit(env, *register)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "promoted to champion" in first.stdout  # 9 classes judged; truck has no train data
     assert "no baseline" in first.stdout
     rollback = refit(env, "model", "rollback", "--reason", "test")
     assert rollback.returncode == 1 and "no previous version" in rollback.stderr
     assert "Traceback" not in rollback.stderr
-    incoming = refit(env, "data", "add", str(tmp_path / "sample" / "incoming"))
+    incoming = refit(env, *add_incoming)
     assert incoming.returncode == 0 and "new classes: truck" in incoming.stdout
-    tuned = refit(env, "train", "finetune")
+    tuned = refit(env, *finetune)
     assert tuned.returncode == 0, tuned.stdout + tuned.stderr
     assert "Grew the output layer by 1 for new classes: truck" in tuned.stdout
     assert "new_class_recall.truck" in tuned.stdout and "old_class_accuracy" in tuned.stdout
     assert "Version 2:" in tuned.stdout
+    listed = refit(env, *listing)
+    assert listed.returncode == 0 and "champion" in listed.stdout, listed.stdout
     for noise in ("oneDNN custom operations", "absl::InitializeLog", "structure of `inputs`"):
         assert noise not in tuned.stdout + tuned.stderr + first.stdout + first.stderr
 
