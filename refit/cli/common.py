@@ -44,9 +44,9 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-def load_settings(tensorflow: bool = False) -> Settings:
-    """Load the settings (exporting the tool environment before any heavy import); with
-    ``tensorflow``, load it now, keeping its start-up lines off the terminal."""
+def load_settings() -> Settings:
+    """Load the settings (exporting the tool environment before any heavy import) and, unless
+    --verbose, keep the libraries' own lines off the terminal."""
     from pydantic import ValidationError
 
     from core.settings import config_file, get_settings
@@ -58,8 +58,6 @@ def load_settings(tensorflow: bool = False) -> Settings:
         raise fail(bad_settings(exc, config_file())) from None
     if not settings.verbose:
         quiet.quiet_libraries()
-        if tensorflow:
-            quiet.load_tensorflow_quietly()
     return settings
 
 
@@ -80,12 +78,9 @@ def fail(message: str) -> typer.Exit:
 
 
 def registry_of(settings: Settings):
-    """The model registry (its module loads TensorFlow: quietly, unless --verbose)."""
+    """The model registry."""
     from pipelines.workspace import registry
-    from refit import quiet
 
-    if not settings.verbose:
-        quiet.load_tensorflow_quietly()
     return registry(settings)
 
 

@@ -51,7 +51,7 @@ def model_import(
 ) -> None:
     """Import a user's classifier: inspected before loading (no Lambda, no custom code),
     converted to Keras 3, its pixel range wrapped in, saved as a Refit .keras."""
-    settings = load_settings(tensorflow=True)
+    settings = load_settings()
     from pipelines.models.modelfile import ModelRefused, save_model
     from pipelines.training.imports import import_user_model
 
@@ -87,7 +87,7 @@ def model_register(
     reason: Annotated[str, typer.Option(help="Why this model is a candidate.")] = "registered",
 ) -> None:
     """Judge a model file against the champion on the dataset holdout; promote if blessed."""
-    settings = load_settings(tensorflow=True)
+    settings = load_settings()
     from pipelines import workspace
     from pipelines.judge.candidate import judge_model_file
     from pipelines.judge.evaluate import EvaluationError
@@ -183,6 +183,6 @@ def model_export(
     version: Annotated[str | None, typer.Option(help="Export this version instead.")] = None,
 ) -> None:
     """Download a registered model as a file (class names inside)."""
-    settings = load_settings(tensorflow=True)
+    settings = load_settings()
     path = registry_call(lambda: registry_of(settings).export(version or alias, out))
     console.print(f"Wrote {path}")

@@ -42,7 +42,7 @@ def train_bootstrap(
     """Train a model from scratch and save it with its class names and a model card."""
     import time
 
-    settings = load_settings(tensorflow=True)
+    settings = load_settings()
     from pipelines import workspace
     from pipelines.data.sample import sample_hashes
     from pipelines.training import scratch
@@ -89,7 +89,7 @@ def train_finetune(
 ) -> None:
     """Fine-tune on a merged batch with replay (growing the head for new classes), then
     judge the challenger against the champion and promote it only if the gate blesses it."""
-    settings = load_settings(tensorflow=True)
+    settings = load_settings()
     from pipelines import workspace
     from pipelines.judge import candidate
     from pipelines.training.finetune import NotTrainable, finetune_on_batch
