@@ -109,7 +109,7 @@ def save_model_file(loaded, out: Path) -> None:
 
 
 def print_judgement(outcome) -> None:
-    console.print(outcome.decision.markdown(), highlight=False)
+    print_markdown(outcome.decision.markdown())
     if outcome.note:
         console.print(f"[yellow]{outcome.note}[/]", highlight=False)
     state = "promoted to champion" if outcome.promoted else "registered, champion unchanged"
@@ -142,9 +142,15 @@ def follow_submission(settings: Settings, submission_id: str, timeout: float):
     return follow_run(run_id, timeout)
 
 
-def follow_run(run_id: str, timeout: float):
+def print_markdown(text: str) -> None:
+    """The one renderer of decisions and reports: the markdown that Prefect artifacts and
+    MLflow runs carry, drawn for the terminal."""
     from rich.markdown import Markdown
 
+    console.print(Markdown(text))
+
+
+def follow_run(run_id: str, timeout: float):
     from core import runs
 
     shown: set[tuple[str, str]] = set()
@@ -157,7 +163,7 @@ def follow_run(run_id: str, timeout: float):
 
     final = runs.follow(run_id, show, timeout_s=timeout)
     if final.report:
-        console.print(Markdown(final.report))
+        print_markdown(final.report)
     colour = "green" if final.state == "COMPLETED" else "red"
     console.print(f"[{colour}]Run {final.name}: {final.state_name}[/] {final.message}")
     return final
