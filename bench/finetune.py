@@ -38,10 +38,9 @@ from pipelines.data.dataset import Dataset
 from pipelines.data.intake import IntakePaths, add_batch
 from pipelines.data.sample import unpack_sample
 from pipelines.data.versions import DvcStore
-from pipelines.judge.candidate import Baseline, assess
+from pipelines.judge.candidate import Baseline, assess, challenge
 from pipelines.models.modelfile import load_refit_model
 from pipelines.models.predict import accuracy, predict_proba
-from pipelines.training.finetune import finetune_on_batch
 
 
 def build_dataset(settings: Settings, work: Path) -> tuple[DvcStore, str]:
@@ -73,13 +72,11 @@ def bench_builtin(args) -> None:
         store, batch_id = build_dataset(settings, Path(tmp))
         dataset = Dataset.open(store.dataset_dir, store.current_version())
         champion = load_refit_model(args.model)
-        challenger, results = finetune_on_batch(
-            champion, dataset, batch_id, settings.finetune, progress=print
-        )
-        holdout = dataset.holdout_images(champion.input_size, challenger.class_names)
-        report = assess(challenger, holdout, settings.gate, Baseline(champion)).summary()
+        trial = challenge(Baseline(champion), dataset, batch_id, settings.finetune, print)
+        challenger, holdout = trial.challenger, trial.holdout
+        report = assess(challenger, holdout, settings.gate, trial.parent).summary()
         tta = accuracy(predict_proba(challenger.model, holdout.x, tta=True), holdout.y)
-    seconds = sum(r.seconds for r in results)
+    seconds = sum(r.seconds for r in trial.fits)
     forgetting = report["old_class_accuracy_before"] - report["old_class_accuracy_after"]
     truck = report["new_class_recall"].get("truck", float("nan"))
     card = challenger.card

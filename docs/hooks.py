@@ -62,11 +62,12 @@ def rules_table() -> str:
     from pipelines.data.rules import CATALOGUE
 
     policy = ValidationPolicy()
-    head = "| rule | severity | stage | checked by | what it checks |\n| --- | --- | --- | --- | --- |\n"
-    return head + "\n".join(
+    head = "| rule | severity | stage | checked by | what it checks |\n" + "| --- " * 5 + "|\n"
+    rows = (
         f"| `{r.name}` | {r.severity} | {r.stage} | {r.checked_by} | {_cell(r.describe(policy))} |"
         for r in CATALOGUE.values()
     )
+    return head + "\n".join(rows)
 
 
 def http_table() -> str:

@@ -15,7 +15,6 @@ the places the fault-matrix tests kill a run.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 from prefect import flow, task
 from prefect.artifacts import (
@@ -82,14 +81,13 @@ def validate_and_merge(submission):
 def finetune(batch_id: str, epochs: int | None):
     """Fine-tune the champion on the merged batch with replay; grow the head if needed.
 
-    Returns the champion (downloaded once, judged in the next step), the challenger, its
-    fits and the dataset (its index read once)."""
+    Returns the challenge: the champion (downloaded once, judged in the next step), the
+    challenger, its fits and the dataset (its index read once)."""
     from pipelines import workspace
-    from pipelines.judge.candidate import current_champion
-    from pipelines.training.finetune import finetune_on_batch
+    from pipelines.judge import candidate
 
     config = settings()
-    champion = current_champion(workspace.registry(config))
+    champion = candidate.current_champion(workspace.registry(config))
     if champion is None:
         raise RuntimeError("there is no champion to fine-tune; run the bootstrap flow first")
     finetune_config = config.finetune.model_copy(update={"epochs": epochs} if epochs else {})
@@ -106,29 +104,25 @@ def finetune(batch_id: str, epochs: int | None):
             update_progress_artifact(progress_id, min(100.0, 100.0 * done / total))
 
     dataset = workspace.dataset(config)
-    challenger, fits = finetune_on_batch(
-        champion.model, dataset, batch_id, finetune_config, progress=progress
-    )
+    trial = candidate.challenge(champion, dataset, batch_id, finetune_config, progress)
     update_progress_artifact(progress_id, 100.0)
-    return champion, challenger, fits, dataset
+    return trial
 
 
 @task(name="judge and promote", cache_policy=NO_CACHE)
-def judge_and_promote(submission, champion, challenger, fits, dataset, gate_overrides: dict):
+def judge_and_promote(submission, trial, gate_overrides: dict):
     """Evaluate champion and challenger on the same holdout; register; promote if blessed."""
     from core.contract import SUBMISSION_TAG
     from pipelines import workspace
     from pipelines.judge import candidate
 
     config = settings()
-    holdout = dataset.holdout_images(champion.model.input_size, challenger.class_names)
     policy = config.gate.model_copy(update=gate_overrides)
-    assessment = candidate.assess(challenger, holdout, policy, champion)
-    run = candidate.finetune_run(
-        champion.model, challenger, fits, config.finetune, config.accepted_dir, "retrain"
+    registry = workspace.registry(config)
+    tags = {SUBMISSION_TAG: submission.id}
+    return candidate.judge_challenge(
+        trial, registry, policy, config.accepted_dir, run_prefix="retrain", tags=tags
     )
-    run = replace(run, tags={**run.tags, SUBMISSION_TAG: submission.id})
-    return candidate.record(assessment, challenger, workspace.registry(config), run, dataset)
 
 
 @task(name="resume the judged challenger", cache_policy=NO_CACHE)
@@ -219,15 +213,17 @@ def _process(sub, epochs: int | None, gate: dict) -> dict:
             return _go_live_again(_reload(sub))
         data_summary = f"Batch `{sub.batch_id}` (merged by an earlier run)."
     try:
-        champion, challenger, fits, dataset = finetune.with_options(
-            timeout_seconds=settings().orchestration.train_timeout_s
-        )(sub.batch_id, epochs)
+        trial = finetune.with_options(timeout_seconds=settings().orchestration.train_timeout_s)(
+            sub.batch_id, epochs
+        )
     except NotTrainable as exc:  # this data cannot be trained on: retrying would not help
         return _finish(sub, "not-trainable", str(exc))
-    judgement = judge_and_promote(sub, champion, challenger, fits, dataset, gate)
+    judgement = judge_and_promote(sub, trial, gate)
     _queue().mark_judged(sub, judgement.version, judgement.promoted)
     failpoint("judged")
-    smoke = go_live(judgement.version, challenger, dataset) if judgement.promoted else None
+    smoke = (
+        go_live(judgement.version, trial.challenger, trial.dataset) if judgement.promoted else None
+    )
     failpoint("live")
     links = report_links(judgement.run_id, judgement.version)
     create_markdown_artifact(

@@ -93,15 +93,15 @@ def train() -> None:
 def evaluate() -> None:
     """Holdout metrics of the trained model (classes it knows) into build/metrics.json."""
     from pipelines import workspace
+    from pipelines.models.evaluate import holdout_card
     from pipelines.models.modelfile import load_refit_model
-    from pipelines.models.predict import holdout_metrics
 
     settings, _ = _settings_and_params()
     loaded = load_refit_model(BUILD / "model.keras")
     dataset = workspace.dataset(settings)
     rows = dataset.rows("holdout", loaded.class_names)
     images = dataset.images(rows, loaded.input_size, loaded.class_names)
-    metrics = holdout_metrics(loaded.model, loaded.class_names, images.x, images.y)
+    metrics = holdout_card(loaded, images)
     (BUILD / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 

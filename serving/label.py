@@ -24,7 +24,7 @@ from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import FileResponse, Response
 
 from core.settings import get_settings
-from serving.retrain import UNAUTHORIZED, authorized, error
+from serving.auth import UNAUTHORIZED, authorized, error
 
 WEB = Path(__file__).parent / "web"
 IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")

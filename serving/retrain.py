@@ -7,7 +7,6 @@ through the Prefect API (``core.runs``); downloads read the registry. No model r
 
 from __future__ import annotations
 
-import hmac
 import shutil
 import tempfile
 import time
@@ -16,27 +15,15 @@ from typing import Annotated, BinaryIO
 
 import anyio
 from fastapi import APIRouter, File, Form, Header, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from core.settings import Settings, get_settings
+from serving.auth import UNAUTHORIZED, authorized, error
 
 BATCH_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".csv")
-UNAUTHORIZED = "missing or wrong token (Authorization: Bearer <token>)"
 
 router = APIRouter()
-
-
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def authorized(header: str | None) -> bool:
-    """Whether ``header`` carries the admin token (compared in constant time)."""
-    token = get_settings().admin_token()
-    if not token or not header or not header.startswith("Bearer "):
-        return False
-    return hmac.compare_digest(header.removeprefix("Bearer ").strip(), token)
 
 
 @router.post("/retrain/batch", summary="Submit a labelled batch; the retrain flow takes it")

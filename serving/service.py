@@ -39,7 +39,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from core.settings import get_settings
 from pipelines.images.decode import BadImage, decode_upload
 from serving import label, retrain
-from serving.retrain import UNAUTHORIZED, authorized, error
+from serving.auth import UNAUTHORIZED, authorized, error
 
 # BentoML takes the batching knobs from the decorators below: the one place serving reads
 # its settings while the module loads. Everything else reads them per request.

@@ -1,3 +1,3 @@
-"""Judging: ``evaluate`` (both models on one holdout), ``gate`` (the decision),
+"""Judging: ``gate`` (the decision), ``figures`` (of an evaluation),
 ``candidate`` (fine-tune-and-judge, recorded once), ``registry`` (MLflow: runs, versions,
 aliases, history), ``reports``."""

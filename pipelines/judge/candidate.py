@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +26,16 @@ from core.contract import (
 )
 from core.faults import failpoint
 from core.policies import FinetuneConfig, GatePolicy
+from core.progress import Progress
 from pipelines.data.dataset import Dataset
 from pipelines.images.decode import ImageSet
-from pipelines.judge.evaluate import (
-    Evaluation,
-    EvaluationError,
-    accuracy_on,
-    curves_figure,
-    evaluate,
-    write_figures,
-)
+from pipelines.judge.figures import curves_figure, write_figures
 from pipelines.judge.gate import Decision, decide
 from pipelines.judge.registry import CandidateRun, ChampionMoved, Registry
+from pipelines.models.evaluate import Evaluation, EvaluationError, accuracy_on, evaluate
 from pipelines.models.modelfile import LoadedModel
+from pipelines.training.finetune import finetune_on_batch
+from pipelines.training.fit import FitResult
 
 
 @dataclass(frozen=True)
@@ -255,6 +253,70 @@ def judge_model_file(
     if not run.params:  # the recipe the file's card records (the caller's run is kept)
         run = replace(run, params=challenger.card.get("train", {}))
     return judge(challenger, holdout, registry, policy, run, dataset)
+
+
+@dataclass
+class Challenge:
+    """A challenger fine-tuned from ``parent`` on one merged batch of ``dataset``, ready to
+    be judged."""
+
+    parent: Baseline
+    challenger: LoadedModel
+    fits: list[FitResult]
+    dataset: Dataset
+    config: FinetuneConfig
+
+    @cached_property
+    def holdout(self) -> ImageSet:
+        """The dataset's holdout images of the challenger's classes (decoded once)."""
+        size = self.parent.model.input_size
+        return self.dataset.holdout_images(size, self.challenger.class_names)
+
+
+def challenge(
+    parent: Baseline,
+    dataset: Dataset,
+    batch_id: str,
+    config: FinetuneConfig,
+    progress: Progress = print,
+) -> Challenge:
+    """Fine-tune ``parent`` on the merged batch ``batch_id`` with replay (growing the head
+    for new classes): the first half of fine-tune-and-judge.
+
+    Raises:
+        NotTrainable: the batch has no training images in the dataset.
+    """
+    challenger, fits = finetune_on_batch(parent.model, dataset, batch_id, config, progress=progress)
+    return Challenge(parent, challenger, fits, dataset, config)
+
+
+def judge_challenge(
+    trial: Challenge,
+    registry: Registry,
+    policy: GatePolicy,
+    accepted_dir: Path,
+    *,
+    run_prefix: str = "finetune",
+    tags: dict[str, str] | None = None,
+    assessment: Assessment | None = None,
+) -> Judgement:
+    """The second half: judge the challenger against the registry's champion on the
+    dataset's holdout, record its fine-tune run, register it, promote it if blessed.
+
+    ``assessment`` (made against the parent) is reused when the parent is the champion; a
+    challenger fine-tuned from a model file is judged against the champion afresh.
+    """
+    parent = trial.parent
+    if assessment is None or parent.version is None:
+        champion = parent if parent.version is not None else current_champion(registry)
+        assessment = assess(trial.challenger, trial.holdout, policy, champion)
+    run = finetune_run(
+        parent.model, trial.challenger, trial.fits, trial.config, accepted_dir, run_prefix
+    )
+    if parent.version is None:
+        run.tags[PARENT_TAG] = "a model file"  # lineage names the real parent
+    run.tags.update(tags or {})
+    return record(assessment, trial.challenger, registry, run, trial.dataset)
 
 
 def finetune_run(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.policies import GatePolicy
-from pipelines.judge.evaluate import Evaluation, accuracy_on
+from pipelines.models.evaluate import Evaluation, accuracy_on
 
 
 @dataclass(frozen=True)

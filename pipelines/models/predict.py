@@ -41,23 +41,3 @@ def outputs(
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     return float((probs.argmax(axis=1) == y).mean()) if len(y) else float("nan")
-
-
-def recall_per_class(probs: np.ndarray, y: np.ndarray, class_names: list[str]) -> dict[str, float]:
-    """Recall of each class present in ``y``."""
-    predicted = probs.argmax(axis=1)
-    return {class_names[c]: float((predicted[y == c] == c).mean()) for c in np.unique(y)}
-
-
-def holdout_metrics(
-    model: keras.Model, class_names: list[str], x: np.ndarray, y: np.ndarray
-) -> dict[str, object]:
-    """Accuracy with and without TTA and per-class recall on held-out images."""
-    plain = predict_proba(model, x)
-    flipped = predict_proba(model, x, tta=True)
-    return {
-        "images": len(y),
-        "accuracy": round(accuracy(plain, y), 4),
-        "accuracy_tta": round(accuracy(flipped, y), 4),
-        "recall": {k: round(v, 4) for k, v in recall_per_class(plain, y, class_names).items()},
-    }

@@ -14,16 +14,18 @@ import hashlib
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.policies import ArchitectureConfig, IngestLimits, TrainConfig
 from core.progress import Progress
 from pipelines.data.dataset import Dataset
 from pipelines.data.ingest import build_manifest, new_batch_id, stage_batch
-from pipelines.data.sample import unpack_sample
+from pipelines.data.sample import sample_hashes, unpack_sample
 from pipelines.images.decode import ImageSet, images_from_rows, load_images, stratified_split
+from pipelines.models.evaluate import holdout_card
 from pipelines.models.modelfile import LoadedModel, model_card_markdown, save_model
-from pipelines.models.predict import accuracy, holdout_metrics, predict_proba
+from pipelines.models.predict import accuracy, predict_proba
 from pipelines.training.architectures import build_model
 from pipelines.training.fit import (
     FitResult,
@@ -134,12 +136,64 @@ def sample_holdout(archive: Path, class_names: list[str], size: tuple[int, int])
         return load_images(paths, [p.parent.name for p in paths], class_names, size)
 
 
+Holdout = Callable[[list[str]], tuple[ImageSet, str]]  # class names -> images, a title
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a model trained from scratch learns from, and what it is reported on."""
+
+    images: ImageSet
+    card: dict
+    holdout: Holdout | None
+
+
+def choose_source(
+    dataset: Dataset,
+    size: tuple[int, int],
+    *,
+    source: Path | None = None,
+    exclude_classes: set[str] = frozenset(),
+    sample_archive: Path | None = None,
+    staging_dir: Path | None = None,
+    limits: IngestLimits | None = None,
+    progress: Progress = print,
+) -> Source:
+    """The dataset's train split, reported on its holdout; or a batch-shaped ``source``
+    (staged in ``staging_dir`` under ``limits``). With ``sample_archive``, the embedded
+    sample's images are left out of ``source`` and the model is reported on the sample's
+    holdout instead.
+
+    Raises:
+        ValueError: the dataset has no images of a split it needs.
+    """
+    holdout: Holdout | None = None
+    if source is None:
+        images, card = dataset_images(dataset, "train", size, exclude_classes)
+
+        def holdout(names: list[str]) -> tuple[ImageSet, str]:
+            held = dataset_images(dataset, "holdout", size, exclude_classes, names)[0]
+            return held, "holdout (dataset)"
+
+    else:
+        hashes = sample_hashes(sample_archive) if sample_archive else set()
+        images, card = source_images(
+            source, staging_dir, limits, size, exclude_classes, hashes, progress
+        )
+    if sample_archive is not None:
+
+        def holdout(names: list[str]) -> tuple[ImageSet, str]:
+            return sample_holdout(sample_archive, names, size), "holdout (embedded sample)"
+
+    return Source(images, card, holdout)
+
+
 def train_from_scratch(
     images: ImageSet,
     spec: ArchitectureConfig,
     config: TrainConfig,
     data_card: dict,
-    holdout: Callable[[list[str]], tuple[ImageSet, str]] | None = None,
+    holdout: Holdout | None = None,
     progress: Progress = print,
 ) -> LoadedModel:
     """Train a model from scratch on ``images``; with ``holdout`` (class names -> images and a
@@ -147,7 +201,7 @@ def train_from_scratch(
     loaded, _ = fit_from_scratch(images, spec, config, progress=progress)
     if holdout is not None:
         held, title = holdout(loaded.class_names)
-        metrics = holdout_metrics(loaded.model, loaded.class_names, held.x, held.y)
+        metrics = holdout_card(loaded, held)
         loaded.card[title] = metrics
         progress(
             f"Holdout accuracy {metrics['accuracy']:.4f} "

@@ -44,36 +44,26 @@ def train_bootstrap(
 
     settings = load_settings()
     from pipelines import workspace
-    from pipelines.data.sample import sample_hashes
     from pipelines.training import scratch
 
     started = time.monotonic()
     config = settings.train.model_copy(update={"epochs": epochs} if epochs else {})
     size = (settings.architecture.input_size,) * 2
-    excluded = set(exclude_class)
-    dataset = workspace.dataset(settings)
-    holdout = None
     try:
-        if source is None:
-            images, card = scratch.dataset_images(dataset, "train", size, excluded)
-            holdout = lambda names: (  # noqa: E731
-                scratch.dataset_images(dataset, "holdout", size, excluded, names)[0],
-                "holdout (dataset)",
-            )
-        else:
-            hashes = sample_hashes(settings.sample_archive) if exclude_sample else set()
-            images, card = scratch.source_images(
-                source, settings.staging_dir, settings.ingest, size, excluded, hashes, console.print
-            )
+        chosen = scratch.choose_source(
+            workspace.dataset(settings),
+            size,
+            source=source,
+            exclude_classes=set(exclude_class),
+            sample_archive=settings.sample_archive if exclude_sample else None,
+            staging_dir=settings.staging_dir,
+            limits=settings.ingest,
+            progress=console.print,
+        )
     except ValueError as exc:
         raise fail(str(exc)) from exc
-    if exclude_sample:
-        holdout = lambda names: (  # noqa: E731
-            scratch.sample_holdout(settings.sample_archive, names, size),
-            "holdout (embedded sample)",
-        )
     loaded = scratch.train_from_scratch(
-        images, settings.architecture, config, card, holdout, console.print
+        chosen.images, settings.architecture, config, chosen.card, chosen.holdout, console.print
     )
     loaded.card["wall_time_s"] = round(time.monotonic() - started, 1)
     loaded.card["command"] = "refit " + " ".join(sys.argv[1:])
@@ -92,7 +82,7 @@ def train_finetune(
     settings = load_settings()
     from pipelines import workspace
     from pipelines.judge import candidate
-    from pipelines.training.finetune import NotTrainable, finetune_on_batch
+    from pipelines.training.finetune import NotTrainable
 
     versions = workspace.store(settings).versions()
     batch_id = batch_id or (versions[-1].batch_id if versions else None)
@@ -102,40 +92,22 @@ def train_finetune(
     registry = workspace.registry(settings)
     parent = _parent_model(registry, model)
     try:
-        challenger, fits = finetune_on_batch(
-            parent.model, dataset, batch_id, settings.finetune, progress=console.print
-        )
+        trial = candidate.challenge(parent, dataset, batch_id, settings.finetune, console.print)
     except NotTrainable as exc:
         raise fail(str(exc)) from exc
-    holdout = dataset.holdout_images(parent.model.input_size, challenger.class_names)
-    assessment = candidate.assess(challenger, holdout, settings.gate, parent)
+    assessment = candidate.assess(trial.challenger, trial.holdout, settings.gate, parent)
     for key, value in assessment.summary().items():
         console.print(f"  {key}: {value}")
-    challenger.card["holdout"] = assessment.summary()
-    save_model_file(challenger, model_out(settings, out, "finetune"))
+    trial.challenger.card["holdout"] = assessment.summary()
+    save_model_file(trial.challenger, model_out(settings, out, "finetune"))
     if register:
-        _register_finetuned(settings, registry, parent, challenger, fits, assessment, dataset)
-
-
-def _register_finetuned(settings, registry, parent, challenger, fits, assessment, dataset):
-    """Judge a fine-tuned challenger against the registry's champion (the assessment made
-    against its parent, when the parent was the champion); register; promote if blessed."""
-    from core.contract import PARENT_TAG
-    from pipelines.judge import candidate
-
-    with console.status("Judging against the champion…"):
-        if parent.version is None:  # fine-tuned from a file
-            champion = registry_call(lambda: candidate.current_champion(registry))
-            assessment = candidate.assess(challenger, assessment.holdout, settings.gate, champion)
-        run = candidate.finetune_run(
-            parent.model, challenger, fits, settings.finetune, settings.accepted_dir
-        )
-        if parent.version is None:
-            run.tags[PARENT_TAG] = "a model file"  # lineage names the real parent
-        outcome = registry_call(
-            lambda: candidate.record(assessment, challenger, registry, run, dataset)
-        )
-    print_judgement(outcome)
+        with console.status("Judging against the champion…"):
+            outcome = registry_call(
+                lambda: candidate.judge_challenge(
+                    trial, registry, settings.gate, settings.accepted_dir, assessment=assessment
+                )
+            )
+        print_judgement(outcome)
 
 
 def _parent_model(registry, model: Path | None):

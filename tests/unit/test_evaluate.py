@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.judge.evaluate import accuracy_on, expected_calibration_error, metrics_from_probs
+from pipelines.models.evaluate import accuracy_on, expected_calibration_error, metrics_from_probs
 
 CLASSES = ["cat", "dog", "ship"]
 

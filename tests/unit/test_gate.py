@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from core.policies import GatePolicy
-from pipelines.judge.evaluate import EvaluationError, check_coverage, metrics_from_probs
 from pipelines.judge.gate import decide
+from pipelines.models.evaluate import EvaluationError, check_coverage, metrics_from_probs
 
 POLICY = GatePolicy(
     min_delta=0.0,
