@@ -191,7 +191,7 @@ def bench_label_issues(work: Path) -> None:
     import numpy as np
 
     from pipelines.data.examine import ChampionView
-    from pipelines.data.intake import IntakePaths, check_batch, discard
+    from pipelines.data.intake import Intake, IntakePaths, check_batch, discard
     from pipelines.data.sample import unpack_sample
     from pipelines.images.decode import load_images
     from pipelines.loop.features import TrainingFeatures, features_and_probs
@@ -238,7 +238,7 @@ def bench_label_issues(work: Path) -> None:
             min_images_per_class=1, min_images_per_new_class=1, max_class_imbalance=1000
         )
         checked = check_batch(
-            batch, work / "no-dataset", paths, IngestLimits(), policy,
+            batch, work / "no-dataset", Intake(paths, IngestLimits(), policy),
             progress=lambda m: None, view=view,
         )  # fmt: skip
         seconds = time.perf_counter() - started

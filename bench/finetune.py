@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from core.objectstore import Store
 from core.settings import PROJECT_ROOT, Settings, get_settings
 from pipelines.data.dataset import Dataset
-from pipelines.data.intake import IntakePaths, add_batch
+from pipelines.data.intake import Intake, IntakePaths, add_batch
 from pipelines.data.sample import unpack_sample
 from pipelines.data.versions import DvcStore
 from pipelines.judge.candidate import Baseline, assess, challenge
@@ -53,15 +53,8 @@ def build_dataset(settings: Settings, work: Path) -> tuple[DvcStore, str]:
     paths = IntakePaths(work / "staging", work / "quarantine", work / "batches", work / "lock")
     quiet = dict(progress=lambda m: None)
     for part in ("seed", "incoming"):
-        result = add_batch(
-            work / "sample" / part,
-            store,
-            paths,
-            settings.ingest,
-            settings.validation,
-            settings.split,
-            **quiet,
-        )
+        intake = Intake(paths, settings.ingest, settings.validation, settings.split)
+        result = add_batch(work / "sample" / part, store, intake, **quiet)
         assert result.version is not None, result.report.summary()
     return store, result.report.batch_id
 

@@ -14,7 +14,7 @@ from core.progress import Progress
 if TYPE_CHECKING:
     from core.settings import Settings
     from pipelines.data.dataset import Dataset
-    from pipelines.data.intake import IntakePaths
+    from pipelines.data.intake import Intake, IntakePaths
     from pipelines.data.versions import DvcStore
     from pipelines.judge.registry import Registry
 
@@ -49,6 +49,13 @@ def intake_paths(settings: Settings) -> IntakePaths:
         accepted=settings.accepted_dir,
         lock=settings.workspace / "intake.lock",
     )
+
+
+def intake_of(settings: Settings) -> Intake:
+    """How batches come in here: the folders, limits and policies the settings describe."""
+    from pipelines.data.intake import Intake
+
+    return Intake(intake_paths(settings), settings.ingest, settings.validation, settings.split)
 
 
 def dataset(settings: Settings) -> Dataset:
@@ -119,15 +126,8 @@ def check_batch(settings: Settings, source: Path, progress: Progress = print):
     nothing (:func:`pipelines.data.intake.check_batch`); the staged copy is dropped."""
     from pipelines.data import intake
 
-    checked = intake.check_batch(
-        source,
-        settings.dataset_dir,
-        intake_paths(settings),
-        settings.ingest,
-        settings.validation,
-        progress=progress,
-        view=champion_view(settings, progress),
-    )
+    view = champion_view(settings, progress)
+    checked = intake.check_batch(source, settings.dataset_dir, intake_of(settings), progress, view)
     intake.discard(checked)
     return checked
 
@@ -150,13 +150,4 @@ def add_batch(
 
     view = champion_view(settings, progress) if view is ASK else view
     with lock:
-        return intake.add_batch(
-            source,
-            store(settings),
-            intake_paths(settings),
-            settings.ingest,
-            settings.validation,
-            settings.split,
-            progress=progress,
-            view=view,
-        )
+        return intake.add_batch(source, store(settings), intake_of(settings), progress, view)

@@ -15,7 +15,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 from core.settings import Settings, get_settings
@@ -32,31 +31,24 @@ def _settings_and_params() -> tuple[Settings, dict]:
 
 def ingest() -> None:
     """Stage the batch named in params.yaml and write its manifest."""
-    from pipelines.data.ingest import build_manifest, stage_batch
+    from pipelines.data.ingest import build_manifest, stage_batch, write_manifest
 
     settings, params = _settings_and_params()
     target = BUILD / "batch"
     shutil.rmtree(target, ignore_errors=True)
     staged = stage_batch(Path(params["batch"]), BUILD, settings.ingest, "batch")
-    build_manifest(staged, settings.ingest).to_csv(BUILD / "manifest.csv", index=False)
+    write_manifest(build_manifest(staged, settings.ingest), BUILD / "manifest.csv")
     (BUILD / "findings.json").write_text(json.dumps([f.__dict__ for f in staged.findings]))
 
 
 def validate() -> None:
     """Validate the staged batch against the current dataset; write the report and metrics."""
     from pipelines.data.dataset import load_index, reference_of
-    from pipelines.data.ingest import BatchFile, Finding, StagedBatch
+    from pipelines.data.ingest import BatchFile, Finding, StagedBatch, read_manifest
     from pipelines.data.validate import validate_batch
 
     settings, params = _settings_and_params()
-    manifest = pd.read_csv(
-        BUILD / "manifest.csv",
-        keep_default_na=False,
-        dtype={"split": object, "label": str, "path": str, "sha256": str, "phash": str},
-    ).replace({"split": {"": None}})
-    manifest["width"] = pd.to_numeric(manifest["width"]).astype("Int64")
-    manifest["height"] = pd.to_numeric(manifest["height"]).astype("Int64")
-    manifest["mode"] = manifest["mode"].replace("", None)
+    manifest = read_manifest(BUILD / "manifest.csv")
     findings = [Finding(**f) for f in json.loads((BUILD / "findings.json").read_text())]
     files = [
         BatchFile(p, label, split)

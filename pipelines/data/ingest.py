@@ -585,3 +585,22 @@ def build_manifest(
             "label": object,
         }
     )
+
+
+def write_manifest(manifest: pd.DataFrame, path: Path) -> None:
+    """Save a manifest as CSV; :func:`read_manifest` gives it back with its types."""
+    manifest.to_csv(path, index=False)
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """A manifest written by :func:`write_manifest`, with the types :func:`build_manifest`
+    gives (labels stay text: ``7``, never ``7.0``; empty cells are missing values)."""
+    manifest = pd.read_csv(
+        path,
+        keep_default_na=False,
+        dtype={"split": object, "label": str, "path": str, "sha256": str, "phash": str},
+    ).replace({"split": {"": None}})
+    manifest["width"] = pd.to_numeric(manifest["width"]).astype("Int64")
+    manifest["height"] = pd.to_numeric(manifest["height"]).astype("Int64")
+    manifest["mode"] = manifest["mode"].replace("", None)
+    return manifest

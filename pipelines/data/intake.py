@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -57,6 +57,17 @@ class IntakePaths:
     quarantine: Path  # failed batches with their reports
     accepted: Path  # reports and manifests of merged batches
     lock: Path  # one intake at a time
+
+
+@dataclass(frozen=True)
+class Intake:
+    """How batches come in: the intake folders, the unpacking limits and the policies (what
+    :func:`check_batch` and :func:`add_batch` share)."""
+
+    paths: IntakePaths
+    limits: IngestLimits
+    validation: ValidationPolicy
+    split: SplitPolicy = field(default_factory=SplitPolicy)
 
 
 @dataclass(frozen=True)
@@ -133,18 +144,17 @@ def content_batch_id(manifest: pd.DataFrame) -> str:
 def check_batch(
     source: Path,
     dataset_dir: Path,
-    paths: IntakePaths,
-    limits: IngestLimits,
-    policy: ValidationPolicy,
+    intake: Intake,
     progress: Progress = print,
     view: ChampionView | None = None,
 ) -> CheckedBatch:
-    """Stage, describe and validate a batch against the current dataset, and (with a
-    champion ``view``) examine it through the champion's eyes. Changes nothing.
+    """Stage, describe and validate a batch against the dataset in ``dataset_dir``, and
+    (with a champion ``view``) examine it through the champion's eyes. Changes nothing.
 
-    The staged copy stays in ``paths.staging`` for the caller to merge, quarantine or
-    discard (:func:`discard`).
+    The staged copy stays in ``intake.paths.staging`` for the caller to merge, quarantine
+    or discard (:func:`discard`).
     """
+    paths, limits, policy = intake.paths, intake.limits, intake.validation
     batch_id = new_batch_id()
     progress(f"Unpacking {source}")
     try:
@@ -208,22 +218,20 @@ def sync(store: DvcStore, paths: IntakePaths, progress: Progress = print) -> Non
 def add_batch(
     source: Path,
     store: DvcStore,
-    paths: IntakePaths,
-    limits: IngestLimits,
-    policy: ValidationPolicy,
-    split: SplitPolicy,
+    intake: Intake,
     progress: Progress = print,
     view: ChampionView | None = None,
 ) -> IntakeResult:
     """Validate a batch (examined by the champion ``view``, if given) and either quarantine
-    it or merge and version it.
+    it or merge it into the dataset ``store`` versions, and version it.
 
     Returns:
         The result: the report, and the new dataset version or the quarantine folder.
     """
+    paths = intake.paths
     with intake_lock(paths.lock):
         _recover(store, paths, progress)
-        checked = check_batch(source, store.dataset_dir, paths, limits, policy, progress, view)
+        checked = check_batch(source, store.dataset_dir, intake, progress, view)
         if _versioned(store, checked.batch_id):  # merged by a run killed before it said so
             return _already_merged(checked, store, paths.accepted, progress)
         if not checked.report.passed:
@@ -237,7 +245,7 @@ def add_batch(
             return IntakeResult(checked.report, quarantined=target)
         try:
             version, pending = _merge_and_version(
-                checked, store, split, policy.near_duplicate_distance, progress
+                checked, store, intake.split, intake.validation.near_duplicate_distance, progress
             )
         except BaseException:
             discard(checked)  # the submission keeps the upload: nothing is lost

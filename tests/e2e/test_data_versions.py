@@ -15,7 +15,7 @@ import pytest
 from core.objectstore import Store
 from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
 from pipelines.data.dataset import load_index, recover_dataset
-from pipelines.data.intake import IntakePaths, add_batch
+from pipelines.data.intake import Intake, IntakePaths, add_batch
 from pipelines.data.versions import DvcStore
 from tests.conftest import git_repo, write_class_folders
 
@@ -45,9 +45,13 @@ def repo(tmp_path: Path) -> tuple[DvcStore, IntakePaths]:
     return store, paths
 
 
+def rules(paths: IntakePaths) -> Intake:
+    return Intake(paths, IngestLimits(), POLICY, SPLIT)
+
+
 def add(source: Path, repo: tuple[DvcStore, IntakePaths]):
     store, paths = repo
-    return add_batch(source, store, paths, IngestLimits(), POLICY, SPLIT, progress=lambda m: None)
+    return add_batch(source, store, rules(paths), progress=lambda m: None)
 
 
 def seed_batch(root: Path) -> Path:
@@ -142,7 +146,7 @@ CRASHER = textwrap.dedent("""
     import pipelines.data.dataset as dataset
     import pipelines.data.versions as versions
     from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
-    from pipelines.data.intake import IntakePaths, add_batch
+    from pipelines.data.intake import Intake, IntakePaths, add_batch
 
     point, repo, work, batch = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
     die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
@@ -170,9 +174,9 @@ CRASHER = textwrap.dedent("""
                               versions.Store(str(work)))
     paths = IntakePaths(work / "staging", work / "quarantine", work / "batches",
                         work / "intake.lock")
-    add_batch(Path(batch), store, paths, IngestLimits(),
+    add_batch(Path(batch), store, Intake(paths, IngestLimits(),
               ValidationPolicy(min_images_per_class=2, min_images_per_new_class=5),
-              SplitPolicy(holdout_share=0.2, seed=7), progress=lambda m: None)
+              SplitPolicy(holdout_share=0.2, seed=7)), progress=lambda m: None)
 """)
 
 
@@ -265,19 +269,19 @@ def test_an_object_store_down_during_push_changes_nothing(
     store, paths = repo
     bucket = s3_server.bucket("refit-remote")
     up = replace(store, remote=f"{bucket}/dvc", endpoint_url=s3_server.endpoint)
-    first = add_batch(seed_batch(tmp_path / "seed"), up, paths, IngestLimits(), POLICY, SPLIT,
+    first = add_batch(seed_batch(tmp_path / "seed"), up, rules(paths),
                       progress=lambda m: None)  # fmt: skip
     before = dataset_state(store)
     down = replace(up, endpoint_url=f"http://127.0.0.1:{free_port()}")  # nothing listens
     batch = write_class_folders(tmp_path / "b2", {"cat": 3, "bird": 6}, seed=5)
     with pytest.raises(DvcError, match="push"):
-        add_batch(batch, down, paths, IngestLimits(), POLICY, SPLIT, progress=lambda m: None)
+        add_batch(batch, down, rules(paths), progress=lambda m: None)
     after = dataset_state(store)
     pd.testing.assert_frame_equal(after[0], before[0])
     assert after[1] == before[1] and len(store.versions()) == 1
     assert store.current_version() == first.version.version
 
-    second = add_batch(batch, up, paths, IngestLimits(), POLICY, SPLIT, progress=lambda m: None)
+    second = add_batch(batch, up, rules(paths), progress=lambda m: None)
     assert second.version is not None and len(store.versions()) == 2
     elsewhere = git_repo(tmp_path / "other-host")
     fresh = replace(up, repo=elsewhere, dataset_dir=elsewhere / "data",

@@ -16,7 +16,7 @@ import yaml
 from core.objectstore import Store
 from core.policies import ValidationPolicy
 from core.settings import PROJECT_ROOT, Settings
-from pipelines.data.intake import IntakePaths, add_batch
+from pipelines.data.intake import Intake, IntakePaths, add_batch
 from pipelines.data.versions import DvcStore
 from tests.conftest import git_repo, write_class_folders
 
@@ -39,15 +39,9 @@ def test_dvc_repro_validates_a_batch_and_trains_and_evaluates(tmp_path: Path) ->
     store = DvcStore(repo, repo / "data", str(work / "remote"), work / "cache", Store(str(work)))
     paths = IntakePaths(work / "staging", work / "quarantine", work / "batches", work / "lock")
     first = write_class_folders(tmp_path / "first", {"cat": 8, "dog": 8}, seed=1)
-    added = add_batch(
-        first,
-        store,
-        paths,
-        Settings().ingest,
-        ValidationPolicy(min_images_per_class=2, min_images_per_new_class=3),
-        Settings().split,
-        progress=lambda m: None,
-    )
+    policy = ValidationPolicy(min_images_per_class=2, min_images_per_new_class=3)
+    intake = Intake(paths, Settings().ingest, policy, Settings().split)
+    added = add_batch(first, store, intake, progress=lambda m: None)
     assert added.version is not None
     write_class_folders(repo / "incoming", {"cat": 3, "bird": 4}, seed=2)
 

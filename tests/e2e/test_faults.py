@@ -316,7 +316,7 @@ def test_a_full_disk_during_a_merge_changes_nothing(tmp_path, small_disk) -> Non
     from core.objectstore import Store
     from core.policies import IngestLimits, SplitPolicy, ValidationPolicy
     from pipelines.data.dataset import DiskFull, load_index
-    from pipelines.data.intake import IntakePaths, add_batch
+    from pipelines.data.intake import Intake, IntakePaths, add_batch
     from pipelines.data.versions import DvcStore
     from tests.conftest import git_repo, write_class_folders
 
@@ -332,7 +332,7 @@ def test_a_full_disk_during_a_merge_changes_nothing(tmp_path, small_disk) -> Non
     )
     policy = ValidationPolicy(min_images_per_new_class=2)
     first = write_class_folders(tmp_path / "first", {"cat": 6, "dog": 6})
-    args = (store, paths, IngestLimits(), policy, SplitPolicy())
+    args = (store, Intake(paths, IngestLimits(), policy, SplitPolicy()))
     add_batch(first, *args, progress=lambda m: None)
     pointer = (repo / "data.dvc").read_text()
     index = load_index(repo / "data")

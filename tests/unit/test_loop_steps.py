@@ -232,13 +232,13 @@ def _batch_folder(folder: Path, paths: list[Path], labels: list[str]) -> Path:
 
 def _check(tmp_path: Path, source: Path, sample: dict, **policy):
     from pipelines.data.examine import ChampionView
-    from pipelines.data.intake import IntakePaths, check_batch, discard
+    from pipelines.data.intake import Intake, IntakePaths, check_batch, discard
 
     paths = IntakePaths(tmp_path / "st", tmp_path / "q", tmp_path / "acc", tmp_path / "lock")
     view = ChampionView(sample["loaded"], "1", sample["reference"])
     policy = ValidationPolicy(**{"min_images_per_new_class": 5, **policy})  # no dataset yet
     checked = check_batch(
-        source, tmp_path / "dataset", paths, IngestLimits(), policy,
+        source, tmp_path / "dataset", Intake(paths, IngestLimits(), policy),
         progress=lambda m: None, view=view,
     )  # fmt: skip
     discard(checked)
