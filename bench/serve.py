@@ -83,7 +83,9 @@ def register_builtin(tmp: Path) -> tuple[str, object]:
     from core.policies import GatePolicy
     from pipelines.images.decode import ImageSet
     from pipelines.judge.candidate import judge
-    from pipelines.judge.registry import CandidateRun, Registry, RegistryConfig
+    from pipelines.judge.registry import Registry
+    from pipelines.judge.registry_client import RegistryConfig
+    from pipelines.judge.registry_writes import CandidateRun
     from pipelines.models.modelfile import load_refit_model
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -238,7 +240,7 @@ def sequential_p50(url: str, images: list[bytes], n: int = 200) -> float:
 
 def swap_under_load(url: str, images: list[bytes], registry, model, holdout, policy) -> tuple:
     from pipelines.judge.candidate import judge
-    from pipelines.judge.registry import CandidateRun
+    from pipelines.judge.registry_writes import CandidateRun
 
     second = judge(model, holdout, registry, policy, CandidateRun("bench v2")).version
     reload = f"{url}/admin/reload"

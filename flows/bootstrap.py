@@ -81,7 +81,7 @@ def make_model(
 def judge_first(challenger, reason: str):
     from pipelines import workspace
     from pipelines.judge.candidate import judge_model_file
-    from pipelines.judge.registry import CandidateRun
+    from pipelines.judge.registry_writes import CandidateRun
 
     config = settings()
     dataset = workspace.dataset(config)

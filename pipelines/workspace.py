@@ -71,7 +71,8 @@ def dataset(settings: Settings) -> Dataset:
 def registry(settings: Settings) -> Registry:
     """The MLflow model registry (artifacts go to our artifact root when the tracking URI is
     a database rather than a server)."""
-    from pipelines.judge.registry import Registry, RegistryConfig
+    from pipelines.judge.registry import Registry
+    from pipelines.judge.registry_client import RegistryConfig
 
     uri = str(settings.mlflow_tracking_uri)
     direct = not uri.startswith("http")
@@ -112,7 +113,7 @@ def champion_view(settings: Settings, progress: Progress = print):
     """The champion that examines batches (``pipelines.data.examine``); None before the first one,
     or when the registry cannot be reached (the data checks still run; it says so)."""
     from pipelines.data.examine import champion_view as view_of
-    from pipelines.judge.registry import RegistryUnavailable
+    from pipelines.judge.registry_client import RegistryUnavailable
 
     try:
         return view_of(registry(settings))

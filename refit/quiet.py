@@ -38,8 +38,8 @@ def filter_native_stderr() -> None:
     native code writes to file descriptor 2 through a filter that drops the libraries'
     start-up lines. Python's own ``sys.stderr`` keeps writing to the terminal directly."""
     global _filtering
-    if _filtering:
-        return
+    if _filtering or not _stderr_is_fd2():
+        return  # already on, or an in-process caller (a test runner) captures stderr
     _filtering = True
     sys.stderr.flush()
     terminal = os.dup(2)
@@ -66,6 +66,13 @@ def filter_native_stderr() -> None:
 
 
 _filtering = False
+
+
+def _stderr_is_fd2() -> bool:
+    try:
+        return sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def quiet_libraries() -> None:

@@ -221,23 +221,7 @@ def merge_batch(
     left_out = {row["path"] for row in report.skipped}
     manifest = manifest[~manifest["path"].isin(left_out)].reset_index(drop=True)
     splits = assign_splits(manifest, index, policy, near_distance)
-    added = pd.DataFrame(
-        {
-            "split": splits,
-            "label": manifest["label"],
-            "path": [
-                str(PurePosixPath(s, label, sha[:16] + PurePosixPath(p).suffix.lower()))
-                for s, label, sha, p in zip(
-                    splits, manifest["label"], manifest["sha256"], manifest["path"], strict=True
-                )
-            ],
-            "sha256": manifest["sha256"],
-            "batch_id": batch.batch_id,
-            "source_path": manifest["path"],
-            "width": manifest["width"],
-            "height": manifest["height"],
-        }
-    )
+    added = _index_rows(manifest, splits, batch.batch_id)
     building = dataset_dir.parent / f".{dataset_dir.name}.merge-{batch.batch_id}"
     building.mkdir(parents=True)
     try:
@@ -257,6 +241,29 @@ def merge_batch(
             ) from exc
         raise
     return PendingMerge(dataset_dir, _swap_in(dataset_dir, building, batch.batch_id), added)
+
+
+def _index_rows(manifest: pd.DataFrame, splits: list[str], batch_id: str) -> pd.DataFrame:
+    """The dataset index rows of a batch's kept images: each stored as
+    ``<split>/<label>/<sha256[:16]><suffix>``, its source path kept."""
+    stored = [
+        str(PurePosixPath(s, label, sha[:16] + PurePosixPath(p).suffix.lower()))
+        for s, label, sha, p in zip(
+            splits, manifest["label"], manifest["sha256"], manifest["path"], strict=True
+        )
+    ]
+    return pd.DataFrame(
+        {
+            "split": splits,
+            "label": manifest["label"],
+            "path": stored,
+            "sha256": manifest["sha256"],
+            "batch_id": batch_id,
+            "source_path": manifest["path"],
+            "width": manifest["width"],
+            "height": manifest["height"],
+        }
+    )
 
 
 def _swap_in(dataset_dir: Path, building: Path, batch_id: str) -> Path | None:

@@ -86,7 +86,7 @@ def examine(
 ) -> ValidationReport:
     """The report with the champion's findings added (disputed labels, drift)."""
     from pipelines.images.decode import load_images
-    from pipelines.loop.drift import compare
+    from pipelines.loop.features import features_and_probs
 
     left_out = {row["path"] for row in report.skipped}
     kept = manifest[~manifest["path"].isin(left_out) & manifest["label"].notna()]
@@ -94,82 +94,104 @@ def examine(
         return report
     loaded = view.loaded
     progress(f"Examining {len(kept)} images with champion v{view.version}")
-    from pipelines.loop.features import features_and_probs
-
     names = sorted(set(kept["label"]))
     images = load_images(
         [root / p for p in kept["path"]], list(kept["label"]), names, loaded.input_size
     )
     probs, features = features_and_probs(loaded.model, images.x)
-    classes = list(loaded.class_names)
-    known = kept["label"].isin(classes).to_numpy()
-    rules, skipped, issues = list(report.rules), list(report.skipped), []
-    if known.sum() >= MIN_IMAGES:
-        labels = np.array([classes.index(label) for label in kept["label"][known]])
-        rows = np.flatnonzero(known)
-        for i in rows[label_issues(labels, probs[known], view.reference)]:
-            likely = int(probs[i].argmax())
-            label = kept["label"].iloc[i]
-            issues.append(
-                {
-                    "path": kept["path"].iloc[i],
-                    "label": label,
-                    "label_probability": round(float(probs[i][classes.index(label)]), 4),
-                    "likely": classes[likely],
-                    "likely_probability": round(float(probs[i][likely]), 4),
-                }
-            )
-        rules.append(_issues_rule(issues, int(known.sum()), policy, view.version))
+    rules, skipped = list(report.rules), list(report.skipped)
+    issues = _disputed(view, kept, probs)
+    if issues is not None:
+        known = int(kept["label"].isin(loaded.class_names).sum())
+        rules.append(_issues_rule(issues, known, policy, view.version))
         if policy.label_issues == "exclude":
             skipped += [
                 {"path": x["path"], "rule": "label_issues", "detail": f"likely {x['likely']}"}
                 for x in issues
             ]
-    drift = None
-    if view.reference is not None:
-        top1 = [classes[i] for i in probs.argmax(1)]
-        result = compare(view.reference, features, top1, probs.max(1), policy.drift_alpha)
-        note = (
-            f" (the batch brings new classes: {', '.join(report.new_classes)})"
-            if report.new_classes
-            else ""
-        )
-        drift = result.to_dict() | {
-            "paths": [kept["path"].iloc[i] for i in result.most_drifted],
-            "summary": result.summary() + note,
-        }
-        rules.append(
-            RuleResult(
-                "drift",
-                f"Compared with champion v{view.version}'s training images: {drift['summary']}",
-                True,
-                int(result.drifted),
-                severity="warn",
-                checked_by="refit (MMD)",
-            )
-        )
-    grids = {}
-    if issues:
-        grids["label_issues"] = _grid(
-            images.x,
-            kept,
-            [x["path"] for x in issues],
-            [f"{x['label']}>{x['likely']}" for x in issues],
-        )
-    if drift and drift["paths"]:
-        grids["drift"] = _grid(
-            images.x, kept, drift["paths"], [p.rsplit("/", 1)[-1] for p in drift["paths"]]
-        )
+    drift = _drift(view, kept, probs, features, policy, report.new_classes)
+    if drift is not None:
+        rules.append(_drift_rule(drift, view.version))
     return replace(
         report,
-        grids=grids,
+        grids=_grids(images.x, kept, issues or [], drift),
         rules=rules,
         skipped=skipped,
         passed=all(r.passed for r in rules),
-        label_issues=issues,
+        label_issues=issues or [],
         drift=drift,
         champion_version=view.version,
     )
+
+
+def _disputed(view: ChampionView, kept: pd.DataFrame, probs: np.ndarray) -> list[dict] | None:
+    """The images whose labels the champion strongly disputes (None: too few images of the
+    classes it knows to judge)."""
+    classes = list(view.loaded.class_names)
+    known = kept["label"].isin(classes).to_numpy()
+    if known.sum() < MIN_IMAGES:
+        return None
+    labels = np.array([classes.index(label) for label in kept["label"][known]])
+    issues = []
+    for i in np.flatnonzero(known)[label_issues(labels, probs[known], view.reference)]:
+        likely = int(probs[i].argmax())
+        label = kept["label"].iloc[i]
+        issues.append(
+            {
+                "path": kept["path"].iloc[i],
+                "label": label,
+                "label_probability": round(float(probs[i][classes.index(label)]), 4),
+                "likely": classes[likely],
+                "likely_probability": round(float(probs[i][likely]), 4),
+            }
+        )
+    return issues
+
+
+def _drift(
+    view: ChampionView,
+    kept: pd.DataFrame,
+    probs: np.ndarray,
+    features: np.ndarray,
+    policy: ValidationPolicy,
+    new_classes: list[str],
+) -> dict | None:
+    """The drift test against the champion's training features (None: it kept none)."""
+    from pipelines.loop.drift import compare
+
+    if view.reference is None:
+        return None
+    classes = list(view.loaded.class_names)
+    top1 = [classes[i] for i in probs.argmax(1)]
+    result = compare(view.reference, features, top1, probs.max(1), policy.drift_alpha)
+    note = f" (the batch brings new classes: {', '.join(new_classes)})" if new_classes else ""
+    return result.to_dict() | {
+        "paths": [kept["path"].iloc[i] for i in result.most_drifted],
+        "summary": result.summary() + note,
+    }
+
+
+def _drift_rule(drift: dict, version: str) -> RuleResult:
+    return RuleResult(
+        "drift",
+        f"Compared with champion v{version}'s training images: {drift['summary']}",
+        True,
+        int(drift["drifted"]),
+        severity="warn",
+        checked_by="refit (MMD)",
+    )
+
+
+def _grids(x: np.ndarray, kept: pd.DataFrame, issues: list[dict], drift: dict | None) -> dict:
+    """Thumbnail grids of the disputed images and of the most drifted ones."""
+    grids = {}
+    if issues:
+        captions = [f"{i['label']}>{i['likely']}" for i in issues]
+        grids["label_issues"] = _grid(x, kept, [i["path"] for i in issues], captions)
+    if drift and drift["paths"]:
+        captions = [p.rsplit("/", 1)[-1] for p in drift["paths"]]
+        grids["drift"] = _grid(x, kept, drift["paths"], captions)
+    return grids
 
 
 def _grid(x: np.ndarray, kept: pd.DataFrame, paths: list[str], captions: list[str]) -> str:

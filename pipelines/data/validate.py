@@ -555,11 +555,7 @@ def validate_batch(
         The report; ``passed`` is True only if every refuse rule passed. Repaired files are
         listed in ``skipped``.
     """
-    labels = manifest["label"].astype(object).where(manifest["label"].notna(), None)
-    labels = labels.map(lambda v: None if v is None or not str(v).strip() else str(v))
-    manifest = manifest.assign(label=labels)
-    if "phash" not in manifest:
-        manifest = manifest.assign(phash=None)
+    manifest = _normalised(manifest)
     rules: list[RuleResult] = []
     skipped = pd.DataFrame(columns=["path", "rule", "detail"])
     new_classes: list[str] = []
@@ -569,35 +565,11 @@ def validate_batch(
         kept = manifest[~manifest["path"].isin(skipped["path"])]
         rules += repairs
     if not kept.empty:
-        table, ratio_before = class_table(kept, reference)
-        new_classes = names.natural_sorted(table.loc[table["new"], "label"])
-        allowed = sorted(
-            reference.train_classes
-            | reference.holdout_classes
-            | (set(new_classes) if policy.allow_new_classes else set())
-        )
-        context = _gx_context()
-        rules += _gx_rule_results(
-            _run_suite(context, "manifest", kept, _manifest_expectations(policy, allowed), "path"),
-            "path",
-            policy.max_examples,
-        )
-        cap = max(policy.max_class_imbalance, ratio_before)
-        rules += _gx_rule_results(
-            _run_suite(context, "classes", table, _class_expectations(policy, cap), "label"),
-            "label",
-            policy.max_examples,
-        )
-        rules += _image_rules(kept, reference, policy)
+        batch_rules, new_classes = _batch_rules(kept, reference, policy)
+        rules += batch_rules
     else:
         rules.append(
-            RuleResult(
-                "has_images",
-                CATALOGUE["has_images"].text,
-                False,
-                1,
-                [str(batch.source)],
-            )
+            RuleResult("has_images", CATALOGUE["has_images"].text, False, 1, [str(batch.source)])
         )
     rules += _finding_rules(batch.findings, policy.max_examples)
     findings = [
@@ -606,19 +578,7 @@ def validate_batch(
         if f.rule in REPAIRED_FINDINGS
     ]
     skipped_rows = skipped.to_dict("records") + findings
-    total = len(manifest) + len(findings)
-    share = len(skipped_rows) / total if total else 0.0
-    rules.append(
-        RuleResult(
-            "max_skipped_share",
-            describe("max_skipped_share", policy),
-            share <= policy.max_skipped_share,
-            len(skipped_rows) if share > policy.max_skipped_share else 0,
-            [f"{len(skipped_rows)} of {total} files ({share:.0%}) would be skipped"]
-            if share > policy.max_skipped_share
-            else [],
-        )
-    )
+    rules.append(_skipped_share_rule(len(skipped_rows), len(manifest) + len(findings), policy))
     return ValidationReport(
         batch_id=batch.batch_id,
         source=str(batch.source),
@@ -628,4 +588,49 @@ def validate_batch(
         new_classes=new_classes,
         n_images=len(manifest),
         skipped=skipped_rows,
+    )
+
+
+def _normalised(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Labels as text or None (blank ones are missing), and a pHash column."""
+    labels = manifest["label"].astype(object).where(manifest["label"].notna(), None)
+    labels = labels.map(lambda v: None if v is None or not str(v).strip() else str(v))
+    manifest = manifest.assign(label=labels)
+    return manifest if "phash" in manifest else manifest.assign(phash=None)
+
+
+def _batch_rules(
+    kept: pd.DataFrame, reference: Reference, policy: ValidationPolicy
+) -> tuple[list[RuleResult], list[str]]:
+    """The rules on the kept rows as a whole (the GX suites and the image checks), and the
+    new classes they bring."""
+    table, ratio_before = class_table(kept, reference)
+    new_classes = names.natural_sorted(table.loc[table["new"], "label"])
+    allowed = sorted(
+        reference.train_classes
+        | reference.holdout_classes
+        | (set(new_classes) if policy.allow_new_classes else set())
+    )
+    context = _gx_context()
+    manifest_suite = _manifest_expectations(policy, allowed)
+    rules = _gx_rule_results(
+        _run_suite(context, "manifest", kept, manifest_suite, "path"), "path", policy.max_examples
+    )
+    cap = max(policy.max_class_imbalance, ratio_before)
+    class_suite = _class_expectations(policy, cap)
+    rules += _gx_rule_results(
+        _run_suite(context, "classes", table, class_suite, "label"), "label", policy.max_examples
+    )
+    return rules + _image_rules(kept, reference, policy), new_classes
+
+
+def _skipped_share_rule(skipped: int, total: int, policy: ValidationPolicy) -> RuleResult:
+    share = skipped / total if total else 0.0
+    over = share > policy.max_skipped_share
+    return RuleResult(
+        "max_skipped_share",
+        describe("max_skipped_share", policy),
+        not over,
+        skipped if over else 0,
+        [f"{skipped} of {total} files ({share:.0%}) would be skipped"] if over else [],
     )

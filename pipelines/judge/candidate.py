@@ -31,7 +31,9 @@ from pipelines.data.dataset import Dataset
 from pipelines.images.decode import ImageSet
 from pipelines.judge.figures import curves_figure, write_figures
 from pipelines.judge.gate import Decision, decide
-from pipelines.judge.registry import CandidateRun, ChampionMoved, Registry
+from pipelines.judge.registry import Registry
+from pipelines.judge.registry_client import ChampionMoved
+from pipelines.judge.registry_writes import CandidateRecord, CandidateRun
 from pipelines.models.evaluate import Evaluation, EvaluationError, accuracy_on, evaluate
 from pipelines.models.modelfile import LoadedModel
 from pipelines.training.finetune import finetune_on_batch
@@ -149,17 +151,16 @@ def record(
     }
     holdout = assessment.holdout
     with tempfile.TemporaryDirectory() as tmp:
-        run_id, version = registry.log_candidate(
-            challenger,
-            run=run,
-            tags=tags,
-            metrics=metrics,
-            artifacts=assessment.figures(Path(tmp), run.curves) + run.reports,
-            decision_markdown=decision.markdown(),
-            dataset=dataset,
+        record = CandidateRecord(
+            run,
+            tags,
+            metrics,
+            assessment.figures(Path(tmp), run.curves) + run.reports,
+            decision.markdown(),
             reference_images=holdout.x[:: max(1, len(holdout.x) // 32)][:32],
             training_features=_training_features(challenger, dataset),
         )
+        run_id, version = registry.log_candidate(challenger, record, dataset)
     failpoint("registered")
     promoted, note = decision.passed, ""
     if decision.passed:

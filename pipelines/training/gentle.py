@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from core.policies import FinetuneConfig
+from core.progress import Progress
 from pipelines.images.decode import ImageSet
 from pipelines.models.predict import outputs
 from pipelines.training.architectures import FROZEN_LAYERS
@@ -81,31 +83,47 @@ def lr_range_test(head: keras.Model, x: np.ndarray, y: np.ndarray, seed: int) ->
     return float(np.clip(best_lr / 10, 1e-5, 1e-2))
 
 
-def _fit(net, train_data, val_data, lr, epochs, patience, deadline, progress, label, steps):
-    net.compile(
-        optimizer=keras.optimizers.Adam(lr), loss="categorical_crossentropy", metrics=["accuracy"]
-    )
-    callbacks = [
-        EpochLog(progress, epochs, steps, label),
-        # val_loss, not val_accuracy: on a small validation split the accuracy sits still for
-        # epochs while a new class's unit is still learning, and the best epoch would be 1
-        keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True),
-        Budget(deadline),
-    ]
-    start = time.monotonic()
-    history = net.fit(
-        train_data,
-        validation_data=val_data,
-        epochs=epochs,
-        callbacks=callbacks,
-        verbose=0,
-        shuffle=False,  # the tf.data pipeline shuffles
-    )
-    return FitResult(
-        {k: [float(v) for v in vs] for k, vs in history.history.items()},
-        time.monotonic() - start,
-        len(history.history.get("loss", [])),
-    )
+@dataclass(frozen=True)
+class _Fitter:
+    """What every phase of one gentle fine-tune shares: early stopping's patience, the
+    wall-time deadline, the progress line and the number of images per epoch."""
+
+    patience: int
+    deadline: float
+    progress: Progress
+    images: int
+
+    def fit(self, net, train_data, val_data, lr: float, epochs: int, label: str) -> FitResult:
+        """Adam at ``lr`` for up to ``epochs``; the best epoch on val_loss is kept."""
+        net.compile(
+            optimizer=keras.optimizers.Adam(lr),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        callbacks = [
+            EpochLog(self.progress, epochs, self.images, label),
+            # val_loss, not val_accuracy: on a small validation split the accuracy sits still
+            # for epochs while a new class's unit is still learning, and the best epoch
+            # would be 1
+            keras.callbacks.EarlyStopping(
+                "val_loss", patience=self.patience, restore_best_weights=True
+            ),
+            Budget(self.deadline),
+        ]
+        start = time.monotonic()
+        history = net.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=epochs,
+            callbacks=callbacks,
+            verbose=0,
+            shuffle=False,  # the tf.data pipeline shuffles
+        )
+        return FitResult(
+            {k: [float(v) for v in vs] for k, vs in history.history.items()},
+            time.monotonic() - start,
+            len(history.history.get("loss", [])),
+        )
 
 
 def _arrays(x, y, batch_size, seed, shuffle):
@@ -143,42 +161,16 @@ def finetune_gentle(
     train: ImageSet,
     val: ImageSet,
     config: FinetuneConfig,
-    progress,
-) -> tuple[list, dict]:
+    progress: Progress,
+) -> tuple[list[FitResult], dict]:
     """Fine-tune ``model`` (in place) with the gentle recipe; returns the fits and a card of
     what it did (learning rates, epochs, which layers, whether features were cached)."""
-    deadline = time.monotonic() + config.time_budget_s
+    fitter = _Fitter(config.patience, time.monotonic() + config.time_budget_s, progress, len(train))
     k = len(train.class_names)
-    y_train = np.eye(k, dtype="float32")[train.y]
-    y_val = np.eye(k, dtype="float32")[val.y]
-    logits = model.get_layer("logits")
-    below = keras.Model(model.inputs, logits.input)
-    progress(
-        f"Gentle fine-tune: the frozen layers' features of {len(train) + len(val)} images, once"
-    )
-    f_train, f_val = outputs(below, train.x, 128), outputs(below, val.x, 128)
-    head = keras.Sequential(
-        [keras.Input(f_train.shape[1:]), keras.layers.Dense(k), keras.layers.Softmax()]
-    )
-    head.layers[0].set_weights(logits.get_weights())
-    lr = config.gentle_lr or lr_range_test(head, f_train, y_train, config.seed)
-    progress(f"Head: Adam at {lr:.2g} ({'set' if config.gentle_lr else 'from an LR range test'})")
-    fits = [
-        _fit(
-            head,
-            _arrays(f_train, y_train, 64, config.seed, True),
-            _arrays(f_val, y_val, 512, config.seed, False),
-            lr,
-            config.gentle_head_epochs,
-            config.patience,
-            deadline,
-            progress,
-            "head",
-            len(train),
-        )
-    ]
-    logits.set_weights(head.layers[0].get_weights())
-    card = {"recipe": "gentle", "head_lr": float(lr), "head_epochs": fits[0].epochs_run}
+    y_train, y_val = np.eye(k, dtype="float32")[train.y], np.eye(k, dtype="float32")[val.y]
+    head_fit, lr = _train_head(model, train, val, (y_train, y_val), config, fitter)
+    fits = [head_fit]
+    card = {"recipe": "gentle", "head_lr": float(lr), "head_epochs": head_fit.epochs_run}
     unfrozen = top_layers(model, config.gentle_unfreeze_layers)
     if not unfrozen or not config.gentle_epochs:
         return fits, card
@@ -186,33 +178,15 @@ def finetune_gentle(
     split = None
     if model.input_shape[1] >= config.cache_features_from_px:
         split = cut_below(model, unfrozen[-1])
-    net = split[1] if split else model
     for layer in model.layers:
         layer.trainable = layer in unfrozen or layer.name == "logits"
     if split is not None:
-        bottom, top = split
-        progress(f"Top {len(unfrozen)} layers: their input computed once ({top.input_shape[1:]})")
-        x_train, x_val = outputs(bottom, train.x, 128), outputs(bottom, val.x, 128)
-        train_data = _arrays(x_train, y_train, 32, config.seed, True)
-        val_data = _arrays(x_val, y_val, 256, config.seed, False)
-    else:
-        train_data = make_dataset(train, 32, True, config.seed, flip=False)
-        val_data = make_dataset(val, 256, False, config.seed)
+        shape = split[1].input_shape[1:]
+        progress(f"Top {len(unfrozen)} layers: their input computed once ({shape})")
+    train_data, val_data = _top_data(split, train, val, (y_train, y_val), config.seed)
     progress(f"Top {len(unfrozen)} conv/dense layers unfrozen: Adam at {body_lr:.2g}")
-    fits.append(
-        _fit(
-            net,
-            train_data,
-            val_data,
-            body_lr,
-            config.gentle_epochs,
-            config.patience,
-            deadline,
-            progress,
-            "finetune",
-            len(train),
-        )
-    )
+    net = split[1] if split else model
+    fits.append(fitter.fit(net, train_data, val_data, body_lr, config.gentle_epochs, "finetune"))
     for layer in model.layers:  # as it was; fixed layers stay fixed for the next recipe
         layer.trainable = layer.name not in FROZEN_LAYERS
     card.update(
@@ -222,3 +196,44 @@ def finetune_gentle(
         features_cached=split is not None,
     )
     return fits, card
+
+
+def _train_head(model, train, val, targets, config: FinetuneConfig, fitter: _Fitter):
+    """The output layer alone, on the frozen layers' features computed once; returns its
+    fit and the learning rate (as set, or from an LR range test)."""
+    y_train, y_val = targets
+    logits = model.get_layer("logits")
+    below = keras.Model(model.inputs, logits.input)
+    fitter.progress(
+        f"Gentle fine-tune: the frozen layers' features of {len(train) + len(val)} images, once"
+    )
+    f_train, f_val = outputs(below, train.x, 128), outputs(below, val.x, 128)
+    k = len(train.class_names)
+    head = keras.Sequential(
+        [keras.Input(f_train.shape[1:]), keras.layers.Dense(k), keras.layers.Softmax()]
+    )
+    head.layers[0].set_weights(logits.get_weights())
+    lr = config.gentle_lr or lr_range_test(head, f_train, y_train, config.seed)
+    how = "set" if config.gentle_lr else "from an LR range test"
+    fitter.progress(f"Head: Adam at {lr:.2g} ({how})")
+    fit = fitter.fit(
+        head,
+        _arrays(f_train, y_train, 64, config.seed, True),
+        _arrays(f_val, y_val, 512, config.seed, False),
+        lr,
+        config.gentle_head_epochs,
+        "head",
+    )
+    logits.set_weights(head.layers[0].get_weights())
+    return fit, lr
+
+
+def _top_data(split, train: ImageSet, val: ImageSet, targets, seed: int):
+    """Training and validation data for the unfrozen top: the cut's input computed once
+    when the model is split, else the images themselves."""
+    y_train, y_val = targets
+    if split is None:
+        return make_dataset(train, 32, True, seed, flip=False), make_dataset(val, 256, False, seed)
+    bottom, _ = split
+    x_train, x_val = outputs(bottom, train.x, 128), outputs(bottom, val.x, 128)
+    return _arrays(x_train, y_train, 32, seed, True), _arrays(x_val, y_val, 256, seed, False)

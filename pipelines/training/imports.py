@@ -88,23 +88,27 @@ def import_user_model(
         plain = import_model(model, classes, existing)  # loaded once: pixels as the file has them
         calibration, warnings = None, []
         if calibrate_with is not None:
-            calibration = calibrate(
-                plain.model,
-                classes,
-                calibrate_with,
-                limits or IngestLimits(),
-                declared.name if declared else None,
-                progress,
-            )
-            if declared is None:
-                declared = pixels.parse(calibration.best)
-                notes.append(f"pixel range {calibration.best} chosen by calibration")
-            elif (warning := calibration.verdict(declared.name)) is not None:
-                warnings.append(warning)
+            name = declared.name if declared else None
+            limits = limits or IngestLimits()
+            calibration = calibrate(plain.model, classes, calibrate_with, limits, name, progress)
+            declared, note, warning = _settle_contract(calibration, declared)
+            notes += [note] if note else []
+            warnings += [warning] if warning else []
         loaded = plain if declared is None else with_contract(plain, declared)
         if calibration is not None:
             loaded.card["calibration"] = {k: round(v, 4) for k, v in calibration.accuracy.items()}
         return Imported(loaded, notes, warnings, calibration)
+
+
+def _settle_contract(
+    calibration: pixels.Calibration, declared: pixels.PixelContract | None
+) -> tuple[pixels.PixelContract, str | None, str | None]:
+    """The contract after calibration: the best one when none was declared (and a note),
+    else the declared one (with a warning when the labels disagree with it)."""
+    if declared is None:
+        note = f"pixel range {calibration.best} chosen by calibration"
+        return pixels.parse(calibration.best), note, None
+    return declared, None, calibration.verdict(declared.name)
 
 
 def _unpack_teachable_machine(archive: Path, scratch: Path) -> tuple[Path, Path]:

@@ -86,7 +86,7 @@ def registry_of(settings: Settings):
 
 def registry_call(fn):
     """Run a registry action, turning its errors into a clear message and exit code 1."""
-    from pipelines.judge.registry import RegistryError
+    from pipelines.judge.registry_client import RegistryError
 
     try:
         return fn()

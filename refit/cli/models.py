@@ -90,7 +90,7 @@ def model_register(
     settings = load_settings()
     from pipelines import workspace
     from pipelines.judge.candidate import judge_model_file
-    from pipelines.judge.registry import CandidateRun
+    from pipelines.judge.registry_writes import CandidateRun
     from pipelines.models.evaluate import EvaluationError
     from pipelines.models.modelfile import ModelRefused, load_refit_model
 

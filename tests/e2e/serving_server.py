@@ -28,7 +28,8 @@ class ServingServer:
     artifacts: str
 
     def registry(self):
-        from pipelines.judge.registry import Registry, RegistryConfig
+        from pipelines.judge.registry import Registry
+        from pipelines.judge.registry_client import RegistryConfig
 
         return Registry(
             RegistryConfig(self.tracking_uri, self.tracking_uri, "refit-classifier", self.artifacts)

@@ -59,7 +59,8 @@ def _cli(live: LivePlatform, monkeypatch, *args: str):
 
 def test_serving_logs_answers_and_the_drift_check_finds_an_inversion(live, monkeypatch) -> None:
     from core import runs
-    from pipelines.judge.registry import Registry, RegistryConfig
+    from pipelines.judge.registry import Registry
+    from pipelines.judge.registry_client import RegistryConfig
     from pipelines.loop import monitor
 
     version = ensure_champion(live)

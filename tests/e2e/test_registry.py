@@ -12,13 +12,9 @@ import pytest
 from core.policies import ArchitectureConfig, GatePolicy, TrainConfig
 from pipelines.images.decode import ImageSet
 from pipelines.judge.candidate import judge
-from pipelines.judge.registry import (
-    CandidateRun,
-    Registry,
-    RegistryConfig,
-    RegistryError,
-    RegistryUnavailable,
-)
+from pipelines.judge.registry import Registry
+from pipelines.judge.registry_client import RegistryConfig, RegistryError, RegistryUnavailable
+from pipelines.judge.registry_writes import CandidateRun
 from pipelines.models.modelfile import load_refit_model
 from pipelines.models.predict import predict_proba
 from pipelines.training.scratch import fit_from_scratch

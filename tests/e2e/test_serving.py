@@ -18,7 +18,7 @@ from PIL import Image
 
 from core.policies import ArchitectureConfig, GatePolicy, TrainConfig
 from pipelines.judge.candidate import judge
-from pipelines.judge.registry import CandidateRun
+from pipelines.judge.registry_writes import CandidateRun
 from pipelines.models.predict import predict_proba
 from pipelines.training.scratch import fit_from_scratch
 from tests.conftest import coloured_images

@@ -1,0 +1,360 @@
+"""The registry's write side: a candidate's run logged and its model registered, and the
+alias-move protocol (promote with compare-and-set, roll back, finish a move a killed
+process left half done), every move appended to the promotion history."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import psutil
+
+from core import contract
+from core.contract import CHAMPION, HISTORY_PREFIX, PREVIOUS
+from core.faults import failpoint
+from pipelines.judge.registry_client import ChampionMoved, RegistryError, not_found
+from pipelines.judge.registry_reads import RegistryReads
+from pipelines.models.modelfile import LoadedModel, save_model
+
+if TYPE_CHECKING:
+    from pipelines.data.dataset import Dataset
+
+
+@dataclass
+class CandidateRun:
+    """What a candidate's MLflow run records besides its evaluation."""
+
+    name: str
+    params: dict = field(default_factory=dict)
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    reports: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class CandidateRecord:
+    """Everything a candidate's run records: the run itself, the judging's tags and metrics,
+    its figures and the decision. ``reference_images`` (a few holdout images, uint8) travel
+    with the version so that serving can check its ONNX export against Keras on real images;
+    ``training_features`` (``pipelines.loop.features.TrainingFeatures`` bytes) let drift
+    checks and the label queue compare live images with the training images."""
+
+    run: CandidateRun
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    artifacts: list[Path]
+    decision_markdown: str
+    reference_images: np.ndarray | None = None
+    training_features: bytes | None = None
+
+
+ANY = object()  # promote(expected=ANY): no compare-and-set (a manual promote or rollback)
+
+
+def pip_requirements() -> list[str]:
+    """What the logged model needs, pinned to what trained it (no slow inference)."""
+    return [
+        f"tensorflow-cpu=={package_version('tensorflow-cpu')}",
+        f"keras=={package_version('keras')}",
+    ]
+
+
+def git_sha() -> str | None:
+    done = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    )
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _log_record(client, record: CandidateRecord, dataset: Dataset | None) -> None:
+    """Into the active MLflow run: params, curves per step (one request), metrics, the
+    decision, and the dataset version as an input."""
+    from mlflow.entities import Metric
+
+    import mlflow
+
+    run = record.run
+    mlflow.log_params({k: str(v)[:500] for k, v in run.params.items()})
+    now = int(time.time() * 1000)
+    curves = [
+        Metric(key, value, now, step)
+        for key, values in run.curves.items()
+        for step, value in enumerate(values)
+    ]
+    if curves:
+        client.log_batch(mlflow.active_run().info.run_id, metrics=curves)
+    mlflow.log_metrics(record.metrics)
+    mlflow.log_text(record.decision_markdown, "decision.md")
+    if dataset is not None:
+        digest = (dataset.version or "")[:36] or None
+        frame = mlflow.data.from_pandas(
+            dataset.index, source=str(dataset.dir), name="refit-dataset", digest=digest
+        )
+        mlflow.log_input(frame, context="training")
+
+
+def _version_tags(model: LoadedModel, tags: dict[str, str], dataset: Dataset | None) -> dict:
+    """The run's and the version's tags: provenance (git sha, the process that logged it),
+    the class names, an imported model's origin and pixels, the dataset index's digest."""
+    digest = {"dataset.index_sha256": _frame_digest(dataset.index)} if dataset is not None else {}
+    return {
+        "git_sha": git_sha() or "unknown",
+        contract.OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}",
+        contract.CLASS_NAMES_TAG: json.dumps(model.class_names),
+        **{
+            tag: str(model.card[tag])
+            for tag in (contract.IMPORTED_TAG, contract.PIXELS_TAG)
+            if tag in model.card
+        },
+        **tags,
+        **digest,
+    }
+
+
+def _record_files(artifacts: list[Path]) -> list[tuple[Path, str]]:
+    """The figures and reports, with the run folder each goes to."""
+    return [(p, "evaluation" if p.suffix in (".png", ".json") else "reports") for p in artifacts]
+
+
+def _model_files(
+    model: LoadedModel, reference_images: np.ndarray | None, features: bytes | None, tmp: Path
+) -> list[tuple[Path, str]]:
+    """The Refit model file and the reference images, where the contract says, written to
+    ``tmp``."""
+    files = [(save_model(model, tmp / contract.MODEL_FILE_NAME), contract.MODEL_FILE_DIR)]
+    if reference_images is not None:
+        np.save(images := tmp / contract.REFERENCE_NAME, reference_images.astype(np.uint8))
+        files.append((images, contract.REFERENCE_DIR))
+    if features is not None:
+        path = tmp / Path(contract.TRAINING_FEATURES_ARTIFACT).name
+        path.write_bytes(features)
+        files.append((path, contract.REFERENCE_DIR))
+    return files
+
+
+def _log_keras(model: LoadedModel):
+    """The model in the ``mlflow.keras`` flavour, with explicit requirements (inferring them
+    costs ~26 s) and its class names in the metadata."""
+    import mlflow.keras
+    from mlflow.models import infer_signature
+
+    x = np.zeros((1, *model.model.input_shape[1:]), "float32")
+    return mlflow.keras.log_model(
+        model.model,
+        name="model",
+        pip_requirements=pip_requirements(),
+        signature=infer_signature(x, model.model(x).numpy()),
+        metadata={"class_names": model.class_names},
+    )
+
+
+def _frame_digest(frame: pd.DataFrame) -> str:
+    """sha256 of a table's CSV form: the manifest digest of the dataset index."""
+    import hashlib
+
+    return hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()
+
+
+def _label(version: object) -> str:
+    return "none" if version is None else f"v{version}"
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except OSError:
+        return "refit"
+
+
+class RegistryWrites(RegistryReads):
+    """Candidates logged and registered; aliases moved."""
+
+    def log_candidate(
+        self, model: LoadedModel, record: CandidateRecord, dataset: Dataset | None = None
+    ) -> tuple[str, str]:
+        """Log a candidate's run (``record``) with ``dataset`` as its input, and register
+        ``model`` as a new version.
+
+        Returns:
+            (run id, registered version). No alias moves here.
+        """
+        import mlflow
+
+        mlflow.set_tracking_uri(self.config.tracking_uri)
+        mlflow.set_registry_uri(self.config.registry_uri)
+        experiment = self.experiment_id()
+        self._ensure_registered_model()
+        self.end_abandoned_runs(experiment)
+        tags = _version_tags(model, record.tags, dataset)
+
+        def log() -> tuple[str, str]:
+            with mlflow.start_run(experiment_id=experiment, run_name=record.run.name) as active:
+                mlflow.set_tags(tags)
+                failpoint("register")
+                _log_record(self.client, record, dataset)
+                info = self._upload(active.info.run_id, model, record)
+                registered = self.client.create_model_version(
+                    self.name,
+                    info.model_uri,
+                    run_id=active.info.run_id,
+                    tags=tags,
+                    model_id=info.model_id,
+                )
+                return active.info.run_id, str(registered.version)
+
+        return self._call("log the candidate", log)
+
+    def _upload(self, run_id: str, model: LoadedModel, record: CandidateRecord):
+        """The figures, reports, model file and references side by side (each a round trip
+        to the artifact store), and the model in the ``mlflow.keras`` flavour."""
+        with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(4) as pool:
+            files = [
+                *_record_files(record.artifacts),
+                *_model_files(model, record.reference_images, record.training_features, Path(tmp)),
+            ]
+            uploads = [
+                pool.submit(self.client.log_artifact, run_id, str(f), folder) for f, folder in files
+            ]
+            info = _log_keras(model)
+            for upload in uploads:
+                upload.result()
+        return info
+
+    def end_abandoned_runs(self, experiment: str) -> list[str]:
+        """Mark KILLED the runs left RUNNING by a process of this host that is gone (killed,
+        or its MLflow server died mid-run so it could not say it failed). Returns their ids."""
+        from mlflow.entities import RunStatus
+
+        running = self._call(
+            "find running runs",
+            lambda: self.client.search_runs([experiment], "attributes.status = 'RUNNING'"),
+        )
+        ended = []
+        for run in running:
+            host, _, pid = run.data.tags.get(contract.OWNER_TAG, "").rpartition(":")
+            if host != socket.gethostname() or not pid.isdigit() or psutil.pid_exists(int(pid)):
+                continue  # another host's, or its process is still there
+            self._call(
+                "end an abandoned run",
+                lambda run=run: self.client.set_terminated(
+                    run.info.run_id, RunStatus.to_string(RunStatus.KILLED)
+                ),
+            )
+            ended.append(run.info.run_id)
+        return ended
+
+    def promote(
+        self,
+        version: str,
+        reason: str,
+        action: str = "promote",
+        metrics: dict | None = None,
+        expected: object = ANY,
+    ) -> None:
+        """Make ``version`` the champion; the old champion becomes ``previous``.
+
+        One move as readers see it: the intent is written first, then ``champion`` moves
+        (the only step readers act on), then ``previous`` and the history follow; a crash in
+        between is completed by the next :meth:`complete_pending`. With ``expected``, a
+        compare-and-set: refused with :class:`ChampionMoved` unless the champion is still
+        ``expected`` (the version the challenger was judged against; None: no champion).
+        """
+        self.complete_pending()
+        self._version_exists(version)
+        current = self.alias_version(CHAMPION)
+        if expected is not ANY and current != expected:
+            raise ChampionMoved(
+                f"the champion is {_label(current)}, not {_label(expected)} as when version "
+                f"{version} was judged"
+            )
+        if current == version:
+            raise RegistryError(f"version {version} is already the champion")
+        history = [k for k in self._tags() if k.startswith(HISTORY_PREFIX)]
+        entry = {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "who": _who(),
+            "action": action,
+            "version": version,
+            "reason": reason,
+            "from_version": current,
+            "metrics": metrics or {},
+        }
+        intent = {"key": f"{HISTORY_PREFIX}{len(history) + 1:05d}", "entry": entry}
+        self._set_tag(contract.PENDING_MOVE_TAG, json.dumps(intent))
+        failpoint("promote.intent")
+        self._call(
+            "move champion",
+            lambda: self.client.set_registered_model_alias(self.name, CHAMPION, version),
+        )
+        self._finish_move(intent)
+
+    def _set_tag(self, key: str, value: str) -> None:
+        self._call(
+            "write a tag", lambda: self.client.set_registered_model_tag(self.name, key, value)
+        )
+
+    def _finish_move(self, intent: dict) -> None:
+        """The steps after ``champion`` moved; each may be repeated."""
+        entry = intent["entry"]
+        if entry["from_version"] is not None:
+            self._call(
+                "move previous",
+                lambda: self.client.set_registered_model_alias(
+                    self.name, PREVIOUS, entry["from_version"]
+                ),
+            )
+        self._set_tag(intent["key"], json.dumps(entry))
+        self._call(
+            "clear the intent",
+            lambda: self.client.delete_registered_model_tag(self.name, contract.PENDING_MOVE_TAG),
+        )
+
+    def tag_version(self, version: str, key: str, value: str) -> None:
+        self._call(
+            "tag the version",
+            lambda: self.client.set_model_version_tag(self.name, version, key, value[:4900]),
+        )
+
+    def complete_pending(self) -> str | None:
+        """Complete an alias move a crash cut short (``champion`` had moved), or drop its
+        intent (it had not). Returns what was done, or None when nothing was pending."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            pending = self._tags().get(contract.PENDING_MOVE_TAG)
+        except MlflowException as exc:
+            if not_found(exc):
+                return None
+            raise
+        if not pending:
+            return None
+        intent = json.loads(pending)
+        if self.alias_version(CHAMPION) == intent["entry"]["version"]:
+            self._finish_move(intent)
+            return f"completed the move of champion to version {intent['entry']['version']}"
+        self._call(
+            "drop the intent",
+            lambda: self.client.delete_registered_model_tag(self.name, contract.PENDING_MOVE_TAG),
+        )
+        return f"dropped an unfinished move to version {intent['entry']['version']}"
+
+    def rollback(self, reason: str, to: str | None = None) -> str:
+        """Move the champion back to ``previous`` (or to version ``to``); returns it."""
+        self.complete_pending()
+        target = to or self.alias_version(PREVIOUS)
+        if target is None:
+            raise RegistryError("there is no previous version to roll back to")
+        self.promote(target, reason, action="rollback")
+        return target
