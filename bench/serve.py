@@ -102,7 +102,7 @@ def start_ours(
     tmp: Path, uri: str, log: bool = True, name: str = "ws"
 ) -> tuple[subprocess.Popen, str]:
     from core.settings import get_settings
-    from refit.platform import serving_service
+    from refit.services import serving_service
 
     config = tmp / f"refit-{name}.toml"
     port = free_port()

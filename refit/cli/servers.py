@@ -28,14 +28,14 @@ app = typer.Typer()
 def _start(settings: Settings, role: str):
     """Start a role's servers in the background; print each as it answers."""
     from core.settings import apply_tool_environment
-    from refit import platform
+    from refit import platform, services
 
     if role == "up":
         settings.ensure_platform_secrets()  # before any server or client needs them
     apply_tool_environment(settings)
     with console.status("Starting servers…") as spinner:
 
-        def ready(service: platform.Service) -> None:
+        def ready(service: services.Service) -> None:
             console.print(f"[green]✓[/] {service.title} answers at {service.url}")
             spinner.update("Waiting for the other servers…")
 
@@ -125,7 +125,7 @@ def demo() -> None:
 def serve() -> None:
     """Run the serving server in the foreground (Ctrl+C stops it); needs a champion."""
     from core.contract import CHAMPION
-    from refit import platform
+    from refit import services
 
     settings = load_settings()
     try:
@@ -139,7 +139,7 @@ def serve() -> None:
         )
     token, _ = settings.ensure_admin_token()
     console.print(f"Serving champion v{version} at {settings.serving_url} (admin token {token})")
-    service = platform.serving_service(settings)
+    service = services.serving_service(settings)
     os.execve(service.command[0], service.command, {**os.environ, **service.env})
 
 
@@ -155,9 +155,9 @@ def worker(
     if foreground:
         import os
 
-        from refit import platform
+        from refit import services
 
-        (service,) = platform.services(settings, "worker")
+        (service,) = services.services(settings, "worker")
         settings.ensure_workspace()
         os.execve(service.command[0], service.command, {**os.environ, **service.env})
     _start(settings, "worker")

@@ -79,14 +79,14 @@ def test_settings_that_point_elsewhere_start_nothing_local(monkeypatch) -> None:
     monkeypatch.setenv("REFIT_PREFECT_API_URL", "http://prefect.team:4200/api")
     monkeypatch.setenv("REFIT_SERVING__PUBLIC_URL", "http://lb.team:8080/")
     monkeypatch.setenv("REFIT_ORCHESTRATION__WATCH_DROP_FOLDER", "false")
-    from refit import platform
+    from refit import services
 
     settings = Settings()
-    assert [s.name for s in platform.services(settings)] == ["worker"]
+    assert [s.name for s in services.services(settings)] == ["worker"]
     assert settings.serving_replicas() == ["http://lb.team:8080"]
-    assert [s.name for s in platform.services(settings, "worker")] == ["worker"]
-    assert platform.services(settings)[0].prepare  # `refit up` deploys before its worker
-    assert not platform.services(settings, "worker")[0].prepare
+    assert [s.name for s in services.services(settings, "worker")] == ["worker"]
+    assert services.services(settings)[0].prepare  # `refit up` deploys before its worker
+    assert not services.services(settings, "worker")[0].prepare
 
 
 def test_explicit_tracking_uri_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
