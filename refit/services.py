@@ -32,6 +32,11 @@ class Service:
 SERVER_TAG = "REFIT_SERVER_TAG"
 
 
+def _set(variable: str, value: str | None) -> dict[str, str]:
+    """``{variable: value}`` when a value is configured, else nothing."""
+    return {variable: value} if value else {}
+
+
 def _bin(name: str) -> str:
     """A console script of the environment Refit runs in."""
     return str(Path(sys.executable).parent / name)
@@ -81,11 +86,7 @@ def _mlflow_service(settings: Settings) -> Service:
             **_mlflow_auth_env(settings),
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
             # artifacts in an S3 store: the server alone talks to it (clients use its proxy)
-            **(
-                {"MLFLOW_S3_ENDPOINT_URL": settings.store_endpoint_url}
-                if settings.store_endpoint_url
-                else {}
-            ),
+            **_set("MLFLOW_S3_ENDPOINT_URL", settings.store_endpoint_url),
         },
         url=settings.mlflow_url,
         health_url=f"{settings.mlflow_url}/health",
@@ -131,11 +132,7 @@ def _prefect_service(settings: Settings) -> Service:
         env={
             **tool_environment(settings),
             "PREFECT_UI_API_URL": str(settings.prefect_api_url),
-            **(
-                {"PREFECT_API_DATABASE_CONNECTION_URL": settings.prefect_database_url}
-                if settings.prefect_database_url
-                else {}
-            ),
+            **_set("PREFECT_API_DATABASE_CONNECTION_URL", settings.prefect_database_url),
         },
         url=settings.prefect_url,
         health_url=f"{settings.prefect_api_url}/health",

@@ -1,41 +1,16 @@
-"""What every command group shares: the consoles, settings, errors, the registry, options."""
+"""What the command groups share: the consoles, settings, errors, the registry, following a
+run, and the one renderer of decisions and reports."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
     from core.settings import Settings
-
-
-BatchArg = Annotated[
-    Path, typer.Argument(help="A zip/tar/tar.gz, a folder, or a CSV of image paths and labels.")
-]
-ModelOut = Annotated[Path | None, typer.Option(help="Model file to write (.keras).")]
-SourceOpt = Annotated[
-    Path | None,
-    typer.Option(help="Batch-shaped images to train on (default: the dataset's train split)."),
-]
-ExcludeSampleOpt = Annotated[
-    bool,
-    typer.Option(
-        help="Leave out the embedded sample's holdout and incoming images; report on its holdout."
-    ),
-]
-ParentOpt = Annotated[
-    Path | None, typer.Option(help="A model file to fine-tune (default: the registry's champion).")
-]
-BatchIdOpt = Annotated[
-    str | None,
-    typer.Option(help="The merged batch to learn from (default: the latest dataset version's)."),
-]
-RegisterOpt = Annotated[
-    bool, typer.Option(help="Judge the result against the champion; register, promote if blessed.")
-]
 
 
 # soft_wrap: lines go out whole (a terminal wraps them; a pipe or a CI log keeps paths and
@@ -92,20 +67,6 @@ def registry_call(fn):
         return fn()
     except RegistryError as exc:
         raise fail(str(exc)) from exc
-
-
-def model_out(settings: Settings, out: Path | None, recipe: str) -> Path:
-    """Where a trained model goes: ``out``, or a timestamped file in the workspace."""
-    import time
-
-    return out or settings.workspace / "models" / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}.keras"
-
-
-def save_model_file(loaded, out: Path) -> None:
-    from pipelines.training.scratch import save_with_card
-
-    save_with_card(loaded, out)
-    console.print(f"Saved {out} and its card {out.with_suffix('.md')}")
 
 
 def print_judgement(outcome) -> None:

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from refit.cli.common import (
-    BatchArg,
     console,
     fail,
     follow_submission,
     load_settings,
 )
 
-if TYPE_CHECKING:
-    pass
-
-
 sample_app = typer.Typer(help="The embedded CIFAR-10 sample.", no_args_is_help=True)
+BatchArg = Annotated[
+    Path, typer.Argument(help="A zip/tar/tar.gz, a folder, or a CSV of image paths and labels.")
+]
+
+
 data_app = typer.Typer(
     help="Check, add and version batches of labelled images.", no_args_is_help=True
 )

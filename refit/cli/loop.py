@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -15,10 +15,6 @@ from refit.cli.common import (
     registry_call,
     registry_of,
 )
-
-if TYPE_CHECKING:
-    pass
-
 
 app = typer.Typer()
 label_app = typer.Typer(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -16,10 +16,6 @@ from refit.cli.common import (
     registry_call,
     registry_of,
 )
-
-if TYPE_CHECKING:
-    pass
-
 
 app = typer.Typer(help="Import and manage models.", no_args_is_help=True)
 

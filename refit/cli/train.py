@@ -9,26 +9,53 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from refit.cli.common import (
-    BatchIdOpt,
-    ExcludeSampleOpt,
-    ModelOut,
-    ParentOpt,
-    RegisterOpt,
-    SourceOpt,
     console,
     fail,
     load_settings,
-    model_out,
     print_judgement,
     registry_call,
-    save_model_file,
 )
 
 if TYPE_CHECKING:
-    pass
-
+    from core.settings import Settings
 
 app = typer.Typer(help="Train models: from scratch, or fine-tune.", no_args_is_help=True)
+
+ModelOut = Annotated[Path | None, typer.Option(help="Model file to write (.keras).")]
+SourceOpt = Annotated[
+    Path | None,
+    typer.Option(help="Batch-shaped images to train on (default: the dataset's train split)."),
+]
+ExcludeSampleOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Leave out the embedded sample's holdout and incoming images; report on its holdout."
+    ),
+]
+ParentOpt = Annotated[
+    Path | None, typer.Option(help="A model file to fine-tune (default: the registry's champion).")
+]
+BatchIdOpt = Annotated[
+    str | None,
+    typer.Option(help="The merged batch to learn from (default: the latest dataset version's)."),
+]
+RegisterOpt = Annotated[
+    bool, typer.Option(help="Judge the result against the champion; register, promote if blessed.")
+]
+
+
+def model_out(settings: Settings, out: Path | None, recipe: str) -> Path:
+    """Where a trained model goes: ``out``, or a timestamped file in the workspace."""
+    import time
+
+    return out or settings.workspace / "models" / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}.keras"
+
+
+def save_model_file(loaded, out: Path) -> None:
+    from pipelines.training.scratch import save_with_card
+
+    save_with_card(loaded, out)
+    console.print(f"Saved {out} and its card {out.with_suffix('.md')}")
 
 
 @app.command("bootstrap")
