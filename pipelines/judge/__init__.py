@@ -1,3 +1,4 @@
-"""Judging: ``gate`` (the decision), ``figures`` (of an evaluation),
-``candidate`` (fine-tune-and-judge, recorded once), ``registry`` (MLflow: runs, versions,
-aliases, history), ``reports``."""
+"""Judging: ``gate`` (the decision), ``candidate`` (fine-tune-and-judge: ``challenge``, then
+``judge_challenge``; a model file judged whole), ``registry`` (MLflow: ``registry_client``
+the plumbing, ``registry_reads`` the read side, ``registry_writes`` runs, versions and the
+alias-move protocol), ``figures`` (of an evaluation), ``reports`` (for people)."""
