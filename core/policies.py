@@ -124,7 +124,7 @@ class ArchitectureConfig(Section):
 
 
 class TrainConfig(Section):
-    """Training from scratch (bootstrap)."""
+    """Training from scratch (`refit train bootstrap`, the bootstrap flow's train_from_scratch)."""
 
     epochs: int = Field(default=40, description="Epochs of the one-cycle schedule.")
     batch_size: int = Field(default=512, description="Images per step.")

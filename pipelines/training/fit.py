@@ -138,7 +138,7 @@ def early_stopping(epochs: int, patience: int) -> keras.callbacks.EarlyStopping:
     """Stop when validation accuracy has not improved for ``patience`` epochs, restoring
     the best weights; it only watches the second half of the run. At the one-cycle peak the
     validation accuracy swings by 10 points from epoch to epoch, and watched from the start
-    a 48-epoch bootstrap stopped at epoch 17, restoring an epoch-5 model (73% holdout)."""
+    a 48-epoch run from scratch stopped at epoch 17, restoring an epoch-5 model (73% holdout)."""
     return keras.callbacks.EarlyStopping(
         "val_accuracy",
         patience=patience,

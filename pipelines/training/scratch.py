@@ -58,7 +58,7 @@ def fit_from_scratch(
     if precision != "float32":
         model = as_float32(model)
     card = {
-        "recipe": "bootstrap",
+        "recipe": "bootstrap",  # the name every model card so far carries for this recipe
         "architecture": spec.model_dump(),
         "train": config.model_dump(),
         "train_images": len(train),
