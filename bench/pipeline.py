@@ -106,17 +106,13 @@ def plain_calls() -> tuple[float, dict[str, float]]:
 
     started = time.perf_counter()
     merged = step("validate and merge", retrain.validate_and_merge.fn, submission)
-    champion, challenger, fits, dataset = step(
-        "fine-tune", retrain.finetune.fn, merged.version.batch_id, None
-    )
-    judgement = step(
-        "judge and promote", retrain.judge_and_promote.fn, champion, challenger, fits, dataset, {}
-    )
+    trial = step("fine-tune", retrain.finetune.fn, merged.version.batch_id, None)
+    judgement = step("judge and promote", retrain.judge_and_promote.fn, submission, trial, {})
     if not judgement.promoted:  # as the flow does: nothing to reload
         print(f"not promoted: {judgement.decision.reasons} {judgement.note}", file=sys.stderr)
         return time.perf_counter() - started, shares
     step("reload serving", common.reload_serving.fn, judgement.version)
-    step("smoke check", common.smoke_check.fn, judgement.version, challenger, dataset)
+    step("smoke check", common.smoke_check.fn, judgement.version, trial.challenger, trial.dataset)
     return time.perf_counter() - started, shares
 
 
@@ -173,9 +169,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if "--phase" in sys.argv:  # one measurement, in its own process: recorded by main()
+        sys.exit(main())
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench.results import recorded
 
     with recorded("pipeline"):
-        code = main()
-    sys.exit(code)
+        main()
