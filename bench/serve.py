@@ -93,7 +93,13 @@ def register_builtin(tmp: Path) -> tuple[str, object]:
     model = load_refit_model(PROJECT_ROOT / "models" / "builtin" / "model.keras")
     x = np.stack([np.asarray(Image.open(io.BytesIO(d)).convert("RGB")) for d in jpegs(64)])
     holdout = ImageSet(x, np.zeros(len(x), int), model.class_names)  # labels unused here
-    lenient = GatePolicy(min_accuracy=0, min_delta=-1, max_recall_drop=1)
+    lenient = GatePolicy(
+        min_accuracy=0,
+        min_delta=-1,
+        max_recall_drop=1,
+        max_old_accuracy_drop=1,
+        new_class_min_recall=0,
+    )
     judge(model, holdout, registry, lenient, CandidateRun("bench v1"))
     return uri, (registry, model, holdout, lenient)
 

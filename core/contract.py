@@ -22,7 +22,7 @@ FEATURES_LAYER = "logits"
 # Tags of a version (and its run).
 CLASS_NAMES_TAG = "class_names"  # JSON list, in output order
 DATASET_VERSION_TAG = "dataset_version"
-GATE_TAG = "gate"  # passed / failed
+GATE_TAG = "gate"  # passed / failed / inconclusive
 PARENT_TAG = "parent_version"
 OWNER_TAG = "refit.owner"  # host:pid of the process that logged it (ends abandoned runs)
 SUBMISSION_TAG = "submission"  # the retrain submission it was trained for

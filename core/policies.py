@@ -208,19 +208,46 @@ class FinetuneConfig(Section):
 
 
 class GatePolicy(Section):
-    """When a challenger may replace the champion (the "blessing")."""
+    """When a challenger may replace the champion (the "blessing"): paired tests on the
+    holdout images both models answer, at one-sided error rate ``alpha``."""
 
+    alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=0.5,
+        description="One-sided error rate of each test: the chance that a challenger no "
+        "better than the champion is blessed. Lower asks for more evidence (more holdout "
+        "images, or a clearer gain) before a promotion.",
+    )
+    mode: Literal["superiority", "non_inferiority"] = Field(
+        default="superiority",
+        description="Same classes: superiority blesses only with evidence the challenger is "
+        "better (by min_delta); non_inferiority blesses with evidence it is no worse than "
+        "margin (for retrains on fresher data that should not cost accuracy).",
+    )
     min_delta: float = Field(
-        default=0.0, description="Same classes: challenger accuracy >= champion + this."
+        default=0.0,
+        description="Superiority: the accuracy difference's lower bound must exceed this.",
+    )
+    margin: float = Field(
+        default=0.01,
+        ge=0,
+        description="Non-inferiority: the accuracy difference's lower bound must exceed "
+        "-margin.",
     )
     max_recall_drop: float = Field(
-        default=0.03, description="Same classes: no class's recall may drop by more."
+        default=0.03,
+        description="Same classes: a class refuses the challenger when its recall dropped by "
+        "more than this with evidence (a paired test, Holm-corrected over the classes).",
     )
     max_old_accuracy_drop: float = Field(
-        default=0.02, description="New classes: old-class accuracy may drop at most this."
+        default=0.04,
+        description="New classes: the old-class accuracy difference's lower bound must stay "
+        "above -this (adding a class costs some old-class accuracy; see the guide).",
     )
     new_class_min_recall: float = Field(
-        default=0.8, description="New classes: each needs at least this recall."
+        default=0.8,
+        description="New classes: each one's recall lower bound must reach this.",
     )
     min_accuracy: float = Field(
         default=0.5, description="Absolute floor, and the only check when there is no champion."

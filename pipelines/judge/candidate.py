@@ -30,7 +30,7 @@ from core.progress import Progress
 from pipelines.data.dataset import Dataset
 from pipelines.images.decode import ImageSet
 from pipelines.judge.figures import curves_figure, write_figures
-from pipelines.judge.gate import Decision, decide
+from pipelines.judge.gate import Answers, Decision, decide
 from pipelines.judge.registry import Registry
 from pipelines.judge.registry_client import ChampionMoved
 from pipelines.judge.registry_writes import CandidateRecord, CandidateRun
@@ -66,6 +66,7 @@ class Assessment:
     champion_probs: np.ndarray | None
     champion_version: str | None
     decision: Decision
+    answers: Answers | None = None
 
     def summary(self) -> dict[str, object]:
         """Old-class accuracy before and after, all-class accuracy, new-class recall."""
@@ -93,7 +94,26 @@ class Assessment:
             figures += write_figures(
                 self.champion, self.champion_probs, champion_images, out_dir, "champion_"
             )
+            if self.answers is not None and len(self.answers.negative_flips):
+                figures.append(self._flips_figure(champion_images, out_dir))
         return figures
+
+    def _flips_figure(self, images: ImageSet, out_dir: Path) -> Path:
+        """A thumbnail grid of the negative flips (the first 64): true class > challenger's."""
+        from pipelines.images.decode import thumbnail_grid
+
+        flips = self.answers.negative_flips[:64]
+        keep = np.flatnonzero(
+            np.isin(np.array(self.holdout.class_names)[self.holdout.y], self.champion.class_names)
+        )
+        guesses = self.challenger_probs[keep][flips].argmax(axis=1)
+        captions = [
+            f"{self.answers.labels[i]}>{self.challenger.class_names[g]}"
+            for i, g in zip(flips, guesses, strict=True)
+        ]
+        path = out_dir / "negative_flips.png"
+        path.write_bytes(thumbnail_grid(list(images.x[flips]), captions))
+        return path
 
 
 @dataclass
@@ -114,17 +134,47 @@ def assess(
     challenger: LoadedModel, holdout: ImageSet, policy: GatePolicy, baseline: Baseline | None
 ) -> Assessment:
     """Evaluate ``challenger`` on ``holdout`` and ``baseline`` on the images of its classes
-    (each predicted once), and ask the gate."""
+    (each predicted once), pair their answers image by image, and ask the gate."""
     challenger_eval, challenger_probs = evaluate(challenger, holdout)
-    champion_eval = champion_probs = None
+    champion_eval = champion_probs = answers = None
     if baseline is not None:
         images = holdout.only(baseline.model.class_names)
         champion_eval, champion_probs = evaluate(baseline.model, images)
+        answers = pair(holdout, baseline.model, champion_probs, challenger, challenger_probs)
     version = baseline.version if baseline else None
     label = f"champion v{version}" if version else "the parent model" if baseline else ""
-    decision = decide(challenger_eval, champion_eval, policy, label)
+    decision = decide(challenger_eval, champion_eval, policy, label, answers)
     return Assessment(
-        holdout, challenger_eval, challenger_probs, champion_eval, champion_probs, version, decision
+        holdout,
+        challenger_eval,
+        challenger_probs,
+        champion_eval,
+        champion_probs,
+        version,
+        decision,
+        answers,
+    )
+
+
+def pair(
+    holdout: ImageSet,
+    champion: LoadedModel,
+    champion_probs: np.ndarray,
+    challenger: LoadedModel,
+    challenger_probs: np.ndarray,
+) -> Answers:
+    """Both models' correctness on the holdout images of the champion's classes, in order
+    (``champion_probs`` are its answers on exactly those images)."""
+    names = np.array(holdout.class_names)[holdout.y]
+    keep = np.isin(names, champion.class_names)
+    labels = names[keep]
+
+    def right(model: LoadedModel, probs: np.ndarray) -> np.ndarray:
+        truth = np.array([model.class_names.index(name) for name in labels], dtype=int)
+        return probs.argmax(axis=1) == truth
+
+    return Answers(
+        labels, right(champion, champion_probs), right(challenger, challenger_probs[keep])
     )
 
 
@@ -141,8 +191,11 @@ def record(
     if assessment.champion is not None:
         metrics |= assessment.champion.flat_metrics("champion.")
     metrics["gate.passed"] = float(decision.passed)
+    metrics |= decision.metrics()
     tags = {
-        GATE_TAG: "passed" if decision.passed else "failed",
+        GATE_TAG: {"blessed": "passed", "refused": "failed"}.get(
+            decision.outcome, decision.outcome
+        ),
         "gate.baseline": decision.baseline,
         "gate.reasons": "; ".join(decision.reasons)[:4900],
         PARENT_TAG: assessment.champion_version or "none",

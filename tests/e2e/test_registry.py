@@ -24,7 +24,9 @@ pytestmark = pytest.mark.e2e
 
 CLASSES = ["red", "green", "blue"]
 SPEC = ArchitectureConfig(input_size=24, widths=(8, 16, 16))
-POLICY = GatePolicy(min_accuracy=0.5, min_delta=0.0, max_recall_drop=0.2)
+# Non-inferiority: a model as good as the champion passes, so the alias moves can be driven
+# by the same model (the default, superiority, never promotes the champion again: below).
+POLICY = GatePolicy(min_accuracy=0.5, mode="non_inferiority", margin=0.05, max_recall_drop=0.2)
 
 
 def coloured(per_class: int, seed: int) -> ImageSet:
@@ -64,7 +66,7 @@ def test_first_run_pass_fail_rollback_history_export(registry, models, tmp_path:
     assert registry.alias_version("champion") == first.version  # the alias did not move
     assert worse.decision.baseline == f"champion v{first.version}"
 
-    again = judge(good, holdout, registry, POLICY, CandidateRun("finetune equal"))  # ties pass
+    again = judge(good, holdout, registry, POLICY, CandidateRun("finetune equal"))  # no worse
     assert again.promoted and registry.alias_version("previous") == first.version
 
     rows = {v.version: v for v in registry.versions()}
@@ -72,6 +74,13 @@ def test_first_run_pass_fail_rollback_history_export(registry, models, tmp_path:
     assert rows[first.version].aliases == ["previous"]
     assert rows[worse.version].decision == "failed"
     assert rows[first.version].class_names == CLASSES
+
+    # The champion's own weights again, under the default gate (superiority): never promoted.
+    default = GatePolicy(min_accuracy=0.5)
+    same = judge(good, holdout, registry, default, CandidateRun("the champion again"))
+    assert not same.promoted and same.decision.outcome == "inconclusive"
+    assert registry.alias_version("champion") == again.version
+    assert registry.versions()[0].decision == "inconclusive"
 
     assert registry.rollback("bad numbers in production") == first.version
     assert registry.alias_version("champion") == first.version

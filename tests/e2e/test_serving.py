@@ -27,7 +27,13 @@ from tests.e2e.serving_server import ServingServer, start_serving, wait_ready
 pytestmark = pytest.mark.e2e
 
 CLASSES = ["red", "green", "blue"]
-LENIENT = GatePolicy(min_accuracy=0.0, min_delta=-1.0, max_recall_drop=1.0)
+LENIENT = GatePolicy(
+    min_accuracy=0.0,
+    min_delta=-1.0,
+    max_recall_drop=1.0,
+    max_old_accuracy_drop=1.0,
+    new_class_min_recall=0.0,
+)
 
 
 @pytest.fixture(scope="module")

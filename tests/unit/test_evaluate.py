@@ -56,13 +56,16 @@ def test_old_class_accuracy_counts_a_new_class_guess_as_a_mistake() -> None:
 def test_the_comparison_reads_old_and_new_classes_from_the_two_evaluations() -> None:
     from core.policies import GatePolicy
     from pipelines.judge.candidate import Assessment
-    from pipelines.judge.gate import decide
+    from pipelines.judge.gate import Answers, decide
 
     names = ["cat", "dog", "truck"]
     y = np.array([0, 0, 1, 1, 2, 2, 2, 2])
     challenger = metrics_from_probs(np.eye(3)[[0, 2, 1, 1, 2, 2, 2, 0]], y, names)
     champion = metrics_from_probs(np.eye(2)[[0, 0, 1, 0]], y[:4], names[:2])
-    decision = decide(challenger, champion, GatePolicy(), "champion v1")
+    answers = Answers(
+        np.array(names)[y[:4]], np.array([1, 1, 1, 0], bool), np.array([1, 0, 1, 1], bool)
+    )
+    decision = decide(challenger, champion, GatePolicy(), "champion v1", answers)
     summary = Assessment(None, challenger, None, champion, None, "1", decision).summary()
     assert summary == {
         "old_class_accuracy_before": 0.75,

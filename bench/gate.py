@@ -1,0 +1,182 @@
+"""Benchmark: does the gate tell an improvement from noise? (issue 34)
+
+All on CIFAR-10 from the shared tarball, split once (seeded) into a base training set, a
+batch, and a large pool the models never train on:
+
+- **False promotion rate.** A champion trained from scratch on the base set is fine-tuned on
+  the same batch ``--seeds`` times, only the seed differing: exchangeable challengers, none
+  truly better than another. Every ordered pair (one as champion, one as challenger) is
+  judged on ``--draws`` random holdouts of ``--holdout`` images from the pool, by the old
+  point-estimate rules (accuracy >= champion's, no class's recall down by more than 0.03)
+  and by the paired gate. Target: the gate promotes <= 5% of them.
+- **Power.** A champion trained on half the base set and a challenger trained on all of it
+  (the same recipe): the challenger's true gain is measured on the whole pool, and the
+  share of random holdouts on which the gate blesses it is its power. Target >= 80% for a
+  gain of about 2 points on 2,000 images; the table also prints the smallest gain the gate
+  detects at that size (80% power, the observed disagreement rate).
+- **Cost** of one decision on a holdout of ``--holdout`` images. Target < 1 s.
+
+Run: .venv/bin/python bench/gate.py  (about 10-15 min on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.stats import norm
+
+from core.policies import ArchitectureConfig, FinetuneConfig, GatePolicy, TrainConfig
+from core.settings import get_settings
+from pipelines.images.decode import ImageSet
+from pipelines.judge.gate import Answers, decide
+from pipelines.models.evaluate import metrics_from_probs
+from pipelines.models.predict import predict_proba
+from pipelines.training.finetune import finetune
+from pipelines.training.scratch import fit_from_scratch
+
+QUIET = {"progress": lambda message: None}
+
+
+def read_cifar(archive: Path) -> ImageSet:
+    """Every image of the tarball, decoded (about 10 s)."""
+    pixels, labels = [], []
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".jpg"):
+                data = tar.extractfile(member).read()
+                pixels.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+                labels.append(member.name.split("/")[-2])
+    classes = sorted(set(labels))
+    return ImageSet(np.stack(pixels), np.array([classes.index(c) for c in labels]), classes)
+
+
+def split(images: ImageSet, base: int, batch: int, seed: int = 0):
+    order = np.random.default_rng(seed).permutation(len(images))
+    return (
+        images.take(order[:base]),
+        images.take(order[base : base + batch]),
+        images.take(order[base + batch :]),
+    )
+
+
+def train(images: ImageSet, epochs: int, seed: int):
+    spec = ArchitectureConfig(input_size=32, widths=(32, 64, 64))
+    config = TrainConfig(epochs=epochs, batch_size=256, val_share=0.05, patience=0, seed=seed)
+    model, _ = fit_from_scratch(images, spec, config, **QUIET)
+    return model
+
+
+def old_rules(champion: np.ndarray, challenger: np.ndarray, y: np.ndarray) -> bool:
+    """The gate before issue 34: point estimates, ties pass."""
+    if challenger.mean() < champion.mean():
+        return False
+    return all(champion[y == c].mean() - challenger[y == c].mean() <= 0.03 for c in np.unique(y))
+
+
+def judge(champion_probs, challenger_probs, y, classes, policy) -> tuple[bool, bool]:
+    """(old rules promote, the gate blesses) on one holdout."""
+    champion_right = champion_probs.argmax(1) == y
+    challenger_right = challenger_probs.argmax(1) == y
+    answers = Answers(np.array(classes)[y], champion_right, challenger_right)
+    decision = decide(
+        metrics_from_probs(challenger_probs, y, classes),
+        metrics_from_probs(champion_probs, y, classes),
+        policy,
+        "champion",
+        answers,
+    )
+    return old_rules(champion_right, challenger_right, y), decision.passed
+
+
+def false_promotions(args, base, batch, pool, policy) -> tuple[float, float, int]:
+    champion = train(base, args.epochs, seed=0)
+    config = FinetuneConfig(head_epochs=1, epochs=args.finetune_epochs, time_budget_s=600)
+    probs = []
+    for seed in range(args.seeds):
+        started = time.perf_counter()
+        seeded = config.model_copy(update={"seed": seed})
+        tuned, _ = finetune(champion, batch, base, seeded, **QUIET)
+        probs.append(predict_proba(tuned.model, pool.x))
+        seconds, accuracy = time.perf_counter() - started, (probs[-1].argmax(1) == pool.y).mean()
+        kept = " (kept the starting weights)" if tuned.card["kept_starting_weights"] else ""
+        print(
+            f"  challenger {seed}: {seconds:.0f} s, pool accuracy {accuracy:.4f}{kept}", flush=True
+        )
+    rng = np.random.default_rng(1)
+    old = new = total = 0
+    for i in range(args.seeds):
+        for j in range(args.seeds):
+            if i == j:
+                continue
+            for _ in range(args.draws):
+                pick = rng.choice(len(pool), args.holdout, replace=False)
+                promoted, blessed = judge(
+                    probs[i][pick], probs[j][pick], pool.y[pick], pool.class_names, policy
+                )
+                old, new, total = old + promoted, new + blessed, total + 1
+    return old / total, new / total, total
+
+
+def power(args, base, pool, policy) -> tuple[float, float, float, float]:
+    half = base.take(np.arange(len(base) // 2))
+    weaker = predict_proba(train(half, args.epochs, seed=1).model, pool.x)
+    stronger = predict_proba(train(base, args.epochs, seed=2).model, pool.x)
+    gain = (stronger.argmax(1) == pool.y).mean() - (weaker.argmax(1) == pool.y).mean()
+    rng = np.random.default_rng(2)
+    blessed, seconds = 0, []
+    for _ in range(args.power_draws):
+        pick = rng.choice(len(pool), args.holdout, replace=False)
+        started = time.perf_counter()
+        blessed += judge(weaker[pick], stronger[pick], pool.y[pick], pool.class_names, policy)[1]
+        seconds.append(time.perf_counter() - started)
+    disagree = ((weaker.argmax(1) == pool.y) != (stronger.argmax(1) == pool.y)).mean()
+    z = norm.ppf(1 - policy.alpha) + norm.ppf(0.8)
+    smallest = z * math.sqrt(disagree / args.holdout)
+    return gain, blessed / args.power_draws, smallest, float(np.median(seconds))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--archive", type=Path, default=get_settings().cifar10_archive)
+    parser.add_argument("--base", type=int, default=12_000, help="base training images")
+    parser.add_argument("--batch", type=int, default=2_000, help="the batch fine-tuned on")
+    parser.add_argument("--epochs", type=int, default=12, help="epochs from scratch")
+    parser.add_argument("--finetune-epochs", type=int, default=4)
+    parser.add_argument("--seeds", type=int, default=10, help="exchangeable challengers")
+    parser.add_argument("--draws", type=int, default=10, help="holdouts per pair")
+    parser.add_argument("--power-draws", type=int, default=200)
+    parser.add_argument("--holdout", type=int, default=2_000)
+    args = parser.parse_args()
+    if not args.archive.is_file():
+        sys.exit(f"bench/gate.py needs the CIFAR-10 tarball: {args.archive} is missing")
+    policy = GatePolicy(min_accuracy=0.0)  # the comparison alone: no absolute floor
+    images = read_cifar(args.archive)
+    base, batch, pool = split(images, args.base, args.batch)
+    print(f"{len(base)} base, {len(batch)} batch, {len(pool)} pool images; gate {policy}")
+    old, new, decisions = false_promotions(args, base, batch, pool, policy)
+    gain, blessed, smallest, seconds = power(args, base, pool, policy)
+    print("\n| measure | old rules | paired gate | target |\n| --- | --- | --- | --- |")
+    print(f"| false promotions, {args.seeds} exchangeable challengers, {decisions} decisions on "
+          f"{args.holdout}-image holdouts | {old:.1%} | {new:.1%} | <= 5% |")  # fmt: skip
+    print(f"| power, true gain {gain * 100:+.2f} pts (pool of {len(pool)}) | | {blessed:.1%} "
+          f"| >= 80% at ~2 pts |")  # fmt: skip
+    print(f"| smallest gain detected at 80% power, {args.holdout} images | | "
+          f"{smallest * 100:.2f} pts | |")  # fmt: skip
+    print(f"| cost of one decision, {args.holdout} images (median) | | {seconds * 1000:.0f} ms "
+          f"| < 1 s |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.results import recorded
+
+    with recorded("gate"):
+        main()
