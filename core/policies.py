@@ -232,8 +232,7 @@ class GatePolicy(Section):
     margin: float = Field(
         default=0.01,
         ge=0,
-        description="Non-inferiority: the accuracy difference's lower bound must exceed "
-        "-margin.",
+        description="Non-inferiority: the accuracy difference's lower bound must exceed -margin.",
     )
     max_recall_drop: float = Field(
         default=0.03,
