@@ -251,3 +251,11 @@ class GatePolicy(Section):
     min_accuracy: float = Field(
         default=0.5, description="Absolute floor, and the only check when there is no champion."
     )
+    max_negative_flip_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Optional: refuse a challenger that gets wrong more than this share of the "
+        "holdout images the champion got right (users notice answers that change for the "
+        "worse, even when accuracy rises). None: not checked.",
+    )

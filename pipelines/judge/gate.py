@@ -188,6 +188,12 @@ def _recall_drops(answers: Answers, policy: GatePolicy) -> Check:
     return Check("per_class_recall", FAIL if dropped else PASS, detail)
 
 
+def _negative_flips(test: stats.PairedTest, most: float) -> Check:
+    rate = test.losses / test.n if test.n else 0.0
+    detail = f"{test.losses} of {test.n} images answered worse ({rate:.2%}) vs at most {most:.2%}"
+    return Check("negative_flip_rate", PASS if rate <= most else FAIL, detail)
+
+
 def _new_classes(
     challenger: Evaluation, answers: Answers, new: list[str], policy: GatePolicy
 ) -> tuple[list[Check], stats.PairedTest]:
@@ -244,6 +250,8 @@ def decide(
         test = stats.paired(answers.champion_right, answers.challenger_right, policy.alpha)
         margin = policy.margin if policy.mode == "non_inferiority" else -policy.min_delta
     checks += more
+    if policy.max_negative_flip_rate is not None:
+        checks.append(_negative_flips(test, policy.max_negative_flip_rate))
     states = {c.state for c in checks}
     outcome = "refused" if FAIL in states else "inconclusive" if UNSURE in states else "blessed"
     needed = None

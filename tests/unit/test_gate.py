@@ -149,6 +149,18 @@ def test_one_class_collapsing_refuses_an_otherwise_better_challenger() -> None:
     assert decision.metrics()["gate.negative_flip_rate"] == pytest.approx(40 / 900)
 
 
+def test_the_optional_negative_flip_check_refuses_too_many_changed_answers() -> None:
+    y = labels(300, 3)
+    champion = wrong_at(y, {0: slice(0, 60), 1: slice(0, 60)})
+    challenger = wrong_at(y, {0: slice(60, 80)})  # 120 gained, 20 lost
+    assert judge(y, champion, challenger, OLD, OLD).outcome == "blessed"
+    strict = GatePolicy(max_negative_flip_rate=0.01)
+    decision = judge(y, champion, challenger, OLD, OLD, strict)
+    assert decision.outcome == "refused"
+    flips = next(c for c in decision.checks if c.name == "negative_flip_rate")
+    assert flips.state == "fail" and "20 of 900" in flips.detail
+
+
 def test_non_inferiority_blesses_a_challenger_no_worse_than_the_margin() -> None:
     y = labels(600, 3)
     champion = wrong_at(y, {1: slice(0, 60)})
