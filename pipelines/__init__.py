@@ -10,6 +10,6 @@ Rooms named for the loop, lowest first; a room imports only rooms below it:
   examine, dataset, versions, intake, the embedded sample
 - ``training``: fitting machinery, the fine-tune dispatcher, from-scratch training, the
   gentle recipe, imported models, architectures, head surgery
-- ``judge``: gate, fine-tune-and-judge, registry, figures, reports
+- ``judge``: gate and its statistics, fine-tune-and-judge, registry, figures, reports
 - ``workspace``: the composition root, the objects the settings describe
 """
