@@ -60,9 +60,8 @@ test: install browser team-tools  ## Run the whole test suite (unit + end-to-end
 test-fast: install  ## Skip the slow end-to-end tests while iterating
 	@$(call PYTEST,-m "not e2e")
 
-# mkdocs-typer2 runs the `typer` command, so the environment's bin/ goes first on the PATH.
 docs: install  ## Build the documentation site into site/ (strict: a broken link fails)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .

@@ -5,6 +5,7 @@ that the table made from the code replaces."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ MARKER = re.compile(r"<!-- refit:(\w+) -->")
 def on_startup(**kwargs) -> None:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    # mkdocs-typer2 runs the `typer` command: the one beside this interpreter
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def on_page_markdown(markdown: str, page, **kwargs) -> str:
