@@ -156,11 +156,11 @@ def _difference(name: str, test: stats.PairedTest, bar: float, what: str) -> Che
     return Check(name, state, f"{test.summary()}; {what} {bar:+.4f}")
 
 
-def _same_classes(answers: Answers, policy: GatePolicy) -> list[Check]:
+def _same_classes(answers: Answers, policy: GatePolicy) -> tuple[list[Check], stats.PairedTest]:
     test = stats.paired(answers.champion_right, answers.challenger_right, policy.alpha)
     bar = -policy.margin if policy.mode == "non_inferiority" else policy.min_delta
     accuracy = _difference("accuracy_vs_champion", test, bar, "lower bound above")
-    return [accuracy, _recall_drops(answers, policy)]
+    return [accuracy, _recall_drops(answers, policy)], test
 
 
 def _recall_drops(answers: Answers, policy: GatePolicy) -> Check:
@@ -246,8 +246,7 @@ def decide(
         more, test = _new_classes(challenger, answers, new, policy)
         margin = policy.max_old_accuracy_drop
     else:
-        more = _same_classes(answers, policy)
-        test = stats.paired(answers.champion_right, answers.challenger_right, policy.alpha)
+        more, test = _same_classes(answers, policy)
         margin = policy.margin if policy.mode == "non_inferiority" else -policy.min_delta
     checks += more
     if policy.max_negative_flip_rate is not None:
