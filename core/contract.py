@@ -13,6 +13,7 @@ MODEL_FILE_DIR, MODEL_FILE_NAME = "file", "model.keras"
 MODEL_FILE_ARTIFACT = f"{MODEL_FILE_DIR}/{MODEL_FILE_NAME}"  # the Refit model file
 REFERENCE_DIR, REFERENCE_NAME = "reference", "images.npy"
 REFERENCE_ARTIFACT = f"{REFERENCE_DIR}/{REFERENCE_NAME}"  # holdout images, uint8 (N, H, W, 3)
+FLIPS_ARTIFACT = "evaluation/negative_flips.png"  # the gate's negative flips, a thumbnail grid
 # The version's view of its training images (features, labels, probabilities): what drift
 # and the label queue compare live images with.
 TRAINING_FEATURES_ARTIFACT = f"{REFERENCE_DIR}/training-features.npz"

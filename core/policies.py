@@ -259,3 +259,16 @@ class GatePolicy(Section):
         "holdout images the champion got right (users notice answers that change for the "
         "worse, even when accuracy rises). None: not checked.",
     )
+    shadow_images: int = Field(
+        default=500,
+        ge=0,
+        description="Shadow check: the newest logged production images the challenger answers "
+        "beside the champion (agreement, shift in predicted class shares). 0: no shadow check.",
+    )
+    production_min_images: int = Field(
+        default=200,
+        ge=1,
+        description="With at least this many labelled production images kept out of training "
+        "(`loop.production_holdout_share`), both models' paired accuracy on them is a gate "
+        "check: evidence the challenger is worse on production refuses it.",
+    )

@@ -177,6 +177,13 @@ class LoopConfig(Section):
     queue_images: int = Field(
         default=5000, description="Newest log entries the label queue chooses from."
     )
+    production_holdout_share: float = Field(
+        default=0.2,
+        ge=0,
+        le=0.5,
+        description="Share of the labels given on the Label page kept out of training: the "
+        "production holdout, on which the gate's shadow check pairs both models.",
+    )
     drift_permutations: int = Field(default=200, description="Permutations of the MMD test.")
     drift_cron: str = Field(
         default="0 * * * *", description="When the live drift check runs (cron; hourly)."

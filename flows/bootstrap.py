@@ -86,7 +86,8 @@ def judge_first(challenger, reason: str):
     config = settings()
     dataset = workspace.dataset(config)
     run = CandidateRun(f"bootstrap ({reason})", tags={"reason": reason, "recipe": "bootstrap"})
-    judgement = judge_model_file(challenger, dataset, workspace.registry(config), config.gate, run)
+    registry, log_store = workspace.registry(config), config.prediction_log_store()
+    judgement = judge_model_file(challenger, dataset, registry, config.gate, run, log_store)
     return judgement, dataset
 
 

@@ -162,10 +162,15 @@ def go_live(version: str, model, dataset) -> dict:
     return with_http_retries(smoke_check)(version, model, dataset)
 
 
-def report_links(run_id: str, version: str) -> str:
+def report_links(run_id: str, version: str, flips: bool = False) -> str:
     from pipelines.judge import reports
 
     config = settings()
     return reports.links(
-        config.mlflow_url, config.registered_model_name, run_id, version, config.accepted_dir
+        config.mlflow_url,
+        config.registered_model_name,
+        run_id,
+        version,
+        config.accepted_dir,
+        flips,
     )

@@ -121,7 +121,13 @@ def judge_and_promote(submission, trial, gate_overrides: dict):
     registry = workspace.registry(config)
     tags = {SUBMISSION_TAG: submission.id}
     return candidate.judge_challenge(
-        trial, registry, policy, config.accepted_dir, run_prefix="retrain", tags=tags
+        trial,
+        registry,
+        policy,
+        config.accepted_dir,
+        run_prefix="retrain",
+        tags=tags,
+        log_store=config.prediction_log_store(),
     )
 
 
@@ -225,7 +231,8 @@ def _process(sub, epochs: int | None, gate: dict) -> dict:
         go_live(judgement.version, trial.challenger, trial.dataset) if judgement.promoted else None
     )
     failpoint("live")
-    links = report_links(judgement.run_id, judgement.version)
+    lost = judgement.decision.comparison.losses if judgement.decision.comparison else 0
+    links = report_links(judgement.run_id, judgement.version, flips=lost > 0)
     create_markdown_artifact(
         reports.decision(judgement, data_summary, links, smoke),
         key="retrain-report",

@@ -136,8 +136,11 @@ class RegistrySource:
         """The training features logged with ``version`` (None for older versions)."""
         return contract.training_features(self.client, self.name, version, self.tracking_uri)
 
-    def download_model_file(self, ref: str, dst: str) -> tuple[str, Path]:
-        """A version's (or alias's) Refit model file; returns (version, path)."""
+    def download_model_file(
+        self, ref: str, dst: str, artifact: str = contract.MODEL_FILE_ARTIFACT
+    ) -> tuple[str, Path]:
+        """A version's (or alias's) Refit model file, or another ``artifact`` of its run;
+        returns (version, path)."""
         import mlflow.artifacts
 
         version = self.champion_version() if ref == CHAMPION else ref
@@ -146,7 +149,7 @@ class RegistrySource:
         mv = self.client.get_model_version(self.name, version)
         path = mlflow.artifacts.download_artifacts(
             run_id=mv.run_id,
-            artifact_path=contract.MODEL_FILE_ARTIFACT,
+            artifact_path=artifact,
             dst_path=dst,
             tracking_uri=self.tracking_uri,
         )

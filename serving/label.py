@@ -131,10 +131,13 @@ def _submit(labels: dict[str, str]):
             f"(retention removed them): {', '.join(m[:12] for m in missing)}; nothing was "
             "submitted: drop them and submit again",
         )
+    held_out = labelqueue.hold_out(labels, settings.loop.production_holdout_share)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         rows = ["filename,label"]
         for image_id, (suffix, data) in found.items():
+            if image_id in held_out:  # the production holdout: never trained on
+                continue
             name = f"images/{image_id[:16]}{suffix}"
             archive.writestr(name, data)
             label = labels[image_id].replace('"', '""')
@@ -147,9 +150,10 @@ def _submit(labels: dict[str, str]):
     path.write_bytes(buffer.getvalue())
     submission = Queue.of(settings).submit(path, move=True)
     shutil.rmtree(folder, ignore_errors=True)
-    labelqueue.record_labelled(store, submission.id, labels)
+    labelqueue.record_labelled(store, submission.id, labels, held_out)
     return {
         "submission": submission.id,
-        "images": len(labels),
+        "images": len(labels) - len(held_out),
+        "held_out": len(held_out),
         "follow": f"/retrain/submissions/{submission.id}",
     }

@@ -18,6 +18,7 @@ from fastapi import APIRouter, File, Form, Header, UploadFile
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
+from core import contract
 from core.settings import Settings, get_settings
 from serving.auth import UNAUTHORIZED, authorized, error
 
@@ -128,20 +129,34 @@ async def run_status(run_id: str):
 
 @router.get("/models/{ref}/download", summary="A model version (or `champion`) as .keras")
 async def download(ref: str):
+    name = get_settings().registered_model_name
+    return await _run_file(ref, contract.MODEL_FILE_ARTIFACT, lambda v: f"{name}-v{v}.keras")
+
+
+@router.get(
+    "/models/{ref}/negative-flips.png",
+    summary="The holdout images the gate saw this version get wrong where its champion was right",
+)
+async def negative_flips(ref: str):
+    return await _run_file(ref, contract.FLIPS_ARTIFACT, None, "no negative flips recorded")
+
+
+async def _run_file(ref: str, artifact: str, filename, missing: str = "no model version"):
+    """A file of a version's run (``filename(version)``: sent as a download), or 404."""
     from serving.champion import NoChampion, RegistrySource
 
-    settings = get_settings()
-    source = RegistrySource.from_settings(settings)
+    source = RegistrySource.from_settings(get_settings())
     target = Path(tempfile.mkdtemp(prefix="refit-download-"))
     try:
-        version, path = await anyio.to_thread.run_sync(source.download_model_file, ref, str(target))
+        version, path = await anyio.to_thread.run_sync(
+            source.download_model_file, ref, str(target), artifact
+        )
     except Exception as exc:
         shutil.rmtree(target, ignore_errors=True)
-        missing = str(exc) if isinstance(exc, NoChampion) else f"no model version {ref!r}: {exc}"
-        return error(404, missing)
+        return error(404, str(exc) if isinstance(exc, NoChampion) else f"{missing}: {ref!r}")
     return FileResponse(
         path,
-        filename=f"{settings.registered_model_name}-v{version}.keras",
+        filename=filename(version) if filename else None,
         background=BackgroundTask(shutil.rmtree, target, ignore_errors=True),
     )
 

@@ -19,6 +19,7 @@ from core.contract import (
     CHALLENGER_PREFIX,
     CHAMPION,
     DATASET_VERSION_TAG,
+    FLIPS_ARTIFACT,
     GATE_TAG,
     NOT_PROMOTED_TAG,
     PARENT_TAG,
@@ -34,10 +35,13 @@ from pipelines.judge.gate import Answers, Decision, decide
 from pipelines.judge.registry import Registry
 from pipelines.judge.registry_client import ChampionMoved
 from pipelines.judge.registry_writes import CandidateRecord, CandidateRun
+from pipelines.judge.shadow import compare, read_sample
 from pipelines.models.evaluate import Evaluation, EvaluationError, accuracy_on, evaluate
 from pipelines.models.modelfile import LoadedModel
 from pipelines.training.finetune import finetune_on_batch
 from pipelines.training.fit import FitResult
+
+FLIPS_FIGURE = Path(FLIPS_ARTIFACT).name
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class Assessment:
             f"{self.answers.labels[i]}>{self.challenger.class_names[g]}"
             for i, g in zip(flips, guesses, strict=True)
         ]
-        path = out_dir / "negative_flips.png"
+        path = out_dir / FLIPS_FIGURE
         path.write_bytes(thumbnail_grid(list(images.x[flips]), captions))
         return path
 
@@ -131,19 +135,27 @@ class Judgement:
 
 
 def assess(
-    challenger: LoadedModel, holdout: ImageSet, policy: GatePolicy, baseline: Baseline | None
+    challenger: LoadedModel,
+    holdout: ImageSet,
+    policy: GatePolicy,
+    baseline: Baseline | None,
+    log_store=None,
 ) -> Assessment:
     """Evaluate ``challenger`` on ``holdout`` and ``baseline`` on the images of its classes
-    (each predicted once), pair their answers image by image, and ask the gate."""
+    (each predicted once), pair their answers image by image, run both on the production
+    traffic in ``log_store`` (the prediction log; None: no shadow check), and ask the gate."""
     challenger_eval, challenger_probs = evaluate(challenger, holdout)
-    champion_eval = champion_probs = answers = None
+    champion_eval = champion_probs = answers = shadow = None
     if baseline is not None:
         images = holdout.only(baseline.model.class_names)
         champion_eval, champion_probs = evaluate(baseline.model, images)
         answers = pair(holdout, baseline.model, champion_probs, challenger, challenger_probs)
+        if log_store is not None and policy.shadow_images:
+            sample = read_sample(log_store, policy.shadow_images)
+            shadow = compare(baseline.model, challenger, sample, policy.alpha)
     version = baseline.version if baseline else None
     label = f"champion v{version}" if version else "the parent model" if baseline else ""
-    decision = decide(challenger_eval, champion_eval, policy, label, answers)
+    decision = decide(challenger_eval, champion_eval, policy, label, answers, shadow)
     return Assessment(
         holdout,
         challenger_eval,
@@ -204,11 +216,15 @@ def record(
     }
     holdout = assessment.holdout
     with tempfile.TemporaryDirectory() as tmp:
+        figures = assessment.figures(Path(tmp), run.curves)
+        flips = Path(tmp, FLIPS_FIGURE)
+        page = Path(tmp, "report.html")
+        page.write_text(decision.html(flips.read_bytes() if flips.is_file() else None))
         record = CandidateRecord(
             run,
             tags,
             metrics,
-            assessment.figures(Path(tmp), run.curves) + run.reports,
+            [*figures, page, *run.reports],
             decision.markdown(),
             reference_images=holdout.x[:: max(1, len(holdout.x) // 32)][:32],
             training_features=_training_features(challenger, dataset),
@@ -280,9 +296,11 @@ def judge(
     policy: GatePolicy,
     run: CandidateRun,
     dataset: Dataset | None = None,
+    log_store=None,
 ) -> Judgement:
-    """Assess ``challenger`` against the registry's champion, record it, promote if blessed."""
-    assessment = assess(challenger, holdout, policy, current_champion(registry))
+    """Assess ``challenger`` against the registry's champion (and on the production traffic
+    in ``log_store``), record it, promote if blessed."""
+    assessment = assess(challenger, holdout, policy, current_champion(registry), log_store)
     return record(assessment, challenger, registry, run, dataset)
 
 
@@ -292,6 +310,7 @@ def judge_model_file(
     registry: Registry,
     policy: GatePolicy,
     run: CandidateRun,
+    log_store=None,
 ) -> Judgement:
     """Judge a whole model (a file, the built-in model, one trained from scratch) on the
     dataset's holdout: what registering a model file means.
@@ -306,7 +325,7 @@ def judge_model_file(
         )
     if not run.params:  # the recipe the file's card records (the caller's run is kept)
         run = replace(run, params=challenger.card.get("train", {}))
-    return judge(challenger, holdout, registry, policy, run, dataset)
+    return judge(challenger, holdout, registry, policy, run, dataset, log_store)
 
 
 @dataclass
@@ -353,17 +372,19 @@ def judge_challenge(
     run_prefix: str = "finetune",
     tags: dict[str, str] | None = None,
     assessment: Assessment | None = None,
+    log_store=None,
 ) -> Judgement:
     """The second half: judge the challenger against the registry's champion on the
     dataset's holdout, record its fine-tune run, register it, promote it if blessed.
 
     ``assessment`` (made against the parent) is reused when the parent is the champion; a
-    challenger fine-tuned from a model file is judged against the champion afresh.
+    challenger fine-tuned from a model file is judged against the champion afresh
+    (``log_store``: the prediction log, for the shadow check).
     """
     parent = trial.parent
     if assessment is None or parent.version is None:
         champion = parent if parent.version is not None else current_champion(registry)
-        assessment = assess(trial.challenger, trial.holdout, policy, champion)
+        assessment = assess(trial.challenger, trial.holdout, policy, champion, log_store)
     run = finetune_run(
         parent.model, trial.challenger, trial.fits, trial.config, accepted_dir, run_prefix
     )

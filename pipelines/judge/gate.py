@@ -15,6 +15,9 @@ likely decide it).
 - New classes: the old classes are judged for non-inferiority (the paired difference's
   lower bound above ``-max_old_accuracy_drop``), and each new class's recall by its
   one-sided lower confidence bound against ``new_class_min_recall``.
+- Production (``pipelines.judge.shadow``): with at least ``production_min_images`` labelled
+  production images kept out of training, evidence the challenger is worse on them (the
+  paired difference's upper bound under zero) refuses it.
 - No champion yet: only the floor ``min_accuracy`` applies ("no baseline").
 """
 
@@ -26,6 +29,7 @@ import numpy as np
 
 from core.policies import GatePolicy
 from pipelines.judge import stats
+from pipelines.judge.shadow import Shadow
 from pipelines.models.evaluate import Evaluation
 
 PASS, FAIL, UNSURE = "pass", "fail", "inconclusive"
@@ -81,6 +85,7 @@ class Decision:
     comparison: stats.PairedTest | None = None  # challenger vs champion, all shared images
     needed: int | None = None  # images that would likely decide an inconclusive one
     flips: dict[str, tuple[int, int]] = field(default_factory=dict)  # class -> (lost, gained)
+    shadow: Shadow | None = None  # both models on production traffic
 
     @property
     def passed(self) -> bool:
@@ -109,7 +114,32 @@ class Decision:
         return (
             f"### Gate decision: {verdict}\n\nBaseline: {self.baseline}{new}{more}\n\n"
             f"| | check | detail |\n|---|---|---|\n{rows}\n{self._flips_markdown()}"
+            f"{self._shadow_markdown()}"
         )
+
+    def html(self, flips_png: bytes | None = None) -> str:
+        """The decision as one self-contained page (``report.html`` in the candidate's
+        run): its text and the negative flips' thumbnail grid inline."""
+        import base64
+        import html
+
+        grid = ""
+        if flips_png:
+            data = base64.b64encode(flips_png).decode()
+            grid = (
+                "<h2>Negative flips</h2><p>Holdout images the champion got right and the "
+                "challenger gets wrong (true class &gt; challenger's answer).</p><img alt=\""
+                f'negative flips" src="data:image/png;base64,{data}">'
+            )
+        return (
+            '<!doctype html><html lang="en"><meta charset="utf-8"><title>Gate decision</title>'
+            f"<body><pre>{html.escape(self.markdown())}</pre>{grid}</body></html>\n"
+        )
+
+    def _shadow_markdown(self) -> str:
+        if self.shadow is None:
+            return ""
+        return f"\nProduction traffic (shadow check): {self.shadow.summary()}.\n"
 
     def _flips_markdown(self) -> str:
         """What changed, image by image: per class, the images lost and gained."""
@@ -126,9 +156,10 @@ class Decision:
     def metrics(self) -> dict[str, float]:
         """The paired comparison's numbers, for the candidate's MLflow run."""
         test = self.comparison
+        found = self.shadow.metrics() if self.shadow is not None else {}
         if test is None:
-            return {}
-        return {
+            return found
+        return found | {
             "gate.difference": test.difference,
             "gate.difference_low": test.low,
             "gate.difference_high": test.high,
@@ -218,12 +249,23 @@ def _new_classes(
     return checks, test
 
 
+def _production(shadow: Shadow, policy: GatePolicy) -> Check | None:
+    """Refuse on evidence the challenger is worse on labelled production images, once there
+    are enough of them to count."""
+    test = shadow.labelled
+    if test is None or test.n < policy.production_min_images:
+        return None
+    state = FAIL if test.high < 0 else PASS
+    return Check("production_accuracy", state, f"{test.summary()}; refuses below zero")
+
+
 def decide(
     challenger: Evaluation,
     champion: Evaluation | None,
     policy: GatePolicy,
     champion_label: str = "champion",
     answers: Answers | None = None,
+    shadow: Shadow | None = None,
 ) -> Decision:
     """Bless, refuse or leave the challenger undecided.
 
@@ -235,6 +277,8 @@ def decide(
         champion_label: how the baseline is named in the decision (e.g. "champion v3").
         answers: both models' correctness on the champion's classes' images (needed with a
             champion).
+        shadow: both models on production traffic (reported; a check once enough labelled
+            production images exist).
     """
     checks = [_floor(challenger, policy)]
     if champion is None:
@@ -251,9 +295,11 @@ def decide(
     checks += more
     if policy.max_negative_flip_rate is not None:
         checks.append(_negative_flips(test, policy.max_negative_flip_rate))
+    if shadow is not None and (production := _production(shadow, policy)) is not None:
+        checks.append(production)
     states = {c.state for c in checks}
     outcome = "refused" if FAIL in states else "inconclusive" if UNSURE in states else "blessed"
     needed = None
     if outcome == "inconclusive":
         needed = stats.images_needed(test, margin, policy.alpha)
-    return Decision(outcome, champion_label, checks, new, test, needed, answers.flips())
+    return Decision(outcome, champion_label, checks, new, test, needed, answers.flips(), shadow)

@@ -6,16 +6,30 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.contract import FLIPS_ARTIFACT
+
 if TYPE_CHECKING:
     from pipelines.judge.candidate import Judgement
 
 
-def links(mlflow_url: str, model_name: str, run_id: str, version: str, reports: Path) -> str:
-    """Where to look next: the MLflow run, the model version, the data reports."""
+def links(
+    mlflow_url: str, model_name: str, run_id: str, version: str, reports: Path, flips: bool = False
+) -> str:
+    """Where to look next: the MLflow run, the model version, the data reports, and (with
+    ``flips``) the negative flips' thumbnail grid, shown inline from the MLflow server."""
+    artifact = f"{mlflow_url}/get-artifact?run_uuid={run_id}&path="
+    grid = (
+        f"\n### Negative flips\nHoldout images the champion got right and the challenger gets "
+        f"wrong (true class > challenger's answer):\n\n![negative flips]"
+        f"({artifact}{FLIPS_ARTIFACT})\n"
+        if flips
+        else ""
+    )
     return (
         f"### Links\n- MLflow run: {mlflow_url}/#/runs/{run_id}\n"
         f"- Model version: {mlflow_url}/#/models/{model_name}/versions/{version}\n"
-        f"- Data reports: `{reports}`\n"
+        f"- Decision report: {artifact}reports/report.html\n"
+        f"- Data reports: `{reports}`\n{grid}"
     )
 
 

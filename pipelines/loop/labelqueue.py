@@ -26,6 +26,7 @@ import numpy as np
 from pipelines.loop import predlog
 
 LABELLED = "labelled"  # <log>/labelled/<submission>.json: the ids a submission labelled
+PRODUCTION = "production-holdout"  # <log>/production-holdout/<submission>.json: id -> label
 NEW_CLASS_AT = 1.0  # novelty above this: "far from every class"
 NOVEL_EVERY = 3  # every third pick is the most novel image left (if any is novel)
 NEAR = 1  # percentile of the logged images' distances below which two are near-copies
@@ -138,8 +139,28 @@ def labelled_ids(store) -> set[str]:
     return ids
 
 
-def record_labelled(store, submission: str, ids) -> None:
+def hold_out(labels: dict[str, str], share: float) -> dict[str, str]:
+    """The labelled images kept out of training as the production holdout: ``share`` of
+    them (rounded down, so at least one image always goes to training), chosen by image id
+    (a sha256: an unbiased, repeatable draw)."""
+    keep = sorted(labels)[: int(len(labels) * share)]
+    return {image: labels[image] for image in keep}
+
+
+def record_labelled(store, submission: str, ids, held_out: dict[str, str]) -> None:
+    """Remember what ``submission`` labelled (the queue skips it) and which of its labels
+    stay out of training (the gate's production holdout)."""
     store.write_json(store.path(LABELLED, f"{submission}.json"), sorted(ids))
+    if held_out:
+        store.write_json(store.path(PRODUCTION, f"{submission}.json"), held_out)
+
+
+def production_labels(store) -> dict[str, str]:
+    """The production holdout: logged image id -> the label a person gave it."""
+    labels: dict[str, str] = {}
+    for name in store.names(store.path(PRODUCTION)):
+        labels |= store.read_json(store.path(PRODUCTION, name)) or {}
+    return labels
 
 
 def next_up(

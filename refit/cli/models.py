@@ -104,6 +104,7 @@ def model_register(
                     workspace.registry(settings),
                     settings.gate,
                     run,
+                    settings.prediction_log_store(),
                 )
             )
         except EvaluationError as exc:

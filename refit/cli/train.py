@@ -122,7 +122,8 @@ def train_finetune(
         trial = candidate.challenge(parent, dataset, batch_id, settings.finetune, console.print)
     except NotTrainable as exc:
         raise fail(str(exc)) from exc
-    assessment = candidate.assess(trial.challenger, trial.holdout, settings.gate, parent)
+    log_store = settings.prediction_log_store()
+    assessment = candidate.assess(trial.challenger, trial.holdout, settings.gate, parent, log_store)
     for key, value in assessment.summary().items():
         console.print(f"  {key}: {value}")
     trial.challenger.card["holdout"] = assessment.summary()
@@ -131,7 +132,12 @@ def train_finetune(
         with console.status("Judging against the champion…"):
             outcome = registry_call(
                 lambda: candidate.judge_challenge(
-                    trial, registry, settings.gate, settings.accepted_dir, assessment=assessment
+                    trial,
+                    registry,
+                    settings.gate,
+                    settings.accepted_dir,
+                    assessment=assessment,
+                    log_store=log_store,
                 )
             )
         print_judgement(outcome)

@@ -76,9 +76,19 @@ def test_retrain_page_follows_a_batch_to_its_decision(live, browser, tmp_path: P
     page.wait_for_selector("#download", timeout=RUN_TIMEOUT_S * 1000)
     report = page.inner_text("#report")
     assert "Gate decision" in report and "PASSED" in report
+    assert "Production traffic (shadow check)" in report
     href = page.get_attribute("#download", "href")
     model = httpx.get(f"{live.serving_url}{href}", timeout=60)
     assert model.status_code == 200 and model.content[:2] == b"PK"  # a .keras zip
+    # The negative flips' grid: shown when the gate recorded one, a clear 404 when not.
+    version = href.split("/")[2]
+    flips = httpx.get(f"{live.serving_url}/models/{version}/negative-flips.png", timeout=60)
+    recorded = "### Negative flips" in report  # the report shows the grid when there is one
+    if recorded:
+        assert flips.status_code == 200 and flips.content[:4] == b"\x89PNG"
+        assert page.locator("#flips").count() == 1
+    else:
+        assert flips.status_code == 404 and "no negative flips" in flips.text
 
 
 def test_retrain_page_model_form_takes_a_labels_file_and_a_pixel_range(

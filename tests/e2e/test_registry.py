@@ -29,6 +29,29 @@ SPEC = ArchitectureConfig(input_size=24, widths=(8, 16, 16))
 POLICY = GatePolicy(min_accuracy=0.5, mode="non_inferiority", margin=0.05, max_recall_drop=0.2)
 
 
+def _prediction_log(tmp_path: Path, images: np.ndarray):
+    """A prediction log of ``images``, written as serving writes it."""
+    import io
+
+    from PIL import Image
+
+    from core.objectstore import Store
+    from core.settings import LoopConfig
+    from pipelines.loop.predlog import LogWriter
+
+    store = Store(str(tmp_path / "predictions"))
+    writer = LogWriter(store, LoopConfig(), start=False)
+    uploads = []
+    for i, pixels in enumerate(images):
+        out = io.BytesIO()
+        Image.fromarray(pixels).save(out, "PNG")
+        uploads.append((f"{i}.png", out.getvalue()))
+    probs = np.full((len(images), len(CLASSES)), 1 / len(CLASSES))
+    writer.record(uploads, "1", CLASSES, probs, np.zeros((len(images), 4)))
+    writer.close()
+    return store
+
+
 def coloured(per_class: int, seed: int) -> ImageSet:
     return coloured_images(CLASSES, per_class, seed)
 
@@ -61,8 +84,9 @@ def test_first_run_pass_fail_rollback_history_export(registry, models, tmp_path:
     assert first.promoted and first.decision.baseline == "no baseline"
     assert registry.alias_version("champion") == first.version
 
-    worse = judge(bad, holdout, registry, POLICY, CandidateRun("finetune bad"))
-    assert not worse.promoted
+    log = _prediction_log(tmp_path, holdout.x[:12])
+    worse = judge(bad, holdout, registry, POLICY, CandidateRun("finetune bad"), log_store=log)
+    assert not worse.promoted and worse.decision.shadow.images == 12
     assert registry.alias_version("champion") == first.version  # the alias did not move
     assert worse.decision.baseline == f"champion v{first.version}"
 
@@ -116,6 +140,11 @@ def test_first_run_pass_fail_rollback_history_export(registry, models, tmp_path:
     assert json.loads(Path(local).read_text())["class_names"] == CLASSES
     champion_figures = {a.path for a in registry.client.list_artifacts(worse.run_id, "evaluation")}
     assert "evaluation/champion_confusion_counts.png" in champion_figures
+    assert "evaluation/negative_flips.png" in champion_figures  # what it got wrong, as images
+    page = registry.client.download_artifacts(worse.run_id, "reports/report.html", str(tmp_path))
+    assert "negative flips" in Path(page).read_text() and "base64," in Path(page).read_text()
+    judged = registry.client.get_run(worse.run_id).data.metrics
+    assert judged["gate.losses"] > 0 and 0 <= judged["shadow.agreement"] <= 1
     run = registry.client.get_run(first.run_id)
     assert run.data.tags["gate"] == "passed" and run.data.tags["batch_id"] == "batch-1"
     assert run.info.run_name == "bootstrap good"
