@@ -39,6 +39,11 @@ HISTORY_PREFIX = "history."
 PENDING_MOVE_TAG = "promotion.pending"
 # Tag of a blessed version that was not promoted, and why (the champion moved meanwhile).
 NOT_PROMOTED_TAG = "gate.not_promoted"
+# Tags of a version that waits for a person (``gate.approval``): pending / approved /
+# rejected / timed-out, since when (epoch seconds), and who decided, why and when (JSON).
+APPROVAL_TAG = "approval"
+APPROVAL_SINCE_TAG = "approval.requested_at"
+APPROVAL_DECIDED_TAG = "approval.decided"
 
 
 def alias_version(client, model_name: str, alias: str) -> str | None:

@@ -259,6 +259,17 @@ class GatePolicy(Section):
         "holdout images the champion got right (users notice answers that change for the "
         "worse, even when accuracy rises). None: not checked.",
     )
+    approval: Literal["auto", "manual", "when_inconclusive"] = Field(
+        default="auto",
+        description="Who promotes: auto (the gate's blessing), manual (a person approves every "
+        "challenger the gate did not refuse), when_inconclusive (a person decides the ones the "
+        "evidence could not; blessed ones go live on their own).",
+    )
+    approval_timeout_h: float = Field(
+        default=72.0,
+        gt=0,
+        description="A challenger waiting for a person longer than this is rejected (recorded).",
+    )
     shadow_images: int = Field(
         default=500,
         ge=0,

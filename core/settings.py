@@ -27,6 +27,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from core.notify import NotifyConfig
 from core.policies import (
     ArchitectureConfig,
     FinetuneConfig,
@@ -351,6 +352,7 @@ class Settings(BaseSettings):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from core import notify
 from flows.common import log, settings
 
 DRIFTED = "refit.drift.detected"
@@ -45,6 +46,13 @@ def drift() -> dict:
         description=check.status,
     )
     if check.drifted:
+        notify.send(
+            config.notify,
+            "drift-detected",
+            f"drift in the live traffic of v{check.version}",
+            check.message,
+            f"{config.mlflow_url}/#/experiments/-/runs/{check.run_id}" if check.run_id else None,
+        )
         emit_event(
             DRIFTED,
             resource={"prefect.resource.id": f"refit.model.{config.registered_model_name}"},

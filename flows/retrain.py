@@ -26,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from core import runs
+from core import notify, runs
 from core.faults import failpoint
 from flows import locks
 from flows.common import go_live, importing, log, reach_shared_servers, report_links, settings
@@ -138,13 +138,45 @@ def resume_recorded(submission) -> bool:
     from pipelines import workspace
     from pipelines.judge import candidate
 
-    resumed = candidate.resume_recorded(workspace.registry(settings()), submission.id)
+    config = settings()
+    resumed = candidate.resume_recorded(workspace.registry(config), submission.id, config.gate)
     if resumed is not None:
         _queue().mark_judged(submission, *resumed)
     return resumed is not None
 
 
-@flow(name="retrain", log_prints=True)
+@task(name="expire approvals", cache_policy=NO_CACHE)
+def expire_approvals() -> list[str]:
+    """Reject the challengers that waited for a person longer than gate.approval_timeout_h."""
+    from pipelines import workspace
+    from pipelines.judge import approval
+
+    config = settings()
+    expired = approval.expire(workspace.registry(config), config.gate.approval_timeout_h)
+    for version in expired:
+        notify.send(
+            config.notify,
+            "approval-timed-out",
+            f"v{version}: approval timed out",
+            f"No one approved or rejected version {version} within "
+            f"{config.gate.approval_timeout_h:g} h; it is rejected, the champion stays.",
+        )
+    return expired
+
+
+def _failed(flow, flow_run, state) -> None:
+    """Tell people a retrain run failed (a Prefect on_failure hook)."""
+    config = settings()
+    notify.send(
+        config.notify,
+        "run-failed",
+        f"retrain run {flow_run.name} failed",
+        state.message or "no message",
+        f"{config.prefect_url}/runs/flow-run/{flow_run.id}",
+    )
+
+
+@flow(name="retrain", log_prints=True, on_failure=[_failed])
 def retrain(
     submission: str | None = None,
     epochs: int | None = None,
@@ -170,6 +202,7 @@ def retrain(
         }.items()
         if v is not None
     }
+    expire_approvals()
     outcomes = []
     for sub in take_submissions(submission):  # one run at a time: the deployment's limit
         outcomes.append(_process(sub, epochs, gate))
@@ -178,6 +211,10 @@ def retrain(
         message = " | ".join(f"{o['name']}: {o['detail']}" for o in refused)
         return Failed(message=f"rejected: {message}", data=outcomes)
     return outcomes
+
+
+def _mlflow_run(run_id: str) -> str:
+    return f"{settings().mlflow_url}/#/runs/{run_id}"
 
 
 def _finish(sub, outcome: str, detail: str, **extra) -> dict:
@@ -238,9 +275,18 @@ def _process(sub, epochs: int | None, gate: dict) -> dict:
         key="retrain-report",
         description=f"gate decision for v{judgement.version}",
     )
+    outcome = (
+        "promoted"
+        if judgement.promoted
+        else "awaiting-approval"
+        if judgement.awaiting
+        else "kept-champion"
+    )
+    event, title, body = reports.notice(judgement)
+    notify.send(settings().notify, event, title, body, _mlflow_run(judgement.run_id))
     return _finish(
         sub,
-        "promoted" if judgement.promoted else "kept-champion",
+        outcome,
         f"v{judgement.version} {judgement.note}".strip(),
         version=judgement.version,
         accuracy=judgement.challenger.accuracy,

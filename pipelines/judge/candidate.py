@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from core.contract import (
+    APPROVAL_TAG,
     CHALLENGER_PREFIX,
     CHAMPION,
     DATASET_VERSION_TAG,
@@ -30,6 +31,7 @@ from core.policies import FinetuneConfig, GatePolicy
 from core.progress import Progress
 from pipelines.data.dataset import Dataset
 from pipelines.images.decode import ImageSet
+from pipelines.judge import approval as approvals
 from pipelines.judge.figures import curves_figure, write_figures
 from pipelines.judge.gate import Answers, Decision, decide
 from pipelines.judge.registry import Registry
@@ -132,6 +134,7 @@ class Judgement:
     champion_version: str | None
     promoted: bool
     note: str = ""  # why a blessed challenger was not promoted
+    awaiting: bool = False  # waits for a person's approval
 
 
 def assess(
@@ -196,8 +199,10 @@ def record(
     registry: Registry,
     run: CandidateRun,
     dataset: Dataset | None = None,
+    approval: GatePolicy | None = None,
 ) -> Judgement:
-    """Log the candidate's run, register it, and promote it if the gate blessed it."""
+    """Log the candidate's run, register it, and promote it if the gate blessed it (unless
+    ``approval``, the gate's policy, asks a person first: then it waits, tagged)."""
     decision = assessment.decision
     metrics = assessment.challenger.flat_metrics(CHALLENGER_PREFIX)
     if assessment.champion is not None:
@@ -231,8 +236,12 @@ def record(
         )
         run_id, version = registry.log_candidate(challenger, record, dataset)
     failpoint("registered")
-    promoted, note = decision.passed, ""
-    if decision.passed:
+    awaiting = approval is not None and approvals.needs_person(decision.outcome, approval)
+    promoted, note = decision.passed and not awaiting, ""
+    if awaiting:
+        approvals.request(registry, version)
+        note = "waiting for a person's approval (`refit model approve`)"
+    elif decision.passed:
         try:  # compare-and-set: only over the champion it was judged against
             registry.promote(
                 version,
@@ -252,6 +261,7 @@ def record(
         assessment.champion_version,
         promoted,
         note,
+        awaiting,
     )
 
 
@@ -262,10 +272,13 @@ def _training_features(challenger: LoadedModel, dataset: Dataset | None) -> byte
     return found.to_bytes() if found is not None else None
 
 
-def resume_recorded(registry: Registry, submission: str) -> tuple[str, bool] | None:
+def resume_recorded(
+    registry: Registry, submission: str, policy: GatePolicy
+) -> tuple[str, bool] | None:
     """Finish what a run killed after registering ``submission``'s challenger left undone:
-    promote it if the gate blessed it and the champion is still the one it was judged
-    against (else tag why not). Returns (version, promoted), or None if none is registered."""
+    promote it if the gate blessed it, no person must approve it first (``policy``), and the
+    champion is still the one it was judged against (else tag why not). Returns (version,
+    promoted), or None if none is registered."""
     recorded = registry.tagged(SUBMISSION_TAG, submission)
     if not recorded:
         return None
@@ -273,6 +286,12 @@ def resume_recorded(registry: Registry, submission: str) -> tuple[str, bool] | N
     champion = registry.alias_version(CHAMPION)
     if champion == version:
         return version, True
+    if APPROVAL_TAG in tags:
+        return version, False
+    outcome = {"passed": "blessed", "failed": "refused"}.get(tags.get(GATE_TAG, ""), "")
+    if approvals.needs_person(outcome or "inconclusive", policy):
+        approvals.request(registry, version)
+        return version, False
     if tags.get(GATE_TAG) != "passed" or NOT_PROMOTED_TAG in tags:
         return version, False
     parent = None if tags.get(PARENT_TAG, "none") == "none" else tags[PARENT_TAG]
@@ -301,7 +320,7 @@ def judge(
     """Assess ``challenger`` against the registry's champion (and on the production traffic
     in ``log_store``), record it, promote if blessed."""
     assessment = assess(challenger, holdout, policy, current_champion(registry), log_store)
-    return record(assessment, challenger, registry, run, dataset)
+    return record(assessment, challenger, registry, run, dataset, policy)
 
 
 def judge_model_file(
@@ -391,7 +410,7 @@ def judge_challenge(
     if parent.version is None:
         run.tags[PARENT_TAG] = "a model file"  # lineage names the real parent
     run.tags.update(tags or {})
-    return record(assessment, trial.challenger, registry, run, trial.dataset)
+    return record(assessment, trial.challenger, registry, run, trial.dataset, policy)
 
 
 def finetune_run(

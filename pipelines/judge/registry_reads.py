@@ -53,15 +53,20 @@ class RegistryReads(RegistryClient):
         tags = self._tags()
         return [json.loads(v) for k, v in sorted(tags.items()) if k.startswith(HISTORY_PREFIX)]
 
-    def _version_exists(self, version: str) -> None:
+    def version_tags(self, version: str) -> dict[str, str]:
+        """A version's tags (RegistryError if there is no such version)."""
         from mlflow.exceptions import MlflowException
 
         try:
-            self._call(
+            found = self._call(
                 "find the version", lambda: self.client.get_model_version(self.name, version)
             )
         except MlflowException as exc:
             raise RegistryError(f"{self.name} has no version {version}") from exc
+        return dict(found.tags)
+
+    def _version_exists(self, version: str) -> None:
+        self.version_tags(version)
 
     def versions(self) -> list[VersionInfo]:
         """Every version, newest first, with its aliases and key metrics."""

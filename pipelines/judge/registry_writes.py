@@ -171,6 +171,26 @@ def _label(version: object) -> str:
     return "none" if version is None else f"v{version}"
 
 
+def _entry(
+    action: str,
+    version: str,
+    reason: str,
+    current: str | None,
+    metrics: dict | None = None,
+    who: str | None = None,
+) -> dict:
+    """One history entry: who did what to which version, why and when."""
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "who": who or _who(),
+        "action": action,
+        "version": version,
+        "reason": reason,
+        "from_version": current,
+        "metrics": metrics or {},
+    }
+
+
 def _who() -> str:
     try:
         return getpass.getuser()
@@ -262,6 +282,7 @@ class RegistryWrites(RegistryReads):
         action: str = "promote",
         metrics: dict | None = None,
         expected: object = ANY,
+        who: str | None = None,
     ) -> None:
         """Make ``version`` the champion; the old champion becomes ``previous``.
 
@@ -281,17 +302,8 @@ class RegistryWrites(RegistryReads):
             )
         if current == version:
             raise RegistryError(f"version {version} is already the champion")
-        history = [k for k in self._tags() if k.startswith(HISTORY_PREFIX)]
-        entry = {
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "who": _who(),
-            "action": action,
-            "version": version,
-            "reason": reason,
-            "from_version": current,
-            "metrics": metrics or {},
-        }
-        intent = {"key": f"{HISTORY_PREFIX}{len(history) + 1:05d}", "entry": entry}
+        entry = _entry(action, version, reason, current, metrics, who)
+        intent = {"key": self._next_history_key(), "entry": entry}
         self._set_tag(contract.PENDING_MOVE_TAG, json.dumps(intent))
         failpoint("promote.intent")
         self._call(
@@ -299,6 +311,18 @@ class RegistryWrites(RegistryReads):
             lambda: self.client.set_registered_model_alias(self.name, CHAMPION, version),
         )
         self._finish_move(intent)
+
+    def _next_history_key(self) -> str:
+        history = [k for k in self._tags() if k.startswith(HISTORY_PREFIX)]
+        return f"{HISTORY_PREFIX}{len(history) + 1:05d}"
+
+    def note(self, action: str, version: str, reason: str, who: str | None = None) -> dict:
+        """Append a decision that moves no alias (a rejection, an approval timing out) to
+        the history; returns the entry."""
+        self.complete_pending()
+        entry = _entry(action, version, reason, self.alias_version(CHAMPION), who=who)
+        self._set_tag(self._next_history_key(), json.dumps(entry))
+        return entry
 
     def _set_tag(self, key: str, value: str) -> None:
         self._call(

@@ -97,6 +97,30 @@ def decision(judgement: Judgement, data_summary: str, links_md: str, smoke: dict
     )
 
 
+def notice(judgement: Judgement) -> tuple[str, str, str]:
+    """What to tell people about a judged challenger: (event, title, body)."""
+    decision = judgement.decision
+    event = (
+        "promoted"
+        if judgement.promoted
+        else "awaiting-approval"
+        if judgement.awaiting
+        else {"blessed": "inconclusive"}.get(decision.outcome, decision.outcome)
+    )
+    title = {
+        "promoted": f"v{judgement.version} promoted to champion",
+        "awaiting-approval": f"v{judgement.version} waits for your approval",
+        "refused": f"v{judgement.version} refused",
+        "inconclusive": f"v{judgement.version} not promoted",
+    }[event]
+    failed = [c for c in decision.checks if c.state != "pass"]
+    why = "; ".join(f"{c.name}: {c.detail}" for c in failed) or "every check passed"
+    body = f"Gate: {decision.outcome} against {decision.baseline}. {why}." + (
+        f" {judgement.note}." if judgement.note else ""
+    )
+    return event, title, body
+
+
 def bootstrap(judgement: Judgement, links_md: str, smoke: dict | None) -> str:
     """The first champion's report."""
     note = f"\n**{judgement.note}**\n" if judgement.note else ""

@@ -151,9 +151,75 @@ def model_rollback(
     ] = None,
 ) -> None:
     """Move the champion back to the previous version (or to --to)."""
+    from core import notify
+
     settings = load_settings()
     target = registry_call(lambda: registry_of(settings).rollback(reason, to))
     console.print(f"Rolled back: version {target} is the champion again.")
+    notify.send(settings.notify, "rolled-back", f"rolled back to v{target}", f"Reason: {reason}.")
+
+
+@app.command("waiting")
+def model_waiting() -> None:
+    """Challengers waiting for a person's approval (gate.approval), oldest first."""
+    from pipelines.judge import approval
+
+    settings = load_settings()
+    registry = registry_of(settings)
+    expired = registry_call(lambda: approval.expire(registry, settings.gate.approval_timeout_h))
+    for version in expired:
+        console.print(f"[yellow]Version {version}: approval timed out, rejected.[/]")
+    found = registry_call(lambda: approval.waiting(registry))
+    if not found:
+        console.print("No challenger waits for an approval.")
+        return
+    table = Table("version", "gate", "judged against", "waiting", "times out in")
+    for item in reversed(found):
+        hours = item.hours()
+        table.add_row(
+            item.version,
+            item.outcome,
+            f"v{item.champion}" if item.champion else "no champion",
+            f"{hours:.1f} h",
+            f"{max(0.0, settings.gate.approval_timeout_h - hours):.1f} h",
+        )
+    console.print(table)
+
+
+@app.command("approve")
+def model_approve(
+    version: Annotated[str, typer.Argument(help="The waiting version (`refit model waiting`).")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the history).")],
+) -> None:
+    """Approve a waiting challenger: it becomes the champion (only over the champion it was
+    judged against)."""
+    _decide(version, reason, approve=True)
+
+
+@app.command("reject")
+def model_reject(
+    version: Annotated[str, typer.Argument(help="The waiting version (`refit model waiting`).")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the history).")],
+) -> None:
+    """Reject a waiting challenger: the champion stays."""
+    _decide(version, reason, approve=False)
+
+
+def _decide(version: str, reason: str, approve: bool) -> None:
+    from core import notify
+    from pipelines.judge import approval
+
+    settings = load_settings()
+    registry = registry_of(settings)
+    registry_call(lambda: approval.expire(registry, settings.gate.approval_timeout_h))
+    act = approval.approve if approve else approval.reject
+    registry_call(lambda: act(registry, version, reason))
+    if approve:
+        console.print(f"Approved: version {version} is the champion.")
+        notify.send(settings.notify, "approved", f"v{version} approved", f"Reason: {reason}.")
+    else:
+        console.print(f"Rejected: version {version} stays registered; the champion is unchanged.")
+        notify.send(settings.notify, "rejected", f"v{version} rejected", f"Reason: {reason}.")
 
 
 @app.command("history")

@@ -4,6 +4,7 @@ export round trip, figures as artifacts with class names, and a server that is d
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -285,3 +286,63 @@ def test_a_version_is_downloaded_once_per_host(models, tmp_path: Path) -> None:
         registry.load(version)
     kept = sorted(p.name.split("-")[0] for p in cache.iterdir())
     assert kept == sorted(f"v{v}" for v in versions)  # the oldest copy went first
+
+
+def test_manual_approval_waits_then_a_person_decides(registry, models) -> None:
+    """gate.approval = manual on the real registry: a blessed challenger waits (tagged, so
+    any process sees it), is approved or rejected with who and why in the history, never over
+    a champion that moved since, and times out."""
+    from pipelines.judge import approval
+    from pipelines.judge.approval import NotAwaiting
+    from pipelines.judge.registry_client import ChampionMoved
+
+    good, _, _ = models
+    holdout = coloured(10, 99)
+    manual = POLICY.model_copy(update={"approval": "manual"})
+    first = judge(good, holdout, registry, manual, CandidateRun("first"))
+    assert first.awaiting and not first.promoted and registry.alias_version("champion") is None
+    fresh = Registry(registry.config)  # another process (a restarted worker, the CLI)
+    assert [w.version for w in approval.waiting(fresh)] == [first.version]
+    approval.approve(fresh, first.version, "looks right", who="ana")
+    assert registry.alias_version("champion") == first.version
+    with pytest.raises(NotAwaiting, match="already decided: approved by ana"):
+        approval.approve(fresh, first.version, "again")
+    good, bad, _ = models
+    refused = judge(bad, holdout, registry, POLICY, CandidateRun("auto, refused"))
+    with pytest.raises(NotAwaiting, match="does not wait"):
+        approval.reject(fresh, refused.version, "never waited")
+
+    second = judge(good, holdout, registry, manual, CandidateRun("second"))
+    third = judge(good, holdout, registry, manual, CandidateRun("third"))
+    approval.approve(registry, third.version, "the newer one")
+    with pytest.raises(ChampionMoved):  # judged against v1; the champion is v3 now
+        approval.approve(registry, second.version, "late")
+    assert registry.alias_version("champion") == third.version
+    assert [w.version for w in approval.waiting(registry)] == [second.version]  # still waits
+    approval.reject(registry, second.version, "superseded", who="ben")
+
+    fourth = judge(good, holdout, registry, manual, CandidateRun("fourth"))
+    assert approval.expire(registry, timeout_h=1.0) == []  # not yet
+    later = time.time() + 2 * 3600
+    assert approval.expire(registry, timeout_h=1.0, now=later) == [fourth.version]
+    assert registry.alias_version("champion") == third.version
+    history = [(h["action"], h["version"], h["who"]) for h in registry.history()]
+    assert history == [
+        ("approve", first.version, "ana"),
+        ("approve", third.version, history[1][2]),
+        ("reject", second.version, "ben"),
+        ("approval timed out", fourth.version, "refit"),
+    ]
+    assert registry.history()[2]["reason"] == "superseded"
+
+
+def test_when_inconclusive_asks_only_about_the_undecided(registry, models) -> None:
+    good, bad, _ = models
+    holdout = coloured(10, 99)
+    asks = GatePolicy(min_accuracy=0.5, approval="when_inconclusive")
+    first = judge(good, holdout, registry, asks, CandidateRun("first"))  # no baseline: blessed
+    assert first.promoted and not first.awaiting
+    same = judge(good, holdout, registry, asks, CandidateRun("the champion again"))
+    assert same.decision.outcome == "inconclusive" and same.awaiting
+    worse = judge(bad, holdout, registry, asks, CandidateRun("bad"))
+    assert worse.decision.outcome == "refused" and not worse.awaiting

@@ -1,0 +1,129 @@
+"""A person in the loop: challengers that wait for an approval before they go live.
+
+``gate.approval`` says which do: ``auto`` (none: the gate's blessing promotes), ``manual``
+(every challenger the gate did not refuse), ``when_inconclusive`` (those the evidence could
+not decide; blessed ones go live on their own). A waiting version is registered and tagged
+``approval = pending``; the registry (MLflow) is where it waits, so it outlives any worker or
+server restart. Approving promotes it by the same compare-and-set as the gate: only over the
+champion it was judged against, never over a person's rollback. Approvals, rejections and
+timeouts (``gate.approval_timeout_h``) are entries of the promotion history.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from core.contract import (
+    APPROVAL_DECIDED_TAG,
+    APPROVAL_SINCE_TAG,
+    APPROVAL_TAG,
+    GATE_TAG,
+    PARENT_TAG,
+)
+from core.policies import GatePolicy
+from pipelines.judge.registry import Registry
+from pipelines.judge.registry_client import RegistryError
+
+PENDING = "pending"
+
+
+class NotAwaiting(RegistryError):
+    """The version does not wait for a person (never did, or was decided already)."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A version that waits for a person."""
+
+    version: str
+    outcome: str  # the gate's: passed (blessed) or inconclusive
+    since: float  # epoch seconds
+    champion: str | None  # the champion it was judged against
+
+    def hours(self, now: float | None = None) -> float:
+        return ((now or time.time()) - self.since) / 3600
+
+
+def needs_person(outcome: str, policy: GatePolicy) -> bool:
+    """Whether a challenger with the gate's ``outcome`` waits for a person."""
+    if policy.approval == "manual":
+        return outcome != "refused"
+    return policy.approval == "when_inconclusive" and outcome == "inconclusive"
+
+
+def request(registry: Registry, version: str, now: float | None = None) -> None:
+    """Mark ``version`` as waiting for a person."""
+    registry.tag_version(version, APPROVAL_SINCE_TAG, str(now or time.time()))
+    registry.tag_version(version, APPROVAL_TAG, PENDING)
+
+
+def waiting(registry: Registry) -> list[Waiting]:
+    """Every version that waits for a person, newest first."""
+    return [
+        Waiting(
+            version,
+            tags.get(GATE_TAG, "unknown"),
+            float(tags.get(APPROVAL_SINCE_TAG, 0)),
+            None if tags.get(PARENT_TAG, "none") == "none" else tags[PARENT_TAG],
+        )
+        for version, tags in registry.tagged(APPROVAL_TAG, PENDING)
+    ]
+
+
+def _pending(registry: Registry, version: str) -> Waiting:
+    found = [w for w in waiting(registry) if w.version == version]
+    if found:
+        return found[0]
+    tags = registry.version_tags(version)
+    if APPROVAL_TAG not in tags:
+        raise NotAwaiting(f"version {version} does not wait for an approval")
+    decided = json.loads(tags.get(APPROVAL_DECIDED_TAG, "{}"))
+    raise NotAwaiting(
+        f"version {version} was already decided: {tags[APPROVAL_TAG]}"
+        + (f" by {decided['who']} at {decided['when']} ({decided['reason']})" if decided else "")
+    )
+
+
+def _decide(registry: Registry, version: str, state: str, entry: dict) -> None:
+    registry.tag_version(version, APPROVAL_DECIDED_TAG, json.dumps(entry))
+    registry.tag_version(version, APPROVAL_TAG, state)
+
+
+def approve(registry: Registry, version: str, reason: str, who: str | None = None) -> None:
+    """Promote a waiting ``version``: only over the champion it was judged against.
+
+    Raises:
+        NotAwaiting: it does not wait (or was decided already).
+        ChampionMoved: the champion moved since it was judged (it stays waiting: reject it,
+            or judge it again with ``refit model register``).
+    """
+    found = _pending(registry, version)
+    registry.promote(
+        version,
+        reason=f"approved: {reason}",
+        action="approve",
+        expected=found.champion,
+        who=who,
+    )
+    entry = registry.history()[-1]
+    _decide(registry, version, "approved", entry)
+
+
+def reject(registry: Registry, version: str, reason: str, who: str | None = None) -> None:
+    """Turn a waiting ``version`` down; the champion stays."""
+    _pending(registry, version)
+    entry = registry.note("reject", version, reason, who)
+    _decide(registry, version, "rejected", entry)
+
+
+def expire(registry: Registry, timeout_h: float, now: float | None = None) -> list[str]:
+    """Reject every version that waited longer than ``timeout_h``; returns them."""
+    expired = [w.version for w in waiting(registry) if w.hours(now) > timeout_h]
+    for version in expired:
+        entry = registry.note(
+            "approval timed out", version, f"no decision within {timeout_h:g} h", "refit"
+        )
+        _decide(registry, version, "timed-out", entry)
+    return expired
