@@ -30,6 +30,7 @@ EVENTS = (
     "approval-timed-out",
     "run-failed",
     "drift-detected",
+    "live-accuracy-worse",
     "rolled-back",
 )
 

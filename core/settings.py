@@ -185,6 +185,17 @@ class LoopConfig(Section):
         description="Share of the labels given on the Label page kept out of training: the "
         "production holdout, on which the gate's shadow check pairs both models.",
     )
+    rollback_min_labels: int = Field(
+        default=200,
+        ge=1,
+        description="Live accuracy: labelled production images (the production holdout) "
+        "needed before the champion can be judged worse than the previous version.",
+    )
+    auto_rollback: bool = Field(
+        default=False,
+        description="Roll back to the previous version when the champion is worse on "
+        "labelled production images (else only tell people); once per promotion.",
+    )
     drift_permutations: int = Field(default=200, description="Permutations of the MMD test.")
     drift_cron: str = Field(
         default="0 * * * *", description="When the live drift check runs (cron; hourly)."

@@ -152,16 +152,8 @@ def expire_approvals() -> list[str]:
     from pipelines.judge import approval
 
     config = settings()
-    expired = approval.expire(workspace.registry(config), config.gate.approval_timeout_h)
-    for version in expired:
-        notify.send(
-            config.notify,
-            "approval-timed-out",
-            f"v{version}: approval timed out",
-            f"No one approved or rejected version {version} within "
-            f"{config.gate.approval_timeout_h:g} h; it is rejected, the champion stays.",
-        )
-    return expired
+    registry = workspace.registry(config)
+    return approval.expire(registry, config.gate.approval_timeout_h, notify_config=config.notify)
 
 
 def _failed(flow, flow_run, state) -> None:

@@ -69,22 +69,11 @@ def dataset(settings: Settings) -> Dataset:
 
 
 def registry(settings: Settings) -> Registry:
-    """The MLflow model registry (artifacts go to our artifact root when the tracking URI is
-    a database rather than a server)."""
+    """The MLflow model registry."""
     from pipelines.judge.registry import Registry
     from pipelines.judge.registry_client import RegistryConfig
 
-    uri = str(settings.mlflow_tracking_uri)
-    direct = not uri.startswith("http")
-    return Registry(
-        RegistryConfig(
-            tracking_uri=uri,
-            registry_uri=str(settings.mlflow_registry_uri),
-            model_name=settings.registered_model_name,
-            artifact_location=str(settings.mlflow_artifact_root) if direct else None,
-            cache_dir=settings.workspace / "model-cache",
-        )
-    )
+    return Registry(RegistryConfig.of(settings))
 
 
 def recover(settings: Settings, progress: Progress = print) -> None:

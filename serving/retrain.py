@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, BinaryIO
 
 import anyio
-from fastapi import APIRouter, File, Form, Header, UploadFile
+from fastapi import APIRouter, Body, File, Form, Header, UploadFile
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
@@ -125,6 +125,76 @@ async def run_status(run_id: str):
     except Exception as exc:
         return error(404, f"no flow run {run_id}: {exc}")
     return {"run": _run_json(get_settings(), run)}
+
+
+@router.get("/models/waiting", summary="Challengers waiting for a person's approval (token)")
+async def waiting(authorization: Annotated[str | None, Header()] = None):
+    if not authorized(authorization):
+        return error(401, UNAUTHORIZED)
+    return await anyio.to_thread.run_sync(_waiting)
+
+
+@router.post("/models/{version}/approve", summary="Approve a waiting challenger (token)")
+async def approve(
+    version: str,
+    reason: Annotated[str, Body(embed=True, min_length=1, description="Why (recorded)")],
+    authorization: Annotated[str | None, Header()] = None,
+):
+    if not authorized(authorization):
+        return error(401, UNAUTHORIZED)
+    return await anyio.to_thread.run_sync(_decide, version, reason, True)
+
+
+@router.post("/models/{version}/reject", summary="Reject a waiting challenger (token)")
+async def reject(
+    version: str,
+    reason: Annotated[str, Body(embed=True, min_length=1, description="Why (recorded)")],
+    authorization: Annotated[str | None, Header()] = None,
+):
+    if not authorized(authorization):
+        return error(401, UNAUTHORIZED)
+    return await anyio.to_thread.run_sync(_decide, version, reason, False)
+
+
+def _moves():
+    from pipelines.judge.registry_client import RegistryConfig
+    from pipelines.judge.registry_moves import RegistryMoves
+
+    settings = get_settings()
+    return settings, RegistryMoves(RegistryConfig.of(settings))
+
+
+def _waiting():
+    from pipelines.judge.approval import expire
+    from pipelines.judge.approval import waiting as waiting_versions
+
+    settings, registry = _moves()
+    expire(registry, settings.gate.approval_timeout_h, notify_config=settings.notify)
+    rows = [
+        {"version": w.version, "gate": w.outcome, "judged_against": w.champion}
+        | {"hours": round(w.hours(), 2)}
+        for w in waiting_versions(registry)
+    ]
+    return {"waiting": rows}
+
+
+def _decide(version: str, reason: str, approve: bool):
+    from core import notify
+    from pipelines.judge.approval import approve as approve_version
+    from pipelines.judge.approval import expire
+    from pipelines.judge.approval import reject as reject_version
+    from pipelines.judge.registry_client import RegistryError
+
+    settings, registry = _moves()
+    try:
+        expire(registry, settings.gate.approval_timeout_h, notify_config=settings.notify)
+        act = approve_version if approve else reject_version
+        act(registry, version, reason, who="the Retrain page (admin token)")
+    except RegistryError as exc:
+        return error(409, str(exc))
+    event = "approved" if approve else "rejected"
+    notify.send(settings.notify, event, f"v{version} {event}", f"Reason: {reason}.")
+    return {"version": version, "decision": event}
 
 
 @router.get("/models/{ref}/download", summary="A model version (or `champion`) as .keras")

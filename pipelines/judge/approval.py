@@ -15,6 +15,7 @@ import json
 import time
 from dataclasses import dataclass
 
+from core import notify
 from core.contract import (
     APPROVAL_DECIDED_TAG,
     APPROVAL_SINCE_TAG,
@@ -22,9 +23,10 @@ from core.contract import (
     GATE_TAG,
     PARENT_TAG,
 )
+from core.notify import NotifyConfig
 from core.policies import GatePolicy
-from pipelines.judge.registry import Registry
 from pipelines.judge.registry_client import RegistryError
+from pipelines.judge.registry_moves import RegistryMoves
 
 PENDING = "pending"
 
@@ -53,13 +55,13 @@ def needs_person(outcome: str, policy: GatePolicy) -> bool:
     return policy.approval == "when_inconclusive" and outcome == "inconclusive"
 
 
-def request(registry: Registry, version: str, now: float | None = None) -> None:
+def request(registry: RegistryMoves, version: str, now: float | None = None) -> None:
     """Mark ``version`` as waiting for a person."""
     registry.tag_version(version, APPROVAL_SINCE_TAG, str(now or time.time()))
     registry.tag_version(version, APPROVAL_TAG, PENDING)
 
 
-def waiting(registry: Registry) -> list[Waiting]:
+def waiting(registry: RegistryMoves) -> list[Waiting]:
     """Every version that waits for a person, newest first."""
     return [
         Waiting(
@@ -72,7 +74,7 @@ def waiting(registry: Registry) -> list[Waiting]:
     ]
 
 
-def _pending(registry: Registry, version: str) -> Waiting:
+def _pending(registry: RegistryMoves, version: str) -> Waiting:
     found = [w for w in waiting(registry) if w.version == version]
     if found:
         return found[0]
@@ -86,12 +88,12 @@ def _pending(registry: Registry, version: str) -> Waiting:
     )
 
 
-def _decide(registry: Registry, version: str, state: str, entry: dict) -> None:
+def _decide(registry: RegistryMoves, version: str, state: str, entry: dict) -> None:
     registry.tag_version(version, APPROVAL_DECIDED_TAG, json.dumps(entry))
     registry.tag_version(version, APPROVAL_TAG, state)
 
 
-def approve(registry: Registry, version: str, reason: str, who: str | None = None) -> None:
+def approve(registry: RegistryMoves, version: str, reason: str, who: str | None = None) -> None:
     """Promote a waiting ``version``: only over the champion it was judged against.
 
     Raises:
@@ -111,19 +113,32 @@ def approve(registry: Registry, version: str, reason: str, who: str | None = Non
     _decide(registry, version, "approved", entry)
 
 
-def reject(registry: Registry, version: str, reason: str, who: str | None = None) -> None:
+def reject(registry: RegistryMoves, version: str, reason: str, who: str | None = None) -> None:
     """Turn a waiting ``version`` down; the champion stays."""
     _pending(registry, version)
     entry = registry.note("reject", version, reason, who)
     _decide(registry, version, "rejected", entry)
 
 
-def expire(registry: Registry, timeout_h: float, now: float | None = None) -> list[str]:
-    """Reject every version that waited longer than ``timeout_h``; returns them."""
+def expire(
+    registry: RegistryMoves,
+    timeout_h: float,
+    now: float | None = None,
+    notify_config: NotifyConfig | None = None,
+) -> list[str]:
+    """Reject every version that waited longer than ``timeout_h`` (and tell people, with
+    ``notify_config``); returns them."""
     expired = [w.version for w in waiting(registry) if w.hours(now) > timeout_h]
     for version in expired:
-        entry = registry.note(
-            "approval timed out", version, f"no decision within {timeout_h:g} h", "refit"
-        )
+        why = f"no decision within {timeout_h:g} h"
+        entry = registry.note("approval timed out", version, why, "refit")
         _decide(registry, version, "timed-out", entry)
+        if notify_config is not None:
+            notify.send(
+                notify_config,
+                "approval-timed-out",
+                f"v{version}: approval timed out",
+                f"No one approved or rejected version {version} ({why}): it is rejected, the "
+                "champion stays.",
+            )
     return expired

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    pass
+    from core.settings import Settings
 
 
 T = TypeVar("T")
@@ -38,6 +38,20 @@ class RegistryConfig:
     cache_dir: Path | None = None  # downloaded versions (see Registry.load)
     retries: int = 4
     backoff_s: float = 0.5
+
+    @classmethod
+    def of(cls, settings: Settings) -> RegistryConfig:
+        """The registry ``settings`` point at (artifacts go to our artifact root when the
+        tracking URI is a database rather than a server)."""
+        uri = str(settings.mlflow_tracking_uri)
+        direct = not uri.startswith("http")
+        return cls(
+            tracking_uri=uri,
+            registry_uri=str(settings.mlflow_registry_uri),
+            model_name=settings.registered_model_name,
+            artifact_location=str(settings.mlflow_artifact_root) if direct else None,
+            cache_dir=settings.workspace / "model-cache",
+        )
 
 
 def not_found(exc: Exception) -> bool:

@@ -1,5 +1,5 @@
-"""The registry's read side: aliases, the promotion history, the versions, and a version's
-model file, training features or export (downloaded once per host)."""
+"""The registry's read side: the versions, and a version's model file, training features or
+export (downloaded once per host); aliases and the history are its moves' (``registry_moves``)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from core import contract
-from core.contract import HISTORY_PREFIX
-from pipelines.judge.registry_client import RegistryClient, RegistryError
+from pipelines.judge.registry_client import RegistryError
+from pipelines.judge.registry_moves import RegistryMoves
 from pipelines.models.modelfile import LoadedModel, save_model
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)
@@ -35,38 +31,8 @@ class VersionInfo:
     decision: str | None
 
 
-class RegistryReads(RegistryClient):
+class RegistryReads(RegistryMoves):
     """What a registered model holds, read."""
-
-    def alias_version(self, alias: str) -> str | None:
-        """The version an alias points at, or None."""
-        return self._call(
-            f"read alias {alias}", lambda: contract.alias_version(self.client, self.name, alias)
-        )
-
-    def _tags(self) -> dict[str, str]:
-        return self._call("read the tags", lambda: self.client.get_registered_model(self.name).tags)
-
-    def history(self) -> list[dict]:
-        """Every alias move, oldest first."""
-        self.complete_pending()
-        tags = self._tags()
-        return [json.loads(v) for k, v in sorted(tags.items()) if k.startswith(HISTORY_PREFIX)]
-
-    def version_tags(self, version: str) -> dict[str, str]:
-        """A version's tags (RegistryError if there is no such version)."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            found = self._call(
-                "find the version", lambda: self.client.get_model_version(self.name, version)
-            )
-        except MlflowException as exc:
-            raise RegistryError(f"{self.name} has no version {version}") from exc
-        return dict(found.tags)
-
-    def _version_exists(self, version: str) -> None:
-        self.version_tags(version)
 
     def versions(self) -> list[VersionInfo]:
         """Every version, newest first, with its aliases and key metrics."""
@@ -100,17 +66,6 @@ class RegistryReads(RegistryClient):
                 )
             )
         return rows
-
-    def tagged(self, key: str, value: str) -> list[tuple[str, dict[str, str]]]:
-        """(version, tags) of every version whose tag ``key`` is ``value``, newest first."""
-        found = self._call(
-            "list versions", lambda: self.client.search_model_versions(f"name='{self.name}'")
-        )
-        return [
-            (str(mv.version), dict(mv.tags))
-            for mv in sorted(found, key=lambda v: int(v.version), reverse=True)
-            if mv.tags.get(key) == value
-        ]
 
     def load(self, ref: str) -> LoadedModel:
         """Load a version (``"3"``) or alias (``"champion"``) with its class names. With a

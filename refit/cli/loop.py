@@ -45,6 +45,30 @@ def drift() -> None:
         console.print(f"MLflow: {settings.mlflow_url}/#/experiments/-/runs/{check.run_id}")
 
 
+@app.command("live-accuracy")
+def live_accuracy() -> None:
+    """Compare the champion with the previous version on labelled production images now
+    (the `drift` deployment does it on a schedule); logged to MLflow. With
+    loop.auto_rollback, a champion that is worse is rolled back."""
+    settings = load_settings()
+    from pipelines.judge import live
+
+    with console.status("Both versions on the labelled production images…"):
+        found = registry_call(
+            lambda: live.check(
+                registry_of(settings),
+                settings.prediction_log_store(),
+                settings.loop.rollback_min_labels,
+                settings.gate.alpha,
+                settings.loop.auto_rollback,
+                settings.notify,
+            )
+        )
+    console.print(f"[{'red' if found.worse else 'green'}]{found.message}[/]", highlight=False)
+    if found.run_id:
+        console.print(f"MLflow: {settings.mlflow_url}/#/experiments/-/runs/{found.run_id}")
+
+
 @label_app.command("next")
 def label_next(
     out: Annotated[

@@ -166,7 +166,11 @@ def model_waiting() -> None:
 
     settings = load_settings()
     registry = registry_of(settings)
-    expired = registry_call(lambda: approval.expire(registry, settings.gate.approval_timeout_h))
+    expired = registry_call(
+        lambda: approval.expire(
+            registry, settings.gate.approval_timeout_h, notify_config=settings.notify
+        )
+    )
     for version in expired:
         console.print(f"[yellow]Version {version}: approval timed out, rejected.[/]")
     found = registry_call(lambda: approval.waiting(registry))
@@ -211,7 +215,11 @@ def _decide(version: str, reason: str, approve: bool) -> None:
 
     settings = load_settings()
     registry = registry_of(settings)
-    registry_call(lambda: approval.expire(registry, settings.gate.approval_timeout_h))
+    registry_call(
+        lambda: approval.expire(
+            registry, settings.gate.approval_timeout_h, notify_config=settings.notify
+        )
+    )
     act = approval.approve if approve else approval.reject
     registry_call(lambda: act(registry, version, reason))
     if approve:

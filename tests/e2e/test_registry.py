@@ -346,3 +346,41 @@ def test_when_inconclusive_asks_only_about_the_undecided(registry, models) -> No
     assert same.decision.outcome == "inconclusive" and same.awaiting
     worse = judge(bad, holdout, registry, asks, CandidateRun("bad"))
     assert worse.decision.outcome == "refused" and not worse.awaiting
+
+
+def test_live_accuracy_rolls_a_worse_champion_back_once(registry, models, tmp_path) -> None:
+    """On the real registry and a real prediction log: a champion worse than the previous
+    version on labelled production images is rolled back (recorded, logged to the monitoring
+    experiment), and an automatic rollback is never undone automatically (no flapping)."""
+    from pipelines.judge import live
+    from pipelines.loop import labelqueue, predlog
+    from pipelines.models.predict import predict_proba
+
+    good, bad, _ = models
+    holdout = coloured(10, 99)
+    first = judge(good, holdout, registry, POLICY, CandidateRun("good"))
+    worse = judge(bad, holdout, registry, POLICY, CandidateRun("bad"))
+    registry.promote(worse.version, "a person insisted")  # the champion is now the bad one
+    traffic = coloured(10, 5)
+    store = _prediction_log(tmp_path, traffic.x)
+    ids = [e["id"] for e in predlog.read_log(store).entries]
+    truth = {i: CLASSES[y] for i, y in zip(ids, traffic.y, strict=True)}
+    labelqueue.record_labelled(store, "sub-1", truth, truth)  # all kept out of training
+
+    few = live.check(registry, store, min_labels=31, alpha=0.05, auto_rollback=True)
+    assert few.status == "too-few" and not few.rolled_back and "no verdict" in few.message
+    found = live.check(registry, store, min_labels=20, alpha=0.05, auto_rollback=True)
+    assert found.worse and found.rolled_back, found.message
+    assert registry.alias_version("champion") == first.version
+    assert registry.history()[-1]["action"] == "auto-rollback"
+    checks = registry.check_history("live.champion_accuracy")
+    assert len(checks) == 2 and checks[-1][1] < 0.7  # the bad one's accuracy, over time
+
+    # Labels now agree with the bad model: the restored champion looks worse, but it is
+    # the result of an automatic rollback, so it is not swapped back (told, not done).
+    answers = predict_proba(bad.model, traffic.x).argmax(axis=1)
+    flipped = {i: CLASSES[a] for i, a in zip(ids, answers, strict=True)}
+    labelqueue.record_labelled(store, "sub-2", flipped, flipped)
+    again = live.check(registry, store, min_labels=20, alpha=0.05, auto_rollback=True)
+    assert again.worse and not again.rolled_back and "cannot flap" in again.message
+    assert registry.alias_version("champion") == first.version

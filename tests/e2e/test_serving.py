@@ -259,3 +259,38 @@ def test_model_uploads_take_labels_files_and_pixel_ranges(server) -> None:
     ]:
         answer = upload(name, data, files)
         assert answer.status_code == 503 and "cannot start the bootstrap flow" in answer.text
+
+
+def test_a_waiting_challenger_is_approved_or_rejected_with_the_token(server, model) -> None:
+    """gate.approval = manual: the Retrain page's routes list, approve and reject."""
+    from tests.e2e.serving_server import TOKEN
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    manual = LENIENT.model_copy(update={"approval": "manual"})
+    holdout = coloured_images(CLASSES, 6, 7)
+    champion = server.registry().alias_version("champion")
+    first, second = (
+        judge(model, holdout, server.registry(), manual, CandidateRun(name)).version
+        for name in ("waits 1", "waits 2")
+    )
+    assert httpx.get(f"{server.url}/models/waiting").status_code == 401
+    listed = httpx.get(f"{server.url}/models/waiting", headers=auth, timeout=60).json()["waiting"]
+    assert [w["version"] for w in listed] == [second, first]
+    url = f"{server.url}/models/{first}/approve"
+    assert httpx.post(url, json={"reason": "ok"}).status_code == 401
+    assert httpx.post(url, json={"reason": ""}, headers=auth).status_code == 422
+    done = httpx.post(url, json={"reason": "checked the flips"}, headers=auth, timeout=60)
+    assert done.status_code == 200 and done.json()["decision"] == "approved", done.text
+    assert server.registry().alias_version("champion") == first != champion
+    again = httpx.post(url, json={"reason": "twice"}, headers=auth, timeout=60)
+    assert again.status_code == 409 and "already decided: approved" in again.json()["error"]
+    late = httpx.post(  # judged against the old champion: approving it is refused
+        f"{server.url}/models/{second}/approve", json={"reason": "x"}, headers=auth, timeout=60
+    )
+    assert late.status_code == 409 and "as when version" in late.json()["error"]
+    turned = httpx.post(
+        f"{server.url}/models/{second}/reject", json={"reason": "stale"}, headers=auth, timeout=60
+    )
+    assert turned.status_code == 200 and turned.json()["decision"] == "rejected"
+    history = server.registry().history()
+    assert history[-1]["action"] == "reject" and history[-1]["who"].startswith("the Retrain page")

@@ -23,7 +23,15 @@ ALLOWED = {
 # composition root, pipelines.workspace, sits on top).
 FLOORS = {"images": 0, "models": 1, "loop": 1, "data": 2, "training": 3, "judge": 4, "workspace": 5}
 # What serving may import of pipelines/: the TF-free rooms it needs.
-SERVING_MAY_USE = ("pipelines.images", "pipelines.loop", "pipelines.data.submissions")
+# Serving's pages decide approvals: the registry's alias moves, without model code.
+SERVING_MAY_USE = (
+    "pipelines.images",
+    "pipelines.loop",
+    "pipelines.data.submissions",
+    "pipelines.judge.approval",
+    "pipelines.judge.registry_moves",
+    "pipelines.judge.registry_client",
+)
 
 
 def _modules() -> dict[str, Path]:
