@@ -13,6 +13,13 @@ MODEL_FILE_DIR, MODEL_FILE_NAME = "file", "model.keras"
 MODEL_FILE_ARTIFACT = f"{MODEL_FILE_DIR}/{MODEL_FILE_NAME}"  # the Refit model file
 REFERENCE_DIR, REFERENCE_NAME = "reference", "images.npy"
 REFERENCE_ARTIFACT = f"{REFERENCE_DIR}/{REFERENCE_NAME}"  # holdout images, uint8 (N, H, W, 3)
+# The serving engine built at registration (``pipelines.models.engine``): the ONNX file, its
+# check against Keras (JSON: max_abs_diff, images, sha256; or error) and Keras' probabilities
+# on the reference images (float32 (N, K)).
+ENGINE_DIR = "engine"
+ONNX_ARTIFACT = f"{ENGINE_DIR}/model.onnx"
+ENGINE_CHECK_ARTIFACT = f"{ENGINE_DIR}/check.json"
+EXPECTED_ARTIFACT = f"{ENGINE_DIR}/expected.npy"
 FLIPS_ARTIFACT = "evaluation/negative_flips.png"  # the gate's negative flips, a thumbnail grid
 # The version's view of its training images (features, labels, probabilities): what drift
 # and the label queue compare live images with.

@@ -11,6 +11,7 @@ Serving reads the registry only: no training code is imported here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -23,7 +24,15 @@ import numpy as np
 
 from core import contract
 from core.contract import CHAMPION
-from serving.engines import Engine, best_engine, inference_threads, limit_tensorflow_threads
+from serving.engines import (
+    Engine,
+    EngineChoice,
+    KerasEngine,
+    OnnxEngine,
+    best_engine,
+    inference_threads,
+    limit_tensorflow_threads,
+)
 
 log = logging.getLogger("refit.serving")
 
@@ -86,29 +95,31 @@ class RegistrySource:
         return contract.alias_version(self.client, self.name, CHAMPION)
 
     def load(self, version: str, engine: str, tolerance: float, threads: int = 0) -> Champion:
-        import keras
-        import mlflow.artifacts
-
+        """Load ``version`` with its engine, warmed: the ONNX file built at registration
+        (no TensorFlow work), else Keras with the reason, else (a version registered before
+        engines were built) converted here as before."""
         mv = self.client.get_model_version(self.name, version)
         run = self.client.get_run(mv.run_id)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=mv.run_id,
-                artifact_path=contract.MODEL_FILE_ARTIFACT,
-                dst_path=tmp,
-                tracking_uri=self.tracking_uri,
-            )
-            model = keras.saving.load_model(path, compile=False, safe_mode=True)
-            reference = self._reference_images(mv.run_id, tmp, model.input_shape[1:3])
         class_names = json.loads(mv.tags[contract.CLASS_NAMES_TAG])
-        if model.output_shape[-1] != len(class_names):
-            raise ValueError(
-                f"version {version}: {model.output_shape[-1]} outputs but "
-                f"{len(class_names)} class names"
-            )
-        choice = best_engine(model, reference, engine, tolerance, threads)
+        with tempfile.TemporaryDirectory() as tmp:
+            found = None
+            if engine != "keras":
+                found = self._registered_engine(mv.run_id, tmp, tolerance, threads)
+            if isinstance(found, tuple):
+                choice, reference = found
+            else:
+                model = self._keras_model(mv.run_id, tmp)
+                reference = self._reference_images(mv.run_id, tmp, model.input_shape[1:3])
+                if found is None:
+                    choice = best_engine(model, reference, engine, tolerance, threads)
+                else:
+                    choice = EngineChoice(KerasEngine(model), None, f"{found}: using Keras")
         choice.engine(reference[:1])  # warm the chosen engine at batch 1 and batch N
-        choice.engine(reference)
+        outputs = choice.engine(reference)[0].shape[-1]
+        if outputs != len(class_names):
+            raise ValueError(
+                f"version {version}: {outputs} outputs but {len(class_names)} class names"
+            )
         prefix = contract.CHALLENGER_PREFIX
         metrics = {
             k.removeprefix(prefix): v
@@ -119,13 +130,58 @@ class RegistrySource:
             name=self.name,
             version=str(version),
             class_names=class_names,
-            input_size=tuple(model.input_shape[1:3]),
+            input_size=tuple(reference.shape[1:3]),
             engine=choice.engine,
             engine_note=f"{choice.note}, {threads} threads" if threads else choice.note,
             run_id=mv.run_id,
             metrics=metrics,
             dataset_version=mv.tags.get(contract.DATASET_VERSION_TAG),
         )
+
+    def _download(self, run_id: str, artifact: str, tmp: str) -> Path:
+        import mlflow.artifacts
+
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=artifact, dst_path=tmp, tracking_uri=self.tracking_uri
+            )
+        )
+
+    def _keras_model(self, run_id: str, tmp: str):
+        import keras
+
+        path = self._download(run_id, contract.MODEL_FILE_ARTIFACT, tmp)
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+    def _registered_engine(self, run_id: str, tmp: str, tolerance: float, threads: int):
+        """The engine built at registration and the reference images it was checked on;
+        None for a version registered before engines were (convert it here); or why it
+        cannot be used (a string)."""
+        present = {a.path for a in self.client.list_artifacts(run_id, contract.ENGINE_DIR)}
+        if contract.ENGINE_CHECK_ARTIFACT not in present:
+            return None
+        check = json.loads(self._download(run_id, contract.ENGINE_CHECK_ARTIFACT, tmp).read_text())
+        if "error" in check:
+            return f"no ONNX engine: {check['error']}"
+        if check["max_abs_diff"] > tolerance:
+            return f"ONNX differs from Keras by {check['max_abs_diff']:.1e} > {tolerance:.0e}"
+        if not {contract.ONNX_ARTIFACT, contract.EXPECTED_ARTIFACT} <= present:
+            return "the registered ONNX engine is missing"
+        data = self._download(run_id, contract.ONNX_ARTIFACT, tmp).read_bytes()
+        expected = self._download(run_id, contract.EXPECTED_ARTIFACT, tmp)
+        images = self._download(run_id, contract.REFERENCE_ARTIFACT, tmp)
+        if hashlib.sha256(data).hexdigest() != check["sha256"]:
+            return "the registered ONNX file is corrupt (its sha256 differs from its check)"
+        try:
+            engine = OnnxEngine(data, threads)
+            reference = np.load(images, allow_pickle=False)
+            diff = float(np.abs(engine(reference)[0] - np.load(expected, allow_pickle=False)).max())
+        except Exception as exc:
+            return f"the registered ONNX engine failed to load: {exc}"
+        if diff > tolerance:
+            return f"the registered ONNX engine differs from Keras by {diff:.1e} here"
+        note = f"ONNX Runtime, built at registration (max diff {diff:.1e} vs Keras)"
+        return EngineChoice(engine, diff, note), reference
 
     def class_names(self, version: str) -> list[str]:
         return json.loads(

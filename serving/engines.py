@@ -1,13 +1,15 @@
-"""Inference engines: how a loaded Keras model turns a uint8 image batch into probabilities.
+"""Inference engines: how a model turns a uint8 image batch into probabilities.
 
 Every engine answers probabilities and the image's features (the input of the ``logits``
 layer) from one call: the prediction log keeps both.
 
-- :class:`KerasEngine` calls the model through one ``tf.function`` (never ``model.predict``
-  per request: that costs ~80 ms of overhead per call).
 - :class:`OnnxEngine` runs the model's frozen graph in ONNX Runtime, about 4x faster per
-  call on these CPUs. It is only used when its outputs match Keras within a tolerance on
-  reference images (:func:`best_engine`).
+  call on these CPUs. The graph is built and checked against Keras when the version is
+  registered (``pipelines.models.engine``); serving only loads it.
+- :class:`KerasEngine` calls the model through one ``tf.function`` (never ``model.predict``
+  per request: that costs ~80 ms of overhead per call): for versions whose ONNX file is
+  missing, corrupt or disagrees with Keras, or when settings ask for it.
+- :func:`best_engine` converts on load, for versions registered before engines were built.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-
-from core.contract import FEATURES_LAYER
 
 
 class Engine(Protocol):
@@ -63,18 +63,13 @@ def limit_tensorflow_threads(threads: int) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
 
 
-def with_features(model):
-    """The model with two outputs: its probabilities and its features."""
-    import keras
-
-    return keras.Model(model.inputs, [model.output, model.get_layer(FEATURES_LAYER).input])
-
-
 class KerasEngine:
     name = "keras"
 
     def __init__(self, model) -> None:
         import tensorflow as tf
+
+        from pipelines.models.engine import with_features
 
         both = with_features(model)
         self._call = tf.function(
@@ -89,43 +84,19 @@ class KerasEngine:
 class OnnxEngine:
     name = "onnx"
 
-    def __init__(self, model, threads: int = 0) -> None:
+    def __init__(self, data: bytes, threads: int = 0) -> None:
+        """An ONNX Runtime session on the model's ONNX bytes (``pipelines.models.engine``)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            _to_onnx(model), options, providers=["CPUExecutionProvider"]
-        )
+        self._session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probs, features = self._session.run(None, {self._input: images.astype(np.float32)})
         return probs, features
-
-
-def _to_onnx(model) -> bytes:
-    """The model as ONNX bytes, from its frozen inference graph (variables as constants, so
-    they do not become extra graph inputs)."""
-    import tensorflow as tf
-    import tf2onnx
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
-
-    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="image")
-    both = with_features(model)
-    concrete = tf.function(lambda x: both(x, training=False)).get_concrete_function(spec)
-    frozen = convert_variables_to_constants_v2(concrete)
-    graph_def = frozen.graph.as_graph_def()
-    proto, _ = tf2onnx.convert.from_graph_def(
-        graph_def,
-        input_names=[t.name for t in frozen.inputs],
-        output_names=[t.name for t in frozen.outputs],
-        opset=17,
-    )
-    return proto.SerializeToString()
 
 
 @dataclass(frozen=True)
@@ -142,13 +113,16 @@ def best_engine(
     tolerance: float = 1e-5,
     threads: int = 0,
 ) -> EngineChoice:
-    """ONNX Runtime when it matches Keras within ``tolerance`` on ``reference`` images,
-    else Keras. ``preference``: auto, onnx (fail if it does not match) or keras."""
+    """Convert ``model`` here (a version registered before engines were built at
+    registration): ONNX Runtime when it matches Keras within ``tolerance`` on ``reference``
+    images, else Keras. ``preference``: auto, onnx (fail if it does not match) or keras."""
+    from pipelines.models.engine import to_onnx
+
     keras_engine = KerasEngine(model)
     if preference == "keras":
         return EngineChoice(keras_engine, None, "Keras chosen in settings")
     try:
-        onnx_engine = OnnxEngine(model, threads)
+        onnx_engine = OnnxEngine(to_onnx(model), threads)
         diff = float(np.abs(onnx_engine(reference)[0] - keras_engine(reference)[0]).max())
     except Exception as exc:  # any export or runtime failure means: use Keras
         if preference == "onnx":

@@ -193,7 +193,8 @@ def _decide(version: str, reason: str, approve: bool):
     except RegistryError as exc:
         return error(409, str(exc))
     event = "approved" if approve else "rejected"
-    notify.send(settings.notify, event, f"v{version} {event}", f"Reason: {reason}.")
+    link = f"{settings.mlflow_url}/#/models/{settings.registered_model_name}/versions/{version}"
+    notify.send(settings.notify, event, f"v{version} {event}", f"Reason: {reason}.", link)
     return {"version": version, "decision": event}
 
 

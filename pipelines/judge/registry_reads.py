@@ -29,6 +29,7 @@ class VersionInfo:
     dataset_version: str | None
     class_names: list[str]
     decision: str | None
+    approval: str | None = None  # pending / approved / rejected / timed-out, when asked
 
 
 class RegistryReads(RegistryMoves):
@@ -63,6 +64,7 @@ class RegistryReads(RegistryMoves):
                     dataset_version=mv.tags.get(contract.DATASET_VERSION_TAG),
                     class_names=json.loads(mv.tags.get(contract.CLASS_NAMES_TAG, "[]")),
                     decision=mv.tags.get(contract.GATE_TAG),
+                    approval=mv.tags.get(contract.APPROVAL_TAG),
                 )
             )
         return rows

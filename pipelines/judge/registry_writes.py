@@ -125,12 +125,23 @@ def _record_files(artifacts: list[Path]) -> list[tuple[Path, str]]:
 def _model_files(
     model: LoadedModel, reference_images: np.ndarray | None, features: bytes | None, tmp: Path
 ) -> list[tuple[Path, str]]:
-    """The Refit model file and the reference images, where the contract says, written to
-    ``tmp``."""
+    """The Refit model file, the reference images and the serving engine built and checked
+    on them, where the contract says, written to ``tmp``."""
+    from pipelines.models.engine import build
+
     files = [(save_model(model, tmp / contract.MODEL_FILE_NAME), contract.MODEL_FILE_DIR)]
     if reference_images is not None:
         np.save(images := tmp / contract.REFERENCE_NAME, reference_images.astype(np.uint8))
         files.append((images, contract.REFERENCE_DIR))
+        built = build(model.model, reference_images.astype(np.uint8))
+        check = tmp / Path(contract.ENGINE_CHECK_ARTIFACT).name
+        check.write_text(json.dumps(built.check))
+        np.save(expected := tmp / Path(contract.EXPECTED_ARTIFACT).name, built.expected)
+        files += [(check, contract.ENGINE_DIR), (expected, contract.ENGINE_DIR)]
+        if built.onnx is not None:
+            onnx = tmp / Path(contract.ONNX_ARTIFACT).name
+            onnx.write_bytes(built.onnx)
+            files.append((onnx, contract.ENGINE_DIR))
     if features is not None:
         path = tmp / Path(contract.TRAINING_FEATURES_ARTIFACT).name
         path.write_bytes(features)

@@ -125,7 +125,7 @@ def model_list() -> None:
             ", ".join(row.aliases),
             row.created,
             accuracy,
-            row.decision or "",
+            ", ".join(filter(None, [row.decision, row.approval and f"approval {row.approval}"])),
             (row.dataset_version or "")[:12],
             str(len(row.class_names)),
         )
@@ -224,10 +224,11 @@ def _decide(version: str, reason: str, approve: bool) -> None:
     registry_call(lambda: act(registry, version, reason))
     if approve:
         console.print(f"Approved: version {version} is the champion.")
-        notify.send(settings.notify, "approved", f"v{version} approved", f"Reason: {reason}.")
     else:
         console.print(f"Rejected: version {version} stays registered; the champion is unchanged.")
-        notify.send(settings.notify, "rejected", f"v{version} rejected", f"Reason: {reason}.")
+    event = "approved" if approve else "rejected"
+    link = f"{settings.mlflow_url}/#/models/{settings.registered_model_name}/versions/{version}"
+    notify.send(settings.notify, event, f"v{version} {event}", f"Reason: {reason}.", link)
 
 
 @app.command("history")

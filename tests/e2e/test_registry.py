@@ -384,3 +384,35 @@ def test_live_accuracy_rolls_a_worse_champion_back_once(registry, models, tmp_pa
     again = live.check(registry, store, min_labels=20, alpha=0.05, auto_rollback=True)
     assert again.worse and not again.rolled_back and "cannot flap" in again.message
     assert registry.alias_version("champion") == first.version
+
+
+def test_the_serving_engine_is_built_at_registration_and_checked_on_load(
+    registry, models, tmp_path
+) -> None:
+    """The registry holds the ONNX engine and its check; serving loads it without converting,
+    and falls back to Keras, saying why, when the file is corrupt or missing; a version
+    registered before engines were built is converted on load as before."""
+    from serving.champion import RegistrySource
+
+    good, _, _ = models
+    version = judge(good, coloured(10, 99), registry, POLICY, CandidateRun("engine")).version
+    run_id = registry.client.get_model_version(registry.name, version).run_id
+    stored = {a.path for a in registry.client.list_artifacts(run_id, "engine")}
+    assert stored == {"engine/model.onnx", "engine/check.json", "engine/expected.npy"}
+    source = RegistrySource(registry.config.tracking_uri, registry.config.registry_uri,
+                            registry.name)  # fmt: skip
+    loaded = source.load(version, "auto", 1e-5)
+    assert loaded.engine.name == "onnx" and "built at registration" in loaded.engine_note
+    assert loaded.input_size == (24, 24)
+
+    files = next((tmp_path / "artifacts").rglob("engine/model.onnx")).parent
+    (files / "model.onnx").write_bytes(b"not an onnx graph")
+    corrupt = source.load(version, "auto", 1e-5)
+    assert corrupt.engine.name == "keras" and "corrupt" in corrupt.engine_note
+    (files / "model.onnx").unlink()
+    missing = source.load(version, "auto", 1e-5)
+    assert missing.engine.name == "keras" and "missing" in missing.engine_note
+    for path in files.iterdir():  # as registered before engines were built
+        path.unlink()
+    converted = source.load(version, "auto", 1e-5)
+    assert converted.engine.name == "onnx" and "registration" not in converted.engine_note

@@ -96,6 +96,7 @@ def test_reload_needs_the_token_then_loads_the_champion(server, model) -> None:
     described = httpx.get(f"{server.url}/model").json()["model"]
     assert described["classes"] == CLASSES and described["version"] == first.version
     assert described["engine"] == "onnx", described["engine_note"]  # tiny CNN exports exactly
+    assert "built at registration" in described["engine_note"]  # serving converted nothing
     assert described["holdout_metrics"]["accuracy"] == pytest.approx(first.challenger.accuracy)
 
 
@@ -203,9 +204,10 @@ def test_a_version_that_fails_to_load_keeps_the_old_one_serving(server, model) -
     serving_before = httpx.get(f"{server.url}/model").json()["model"]["version"]
     broken = register(server, model, "broken")
     artifacts = Path(server.artifacts)
-    for path in artifacts.rglob("model.keras"):
-        if broken.run_id in str(path):
-            path.write_bytes(b"not a zip")
+    for name in ("model.keras", "model.onnx"):  # the engine, and the Keras fallback
+        for path in artifacts.rglob(name):
+            if broken.run_id in str(path):
+                path.write_bytes(b"not a model")
     answer = server.reload()
     assert answer.status_code == 500 and f"version {broken.version}" in answer.json()["error"]
     described = httpx.get(f"{server.url}/model").json()
