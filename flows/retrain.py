@@ -289,7 +289,7 @@ def _process(sub, epochs: int | None, gate: dict) -> dict:
 def _go_live_again(sub) -> dict:
     """A submission judged by a run that failed or was killed afterwards: serving loads its
     version and the smoke check runs; nothing is trained or registered again."""
-    from core.contract import CHAMPION
+    from core.contract import APPROVAL_TAG, CHAMPION
     from pipelines import workspace
 
     config = settings()
@@ -304,5 +304,6 @@ def _go_live_again(sub) -> dict:
         key="retrain-report",
         description=f"resumed v{sub.version}",
     )
-    outcome = "promoted" if sub.promoted else "kept-champion"
+    waits = registry.version_tags(sub.version).get(APPROVAL_TAG) == "pending"
+    outcome = "promoted" if sub.promoted else "awaiting-approval" if waits else "kept-champion"
     return _finish(sub, outcome, f"v{sub.version} (resumed)", version=sub.version)

@@ -12,7 +12,9 @@ waits, a marker ``queue/<id>`` lists it. Its states:
 - ``judged``: the challenger is registered, promoted or not (``version``); a run that
   failed after this point (serving down at reload) only goes live, never fine-tunes again;
 - it leaves the queue once a run finishes with it: its state says ``done`` with the outcome
-  (``rejected``, ``not-trainable``, ``promoted``, ``kept-champion``) and its marker goes.
+  (``rejected``, ``not-trainable``, ``promoted``, ``kept-champion``, ``awaiting-approval``:
+  the challenger waits for a person in the registry, ``pipelines.judge.approval``) and its
+  marker goes.
 
 A submission is listed only once whole: the batch is uploaded first, then its state, then
 its marker. :func:`advance` is the state machine (pure); :func:`next_step` says what a run
@@ -44,8 +46,9 @@ TRANSITIONS: dict[str, dict[str, str]] = {
         "not-trainable": "done",
         "promoted": "done",
         "kept-champion": "done",
+        "awaiting-approval": "done",
     },
-    "judged": {"promoted": "done", "kept-champion": "done"},
+    "judged": {"promoted": "done", "kept-champion": "done", "awaiting-approval": "done"},
 }
 STEPS = {"pending": "validate", "merged": "fine-tune", "judged": "go live"}
 

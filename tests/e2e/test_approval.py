@@ -49,7 +49,8 @@ def test_manual_approval_waits_survives_restarts_and_a_person_decides(live: Live
         subs = [submit(live, batch) for batch in batches]
         for sub in subs:
             wait_for(lambda sub=sub: outcome(live, sub)["status"] == "done", 600, f"{sub} judged")
-        assert {outcome(live, s)["outcome"] for s in subs} == {"awaiting-approval"}
+        judged = [outcome(live, s) for s in subs]
+        assert {o["outcome"] for o in judged} == {"awaiting-approval"}, judged
         versions = [outcome(live, s)["detail"].split()[0].lstrip("v") for s in subs]
         assert live.champion() == champion  # nothing went live on its own
         wait_for(lambda: all(heard(f"v{v} waits for your approval") for v in versions), 30,

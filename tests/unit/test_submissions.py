@@ -82,6 +82,8 @@ def test_merged_state_survives_and_finish_leaves_the_queue(tmp_path: Path, queue
         ("merged", "promoted", "done"),
         ("merged", "kept-champion", "done"),
         ("merged", "not-trainable", "done"),
+        ("merged", "awaiting-approval", "done"),  # the challenger waits in the registry
+        ("judged", "awaiting-approval", "done"),  # resumed after a crash: still waits
     ],
 )
 def test_the_state_machine_moves_a_submission_on(status: str, event: str, after: str) -> None:
