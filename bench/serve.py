@@ -182,9 +182,17 @@ def start_ceiling(tmp: Path) -> tuple[subprocess.Popen, str]:
     return process, f"http://127.0.0.1:{port}"
 
 
-async def hammer(url: str, images: list[bytes], clients: int, seconds: float = 0, total: int = 0):
+async def hammer(
+    url: str,
+    images: list[bytes],
+    clients: int,
+    seconds: float = 0,
+    total: int = 0,
+    timeline: list | None = None,
+):
     """Concurrent clients posting single images; returns (requests/s, latencies, errors, body
-    versions). Runs for ``seconds`` or until ``total`` requests."""
+    versions). Runs for ``seconds`` or until ``total`` requests; ``timeline`` gets (start,
+    latency) of each request."""
     latencies: list[float] = []
     errors: list[str] = []
     versions: dict[str, int] = {}
@@ -200,6 +208,8 @@ async def hammer(url: str, images: list[bytes], clients: int, seconds: float = 0
             started = time.perf_counter()
             answer = await http.post(url, files={"image": ("x.jpg", data, "image/jpeg")})
             latencies.append(time.perf_counter() - started)
+            if timeline is not None:
+                timeline.append((started, latencies[-1]))
             if answer.status_code != 200:
                 errors.append(f"{answer.status_code} {answer.text[:100]}")
             elif "model_version" in (body := answer.json()):
@@ -252,18 +262,41 @@ def swap_under_load(url: str, images: list[bytes], registry, model, holdout, pol
     reload = f"{url}/admin/reload"
     headers = {"Authorization": f"Bearer {TOKEN}"}
 
+    timeline, windows = [], []
+
+    async def swap(http: httpx.AsyncClient) -> dict:
+        started = time.perf_counter()
+        answer = (await http.post(reload, headers=headers)).json()
+        windows.append((started, time.perf_counter()))
+        return answer
+
     async def run():
-        load = asyncio.create_task(hammer(f"{url}/predict", images, 16, total=1000))
+        load = asyncio.create_task(
+            hammer(f"{url}/predict", images, 16, total=1000, timeline=timeline)
+        )
         await asyncio.sleep(1.0)
         async with httpx.AsyncClient(timeout=120) as http:
-            first = (await http.post(reload, headers=headers)).json()  # swap 1: v1 -> v2
+            first = await swap(http)  # swap 1: v1 -> v2
             registry.rollback("bench: swap back", to="1")
-            back = (await http.post(reload, headers=headers)).json()  # swap 2: v2 -> v1
+            await asyncio.sleep(0.5)
+            back = await swap(http)  # swap 2: v2 -> v1
         return await load, first, back
 
     (_, latencies, errors, versions), first, back = asyncio.run(run())
     swaps = [first["version"] == second, back["version"] == "1"]
-    return len(latencies), errors, versions, all(swaps)
+    overlaps = [
+        any(start < end and start + latency > begin for begin, end in windows)
+        for start, latency in timeline
+    ]
+    during = [latency for (_, latency), hit in zip(timeline, overlaps, strict=True) if hit]
+    steady = [latency for (_, latency), hit in zip(timeline, overlaps, strict=True) if not hit]
+    cost = (
+        float(np.percentile(during, 99)) if during else float("nan"),
+        float(np.percentile(steady, 99)) if steady else float("nan"),
+        len(during),
+        [end - begin for begin, end in windows],
+    )
+    return len(latencies), errors, versions, all(swaps), cost
 
 
 async def flood(url: str, make_files, clients: int, seconds: float) -> tuple[dict, int]:
@@ -435,11 +468,17 @@ def main() -> None:
         f"(target <= 2x + 5 = {limit:.1f} ms): {'ok' if http_p50 * 1000 <= limit else 'MISSED'}"
     )
     print(f"  (the same request to the HTTP ceiling, no model: {floor_p50 * 1000:.1f} ms)")
-    requests, errors, versions, swaps_ok = swapped
+    requests, errors, versions, swaps_ok, (during, steady, overlapping, took) = swapped
     print(
         f"Hot swap: {requests} requests from 16 clients, 2 swaps "
         f"({'both done' if swaps_ok else 'NOT DONE'}): {len(errors)} errors, "
         f"answers by version {versions}"
+    )
+    print(
+        f"  swap cost: p99 {during * 1000:.1f} ms over the {overlapping} requests in flight "
+        f"during a swap vs {steady * 1000:.1f} ms steady ({during / steady:.2f}x, target <= 2x): "
+        f"{'ok' if during <= 2 * steady else 'MISSED'}; the swaps took "
+        f"{', '.join(f'{t:.2f} s' for t in took)}"
     )
     if errors:
         print("  first errors:", errors[:3])
