@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
@@ -20,10 +21,12 @@ from tests.conftest import free_port
 class Receiver(BaseHTTPRequestHandler):
     received: ClassVar[list[dict]] = []
     status = 200
+    delay_s = 0.0
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         Receiver.received.append({"path": self.path, "body": json.loads(body)})
+        time.sleep(Receiver.delay_s)
         self.send_response(Receiver.status)
         self.end_headers()
 
@@ -33,10 +36,10 @@ class Receiver(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def receiver():
-    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    Receiver.received, Receiver.status = [], 200
+    Receiver.received, Receiver.status, Receiver.delay_s = [], 200, 0.0
     yield server.server_address[1]
     server.shutdown()
 
@@ -82,3 +85,16 @@ def test_a_receiver_down_failing_or_malformed_is_logged_never_raised(receiver, c
     assert sum("not delivered" in w for w in warnings) == 2
     assert any("not a URL Apprise understands" in w for w in warnings)
     assert not any("/hook" in w for w in warnings)  # paths (often secrets) stay out of logs
+
+
+def test_a_receiver_slower_than_the_timeout_is_given_up_on_in_time(receiver, caplog) -> None:
+    Receiver.delay_s = 5
+    with caplog.at_level(logging.WARNING, "refit.notify"):
+        sent = notify.send(
+            NotifyConfig(urls=[f"json://127.0.0.1:{receiver}/hook"], retries=0, timeout_s=0.5),
+            "drift-detected",
+            "drift",
+            "the log drifted",
+        )
+        sent.join(30)
+    assert "not delivered" in caplog.text
