@@ -119,6 +119,12 @@ class ServingConfig(Section):
         description="Inference threads per replica; 0: the CPUs it may use (its affinity and "
         "container CPU limit). Replicas sharing a host: its cores / replicas each.",
     )
+    alone_in_process: bool = Field(
+        default=True,
+        description="A request that arrives alone is answered in the public worker by the "
+        "champion's ONNX engine built at registration (no hop to the classifier worker); "
+        "requests in company go through the adaptive batcher.",
+    )
     max_upload_bytes: int = Field(
         default=20_000_000, description="Largest request body (413 beyond)."
     )

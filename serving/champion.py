@@ -57,6 +57,18 @@ class Champion:
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self.engine(images)
 
+    def rows(self, images: np.ndarray, with_features: bool) -> np.ndarray:
+        """[version, p_0 .. p_K-1 (, features)] per uint8 image: what ``classify`` answers
+        (all NaN when the images are not of this model's input size)."""
+        if images.shape[1:3] != self.input_size:
+            return np.full((len(images), 1), np.nan, dtype=np.float32)
+        probs, features = self.engine(images)
+        version = np.full((len(images), 1), float(self.version), dtype=np.float32)
+        columns = [version, probs.astype(np.float32)]
+        if with_features:  # for the prediction log, from the same call
+            columns.append(features.astype(np.float32))
+        return np.concatenate(columns, axis=1)
+
     def describe(self) -> dict:
         return {
             "name": self.name,
@@ -94,10 +106,18 @@ class RegistrySource:
     def champion_version(self) -> str | None:
         return contract.alias_version(self.client, self.name, CHAMPION)
 
-    def load(self, version: str, engine: str, tolerance: float, threads: int = 0) -> Champion:
+    def load(
+        self,
+        version: str,
+        engine: str,
+        tolerance: float,
+        threads: int = 0,
+        registered_only: bool = False,
+    ) -> Champion | None:
         """Load ``version`` with its engine, warmed: the ONNX file built at registration
         (no TensorFlow work), else Keras with the reason, else (a version registered before
-        engines were built) converted here as before."""
+        engines were built) converted here as before. ``registered_only``: the registered
+        ONNX engine or None."""
         mv = self.client.get_model_version(self.name, version)
         run = self.client.get_run(mv.run_id)
         class_names = json.loads(mv.tags[contract.CLASS_NAMES_TAG])
@@ -107,6 +127,8 @@ class RegistrySource:
                 found = self._registered_engine(mv.run_id, tmp, tolerance, threads)
             if isinstance(found, tuple):
                 choice, reference = found
+            elif registered_only:
+                return None
             else:
                 model = self._keras_model(mv.run_id, tmp)
                 reference = self._reference_images(mv.run_id, tmp, model.input_shape[1:3])
@@ -239,8 +261,13 @@ class ChampionHolder:
         engine: str = "auto",
         tolerance: float = 1e-5,
         threads: int = 0,
+        registered_only: bool = False,
     ):
+        """``registered_only``: hold only engines built at registration (no TensorFlow in
+        this process); a version without one leaves the holder empty."""
         self.source = source
+        self.registered_only = registered_only
+        self._without: str | None = None  # the version found to have no registered engine
         self.engine = engine
         self.tolerance = tolerance
         self.threads = inference_threads(threads)
@@ -273,16 +300,21 @@ class ChampionHolder:
                     )
                 )
                 return self._result(before, changed=False)
-            if version == before:
+            if version in (before, self._without):
                 self.error = None
                 return self._result(before, changed=False)
             started = time.perf_counter()
             try:
-                loaded = self.source.load(version, self.engine, self.tolerance, self.threads)
+                loaded = self.source.load(
+                    version, self.engine, self.tolerance, self.threads, self.registered_only
+                )
             except Exception as exc:
                 self.error = f"version {version} failed to load, still serving {before}: {exc}"
                 log.error(self.error)
                 return self._result(before, changed=False)
+            if loaded is None:  # registered_only, and this version has no registered engine
+                self._current, self._without = None, version
+                return self._result(None, changed=before is not None, previous=before)
             self._current = loaded  # the swap: one reference assignment
             self.error = None
             log.info(

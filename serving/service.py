@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import threading
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
@@ -92,14 +93,9 @@ class Classifier:
 
     def _rows(self, images: np.ndarray) -> np.ndarray:
         champion = self.holder.current
-        if champion is None or images.shape[1:3] != champion.input_size:
+        if champion is None:
             return np.full((len(images), 1), np.nan, dtype=np.float32)
-        probs, features = champion.predict(images)
-        version = np.full((len(images), 1), float(champion.version), dtype=np.float32)
-        columns = [version, probs.astype(np.float32)]
-        if self.with_features:  # for the prediction log, from the same call
-            columns.append(features.astype(np.float32))
-        return np.concatenate(columns, axis=1)
+        return champion.rows(images, self.with_features)
 
     @bentoml.api
     def describe(self, version: str = "") -> dict:
@@ -223,6 +219,18 @@ class Refit:
         self.input_size: tuple[int, int] | None = None
         self.in_flight = 0  # model calls under way in this worker
         settings = get_settings()
+        self.with_features = settings.loop.log_predictions
+        self.alone = None  # the champion's registered engine, for a request alone
+        if settings.serving.alone_in_process:
+            from serving.champion import ChampionHolder, RegistrySource
+
+            config = settings.serving
+            source = RegistrySource.from_settings(settings)
+            self.alone = ChampionHolder(
+                source, "onnx", config.onnx_tolerance, config.threads, registered_only=True
+            )
+            threading.Thread(target=self.alone.refresh, daemon=True).start()
+            self.alone.watch(config.poll_interval_s)
         self.log = None
         if settings.loop.log_predictions:
             from pipelines.loop.predlog import LogWriter
@@ -239,6 +247,9 @@ class Refit:
         return described["model"] is not None
 
     async def _model(self, version: str) -> dict | None:
+        alone = self.alone.current if self.alone else None
+        if version not in self.models and alone is not None and alone.version == version:
+            self.models[version] = alone.describe()
         if version not in self.models:
             described = await self.classifier.to_async.describe(version=version)
             if described["model"] and described["model"]["version"] == version:
@@ -265,6 +276,9 @@ class Refit:
         self.in_flight += 1
         try:
             if self.in_flight == 1:
+                alone = self.alone.current if self.alone else None
+                if alone is not None and batch.shape[1:3] == alone.input_size:
+                    return await anyio.to_thread.run_sync(alone.rows, batch, self.with_features)
                 return await self.classifier.to_async.classify_now(batch)
             return await self.classifier.to_async.classify(batch)
         except BentoMLException as exc:
@@ -342,6 +356,8 @@ class Refit:
     @app.get("/model", summary="The serving champion: version, classes, holdout metrics")
     async def model(self):
         described = await self.classifier.to_async.describe()
+        alone = self.alone.current if self.alone else None
+        described["alone_in_process"] = alone.version if alone else None
         status = 200 if described["model"] else 503
         return JSONResponse(_finite(described), status_code=status)
 
@@ -350,6 +366,8 @@ class Refit:
         if not authorized(authorization):
             return error(401, UNAUTHORIZED)
         result = await self.classifier.to_async.reload()
+        if self.alone is not None:  # the engine for a request alone follows at once
+            await anyio.to_thread.run_sync(self.alone.refresh)
         return JSONResponse(result, status_code=200 if result["error"] is None else 500)
 
     @app.get("/", include_in_schema=False)

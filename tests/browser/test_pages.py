@@ -146,3 +146,32 @@ def test_label_page_shows_the_queue_and_submits_corrections(live, browser) -> No
         "the run",
     )
     assert live.queue().find(submission).outcome == "rejected"
+
+
+def test_retrain_page_approves_a_waiting_challenger(live, browser) -> None:
+    """gate.approval = manual: a registered model waits; the page lists it and approves it
+    with a reason; the champion moves."""
+    ensure_champion(live)
+    model = live.root / "champion-again.keras"  # the champion's classes, whatever they are
+    assert live.refit("model", "export", "--out", str(model)).returncode == 0
+    config = live.root / "no-refit.toml"  # the platform's REFIT_CONFIG
+    config.write_text('[gate]\napproval = "manual"\n')
+    try:
+        registered = live.refit("model", "register", str(model), "--reason", "page test")
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        version = registered.stdout.split("Version ")[1].split(":")[0]
+        assert "registered, champion unchanged" in registered.stdout
+        page = browser.new_page()
+        page.goto(f"{live.serving_url}/retrain")
+        page.fill("#token", TOKEN)
+        page.dispatch_event("#token", "change")
+        page.wait_for_selector(f"text=v{version}: gate")
+        row = page.locator(".waiting", has_text=f"v{version}:")
+        row.get_by_role("button", name="Approve").click()  # no reason yet: nothing sent
+        assert live.champion() != version
+        row.get_by_label(f"Reason for v{version}").fill("looks right")
+        row.get_by_role("button", name="Approve").click()
+        page.wait_for_selector(f"text=v{version} approved.")
+        assert live.champion() == version
+    finally:
+        config.unlink(missing_ok=True)
