@@ -164,14 +164,14 @@ def test_retrain_page_approves_a_waiting_challenger(live, browser) -> None:
         page = browser.new_page()
         page.goto(f"{live.serving_url}/retrain")
         page.fill("#token", TOKEN)
-        page.dispatch_event("#token", "change")
+        page.press("#token", "Tab")  # the token is taken on change, as a person leaves it
         page.wait_for_selector(f"text=v{version}: gate")
         row = page.locator(".waiting", has_text=f"v{version}:")
         row.get_by_role("button", name="Approve").click()  # no reason yet: nothing sent
         assert live.champion() != version
         row.get_by_label(f"Reason for v{version}").fill("looks right")
         row.get_by_role("button", name="Approve").click()
-        page.wait_for_selector(f"text=v{version} approved.")
+        page.wait_for_selector(f"#decided:has-text('v{version} approved.')")
         assert live.champion() == version
     finally:
         config.unlink(missing_ok=True)
