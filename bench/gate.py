@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--power-draws", type=int, default=200)
     parser.add_argument("--holdout", type=int, default=2_000)
     parser.add_argument(
-        "--fractions", type=float, nargs="+", default=[0.5, 0.75, 0.9],
+        "--fractions", type=float, nargs="+", default=[0.55, 0.62, 0.7],
         help="the champions' share of the base set (power at each gain)",
     )  # fmt: skip
     args = parser.parse_args()

@@ -16,7 +16,8 @@ Then overload, on the same server:
 - 64 clients each sending ``predict_batch`` of 64 images: answers by status, resets;
 - ``/healthz`` p99 while 16 clients send 36-megapixel PNGs.
 
-Targets: >= 3x the baseline, >= 0.7x the HTTP ceiling, 0 errors during swaps; overload:
+Targets: >= 3x the baseline, >= 0.85x the HTTP ceiling, 0 errors during swaps and p99 while
+a swap is under way <= 2x steady; overload:
 0 non-200 with hogs and swaps, only 200/503 and no resets for the batch flood, healthz p99
 < 1 s under large images.
 
@@ -460,7 +461,7 @@ def main() -> None:
     print(f"{'model in process, batch 64 (no HTTP)':40} {batched:8.0f} images/s")
     print(
         f"\n/predict vs baseline: {ours_rate / base:.2f}x (target >= 3x); "
-        f"vs HTTP ceiling: {ours_rate / ceiling:.2f}x (target >= 0.7x)"
+        f"vs HTTP ceiling: {ours_rate / ceiling:.2f}x (target >= 0.85x)"
     )
     limit = 2 * single * 1000 + 5
     print(

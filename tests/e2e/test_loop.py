@@ -98,6 +98,7 @@ def test_serving_logs_answers_and_the_drift_check_finds_an_inversion(live, monke
     flow_run = runs.start("drift/drift", {})  # the scheduled deployment, run now on the worker
     final = runs.follow(flow_run, lambda view: None, timeout_s=RUN_TIMEOUT_S)
     assert final.state == "COMPLETED", final.message
+    assert "Live accuracy" in final.report  # the same run checks the champion's live accuracy
 
 
 def test_on_drift_retrain_adds_the_automation_and_event_removes_it(live, monkeypatch) -> None:
