@@ -32,6 +32,7 @@ CLASS_NAMES_TAG = "class_names"  # JSON list, in output order
 DATASET_VERSION_TAG = "dataset_version"
 GATE_TAG = "gate"  # passed / failed / inconclusive
 PARENT_TAG = "parent_version"
+JUDGED_AGAINST_TAG = "gate.champion"  # the champion version the gate compared it with, or none
 OWNER_TAG = "refit.owner"  # host:pid of the process that logged it (ends abandoned runs)
 SUBMISSION_TAG = "submission"  # the retrain submission it was trained for
 IMPORTED_TAG = "imported_from"  # the user's file a model descends from (absent: Refit's own)

@@ -21,6 +21,7 @@ from core.contract import (
     APPROVAL_SINCE_TAG,
     APPROVAL_TAG,
     GATE_TAG,
+    JUDGED_AGAINST_TAG,
     PARENT_TAG,
 )
 from core.notify import NotifyConfig
@@ -48,6 +49,13 @@ class Waiting:
         return ((now or time.time()) - self.since) / 3600
 
 
+def judged_against(tags: dict[str, str]) -> str | None:
+    """The champion a registered version was judged against (its parent, for versions
+    registered before the gate recorded it), or None."""
+    found = tags.get(JUDGED_AGAINST_TAG, tags.get(PARENT_TAG, "none"))
+    return None if found == "none" else found
+
+
 def needs_person(outcome: str, policy: GatePolicy) -> bool:
     """Whether a challenger with the gate's ``outcome`` waits for a person."""
     if policy.approval == "manual":
@@ -68,7 +76,7 @@ def waiting(registry: RegistryMoves) -> list[Waiting]:
             version,
             tags.get(GATE_TAG, "unknown"),
             float(tags.get(APPROVAL_SINCE_TAG, 0)),
-            None if tags.get(PARENT_TAG, "none") == "none" else tags[PARENT_TAG],
+            judged_against(tags),
         )
         for version, tags in registry.tagged(APPROVAL_TAG, PENDING)
     ]

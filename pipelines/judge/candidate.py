@@ -22,6 +22,7 @@ from core.contract import (
     DATASET_VERSION_TAG,
     FLIPS_ARTIFACT,
     GATE_TAG,
+    JUDGED_AGAINST_TAG,
     NOT_PROMOTED_TAG,
     PARENT_TAG,
     SUBMISSION_TAG,
@@ -216,6 +217,7 @@ def record(
         "gate.baseline": decision.baseline,
         "gate.reasons": "; ".join(decision.reasons)[:4900],
         PARENT_TAG: assessment.champion_version or "none",
+        JUDGED_AGAINST_TAG: assessment.champion_version or "none",
         DATASET_VERSION_TAG: (dataset.version if dataset else None) or "unknown",
         **run.tags,
     }
@@ -294,7 +296,7 @@ def resume_recorded(
         return version, False
     if tags.get(GATE_TAG) != "passed" or NOT_PROMOTED_TAG in tags:
         return version, False
-    parent = None if tags.get(PARENT_TAG, "none") == "none" else tags[PARENT_TAG]
+    parent = approvals.judged_against(tags)
     try:
         registry.promote(
             version,

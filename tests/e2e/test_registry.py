@@ -335,6 +335,12 @@ def test_manual_approval_waits_then_a_person_decides(registry, models) -> None:
     ]
     assert registry.history()[2]["reason"] == "superseded"
 
+    # Fine-tuned from a model file: lineage names the file, the approval the judged champion.
+    run = CandidateRun("from a file", tags={"parent_version": "a model file"})
+    from_file = judge(good, holdout, registry, manual, run)
+    approval.approve(registry, from_file.version, "fine-tuned from a file")
+    assert registry.alias_version("champion") == from_file.version
+
 
 def test_when_inconclusive_asks_only_about_the_undecided(registry, models) -> None:
     good, bad, _ = models
