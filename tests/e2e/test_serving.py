@@ -7,6 +7,8 @@ The tests share one server and run in file order: it starts with no champion.
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -165,7 +167,7 @@ def test_metrics_and_openapi(server) -> None:
     assert httpx.get(f"{server.url}/docs-assets/..%2Fapp.py").status_code == 404
 
 
-def test_hot_swap_under_load_has_no_errors(server, model) -> None:
+def test_hot_swap_under_load_with_cpu_hogs_has_no_errors(server, model) -> None:
     registry = server.registry()
     before = registry.alias_version("champion")
     second = register(server, model, "v2")
@@ -188,6 +190,9 @@ def test_hot_swap_under_load_has_no_errors(server, model) -> None:
                         errors.append(f"incomplete answer {body}")
 
     threads = [threading.Thread(target=client) for _ in range(16)]
+    hogs = [  # the CPU-bound neighbours a shared machine has
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     try:
@@ -198,6 +203,9 @@ def test_hot_swap_under_load_has_no_errors(server, model) -> None:
         stop.set()
         for thread in threads:
             thread.join()
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
     assert not errors, errors[:5]
     assert set(seen) == {before, second.version}, seen
 
