@@ -57,12 +57,16 @@ def drift() -> dict:
     """Check the live prediction log for drift from the champion's training images, and the
     champion's live accuracy against the previous version."""
     config = settings()
-    accuracy = check_live_accuracy()
+    try:
+        accuracy = check_live_accuracy()
+    except Exception as exc:  # said in the report; the drift check still runs
+        from pipelines.judge.live import LiveAccuracy
+
+        accuracy = LiveAccuracy("failed", f"the live accuracy check failed: {exc}")
     check = check_live_log()
     log().info(check.message)
-    link = ""
-    if check.run_id:
-        link = f"\n\n[The check in MLflow]({config.mlflow_url}/#/experiments/-/runs/{check.run_id})"
+    run_url = f"{config.mlflow_url}/#/experiments/-/runs/{check.run_id}" if check.run_id else None
+    link = f"\n\n[The check in MLflow]({run_url})" if run_url else ""
     create_markdown_artifact(
         f"## Drift of the live log: {check.status}\n\n{check.message}{link}\n\n"
         f"## Live accuracy: {accuracy.status}\n\n{accuracy.message}\n",
@@ -75,7 +79,7 @@ def drift() -> dict:
             "drift-detected",
             f"drift in the live traffic of v{check.version}",
             check.message,
-            f"{config.mlflow_url}/#/experiments/-/runs/{check.run_id}" if check.run_id else None,
+            run_url,
         )
         emit_event(
             DRIFTED,

@@ -24,11 +24,11 @@ import numpy as np
 
 from core import contract
 from core.contract import CHAMPION
+from pipelines.models.engine import OnnxEngine
 from serving.engines import (
     Engine,
     EngineChoice,
     KerasEngine,
-    OnnxEngine,
     best_engine,
     inference_threads,
     limit_tensorflow_threads,

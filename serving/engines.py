@@ -3,9 +3,9 @@
 Every engine answers probabilities and the image's features (the input of the ``logits``
 layer) from one call: the prediction log keeps both.
 
-- :class:`OnnxEngine` runs the model's frozen graph in ONNX Runtime, about 4x faster per
-  call on these CPUs. The graph is built and checked against Keras when the version is
-  registered (``pipelines.models.engine``); serving only loads it.
+- ``OnnxEngine`` runs the model's frozen graph in ONNX Runtime, about 4x faster per call on
+  these CPUs. The graph is built and checked against Keras when the version is registered
+  (``pipelines.models.engine``, where the class lives); serving only loads it.
 - :class:`KerasEngine` calls the model through one ``tf.function`` (never ``model.predict``
   per request: that costs ~80 ms of overhead per call): for versions whose ONNX file is
   missing, corrupt or disagrees with Keras, or when settings ask for it.
@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from pipelines.models.engine import OnnxEngine
 
 
 class Engine(Protocol):
@@ -79,24 +81,6 @@ class KerasEngine:
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probs, features = self._call(images.astype(np.float32))
         return probs.numpy(), features.numpy()
-
-
-class OnnxEngine:
-    name = "onnx"
-
-    def __init__(self, data: bytes, threads: int = 0) -> None:
-        """An ONNX Runtime session on the model's ONNX bytes (``pipelines.models.engine``)."""
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        self._input = self._session.get_inputs()[0].name
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probs, features = self._session.run(None, {self._input: images.astype(np.float32)})
-        return probs, features
 
 
 @dataclass(frozen=True)

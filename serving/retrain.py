@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import Annotated, BinaryIO, Literal
 
 import anyio
 from fastapi import APIRouter, Body, File, Form, Header, UploadFile
@@ -134,26 +134,16 @@ async def waiting(authorization: Annotated[str | None, Header()] = None):
     return await anyio.to_thread.run_sync(_waiting)
 
 
-@router.post("/models/{version}/approve", summary="Approve a waiting challenger (token)")
-async def approve(
+@router.post("/models/{version}/{action}", summary="Approve or reject a waiting challenger (token)")
+async def decide(
     version: str,
+    action: Literal["approve", "reject"],
     reason: Annotated[str, Body(embed=True, min_length=1, description="Why (recorded)")],
     authorization: Annotated[str | None, Header()] = None,
 ):
     if not authorized(authorization):
         return error(401, UNAUTHORIZED)
-    return await anyio.to_thread.run_sync(_decide, version, reason, True)
-
-
-@router.post("/models/{version}/reject", summary="Reject a waiting challenger (token)")
-async def reject(
-    version: str,
-    reason: Annotated[str, Body(embed=True, min_length=1, description="Why (recorded)")],
-    authorization: Annotated[str | None, Header()] = None,
-):
-    if not authorized(authorization):
-        return error(401, UNAUTHORIZED)
-    return await anyio.to_thread.run_sync(_decide, version, reason, False)
+    return await anyio.to_thread.run_sync(_decide, version, action, reason)
 
 
 def _moves():
@@ -178,23 +168,19 @@ def _waiting():
     return {"waiting": rows}
 
 
-def _decide(version: str, reason: str, approve: bool):
-    from core import notify
-    from pipelines.judge.approval import approve as approve_version
-    from pipelines.judge.approval import expire
-    from pipelines.judge.approval import reject as reject_version
+def _decide(version: str, action: str, reason: str):
+    from pipelines.judge.approval import decide
     from pipelines.judge.registry_client import RegistryError
 
     settings, registry = _moves()
+    link = f"{settings.mlflow_url}/#/models/{settings.registered_model_name}/versions/{version}"
     try:
-        expire(registry, settings.gate.approval_timeout_h, notify_config=settings.notify)
-        act = approve_version if approve else reject_version
-        act(registry, version, reason, who="the Retrain page (admin token)")
+        event = decide(
+            registry, version, action, reason, settings.gate.approval_timeout_h,
+            settings.notify, link, who="the Retrain page (admin token)",
+        )  # fmt: skip
     except RegistryError as exc:
         return error(409, str(exc))
-    event = "approved" if approve else "rejected"
-    link = f"{settings.mlflow_url}/#/models/{settings.registered_model_name}/versions/{version}"
-    notify.send(settings.notify, event, f"v{version} {event}", f"Reason: {reason}.", link)
     return {"version": version, "decision": event}
 
 

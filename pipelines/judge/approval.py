@@ -128,6 +128,31 @@ def reject(registry: RegistryMoves, version: str, reason: str, who: str | None =
     _decide(registry, version, "rejected", entry)
 
 
+def decide(
+    registry: RegistryMoves,
+    version: str,
+    action: str,
+    reason: str,
+    timeout_h: float,
+    notify_config: NotifyConfig | None = None,
+    link: str | None = None,
+    who: str | None = None,
+) -> str:
+    """What a person does with a waiting ``version`` (``action``: approve or reject), once
+    the overdue ones have timed out; people are told. Returns the event: approved or
+    rejected.
+
+    Raises:
+        NotAwaiting, ChampionMoved: as :func:`approve` and :func:`reject` say.
+    """
+    expire(registry, timeout_h, notify_config=notify_config)
+    act, event = {"approve": (approve, "approved"), "reject": (reject, "rejected")}[action]
+    act(registry, version, reason, who)
+    if notify_config is not None:
+        notify.send(notify_config, event, f"v{version} {event}", f"Reason: {reason}.", link)
+    return event
+
+
 def expire(
     registry: RegistryMoves,
     timeout_h: float,

@@ -200,10 +200,10 @@ def record(
     registry: Registry,
     run: CandidateRun,
     dataset: Dataset | None = None,
-    approval: GatePolicy | None = None,
+    policy: GatePolicy | None = None,
 ) -> Judgement:
     """Log the candidate's run, register it, and promote it if the gate blessed it (unless
-    ``approval``, the gate's policy, asks a person first: then it waits, tagged)."""
+    the gate's ``policy`` asks a person first: then it waits, tagged)."""
     decision = assessment.decision
     metrics = assessment.challenger.flat_metrics(CHALLENGER_PREFIX)
     if assessment.champion is not None:
@@ -238,7 +238,7 @@ def record(
         )
         run_id, version = registry.log_candidate(challenger, record, dataset)
     failpoint("registered")
-    awaiting = approval is not None and approvals.needs_person(decision.outcome, approval)
+    awaiting = policy is not None and approvals.needs_person(decision.outcome, policy)
     promoted, note = decision.passed and not awaiting, ""
     if awaiting:
         approvals.request(registry, version)

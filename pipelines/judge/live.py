@@ -29,7 +29,7 @@ AUTO_ROLLBACK = "auto-rollback"  # the history action of a rollback this check m
 
 @dataclass
 class LiveAccuracy:
-    status: str  # checked | no-previous | too-few
+    status: str  # checked | no-previous | too-few | failed
     message: str
     champion: str | None = None
     previous: str | None = None
@@ -85,8 +85,8 @@ def check(
     status = "checked" if enough else "too-few"
     result = LiveAccuracy(status, said, champion, previous, test, worse, run_id=run_id)
     if worse and auto_rollback:
-        last = registry.history()[-1] if registry.history() else {}
-        if last.get("action") == AUTO_ROLLBACK:
+        history = registry.history()
+        if history and history[-1]["action"] == AUTO_ROLLBACK:
             result.message += (
                 f"; not rolled back: v{champion} is itself the result of an automatic "
                 "rollback (one per promotion, so versions cannot flap)"

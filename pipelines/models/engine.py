@@ -63,14 +63,24 @@ def _quiet(*names: str):
             logger.setLevel(level)
 
 
-def onnx_outputs(data: bytes, images: np.ndarray, threads: int = 0) -> list[np.ndarray]:
-    """Run ONNX bytes on uint8 images: [probabilities, features]."""
-    import onnxruntime as ort
+class OnnxEngine:
+    """An ONNX Runtime session on the model's ONNX bytes: probabilities and features for
+    uint8 images (N, H, W, 3) from one call."""
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: images.astype(np.float32)})
+    name = "onnx"
+
+    def __init__(self, data: bytes, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, features = self._session.run(None, {self._input: images.astype(np.float32)})
+        return probs, features
 
 
 @dataclass(frozen=True)
@@ -91,7 +101,7 @@ def build(model, reference: np.ndarray) -> BuiltEngine:
     expected = both(tf.constant(reference, tf.float32), training=False)[0].numpy()
     try:
         data = to_onnx(model)
-        probs = onnx_outputs(data, reference)[0]
+        probs = OnnxEngine(data)(reference)[0]
     except Exception as exc:  # any export or runtime failure: serving uses Keras, says why
         return BuiltEngine(None, {"error": f"ONNX export failed: {exc}"[:2000]}, expected)
     check = {

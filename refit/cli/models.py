@@ -197,7 +197,7 @@ def model_approve(
 ) -> None:
     """Approve a waiting challenger: it becomes the champion (only over the champion it was
     judged against)."""
-    _decide(version, reason, approve=True)
+    _decide(version, reason, "approve")
 
 
 @app.command("reject")
@@ -206,29 +206,24 @@ def model_reject(
     reason: Annotated[str, typer.Option(help="Why (recorded in the history).")],
 ) -> None:
     """Reject a waiting challenger: the champion stays."""
-    _decide(version, reason, approve=False)
+    _decide(version, reason, "reject")
 
 
-def _decide(version: str, reason: str, approve: bool) -> None:
-    from core import notify
+def _decide(version: str, reason: str, action: str) -> None:
     from pipelines.judge import approval
 
     settings = load_settings()
-    registry = registry_of(settings)
+    link = f"{settings.mlflow_url}/#/models/{settings.registered_model_name}/versions/{version}"
     registry_call(
-        lambda: approval.expire(
-            registry, settings.gate.approval_timeout_h, notify_config=settings.notify
+        lambda: approval.decide(
+            registry_of(settings), version, action, reason,
+            settings.gate.approval_timeout_h, settings.notify, link,
         )
-    )
-    act = approval.approve if approve else approval.reject
-    registry_call(lambda: act(registry, version, reason))
-    if approve:
+    )  # fmt: skip
+    if action == "approve":
         console.print(f"Approved: version {version} is the champion.")
     else:
         console.print(f"Rejected: version {version} stays registered; the champion is unchanged.")
-    event = "approved" if approve else "rejected"
-    link = f"{settings.mlflow_url}/#/models/{settings.registered_model_name}/versions/{version}"
-    notify.send(settings.notify, event, f"v{version} {event}", f"Reason: {reason}.", link)
 
 
 @app.command("history")
