@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 VENV := .venv
 
-.PHONY: install browser team-tools demo test test-fast lint format docs clean
+.PHONY: install browser team-tools imagenet-photos demo test test-fast lint format docs clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -44,6 +44,19 @@ team-tools:  ## Make sure nginx and PostgreSQL are there for tests/e2e/test_team
 		echo "note: the team-topology test will skip: it needs root and$$missing"; \
 	fi
 
+# The pretrained backbones' check (tests/unit/test_backbones.py) classifies real photos with
+# ImageNet's label list: both come in Debian's darknet package, unpacked (not installed) into
+# .tools/imagenet-photos/.
+PHOTOS := .tools/imagenet-photos
+imagenet-photos:  ## Fetch Debian's darknet photos and ImageNet labels for the backbone test
+	@[ -f $(PHOTOS)/imagenet.labels.list ] && exit 0; \
+	command -v apt-get >/dev/null || { echo "note: the ImageNet photo test will skip: no apt-get"; exit 0; }; \
+	rm -rf $(PHOTOS).tmp && mkdir -p $(PHOTOS).tmp && cd $(PHOTOS).tmp && \
+	{ apt-get download darknet >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download darknet >/dev/null; }; } && \
+	dpkg-deb -x darknet_*.deb deb && mkdir -p ../imagenet-photos && \
+	cp deb/usr/share/darknet/data/*.jpg deb/usr/share/darknet/data/imagenet.*.list ../imagenet-photos/ && \
+	cd .. && rm -rf imagenet-photos.tmp || echo "note: the ImageNet photo test will skip: could not fetch Debian's darknet package"
+
 demo: install  ## The story: refit up, built-in champion, a batch brings `truck`, summary
 	$(VENV)/bin/refit demo
 
@@ -54,7 +67,7 @@ PYTEST = $(VENV)/bin/pytest $(1); rc=$$?; [ $$rc -ne 5 ] || { echo "no tests col
 # tests) kept on one worker, longest first; `make test TEST_WORKERS=0` runs one process.
 TEST_WORKERS ?= 2
 
-test: install browser team-tools  ## Run the whole test suite (unit + end-to-end + browser)
+test: install browser team-tools imagenet-photos  ## Run the whole test suite (unit + end-to-end + browser)
 	@$(call PYTEST,$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder,))
 
 test-fast: install  ## Skip the slow end-to-end tests while iterating

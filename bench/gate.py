@@ -23,15 +23,12 @@ Run: .venv/bin/python bench/gate.py  (about 20 min on 2 cores)
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy.stats import norm
 
 from core.policies import ArchitectureConfig, FinetuneConfig, GatePolicy, TrainConfig
@@ -44,19 +41,6 @@ from pipelines.training.finetune import finetune
 from pipelines.training.scratch import fit_from_scratch
 
 QUIET = {"progress": lambda message: None}
-
-
-def read_cifar(archive: Path) -> ImageSet:
-    """Every image of the tarball, decoded (about 10 s)."""
-    pixels, labels = [], []
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".jpg"):
-                data = tar.extractfile(member).read()
-                pixels.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-                labels.append(member.name.split("/")[-2])
-    classes = sorted(set(labels))
-    return ImageSet(np.stack(pixels), np.array([classes.index(c) for c in labels]), classes)
 
 
 def split(images: ImageSet, base: int, batch: int, seed: int = 0):
@@ -192,6 +176,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.cifar import read_cifar
     from bench.results import recorded
 
     with recorded("gate"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Section(BaseModel):
@@ -105,22 +105,47 @@ class SplitPolicy(Section):
     seed: int = Field(default=20261123, description="Seed of the stratified holdout split.")
 
 
+ARCHITECTURES = ("airbench", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "vgg16")
+PRETRAINED_PX = 224  # the size ImageNet backbones were trained at
+
+
 class ArchitectureConfig(Section):
     """Which network to build (``pipelines.training.architectures``)."""
 
-    name: str = Field(
+    name: Literal[ARCHITECTURES] = Field(
         default="airbench",
-        description="airbench, mobilenet_v3_small, efficientnet_b0 or vgg16.",
+        description="airbench (Refit's small-image net, from scratch), or a backbone: "
+        "mobilenet_v2 (torchvision's; ImageNet weights offline), mobilenet_v3_small, "
+        "efficientnet_b0, vgg16 (keras.applications; ImageNet weights by download).",
     )
     input_size: int = Field(default=32, description="Input height and width of the model.")
     widths: tuple[int, int, int] = Field(
         default=(64, 256, 256), description="airbench: channels of its three conv groups."
     )
-    backbone_size: int = Field(default=96, description="Applications: resize to this inside.")
+    backbone_size: int | None = Field(
+        default=None,
+        description="Backbones: resize to this inside the model (default: 224 with "
+        "pretrained weights, the size they were trained at; else 96).",
+    )
     weights: str | None = Field(
-        default=None, description="Applications: local pretrained weights file (no download)."
+        default=None,
+        description="Backbones: imagenet (pretrained weights: see Start from your photos), "
+        "a local weights file, or none (random).",
     )
     dropout: float = Field(default=0.0, description="Dropout before the output layer.")
+
+    @model_validator(mode="after")
+    def _weights_fit(self):
+        if self.weights and self.name == "airbench":
+            raise ValueError(
+                "architecture.weights: airbench trains from scratch and has no pretrained "
+                "weights; choose a backbone (architecture.name = mobilenet_v2)"
+            )
+        return self
+
+    def backbone_px(self) -> int:
+        """The size the backbone sees."""
+        return self.backbone_size or (PRETRAINED_PX if self.weights else 96)
 
 
 class TrainConfig(Section):
@@ -149,6 +174,29 @@ class TrainConfig(Section):
         "bf16 instructions (AVX512-BF16, AMX), else float32. Saved models are float32.",
     )
     seed: int = Field(default=0, description="Seed of splits, shuffling and augmentation.")
+    pretrained_head_c: float = Field(
+        default=0.3,
+        description="Pretrained backbones: inverse L2 strength of the head's logistic regression.",
+    )
+    pretrained_flip: bool = Field(
+        default=True,
+        description="Pretrained backbones: train on mirror images too (off for classes that "
+        "mirroring changes: road signs, text, left/right).",
+    )
+    pretrained_epochs: int = Field(
+        default=8, description="Pretrained backbones: most epochs with the top unfrozen."
+    )
+    pretrained_lr: float = Field(
+        default=1e-4, description="Pretrained backbones: Adam's learning rate for the top."
+    )
+    pretrained_unfreeze_layers: int = Field(
+        default=13,
+        description="Pretrained backbones: conv layers trained from the top (13: MobileNetV2's "
+        "last four blocks and its final 1x1 conv).",
+    )
+    pretrained_patience: int = Field(
+        default=3, description="Pretrained backbones: early stopping patience (epochs)."
+    )
 
 
 class FinetuneConfig(Section):

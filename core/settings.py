@@ -473,6 +473,7 @@ class Settings(BaseSettings):
     quarantine_dir = _in_workspace("quarantine", "Failed batches with their reports.")
     accepted_dir = _in_workspace("batches", "Reports and manifests of merged batches.")
     dvc_cache_dir = _in_workspace("dvc-cache", "The DVC cache.")
+    weights_dir = _in_workspace("weights", "Pretrained backbone weights, converted once.")
     incoming_dir = _in_workspace(
         "incoming", "The drop folder: files dropped here are submitted once settled."
     )

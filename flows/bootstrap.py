@@ -55,7 +55,12 @@ def make_model(
         images, card = scratch.dataset_images(workspace.dataset(config), "train", size)
         train_config = config.train.model_copy(update={"epochs": epochs} if epochs else {})
         return scratch.train_from_scratch(
-            images, config.architecture, train_config, card, progress=log().info
+            images,
+            config.architecture,
+            train_config,
+            card,
+            progress=log().info,
+            weights_dir=config.weights_dir,
         )
     if model is None:
         return load_refit_model(config.builtin_model)

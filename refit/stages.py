@@ -78,7 +78,9 @@ def train() -> None:
     settings, _ = _settings_and_params()
     size = (settings.architecture.input_size,) * 2
     images, card = scratch.dataset_images(workspace.dataset(settings), "train", size)
-    loaded = scratch.train_from_scratch(images, settings.architecture, settings.train, card)
+    loaded = scratch.train_from_scratch(
+        images, settings.architecture, settings.train, card, weights_dir=settings.weights_dir
+    )
     save_model(loaded, BUILD / "model.keras")
 
 

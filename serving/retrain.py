@@ -95,6 +95,23 @@ async def upload_model(
     return {"run": run_id, "follow": f"/retrain/runs/{run_id}"}
 
 
+@router.post("/retrain/new-model", summary="Train a new model on the dataset as a candidate")
+async def train_new_model(authorization: Annotated[str | None, Header()] = None):
+    """The bootstrap flow with ``train_from_scratch``: the configured architecture (with its
+    pretrained weights, if set) trained on the dataset's train split, judged like any
+    candidate."""
+    from core import runs
+
+    if not authorized(authorization):
+        return error(401, UNAUTHORIZED)
+    parameters = {"train_from_scratch": True}
+    try:
+        run_id = await anyio.to_thread.run_sync(runs.start, "bootstrap/bootstrap", parameters)
+    except Exception as exc:
+        return error(503, f"cannot start the bootstrap flow (is `refit up` running?): {exc}")
+    return {"run": run_id, "follow": f"/retrain/runs/{run_id}"}
+
+
 @router.get("/retrain/submissions/{submission}", summary="A submission and its retrain run")
 async def submission_status(submission: str):
     from core import runs

@@ -8,9 +8,11 @@ feeds decoded images as they are and there is no train/serve skew.
   start as identities, global max pooling. SiLU rather than airbench's GELU: a smooth
   activation like it, but exportable to ONNX for serving (Keras' exact GELU exports as an
   ``Erfc`` that ONNX Runtime refuses).
+- ``mobilenet_v2``: torchvision's MobileNetV2 (``pipelines.models.backbones``) behind a
+  resize layer, with ImageNet weights from the package index (``architecture.weights =
+  imagenet``, offline) or a local file (``pipelines.models.pretrained``).
 - ``mobilenet_v3_small``, ``efficientnet_b0``, ``vgg16``: ``keras.applications`` backbones
-  behind a resize layer, with optional pretrained weights from a local file (never a
-  download).
+  behind a resize layer, with ImageNet weights from Keras' download or a local file.
 
 The last two layers are always a Dense layer named ``logits`` and a softmax named
 ``probabilities``; head surgery (``pipelines.training.surgery``) relies on that shape.
@@ -18,13 +20,16 @@ The last two layers are always a Dense layer named ``logits`` and a softmax name
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 from keras import layers
 
 from core.policies import ArchitectureConfig
+from core.progress import Progress
+from pipelines.models import backbones, pretrained
 
-ARCHITECTURES = ("airbench", "mobilenet_v3_small", "efficientnet_b0", "vgg16")
 WHITEN_FILTERS = 24  # 2x2x3 patches -> 12 whitened directions and their negatives
 # Fixed by design, never trained: whitening set from the data, the input contract
 FROZEN_LAYERS = ("whiten", "pixel_contract")
@@ -118,34 +123,70 @@ def _vgg_preprocessing(x):
     return y
 
 
+def _resized(spec: ArchitectureConfig, inputs):
+    size = spec.backbone_px()
+    if size == spec.input_size:
+        return inputs
+    return layers.Resizing(size, size, name="resize")(inputs)
+
+
+def torchvision_model(
+    spec: ArchitectureConfig,
+    num_classes: int,
+    weights_dir: Path | None,
+    progress: Progress = print,
+) -> keras.Model:
+    """torchvision's MobileNetV2 trunk (flat, its layers named after torchvision's modules)
+    behind a resize layer, with our head; pretrained weights as ``spec.weights`` says."""
+    inputs = keras.Input((spec.input_size, spec.input_size, 3), name="image")
+    features = backbones.mobilenet_v2(_resized(spec, inputs))
+    model = keras.Model(inputs, _head(features, num_classes, spec.dropout), name=spec.name)
+    if spec.weights:
+        pretrained.load_torchvision_weights(model, spec.name, spec.weights, weights_dir, progress)
+    return model
+
+
 def application(spec: ArchitectureConfig, num_classes: int) -> keras.Model:
     """A keras.applications backbone (no top) behind a resize layer, with our head."""
     inputs = keras.Input((spec.input_size, spec.input_size, 3), name="image")
-    x = layers.Resizing(spec.backbone_size, spec.backbone_size, name="resize")(inputs)
-    shape = (spec.backbone_size, spec.backbone_size, 3)
-    weights = spec.weights
-    if spec.name == "mobilenet_v3_small":
-        backbone = keras.applications.MobileNetV3Small(
-            input_shape=shape, include_top=False, weights=weights, include_preprocessing=True
-        )
-    elif spec.name == "efficientnet_b0":
-        backbone = keras.applications.EfficientNetB0(
-            input_shape=shape, include_top=False, weights=weights
-        )
-    elif spec.name == "vgg16":
-        x = _vgg_preprocessing(x)
-        backbone = keras.applications.VGG16(input_shape=shape, include_top=False, weights=weights)
-    else:
-        raise ValueError(f"unknown architecture {spec.name!r}; choose one of {ARCHITECTURES}")
+    x = _resized(spec, inputs)
+    size = spec.backbone_px()
+    shape = (size, size, 3)
+    weights = pretrained.keras_application_weights(spec.weights)
+    try:
+        if spec.name == "mobilenet_v3_small":
+            backbone = keras.applications.MobileNetV3Small(
+                input_shape=shape, include_top=False, weights=weights, include_preprocessing=True
+            )
+        elif spec.name == "efficientnet_b0":
+            backbone = keras.applications.EfficientNetB0(
+                input_shape=shape, include_top=False, weights=weights
+            )
+        else:
+            x = _vgg_preprocessing(x)
+            backbone = keras.applications.VGG16(
+                input_shape=shape, include_top=False, weights=weights
+            )
+    except Exception as e:  # Keras' get_file raises a bare Exception on a failed fetch
+        if weights == "imagenet" and "fetch failure" in str(e):
+            raise pretrained.download_errors(spec.name) from e
+        raise
     backbone._name = "backbone"
     features = layers.GlobalAveragePooling2D(name="pool")(backbone(x))
     return keras.Model(inputs, _head(features, num_classes, spec.dropout), name=spec.name)
 
 
 def build_model(
-    spec: ArchitectureConfig, num_classes: int, init_images: np.ndarray | None = None
+    spec: ArchitectureConfig,
+    num_classes: int,
+    init_images: np.ndarray | None = None,
+    weights_dir: Path | None = None,
+    progress: Progress = print,
 ) -> keras.Model:
-    """The model ``spec`` names, with ``num_classes`` softmax outputs."""
+    """The model ``spec`` names, with ``num_classes`` softmax outputs; converted pretrained
+    weights are cached in ``weights_dir`` (None: converted every time)."""
     if spec.name == "airbench":
         return airbench(spec, num_classes, init_images)
+    if spec.name == "mobilenet_v2":
+        return torchvision_model(spec, num_classes, weights_dir, progress)
     return application(spec, num_classes)

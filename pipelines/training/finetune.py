@@ -108,10 +108,12 @@ def _train_and_validation(
 
 def recipe_for(champion: LoadedModel, config: FinetuneConfig) -> str:
     """The recipe to fine-tune ``champion`` with: as configured, or for ``auto`` gentle for a
-    model imported from a user's file (its card says so), Refit's own for Refit's nets."""
+    model imported from a user's file or built on a pretrained trunk (its card says so),
+    Refit's own for the nets Refit trains from scratch."""
     if config.recipe != "auto":
         return config.recipe
-    return "gentle" if "imported_from" in champion.card else "refit"
+    pretrained = (champion.card.get("architecture") or {}).get("weights")
+    return "gentle" if "imported_from" in champion.card or pretrained else "refit"
 
 
 def _finetune_refit(

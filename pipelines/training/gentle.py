@@ -84,7 +84,7 @@ def lr_range_test(head: keras.Model, x: np.ndarray, y: np.ndarray, seed: int) ->
 
 
 @dataclass(frozen=True)
-class _Fitter:
+class Fitter:
     """What every phase of one gentle fine-tune shares: early stopping's patience, the
     wall-time deadline, the progress line and the number of images per epoch."""
 
@@ -126,7 +126,7 @@ class _Fitter:
         )
 
 
-def _arrays(x, y, batch_size, seed, shuffle):
+def array_data(x, y, batch_size, seed, shuffle):
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
@@ -165,7 +165,7 @@ def finetune_gentle(
 ) -> tuple[list[FitResult], dict]:
     """Fine-tune ``model`` (in place) with the gentle recipe; returns the fits and a card of
     what it did (learning rates, epochs, which layers, whether features were cached)."""
-    fitter = _Fitter(config.patience, time.monotonic() + config.time_budget_s, progress, len(train))
+    fitter = Fitter(config.patience, time.monotonic() + config.time_budget_s, progress, len(train))
     k = len(train.class_names)
     y_train, y_val = np.eye(k, dtype="float32")[train.y], np.eye(k, dtype="float32")[val.y]
     head_fit, lr = _train_head(model, train, val, (y_train, y_val), config, fitter)
@@ -198,7 +198,7 @@ def finetune_gentle(
     return fits, card
 
 
-def _train_head(model, train, val, targets, config: FinetuneConfig, fitter: _Fitter):
+def _train_head(model, train, val, targets, config: FinetuneConfig, fitter: Fitter):
     """The output layer alone, on the frozen layers' features computed once; returns its
     fit and the learning rate (as set, or from an LR range test)."""
     y_train, y_val = targets
@@ -218,8 +218,8 @@ def _train_head(model, train, val, targets, config: FinetuneConfig, fitter: _Fit
     fitter.progress(f"Head: Adam at {lr:.2g} ({how})")
     fit = fitter.fit(
         head,
-        _arrays(f_train, y_train, 64, config.seed, True),
-        _arrays(f_val, y_val, 512, config.seed, False),
+        array_data(f_train, y_train, 64, config.seed, True),
+        array_data(f_val, y_val, 512, config.seed, False),
         lr,
         config.gentle_head_epochs,
         "head",
@@ -236,4 +236,4 @@ def _top_data(split, train: ImageSet, val: ImageSet, targets, seed: int):
         return make_dataset(train, 32, True, seed, flip=False), make_dataset(val, 256, False, seed)
     bottom, _ = split
     x_train, x_val = outputs(bottom, train.x, 128), outputs(bottom, val.x, 128)
-    return _arrays(x_train, y_train, 32, seed, True), _arrays(x_val, y_val, 256, seed, False)
+    return array_data(x_train, y_train, 32, seed, True), array_data(x_val, y_val, 256, seed, False)

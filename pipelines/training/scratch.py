@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from core.policies import ArchitectureConfig, IngestLimits, TrainConfig
 from core.progress import Progress
 from pipelines.data.dataset import Dataset
@@ -35,32 +37,76 @@ from pipelines.training.fit import (
     fit,
     training_precision,
 )
+from pipelines.training.transfer import fit_transfer
+
+MIN_IMAGES_PER_CLASS = 3  # at least one to validate on, two to learn from
 
 
 def fit_from_scratch(
-    images: ImageSet, spec: ArchitectureConfig, config: TrainConfig, progress: Progress = print
+    images: ImageSet,
+    spec: ArchitectureConfig,
+    config: TrainConfig,
+    progress: Progress = print,
+    weights_dir: Path | None = None,
 ) -> tuple[LoadedModel, FitResult]:
-    """Train a new model from scratch on ``images`` (a stratified share kept for validation).
+    """Train a new model on ``images`` (a stratified share kept for validation): from scratch,
+    or, when ``spec`` names pretrained weights (converted and cached in ``weights_dir``), a new
+    head and the top layers on the pretrained trunk (``pipelines.training.transfer``).
 
     Returns:
         The model with its class names and a card of the recipe, and the fit history.
+
+    Raises:
+        ValueError: a class has too few images to hold some back for validation.
     """
+    counts = np.bincount(images.y, minlength=len(images.class_names))
+    few = int(counts.argmin())
+    if counts[few] < MIN_IMAGES_PER_CLASS:
+        raise ValueError(
+            f"too few images for a validation split: {images.class_names[few]!r} has "
+            f"{counts[few]}; every class needs at least {MIN_IMAGES_PER_CLASS}"
+        )
     rest, held = stratified_split(images.y, config.val_share, config.seed)
     train, val = images.take(rest), images.take(held)
-    precision = training_precision(config.precision)
+    precision = "float32" if spec.weights else training_precision(config.precision)
     with dtype_policy(precision):
-        model = build_model(spec, len(images.class_names), init_images=train.x)
+        model = build_model(
+            spec, len(images.class_names), train.x, weights_dir=weights_dir, progress=progress
+        )
     progress(
-        f"From scratch: {spec.name}: {len(train)} training and {len(val)} validation images, "
-        f"{len(images.class_names)} classes, {model.count_params():,} parameters, {precision}"
+        f"{'Pretrained' if spec.weights else 'From scratch'}: {spec.name}: {len(train)} "
+        f"training and {len(val)} validation images, {len(images.class_names)} classes, "
+        f"{model.count_params():,} parameters, {precision}"
     )
-    result = fit(model, train, val, Recipe.scratch(config), progress, "scratch")
-    if precision != "float32":
-        model = as_float32(model)
     card = {
         "recipe": "bootstrap",  # the name every model card so far carries for this recipe
         "architecture": spec.model_dump(),
         "train": config.model_dump(),
+    }
+    if spec.weights:
+        fits, did = fit_transfer(
+            model,
+            train,
+            val,
+            progress,
+            unfreeze_layers=config.pretrained_unfreeze_layers,
+            epochs=config.pretrained_epochs,
+            lr=config.pretrained_lr,
+            head_c=config.pretrained_head_c,
+            flip=config.pretrained_flip,
+            patience=config.pretrained_patience,
+            time_budget_s=config.time_budget_s,
+            seed=config.seed,
+        )
+        result = FitResult(
+            fits[-1].history, sum(f.seconds for f in fits), sum(f.epochs_run for f in fits)
+        )
+        card.update(recipe="pretrained", pretrained=did)
+    else:
+        result = fit(model, train, val, Recipe.scratch(config), progress, "scratch")
+    if precision != "float32":
+        model = as_float32(model)
+    card.update({
         "train_images": len(train),
         "val_images": len(val),
         # the returned model's own score: the last epoch's, or the best one's when early
@@ -69,7 +115,7 @@ def fit_from_scratch(
         "train_seconds": round(result.seconds, 1),
         "epochs_run": result.epochs_run,
         "precision": precision,
-    }
+    })  # fmt: skip
     return LoadedModel(model, list(images.class_names), card), result
 
 
@@ -195,10 +241,11 @@ def train_from_scratch(
     data_card: dict,
     holdout: Holdout | None = None,
     progress: Progress = print,
+    weights_dir: Path | None = None,
 ) -> LoadedModel:
-    """Train a model from scratch on ``images``; with ``holdout`` (class names -> images and a
-    title), score it there and put the numbers in its card."""
-    loaded, _ = fit_from_scratch(images, spec, config, progress=progress)
+    """Train a new model on ``images`` (:func:`fit_from_scratch`); with ``holdout`` (class
+    names -> images and a title), score it there and put the numbers in its card."""
+    loaded, _ = fit_from_scratch(images, spec, config, progress, weights_dir)
     if holdout is not None:
         held, title = holdout(loaded.class_names)
         metrics = holdout_card(loaded, held)

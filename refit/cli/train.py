@@ -89,9 +89,18 @@ def train_bootstrap(
         )
     except ValueError as exc:
         raise fail(str(exc)) from exc
-    loaded = scratch.train_from_scratch(
-        chosen.images, settings.architecture, config, chosen.card, chosen.holdout, console.print
-    )
+    try:
+        loaded = scratch.train_from_scratch(
+            chosen.images,
+            settings.architecture,
+            config,
+            chosen.card,
+            chosen.holdout,
+            console.print,
+            settings.weights_dir,
+        )
+    except ValueError as exc:  # weights unavailable, too few images
+        raise fail(str(exc)) from exc
     loaded.card["wall_time_s"] = round(time.monotonic() - started, 1)
     loaded.card["command"] = "refit " + " ".join(sys.argv[1:])
     save_model_file(loaded, model_out(settings, out, "bootstrap"))
