@@ -23,7 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.images.decode import BadImage, decode_upload
 from pipelines.loop import predlog
+from pipelines.loop.novelty import more_like
+
+EMBED_BATCH = 128  # logged images decoded and embedded at a time
+MAX_PIXELS = 64_000_000  # a logged image was accepted by serving; this only guards decoding
 
 LABELLED = "labelled"  # <log>/labelled/<submission>.json: the ids a submission labelled
 PRODUCTION = "production-holdout"  # <log>/production-holdout/<submission>.json: id -> label
@@ -171,9 +176,82 @@ def next_up(
     return rank(view, reference, n, exclude=set(exclude) | labelled_ids(store)), view
 
 
-def skeleton(items: list[QueueItem], store) -> tuple[list[tuple[str, bytes]], bytes, list[str]]:
-    """The batch skeleton of ``items``: (file name, image bytes) pairs, the labels.csv text,
-    and the ids whose image retention removed (left out)."""
+def like(
+    view: predlog.LogView,
+    store,
+    embed,
+    seeds: list[str],
+    examples: list[tuple[str, bytes]],
+    n: int,
+    exclude: set[str] = frozenset(),
+    progress=print,
+) -> list[QueueItem]:
+    """ "More like these": the ``n`` logged images nearest (in the ``embed`` embedding, e.g.
+    ``pipelines.models.embedding``'s ImageNet one) to the seed images, best first: logged
+    images by id (``seeds``) and/or (name, bytes) ``examples`` from elsewhere. Seeds and
+    ``exclude`` are never picked.
+
+    Raises:
+        ValueError: no seed at all, a seed id not in the log (or its image gone), or an
+            example that is not a readable image (named).
+    """
+    size = (embed.input_px, embed.input_px)
+    by_id = {e["id"]: i for i, e in enumerate(view.entries)}
+    if missing := [s for s in seeds if s not in by_id]:
+        raise ValueError(f"seed {missing[0]} is not in the prediction log (give a logged id)")
+    seed_pixels = []
+    for name, data in examples:
+        try:
+            seed_pixels.append(decode_upload(data, size, MAX_PIXELS, name))
+        except BadImage as exc:
+            raise ValueError(str(exc)) from exc
+    if not seeds and not seed_pixels:
+        raise ValueError("more like what? give seed image ids or example images")
+    wanted = set(seeds)
+    candidates = [e for e in view.entries if e["id"] not in exclude or e["id"] in wanted]
+    pixels, kept = [], []
+    vectors = []
+    progress(f"Embedding {len(candidates)} logged images")
+    for entry in candidates:
+        data = predlog.image_bytes(store, entry)
+        if data is None:
+            continue  # retention removed it
+        try:
+            pixels.append(decode_upload(data, size, MAX_PIXELS, entry["id"]))
+        except BadImage:
+            continue
+        kept.append(entry)
+        if len(pixels) == EMBED_BATCH:
+            vectors.append(embed(np.stack(pixels)))
+            pixels = []
+    if pixels:
+        vectors.append(embed(np.stack(pixels)))
+    found = np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32)
+    position = {e["id"]: i for i, e in enumerate(kept)}
+    if gone := [s for s in seeds if s not in position]:
+        raise ValueError(f"seed {gone[0]}: its image is gone from the log (retention)")
+    seed_rows = [found[position[s]] for s in seeds]
+    if seed_pixels:
+        seed_rows += list(embed(np.stack(seed_pixels)))
+    taken = np.array([position[s] for s in seeds], int)
+    not_again = np.union1d(taken, [i for i, e in enumerate(kept) if e["id"] in exclude])
+    picked = more_like(found, np.stack(seed_rows), n, exclude=not_again.astype(int))
+    direction = np.mean([r / max(np.linalg.norm(r), 1e-12) for r in seed_rows], axis=0)
+    direction /= max(np.linalg.norm(direction), 1e-12)
+    unit = found / np.maximum(np.linalg.norm(found, axis=1, keepdims=True), 1e-12)
+    return [
+        QueueItem(kept[i], 1 - float(kept[i]["margin"]), None,
+                  [f"like the seeds (similarity {float(unit[i] @ direction):.2f})"])
+        for i in picked
+    ]  # fmt: skip
+
+
+def skeleton(
+    items: list[QueueItem], store, label: str | None = None
+) -> tuple[list[tuple[str, bytes]], bytes, list[str]]:
+    """The batch skeleton of ``items``: (file name, image bytes) pairs, the labels.csv text
+    (the ``label`` column pre-filled with ``label``, else the champion's guess), and the ids
+    whose image retention removed (left out)."""
     files, gone = [], []
     out = io.StringIO()
     table = csv.writer(out, lineterminator="\n")
@@ -188,7 +266,7 @@ def skeleton(items: list[QueueItem], store) -> tuple[list[tuple[str, bytes]], by
         table.writerow(
             [
                 name,
-                item.guess,
+                label or item.guess,
                 item.guess,
                 f"{item.confidence:.3f}",
                 "; ".join(item.reasons),
@@ -198,10 +276,12 @@ def skeleton(items: list[QueueItem], store) -> tuple[list[tuple[str, bytes]], by
     return files, out.getvalue().encode(), gone
 
 
-def export(items: list[QueueItem], store, out: Path) -> tuple[Path, int, list[str]]:
+def export(
+    items: list[QueueItem], store, out: Path, label: str | None = None
+) -> tuple[Path, int, list[str]]:
     """Write the skeleton to ``out`` (a ``.zip``, else a folder). Returns (path, images
     written, ids left out because their image is gone)."""
-    files, labels, gone = skeleton(items, store)
+    files, labels, gone = skeleton(items, store, label)
     out = Path(out)
     if out.suffix.lower() == ".zip":
         out.parent.mkdir(parents=True, exist_ok=True)

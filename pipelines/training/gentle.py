@@ -12,10 +12,11 @@ moves the weights as little as the data asks:
    validation loss restores the best epoch.
 2. **Top unfrozen.** The top ``gentle_unfreeze_layers`` conv/dense layers train at a tenth
    of that rate (at most 1e-4), batch norm kept in inference mode (its statistics came
-   from the user's data). For models of ``cache_features_from_px`` or more, the frozen part
-   below the first unfrozen layer runs once and phase 2 trains only the top on its output;
-   smaller models train whole with translation augmentation (never flips: a mirrored
-   "keep left" sign is another class).
+   from the user's data). For models that work at ``cache_features_from_px`` or more
+   (their input, or a resize layer inside), the frozen part below the first unfrozen layer
+   runs once and phase 2 trains only the top on its output; smaller models train whole
+   with translation augmentation (never flips: a mirrored "keep left" sign is another
+   class).
 """
 
 from __future__ import annotations
@@ -143,6 +144,16 @@ def top_layers(model: keras.Model, n: int) -> list[keras.layers.Layer]:
     return list(reversed(weighted)) if n < 0 else list(reversed(weighted))[:n]
 
 
+def working_px(model: keras.Model) -> int:
+    """The largest image size inside ``model``: its input's, or a resize layer's (a 32 px
+    model on a 224 px backbone works at 224)."""
+    sizes = [model.input_shape[1] or 0]
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Resizing):
+            sizes.append(layer.height)
+    return max(sizes)
+
+
 def cut_below(model: keras.Model, lowest: keras.layers.Layer):
     """``(bottom, top)``: ``model`` split at the last tensor below ``lowest`` that every
     path passes through, or None if there is none (then train the whole model)."""
@@ -176,7 +187,7 @@ def finetune_gentle(
         return fits, card
     body_lr = min(lr / 10, MAX_BODY_LR)
     split = None
-    if model.input_shape[1] >= config.cache_features_from_px:
+    if working_px(model) >= config.cache_features_from_px:
         split = cut_below(model, unfrozen[-1])
     for layer in model.layers:
         layer.trainable = layer in unfrozen or layer.name == "logits"

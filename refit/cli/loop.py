@@ -117,3 +117,53 @@ def label_next(
     why = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common())
     console.print(f"Wrote {written} images + labels.csv to {path} ({why}).")
     console.print("Correct the `label` column, then: refit data submit " + str(path))
+
+
+@label_app.command("like")
+def label_like(
+    out: Annotated[
+        Path, typer.Option(help="Where to write the batch skeleton: a .zip or a new folder.")
+    ],
+    label: Annotated[str, typer.Option(help="The class name the picks are pre-filled with.")],
+    seed: Annotated[
+        list[str], typer.Option(help="A logged image id to find more like (repeatable).")
+    ] = [],  # noqa: B006
+    example: Annotated[
+        list[Path], typer.Option(help="An image file to find more like (repeatable).")
+    ] = [],  # noqa: B006
+    n: Annotated[int, typer.Option("--n", min=1, help="How many images to choose.")] = 50,
+) -> None:
+    """ "More like these": the logged images nearest to a few seed images (logged ids or
+    files) in the ImageNet embedding, exported as a batch skeleton labelled LABEL, so a new
+    class reaches intake's minimum quickly. Check the picks, then `refit data submit` it."""
+    settings = load_settings()
+    from pipelines import workspace
+    from pipelines.images.names import RULE, is_valid
+    from pipelines.loop import labelqueue, predlog
+    from pipelines.models.embedding import imagenet_embedding
+
+    if not is_valid(label):
+        raise fail(f"--label {label!r}: a class name is {RULE}")
+    examples = []
+    for path in example:
+        if not path.is_file():
+            raise fail(f"{path}: no such file")
+        examples.append((str(path), path.read_bytes()))
+    store = settings.prediction_log_store()
+    view = predlog.read_log(store, newest=settings.loop.queue_images)
+    known = set(workspace.dataset(settings).index.get("sha256", []))  # labelled already
+    try:
+        embed = imagenet_embedding(settings.weights_dir, progress=console.print)
+        items = labelqueue.like(
+            view, store, embed, seed, examples, n,
+            known | labelqueue.labelled_ids(store), console.print,
+        )  # fmt: skip
+        if not items:
+            raise fail(f"nothing to pick: the prediction log holds {len(view)} images")
+        path, written, gone = labelqueue.export(items, store, out, label)
+    except (ValueError, FileExistsError) as exc:  # also the weights missing or altered
+        raise fail(str(exc)) from exc
+    console.print(f"Wrote {written} images + labels.csv (label {label!r}) to {path}.")
+    if gone:
+        console.print(f"[yellow]{len(gone)} images left out: retention removed them.[/]")
+    console.print("Remove the ones that are not, then: refit data submit " + str(path))

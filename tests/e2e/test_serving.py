@@ -244,6 +244,7 @@ def test_every_privileged_route_refuses_an_anonymous_or_foreign_caller(server) -
             headers=headers,
         )
         assert model.status_code == 401
+        assert httpx.post(f"{server.url}/retrain/new-model", headers=headers).status_code == 401
         assert "access-control-allow-origin" not in batch.headers
 
 
@@ -271,6 +272,8 @@ def test_model_uploads_take_labels_files_and_pixel_ranges(server) -> None:
     ]:
         answer = upload(name, data, files)
         assert answer.status_code == 503 and "cannot start the bootstrap flow" in answer.text
+    new = httpx.post(f"{server.url}/retrain/new-model", headers=auth, timeout=60)
+    assert new.status_code == 503 and "cannot start the bootstrap flow" in new.text
 
 
 def test_a_waiting_challenger_is_approved_or_rejected_with_the_token(server, model) -> None:

@@ -10,6 +10,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 import zipfile
@@ -358,3 +359,54 @@ def test_the_live_check_says_why_it_cannot_check(tmp_path, sample) -> None:
     assert old.status == "no-reference" and "v4 has no training features" in old.message
     empty = monitor.check_live(_Registry("4", sample["reference"].to_bytes()), store, 100, 0.01)
     assert empty.status == "no-data" and "holds 0 answers of champion v4" in empty.message
+
+
+@pytest.mark.e2e
+def test_more_like_these_finds_the_unseen_class_from_a_few_seeds(
+    tmp_path, sample, refit_env
+) -> None:
+    """Seeds in the ImageNet embedding (built for real from the packaged weights): logged
+    trucks and a truck photo from elsewhere bring back trucks the champion calls cars."""
+    from pipelines.loop.features import features_and_probs
+    from pipelines.models.embedding import imagenet_embedding
+    from tests.conftest import git_repo
+
+    x = np.concatenate([sample["x"][::2], sample["trucks"][:40]])  # 180 known, 40 trucks
+    probs, feats = features_and_probs(sample["loaded"].model, x)
+    writer = _writer(tmp_path)
+    _log(writer, [_jpeg(p) for p in x], probs, feats)
+    view = predlog.read_log(writer.store)
+    ids = [e["id"] for e in view.entries]
+    trucks, seeds = set(ids[180:]), ids[180:183]
+    elsewhere = ("truck.jpg", _jpeg(sample["trucks"][50]))  # never logged
+    weights = Path(refit_env["REFIT_WORKSPACE"]) / "weights"
+    embed = imagenet_embedding(weights, progress=lambda m: None)
+    quiet = dict(progress=lambda m: None)
+
+    picks = labelqueue.like(view, writer.store, embed, seeds, [elsewhere], 30, **quiet)
+    assert len(picks) == 30 and not set(seeds) & {p.id for p in picks}
+    found = [p.id in trucks for p in picks]
+    assert np.mean(found[:10]) >= 0.8  # 37 trucks left among 217 images (17%)
+    assert picks[0].reasons[0].startswith("like the seeds (similarity")
+    with pytest.raises(ValueError, match="not in the prediction log"):
+        labelqueue.like(view, writer.store, embed, ["0" * 64], [], 5, **quiet)
+    with pytest.raises(ValueError, match=r"notes\.txt: not a JPEG"):
+        labelqueue.like(view, writer.store, embed, [], [("notes.txt", b"hello")], 5, **quiet)
+    with pytest.raises(ValueError, match="more like what"):
+        labelqueue.like(view, writer.store, embed, [], [], 5, **quiet)
+
+    env = {**refit_env, "REFIT_LOOP__LOG_URL": str(tmp_path / "log"),
+           "REFIT_DVC_REPO": str(git_repo(tmp_path / "repo"))}  # fmt: skip
+    refit = str(Path(sys.executable).parent / "refit")
+    args = [refit, "label", "like", *[a for s in seeds for a in ("--seed", s)], "--n", "10"]
+    done = subprocess.run([*args, "--label", "pickup truck", "--out", str(tmp_path / "like")],
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    with open(tmp_path / "like" / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 10 and {r["label"] for r in rows} == {"pickup truck"}
+    assert np.mean([r["image_id"] in trucks for r in rows]) >= 0.8
+    unsafe = subprocess.run([*args, "--label", "<b>", "--out", str(tmp_path / "bad")],
+                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert unsafe.returncode == 1 and "a class name is 1-64" in unsafe.stderr
+    assert not (tmp_path / "bad").exists()
