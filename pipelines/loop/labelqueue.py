@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.images.decode import BadImage, decode_upload
+from pipelines.loop import novelty as density
 from pipelines.loop import predlog
-from pipelines.loop.novelty import more_like
+from pipelines.loop.novelty import far_groups, more_like, unit
 
 EMBED_BATCH = 128  # logged images decoded and embedded at a time
 MAX_PIXELS = 64_000_000  # a logged image was accepted by serving; this only guards decoding
@@ -176,6 +177,30 @@ def next_up(
     return rank(view, reference, n, exclude=set(exclude) | labelled_ids(store)), view
 
 
+def embed_logged(view: predlog.LogView, store, embed, exclude: set[str], progress=print):
+    """(entries, embeddings) of the logged images not in ``exclude`` whose image is still
+    there and decodes, embedded ``EMBED_BATCH`` at a time."""
+    size = (embed.input_px, embed.input_px)
+    candidates = [e for e in view.entries if e["id"] not in exclude]
+    progress(f"Embedding {len(candidates)} logged images")
+    kept, pixels, vectors = [], [], []
+    for entry in candidates:
+        data = predlog.image_bytes(store, entry)
+        if data is None:
+            continue  # retention removed it
+        try:
+            pixels.append(decode_upload(data, size, MAX_PIXELS, entry["id"]))
+        except BadImage:
+            continue
+        kept.append(entry)
+        if len(pixels) == EMBED_BATCH:
+            vectors.append(embed(np.stack(pixels)))
+            pixels = []
+    if pixels:
+        vectors.append(embed(np.stack(pixels)))
+    return kept, (np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32))
+
+
 def like(
     view: predlog.LogView,
     store,
@@ -196,8 +221,7 @@ def like(
             example that is not a readable image (named).
     """
     size = (embed.input_px, embed.input_px)
-    by_id = {e["id"]: i for i, e in enumerate(view.entries)}
-    if missing := [s for s in seeds if s not in by_id]:
+    if missing := [s for s in seeds if s not in {e["id"] for e in view.entries}]:
         raise ValueError(f"seed {missing[0]} is not in the prediction log (give a logged id)")
     seed_pixels = []
     for name, data in examples:
@@ -207,43 +231,50 @@ def like(
             raise ValueError(str(exc)) from exc
     if not seeds and not seed_pixels:
         raise ValueError("more like what? give seed image ids or example images")
-    wanted = set(seeds)
-    candidates = [e for e in view.entries if e["id"] not in exclude or e["id"] in wanted]
-    pixels, kept = [], []
-    vectors = []
-    progress(f"Embedding {len(candidates)} logged images")
-    for entry in candidates:
-        data = predlog.image_bytes(store, entry)
-        if data is None:
-            continue  # retention removed it
-        try:
-            pixels.append(decode_upload(data, size, MAX_PIXELS, entry["id"]))
-        except BadImage:
-            continue
-        kept.append(entry)
-        if len(pixels) == EMBED_BATCH:
-            vectors.append(embed(np.stack(pixels)))
-            pixels = []
-    if pixels:
-        vectors.append(embed(np.stack(pixels)))
-    found = np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32)
+    kept, found = embed_logged(view, store, embed, set(exclude) - set(seeds), progress)
     position = {e["id"]: i for i, e in enumerate(kept)}
     if gone := [s for s in seeds if s not in position]:
         raise ValueError(f"seed {gone[0]}: its image is gone from the log (retention)")
     seed_rows = [found[position[s]] for s in seeds]
     if seed_pixels:
         seed_rows += list(embed(np.stack(seed_pixels)))
-    taken = np.array([position[s] for s in seeds], int)
-    not_again = np.union1d(taken, [i for i, e in enumerate(kept) if e["id"] in exclude])
-    picked = more_like(found, np.stack(seed_rows), n, exclude=not_again.astype(int))
-    direction = np.mean([r / max(np.linalg.norm(r), 1e-12) for r in seed_rows], axis=0)
-    direction /= max(np.linalg.norm(direction), 1e-12)
-    unit = found / np.maximum(np.linalg.norm(found, axis=1, keepdims=True), 1e-12)
+    picked = more_like(
+        found, np.stack(seed_rows), n, exclude=np.array([position[s] for s in seeds], int)
+    )
+    direction = unit(unit(np.stack(seed_rows)).mean(axis=0, keepdims=True))[0]
+    similarity = unit(found) @ direction
     return [
         QueueItem(kept[i], 1 - float(kept[i]["margin"]), None,
-                  [f"like the seeds (similarity {float(unit[i] @ direction):.2f})"])
+                  [f"like the seeds (similarity {similarity[i]:.2f})"])
         for i in picked
     ]  # fmt: skip
+
+
+def groups(
+    view: predlog.LogView,
+    store,
+    embed,
+    training: np.ndarray,
+    exclude: set[str] = frozenset(),
+    progress=print,
+) -> list[list[QueueItem]]:
+    """The new-class channel: logged images far from the training data in the ``embed``
+    embedding (``training``: the training sample's embeddings), in groups that look alike,
+    largest first (``pipelines.loop.novelty``). Empty when nothing is far."""
+    kept, found = embed_logged(view, store, embed, set(exclude), progress)
+    if not kept:
+        return []
+    near = density.novelty(found, training)
+    out = []
+    for number, members in enumerate(far_groups(found, near.far), start=1):
+        reason = f"group {number}: {len(members)} alike, unlike any class"
+        out.append([
+            QueueItem(kept[i], 1 - float(kept[i]["margin"]), float(near.p[i]),
+                      [f"{reason} ({near.train_neighbours[i]} of {near.k} neighbours are "
+                       f"training images; chance gives {near.expected:.0f})"])
+            for i in members
+        ])  # fmt: skip
+    return out
 
 
 def skeleton(

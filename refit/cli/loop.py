@@ -167,3 +167,51 @@ def label_like(
     if gone:
         console.print(f"[yellow]{len(gone)} images left out: retention removed them.[/]")
     console.print("Remove the ones that are not, then: refit data submit " + str(path))
+
+
+@label_app.command("groups")
+def label_groups(
+    out: Annotated[Path, typer.Option(help="A new folder: one batch skeleton per group.")],
+    sample: Annotated[
+        int, typer.Option(min=10, help="Training images compared with (a stratified sample).")
+    ] = 1000,
+) -> None:
+    """The new-class channel: logged images unlike anything in the training data, in
+    groups that look alike (ImageNet embedding), each written as a batch skeleton to
+    name in one step: set its label column, then `refit data submit` it."""
+    settings = load_settings()
+    from pipelines import workspace
+    from pipelines.images.decode import stratified_sample
+    from pipelines.loop import labelqueue, predlog
+    from pipelines.models.embedding import imagenet_embedding
+
+    if out.exists() and any(out.iterdir()):
+        raise fail(f"{out} exists and is not empty: give a new folder")
+    dataset = workspace.dataset(settings)
+    rows = dataset.rows("train")
+    if rows.empty:
+        raise fail("the dataset has no training images to compare with; add a batch first")
+    store = settings.prediction_log_store()
+    view = predlog.read_log(store, newest=settings.loop.queue_images)
+    try:
+        embed = imagenet_embedding(settings.weights_dir, progress=console.print)
+        codes = rows["label"].astype("category").cat.codes.to_numpy()
+        rows = rows.iloc[stratified_sample(codes, sample, seed=0)]
+        console.print(f"Embedding {len(rows)} training images")
+        training = embed(dataset.images(rows, (embed.input_px, embed.input_px)).x)
+        known = set(dataset.index.get("sha256", [])) | labelqueue.labelled_ids(store)
+        found = labelqueue.groups(view, store, embed, training, known, console.print)
+    except ValueError as exc:  # the weights missing or altered
+        raise fail(str(exc)) from exc
+    if not found:
+        console.print(f"No group of logged images stands apart from the training data "
+                      f"({len(view)} logged images looked at).")  # fmt: skip
+        return
+    for number, items in enumerate(found, start=1):
+        name = f"group-{number}"  # a placeholder a person replaces with the class name
+        path, written, _ = labelqueue.export(items, store, out / name, name)
+        console.print(f"group {number}: {written} images alike and unlike any class -> {path}")
+    console.print(
+        "Replace group-N in a group's labels.csv with the class name (an existing class "
+        "makes it a correction), drop the odd ones, then: refit data submit <folder>"
+    )

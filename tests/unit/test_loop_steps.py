@@ -410,3 +410,62 @@ def test_more_like_these_finds_the_unseen_class_from_a_few_seeds(
                             env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert unsafe.returncode == 1 and "a class name is 1-64" in unsafe.stderr
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.e2e
+def test_the_new_class_channel_groups_what_the_training_data_lacks(
+    tmp_path, sample, refit_env
+) -> None:
+    from pipelines.loop.features import features_and_probs
+    from pipelines.models.embedding import imagenet_embedding
+
+    embed = imagenet_embedding(tmp_path / "weights", progress=lambda m: None)
+
+    def at_224(x: np.ndarray) -> np.ndarray:
+        return np.stack([np.asarray(Image.fromarray(p).resize((224, 224))) for p in x])
+
+    training = embed(at_224(sample["x"][1::2]))  # 180 known-class images
+    x = np.concatenate([sample["x"][::2], sample["trucks"]])  # 180 known, 60 trucks
+    probs, feats = features_and_probs(sample["loaded"].model, x)
+    writer = _writer(tmp_path)
+    _log(writer, [_jpeg(p) for p in x], probs, feats)
+    view = predlog.read_log(writer.store)
+    trucks = {e["id"] for e in view.entries[180:]}
+
+    found = labelqueue.groups(view, writer.store, embed, training, progress=lambda m: None)
+    assert found, "no group"
+    first = {item.id for item in found[0]}
+    # a small log (60 trucks, some near the training cars): a group of trucks stands out
+    assert len(first & trucks) >= 10 and len(first - trucks) <= 0.2 * len(first)
+    assert "alike, unlike any class" in found[0][0].reasons[0]
+    _, written, _ = labelqueue.export(found[0], writer.store, tmp_path / "g1", "group-1")
+    assert written == len(found[0])
+
+    # the CLI: the dataset's training images against the log, a skeleton per group
+    from tests.conftest import git_repo
+
+    batch = tmp_path / "batch"
+    for i, (p, label) in enumerate(zip(sample["x"][1::2], sample["labels"][1::2], strict=True)):
+        (batch / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(p).save(batch / label / f"{i:04d}.png")
+    env = {**refit_env, "REFIT_LOOP__LOG_URL": str(tmp_path / "log"),
+           "REFIT_DVC_REPO": str(git_repo(tmp_path / "repo")),
+           "REFIT_VALIDATION__MIN_IMAGES_PER_NEW_CLASS": "3"}  # fmt: skip
+    refit = str(Path(sys.executable).parent / "refit")
+    added = subprocess.run([refit, "data", "add", str(batch)], env=env, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert added.returncode == 0, added.stdout + added.stderr
+    done = subprocess.run([refit, "label", "groups", "--out", str(tmp_path / "groups")],
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "group 1:" in done.stdout
+    with open(tmp_path / "groups" / "group-1" / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert np.mean([r["image_id"] in trucks for r in rows]) >= 0.8
+
+    # a log like the training data: nothing stands apart, and the channel says so (empty)
+    known_only = _writer(tmp_path / "known")
+    _log(known_only, [_jpeg(p) for p in sample["x"][::2]], probs[:180], feats[:180])
+    view = predlog.read_log(known_only.store)
+    quiet = dict(progress=lambda m: None)
+    assert labelqueue.groups(view, known_only.store, embed, training, **quiet) == []
