@@ -30,6 +30,17 @@ from pipelines.training.fit import FitResult
 from pipelines.training.gentle import Fitter, array_data, cut_below, top_layers
 
 
+def logistic_head(features: np.ndarray, y: np.ndarray, c: float) -> list[np.ndarray]:
+    """The kernel and bias of a softmax layer equal to a multinomial logistic regression on
+    ``features`` (every class in ``y``, numbered 0..K-1, has examples)."""
+    head = LogisticRegression(C=c, max_iter=1000).fit(features, y)
+    kernel, bias = head.coef_.T, head.intercept_
+    if kernel.shape[1] == 1:  # two classes: one logit z for class 1; softmax(-z/2, z/2)
+        kernel = np.concatenate([-kernel / 2, kernel / 2], axis=1)
+        bias = np.concatenate([-bias / 2, bias / 2])
+    return [kernel.astype("float32"), bias.astype("float32")]
+
+
 def fit_transfer(
     model: keras.Model,
     train: ImageSet,
@@ -64,12 +75,7 @@ def fit_transfer(
     pooled = keras.Model(bottom.output, model.get_layer("logits").input) if split else None
     features = outputs(pooled, maps, 256) if pooled else maps
 
-    head = LogisticRegression(C=head_c, max_iter=1000).fit(features, y)
-    k = len(train.class_names)
-    kernel, bias = np.zeros((features.shape[1], k), "float32"), np.full(k, -30.0, "float32")
-    kernel[:, head.classes_] = head.coef_.T  # classes missing from train never win
-    bias[head.classes_] = head.intercept_
-    model.get_layer("logits").set_weights([kernel, bias])
+    model.get_layer("logits").set_weights(logistic_head(features, y, head_c))
     head_seconds = time.monotonic() - started
     progress(f"Head: logistic regression on {len(features)} feature vectors ({head_seconds:.0f} s)")
     fits = [FitResult({}, head_seconds, 1)]
@@ -79,7 +85,7 @@ def fit_transfer(
 
     for layer in model.layers:
         layer.trainable = layer in unfrozen or layer.name == "logits"
-    eye = np.eye(k, dtype="float32")
+    eye = np.eye(len(train.class_names), dtype="float32")
     fitter = Fitter(patience, started + time_budget_s, progress, len(maps))
     progress(f"Top {len(unfrozen)} conv/dense layers unfrozen: Adam at {lr:.2g}")
     fits.append(

@@ -178,3 +178,20 @@ def test_missing_or_altered_weights_name_the_package_and_the_setting(tmp_path):
 def test_imagenet_weights_for_airbench_are_a_settings_error():
     with pytest.raises(ValueError, match="airbench trains from scratch"):
         ArchitectureConfig(name="airbench", weights="imagenet")
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_the_logistic_head_answers_as_the_regression_does(classes):
+    from sklearn.linear_model import LogisticRegression
+
+    from pipelines.training.transfer import logistic_head
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(classes), 40)
+    features = rng.normal(size=(len(y), 16)) + y[:, None]
+    kernel, bias = logistic_head(features, y, 1.0)
+    logits = features @ kernel + bias
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    reference = LogisticRegression(C=1.0, max_iter=1000).fit(features, y)
+    np.testing.assert_allclose(probs, reference.predict_proba(features), atol=1e-5)
