@@ -119,11 +119,11 @@ class ServingConfig(Section):
         description="Inference threads per replica; 0: the CPUs it may use (its affinity and "
         "container CPU limit). Replicas sharing a host: its cores / replicas each.",
     )
-    alone_in_process: bool = Field(
+    public_worker_engine: bool = Field(
         default=True,
-        description="A request that arrives alone is answered in the public worker by the "
-        "champion's ONNX engine built at registration (no hop to the classifier worker); "
-        "requests in company go through the adaptive batcher.",
+        description="The public worker runs the champion's ONNX engine built at registration "
+        "itself, batching concurrent requests (no hop to the classifier worker); versions "
+        "without one are served by the classifier worker through BentoML's batcher.",
     )
     max_upload_bytes: int = Field(
         default=20_000_000, description="Largest request body (413 beyond)."

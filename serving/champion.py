@@ -136,8 +136,10 @@ class RegistrySource:
                     choice = best_engine(model, reference, engine, tolerance, threads)
                 else:
                     choice = EngineChoice(KerasEngine(model), None, f"{found}: using Keras")
-        choice.engine(reference[:1])  # warm the chosen engine at batch 1 and batch N
-        outputs = choice.engine(reference)[0].shape[-1]
+        # warm the chosen engine at batch 1 and batch N (a registered engine's check ran N)
+        outputs = choice.engine(reference[:1])[0].shape[-1]
+        if not isinstance(found, tuple):
+            choice.engine(reference)
         if outputs != len(class_names):
             raise ValueError(
                 f"version {version}: {outputs} outputs but {len(class_names)} class names"

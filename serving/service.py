@@ -41,6 +41,7 @@ from core.settings import get_settings
 from pipelines.images.decode import BadImage, decode_upload
 from serving import label, retrain
 from serving.auth import UNAUTHORIZED, authorized, error
+from serving.batcher import LocalBatcher, Shed
 
 # BentoML takes the batching knobs from the decorators below: the one place serving reads
 # its settings while the module loads. Everything else reads them per request.
@@ -88,7 +89,8 @@ class Classifier:
     @bentoml.api
     def classify_now(self, images: np.ndarray) -> np.ndarray:
         """The same, without the batcher: for a request that arrives alone (the batcher
-        would hold it for the wait it learned under load)."""
+        would hold it for the wait it learned under load). Used for versions without a
+        registered engine (the public worker batches the others itself)."""
         return self._rows(images)
 
     def _rows(self, images: np.ndarray) -> np.ndarray:
@@ -220,17 +222,20 @@ class Refit:
         self.in_flight = 0  # model calls under way in this worker
         settings = get_settings()
         self.with_features = settings.loop.log_predictions
-        self.alone = None  # the champion's registered engine, for a request alone
-        if settings.serving.alone_in_process:
+        self.local = None  # the champion's registered engine, run in this worker
+        self.batcher = LocalBatcher(
+            settings.serving.max_batch_size, settings.serving.max_latency_ms
+        )
+        if settings.serving.public_worker_engine:
             from serving.champion import ChampionHolder, RegistrySource
 
             config = settings.serving
             source = RegistrySource.from_settings(settings)
-            self.alone = ChampionHolder(
+            self.local = ChampionHolder(
                 source, "onnx", config.onnx_tolerance, config.threads, registered_only=True
             )
-            threading.Thread(target=self.alone.refresh, daemon=True).start()
-            self.alone.watch(config.poll_interval_s)
+            threading.Thread(target=self.local.refresh, daemon=True).start()
+            self.local.watch(config.poll_interval_s)
         self.log = None
         if settings.loop.log_predictions:
             from pipelines.loop.predlog import LogWriter
@@ -247,9 +252,9 @@ class Refit:
         return described["model"] is not None
 
     async def _model(self, version: str) -> dict | None:
-        alone = self.alone.current if self.alone else None
-        if version not in self.models and alone is not None and alone.version == version:
-            self.models[version] = alone.describe()
+        local = self.local.current if self.local else None
+        if version not in self.models and local is not None and local.version == version:
+            self.models[version] = local.describe()
         if version not in self.models:
             described = await self.classifier.to_async.describe(version=version)
             if described["model"] and described["model"]["version"] == version:
@@ -267,18 +272,29 @@ class Refit:
             self.input_size = tuple(described["model"]["input_size"])
         return self.input_size
 
+    def _local_rows(self, images: np.ndarray) -> np.ndarray:
+        champion = self.local.current
+        if champion is None:  # NaN versions: the caller asks again
+            return np.full((len(images), 1), np.nan, dtype=np.float32)
+        return champion.rows(images, self.with_features)
+
     async def _call_model(self, batch: np.ndarray) -> np.ndarray:
-        """Alone: straight to the model. With company: through the adaptive batcher.
+        """The registered engine in this worker, batched here (:mod:`serving.batcher`); else
+        (a version without one, Keras engine) the classifier worker: alone straight to it,
+        with company through BentoML's adaptive batcher.
 
         Raises:
             Overloaded: the batcher shed the request (over its latency budget).
         """
+        local = self.local.current if self.local else None
+        if local is not None and batch.shape[1:3] == local.input_size:
+            try:
+                return await self.batcher(self._local_rows, batch)
+            except Shed as exc:
+                raise Overloaded(str(exc)) from exc
         self.in_flight += 1
         try:
             if self.in_flight == 1:
-                alone = self.alone.current if self.alone else None
-                if alone is not None and batch.shape[1:3] == alone.input_size:
-                    return await anyio.to_thread.run_sync(alone.rows, batch, self.with_features)
                 return await self.classifier.to_async.classify_now(batch)
             return await self.classifier.to_async.classify(batch)
         except BentoMLException as exc:
@@ -356,8 +372,8 @@ class Refit:
     @app.get("/model", summary="The serving champion: version, classes, holdout metrics")
     async def model(self):
         described = await self.classifier.to_async.describe()
-        alone = self.alone.current if self.alone else None
-        described["alone_in_process"] = alone.version if alone else None
+        local = self.local.current if self.local else None
+        described["public_worker_engine"] = local.version if local else None
         status = 200 if described["model"] else 503
         return JSONResponse(_finite(described), status_code=status)
 
@@ -366,8 +382,8 @@ class Refit:
         if not authorized(authorization):
             return error(401, UNAUTHORIZED)
         result = await self.classifier.to_async.reload()
-        if self.alone is not None:  # the engine for a request alone follows at once
-            await anyio.to_thread.run_sync(self.alone.refresh)
+        if self.local is not None:  # this worker's engine follows at once
+            await anyio.to_thread.run_sync(self.local.refresh)
         return JSONResponse(result, status_code=200 if result["error"] is None else 500)
 
     @app.get("/", include_in_schema=False)

@@ -100,7 +100,7 @@ def test_reload_needs_the_token_then_loads_the_champion(server, model) -> None:
     assert described["engine"] == "onnx", described["engine_note"]  # tiny CNN exports exactly
     assert "built at registration" in described["engine_note"]  # serving converted nothing
     whole = httpx.get(f"{server.url}/model").json()
-    assert whole["alone_in_process"] == first.version  # a request alone skips the hop
+    assert whole["public_worker_engine"] == first.version  # answered without the hop
     assert described["holdout_metrics"]["accuracy"] == pytest.approx(first.challenger.accuracy)
 
 
