@@ -1,19 +1,27 @@
 """Benchmark: is the label queue worth a person's time? The loop simulated on CIFAR-10.
 
-From the shared tarball, per class, disjoint splits: a small labelled base, an unlabelled
-stream and a holdout. A weak champion is trained on the base (in the ``new-class`` scenario
-it never saw ``truck``; the stream and the holdout have it). The champion answers the
-stream through the real prediction log (``pipelines.loop.predlog``: the same entries serving
-writes, features from the same call). Then N images are "labelled" (their known truth),
-chosen by the label queue (``pipelines.loop.labelqueue``) or at random (several draws), the
-champion is fine-tuned on each choice with the same recipe and replay, and every challenger
-is judged on the same holdout.
+From the shared tarball, per class, disjoint parts: a labelled base, a pool the streams are
+drawn from, and a holdout (every class). Two 9-class champions never saw ``truck``: a weak
+one (``--weak`` images per class) and a competent one (``--competent`` per class), trained
+here with the same small net. For each of ``--seeds`` seeds a stream is drawn from the pool
+(``--stream`` images per class, trucks included: 10% of it) and answered by the champion
+through the real prediction log (``pipelines.loop.predlog``). Then, for each budget, the
+queue (``pipelines.loop.labelqueue.rank``, told the champion's holdout accuracy) and a
+random draw of the same size are "labelled" (their truth), the champion is fine-tuned on
+each with Refit's recipe and replay, and both are judged on the same holdout.
 
-Prints, per scenario: accuracy on the holdout, the gain over the champion and the gain per
-100 labelled images, for the queue and for random choices (mean of the draws and their
-range), and says plainly whether the queue beat random.
+Prints, per champion and budget, the mean over the seeds with a 95% t-interval:
+- trucks among the picks as a multiple of their share of the stream (random: 1x);
+- holdout accuracy gained per 100 labels, queue and random, and their paired difference
+  (the queue's gain minus random's on the same seed): where its interval holds 0, the two
+  are within noise and the table says so;
+- "more like these": of the 50 logged images nearest to 5 logged trucks, the share that
+  are trucks, in the champion's features and in the ImageNet embedding.
 
-Run: .venv/bin/python bench/loop.py [--labels 200] [--draws 3] [--scenario both]
+Targets: trucks >= 3x random's share; accuracy gain per label >= 1.2x random's where the
+intervals separate; more-like-these precision >= 0.8 with the competent champion.
+
+Run: .venv/bin/python bench/loop.py [--seeds 10] [--budgets 50,100,200,400]
 """
 
 from __future__ import annotations
@@ -21,11 +29,10 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import statistics
 import sys
-import tarfile
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
@@ -33,6 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 from PIL import Image
+from scipy import stats
 
 from core.objectstore import Store
 from core.policies import ArchitectureConfig, FinetuneConfig, TrainConfig
@@ -40,179 +48,227 @@ from core.settings import LoopConfig, get_settings
 from pipelines.images.decode import ImageSet
 from pipelines.loop import labelqueue, predlog
 from pipelines.loop.features import TrainingFeatures, features_and_probs
+from pipelines.loop.novelty import more_like
 from pipelines.models.predict import accuracy, predict_proba
 from pipelines.training.finetune import finetune
 from pipelines.training.scratch import fit_from_scratch
 
-
-def read_cifar(archive: Path, per_class: int) -> dict[str, list[tuple[np.ndarray, bytes]]]:
-    """The first ``per_class`` images of each class: (pixels, JPEG bytes)."""
-    found: dict[str, list] = {}
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            if not member.isfile() or not member.name.endswith(".jpg"):
-                continue
-            label = member.name.split("/")[-2]
-            if len(found.setdefault(label, [])) >= per_class:
-                continue
-            data = tar.extractfile(member).read()
-            found[label].append((np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), data))
-    return found
+NEW = "truck"
+QUEUES = ("queue", "queue, ImageNet")  # the queue in the champion's features, in ImageNet's
 
 
-def image_set(rows: list[tuple[np.ndarray, str]], classes: list[str]) -> ImageSet:
-    return ImageSet(
-        np.stack([x for x, _ in rows]), np.array([classes.index(c) for _, c in rows]), classes
-    )
+def encode_jpeg(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=90)
+    return out.getvalue()
 
 
-def scenario(name: str, data: dict, args) -> dict:
-    all_classes = sorted(data)
-    known = [c for c in all_classes if c != "truck"] if name == "new-class" else all_classes
-    base, stream, holdout = [], [], []
-    for label in all_classes:
-        rows = data[label]
-        start = 0
-        if label in known:
-            base += [(x, label) for x, _ in rows[: args.base]]
-            start = args.base
-        stream += [(x, d, label) for x, d in rows[start : start + args.stream]]
-        holdout += [
-            (x, label) for x, _ in rows[start + args.stream : start + args.stream + args.holdout]
-        ]
-    order = np.random.default_rng(0).permutation(len(stream))  # a stream mixes its classes
-    stream = [stream[i] for i in order]
-    base_set = image_set(base, known)
-    holdout_set = image_set(holdout, all_classes)
-    print(
-        f"\n== {name}: champion on {len(base_set)} images of {len(known)} classes; stream "
-        f"{len(stream)}; holdout {len(holdout_set)} ({len(all_classes)} classes)"
-    )
-
-    started = time.perf_counter()
-    champion, _ = fit_from_scratch(
-        base_set,
-        ArchitectureConfig(input_size=32, widths=(32, 64, 64)),
-        TrainConfig(epochs=args.epochs, batch_size=128, val_share=0.1, patience=0),
-        progress=lambda m: None,
-    )
-    print(f"champion trained in {time.perf_counter() - started:.0f} s")
-
-    def holdout_accuracy(model) -> float:
-        """On every holdout class: images of a class the model lacks count as wrong."""
-        names = model.class_names
-        y = np.array(
-            [names.index(c) if c in names else -1 for c in np.array(all_classes)[holdout_set.y]]
-        )
-        return accuracy(predict_proba(model.model, holdout_set.x), y)
-
-    base_accuracy = holdout_accuracy(champion)
-
-    # the champion answers the stream; the real prediction log records it
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store(tmp)
-        writer = predlog.LogWriter(store, LoopConfig(), start=False)
-        sx = np.stack([x for x, _, _ in stream])
-        probs, feats = features_and_probs(champion.model, sx)
-        for start in range(0, len(stream), 500):  # as requests arrive: the writer keeps up
-            part = slice(start, start + 500)
-            uploads = [(f"s{i}.jpg", d) for i, (_, d, _) in enumerate(stream[part], start)]
-            writer.record(uploads, "1", champion.class_names, probs[part], feats[part])
-            while writer.flush():
-                pass
-        assert writer.stats.dropped == 0
-        view = predlog.read_log(store)
-        truth = {predlog.image_id(d): (x, label) for x, d, label in stream}
-        base_probs, base_feats = features_and_probs(champion.model, base_set.x)
-        reference = TrainingFeatures(base_feats, base_set.y, base_probs, known)
-        started = time.perf_counter()
-        queued = [truth[item.id] for item in labelqueue.rank(view, reference, args.labels)]
-        rank_s = time.perf_counter() - started
-
-    config = FinetuneConfig(
-        head_epochs=2,
-        epochs=args.finetune_epochs,
-        batch_size=64,
-        lr=args.lr,
-        head_lr=args.lr,
-        unfreeze_layers=args.unfreeze,
-    )
-    choices = {"queue": queued}
-    for draw in range(args.draws):
-        picked = np.random.default_rng(draw).choice(len(stream), args.labels, replace=False)
-        choices[f"random {draw + 1}"] = [(stream[i][0], stream[i][2]) for i in picked]
-    results = {}
-    for label, rows in choices.items():
-        names = sorted({c for _, c in rows})
-        challenger, _ = finetune(champion, image_set(rows, names), base_set, config, lambda m: None)
-        kept = challenger.card["kept_starting_weights"]
-        results[label] = (holdout_accuracy(challenger), sum(c == "truck" for _, c in rows))
-        if "truck" in challenger.class_names:
-            is_truck = np.array(all_classes)[holdout_set.y] == "truck"
-            guessed = predict_proba(challenger.model, holdout_set.x[is_truck]).argmax(1)
-            recall = float(np.mean(guessed == challenger.class_names.index("truck")))
-            print(f"  truck recall {recall:.2f}")
-        card = challenger.card
-        note = f" (validation {card['val_accuracy_before']} -> {card['val_accuracy_after']}"
-        note += ": the starting weights were kept)" if kept else ")"
-        print(f"  fine-tuned on {label}: {results[label][0]:.4f}{note}", flush=True)
-    return {
-        "name": name,
-        "champion": base_accuracy,
-        "results": results,
-        "rank_s": rank_s,
-        "log": len(view),
-    }
+def interval(values) -> tuple[float, float, float]:
+    """Mean and its 95% t-interval over the seeds."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return values.mean(), float("nan"), float("nan")
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return values.mean(), values.mean() - half, values.mean() + half
 
 
-def report(outcome: dict, labels: int) -> None:
-    base = outcome["champion"]
-    rows = outcome["results"]
-    print(f"\n### {outcome['name']} (champion {base:.4f} on the holdout; queue ranked "
-          f"{outcome['log']} logged images in {outcome['rank_s']:.2f} s)")  # fmt: skip
-    print(
-        "| chosen by | labels | trucks among them | holdout accuracy | gain | gain per 100 labels |"
-    )
-    print("| --- | --- | --- | --- | --- | --- |")
-    for label, (acc, trucks) in rows.items():
-        gain = acc - base
-        print(f"| {label} | {labels} | {trucks} | {acc:.4f} | {gain * 100:+.2f} pts | "
-              f"{gain * 100 / labels * 100:+.2f} pts |")  # fmt: skip
-    queue = rows["queue"][0] - base
-    randoms = [acc - base for key, (acc, _) in rows.items() if key != "queue"]
-    mean = statistics.mean(randoms)
-    ratio = f"{queue / mean:.2f}x" if mean > 0 else "n/a"
-    print(f"| random, mean of {len(randoms)} | {labels} | | {base + mean:.4f} | "
-          f"{mean * 100:+.2f} pts (range {min(randoms) * 100:+.2f} to {max(randoms) * 100:+.2f}) | "
-          f"{mean * 100 / labels * 100:+.2f} pts |")  # fmt: skip
-    verdict = (
-        "beat" if queue > max(randoms) else ("matched" if queue >= min(randoms) else "did NOT beat")
-    )
-    print(f"\nThe queue {verdict} random choice: {queue * 100:+.2f} pts vs {mean * 100:+.2f} pts "
-          f"on average ({ratio} the gain per labelled image).")  # fmt: skip
+def show(values, digits: int = 2, unit: str = "") -> str:
+    mean, low, high = interval(values)
+    return f"{mean:.{digits}f}{unit} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def subset(data: ImageSet, index: np.ndarray, classes: list[str]) -> ImageSet:
+    names = np.array(data.class_names)[data.y[index]]
+    return ImageSet(data.x[index], np.array([classes.index(c) for c in names]), classes)
+
+
+def split(data: ImageSet, args) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Per class, in the tarball's order: holdout first, then the stream pool, then the
+    base the champions train on (``weak`` <= ``competent`` images of it)."""
+    holdout, pool, base = [], [], {}
+    for k, name in enumerate(data.class_names):
+        rows = np.flatnonzero(data.y == k)
+        holdout += list(rows[: args.holdout])
+        pool += list(rows[args.holdout : args.holdout + args.pool])
+        base[name] = rows[args.holdout + args.pool :]
+    return base, np.array(holdout), np.array(pool)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labels", type=int, default=200, help="images labelled per choice")
-    parser.add_argument("--draws", type=int, default=3, help="random choices to average")
-    parser.add_argument("--base", type=int, default=150, help="labelled images per class")
-    parser.add_argument("--stream", type=int, default=400, help="stream images per class")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--budgets", default="50,100,200,400")
+    parser.add_argument("--weak", type=int, default=100, help="weak champion: images per class")
+    parser.add_argument("--competent", type=int, default=1500, help="images per class")
+    parser.add_argument("--stream", type=int, default=200, help="stream images per class")
+    parser.add_argument("--pool", type=int, default=600, help="stream pool per class")
     parser.add_argument("--holdout", type=int, default=200, help="holdout images per class")
-    parser.add_argument("--epochs", type=int, default=10, help="champion training epochs")
-    parser.add_argument("--finetune-epochs", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=0.05, help="fine-tune peak learning rate")
-    parser.add_argument("--unfreeze", type=int, default=3, help="top layers fine-tuned (-1: all)")
-    parser.add_argument("--scenario", choices=["known", "new-class", "both"], default="both")
+    parser.add_argument("--finetune-epochs", type=int, default=4)
+    parser.add_argument("--champions", default="weak,competent")
     args = parser.parse_args()
+    budgets = [int(b) for b in args.budgets.split(",")]
+    from bench.cifar import read_cifar
+
     started = time.perf_counter()
-    data = read_cifar(get_settings().cifar10_archive, args.base + args.stream + args.holdout)
-    total = sum(len(v) for v in data.values())
-    print(f"read {total} CIFAR-10 images in {time.perf_counter() - started:.0f} s")
-    names = ["known", "new-class"] if args.scenario == "both" else [args.scenario]
-    outcomes = [scenario(name, data, args) for name in names]
-    for outcome in outcomes:
-        report(outcome, args.labels)
+    per_class = args.holdout + args.pool + args.competent
+    data = read_cifar(get_settings().cifar10_archive, per_class)
+    print(f"read {len(data)} CIFAR-10 images in {time.perf_counter() - started:.0f} s")
+    all_classes = data.class_names
+    known = [c for c in all_classes if c != NEW]
+    base, holdout_rows, pool = split(data, args)
+    holdout = subset(data, holdout_rows, all_classes)
+    pool_labels = np.array(all_classes)[data.y[pool]]
+    jpeg = {int(i): encode_jpeg(data.x[i]) for i in pool}  # what clients upload
+    embed = imagenet_pool(data.x[pool])
+
+    def holdout_accuracy(model) -> float:
+        """On every holdout class: a class the model lacks counts as wrong."""
+        names = model.class_names
+        y = np.array(
+            [names.index(c) if c in names else -1 for c in np.array(all_classes)[holdout.y]]
+        )
+        return accuracy(predict_proba(model.model, holdout.x), y)
+
+    config = FinetuneConfig(head_epochs=2, epochs=args.finetune_epochs, batch_size=64)
+    tables = {}
+    for kind in args.champions.split(","):
+        size = args.weak if kind == "weak" else args.competent
+        rows = np.concatenate([base[c][:size] for c in known])
+        base_set = subset(data, rows, known)
+        started = time.perf_counter()
+        champion, _ = fit_from_scratch(
+            base_set,
+            ArchitectureConfig(input_size=32, widths=(32, 64, 64)),
+            TrainConfig(epochs=12, batch_size=128, val_share=0.1, patience=0),
+            progress=lambda m: None,
+        )
+        champion_accuracy = holdout_accuracy(champion)
+        known_accuracy = accuracy(
+            predict_proba(champion.model, holdout.x[holdout.y != all_classes.index(NEW)]),
+            np.array([known.index(c) for c in np.array(all_classes)[holdout.y] if c != NEW]),
+        )
+        print(f"\n== {kind} champion: {len(base_set)} images, holdout {champion_accuracy:.4f} "
+              f"(known classes {known_accuracy:.4f}), trained in "
+              f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
+        sample = np.sort(
+            np.random.default_rng(0).choice(len(base_set), min(1000, len(base_set)), replace=False)
+        )
+        probs, feats = features_and_probs(champion.model, base_set.x[sample])
+        reference = TrainingFeatures(feats, base_set.y[sample], probs, known)
+        replay = subset(base_set, sample, known)
+        embed_train = imagenet_pool(base_set.x[sample])
+        result = {b: defaultdict(list) for b in budgets}
+        result["like"] = defaultdict(list)
+        for seed in range(args.seeds):
+            rng = np.random.default_rng(seed)
+            stream = np.concatenate([
+                rng.choice(np.flatnonzero(pool_labels == c), args.stream, replace=False)
+                for c in all_classes
+            ])  # fmt: skip
+            stream = rng.permutation(stream)  # positions in ``pool``
+            view, by_id, feats = log_stream(champion, data.x[pool[stream]],
+                                            [jpeg[int(pool[i])] for i in stream])  # fmt: skip
+            share = float(np.mean(pool_labels[stream] == NEW))
+            trucks = np.flatnonzero(pool_labels[stream] == NEW)
+            seeds = rng.choice(trucks, 5, replace=False)
+            for name, space in (("champion", feats), ("imagenet", embed[stream])):
+                found = more_like(space, space[seeds], 50, exclude=seeds)
+                result["like"][name].append(float(np.mean(pool_labels[stream][found] == NEW)))
+            order = np.array([by_id[e["id"]] for e in view.entries])  # log -> stream position
+            imagenet = (embed[stream][order], embed_train)
+            for budget in budgets:
+                picks = {}
+                for name, space in (("queue", None), ("queue, ImageNet", imagenet)):
+                    items = labelqueue.rank(
+                        view, reference, budget, accuracy=known_accuracy, seed=seed, space=space
+                    )
+                    picks[name] = np.array([by_id[item.id] for item in items])
+                picks["random"] = rng.choice(len(stream), budget, replace=False)
+                gains = {}
+                for name, picked in picks.items():
+                    labelled = subset(data, pool[stream[picked]], all_classes)
+                    names = sorted({all_classes[k] for k in labelled.y})
+                    labelled = ImageSet(
+                        labelled.x,
+                        np.array([names.index(all_classes[k]) for k in labelled.y]),
+                        names,
+                    )
+                    challenger, _ = finetune(champion, labelled, replay, config, lambda m: None)
+                    gains[name] = (
+                        (holdout_accuracy(challenger) - champion_accuracy) * 100 / budget * 100
+                    )
+                    result[budget][name].append(gains[name])
+                line = f"  seed {seed} budget {budget}:"
+                for name in QUEUES:
+                    result[budget][f"{name} - random"].append(gains[name] - gains["random"])
+                    found = np.mean(pool_labels[stream[picks[name]]] == NEW) / share
+                    result[budget][f"{name} trucks"].append(found)
+                    line += f" {name}: trucks {found:.2f}x, gain {gains[name]:+.2f};"
+                print(f"{line} random: gain {gains['random']:+.2f}", flush=True)
+        tables[kind] = (champion_accuracy, known_accuracy, result)
+    report(tables, budgets, args)
+
+
+def imagenet_pool(x: np.ndarray) -> np.ndarray:
+    """The pool's ImageNet embedding, computed once."""
+    from pipelines.models.embedding import imagenet_embedding
+
+    cache = Path(tempfile.gettempdir()) / "refit-bench-weights"
+    embed = imagenet_embedding(cache, 32, progress=lambda m: None)  # enlarged inside
+    started = time.perf_counter()
+    out = np.concatenate([embed(x[i : i + 256]) for i in range(0, len(x), 256)])
+    print(f"ImageNet embedding of {len(x)} images in {time.perf_counter() - started:.0f} s")
+    return out
+
+
+def log_stream(champion, x: np.ndarray, uploads: list[bytes]):
+    """The champion answers the stream; the real prediction log records it. Returns the
+    log view, image id -> position in the stream, and the features."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(tmp)
+        writer = predlog.LogWriter(store, LoopConfig(), start=False)
+        probs, feats = features_and_probs(champion.model, x)
+        for start in range(0, len(x), 500):
+            part = slice(start, start + 500)
+            named = [(f"s{i}.jpg", d) for i, d in enumerate(uploads[part], start)]
+            writer.record(named, "1", champion.class_names, probs[part], feats[part])
+            while writer.flush():
+                pass
+        view = predlog.read_log(store)
+    by_id = {predlog.image_id(d): i for i, d in enumerate(uploads)}
+    return view, by_id, feats
+
+
+def report(tables: dict, budgets: list[int], args) -> None:
+    print(f"\n{args.seeds} seeds; mean [95% t-interval]; stream {args.stream} images per "
+          f"class, 10% {NEW} (unseen by both champions); fine-tuned {args.finetune_epochs} "
+          "epochs with replay; holdout accuracy over all 10 classes; gains in points per 100 "
+          "labels.")  # fmt: skip
+    print("\n| champion | budget | chosen by | picks | trucks vs random | gain per 100 labels "
+          "| minus random's, same seed | / random's |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for kind, (champion_accuracy, known_accuracy, result) in tables.items():
+        for budget in budgets:
+            row = result[budget]
+            mode = labelqueue.strategy(budget, 9, known_accuracy)[0]
+            head = f"| {kind} ({champion_accuracy:.1%}; known {known_accuracy:.1%}) | {budget}"
+            print(f"{head} | random | | 1x | {show(row['random'])} | | |")
+            for name in QUEUES:
+                diff, low, high = interval(row[f"{name} - random"])
+                verdict = "within noise" if low <= 0 <= high else ("better" if low > 0 else "worse")
+                base = np.mean(row["random"])
+                ratio = f"{np.mean(row[name]) / base:.2f}x" if base > 0 else "n/a"
+                print(f"{head} | {name} | {mode} | {show(row[f'{name} trucks'], unit='x')} "
+                      f"| {show(row[name])} | {diff:+.2f} [{low:+.2f}, {high:+.2f}]: {verdict} "
+                      f"| {ratio} |")  # fmt: skip
+    print(
+        "\n| champion | more like these (5 trucks): precision at 50 | champion's features "
+        "| ImageNet |"
+    )
+    print("| --- | --- | --- | --- |")
+    for kind, (_, _, result) in tables.items():
+        like = result["like"]
+        print(f"| {kind} | | {show(like['champion'])} | {show(like['imagenet'])} |")
 
 
 if __name__ == "__main__":

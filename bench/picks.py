@@ -37,14 +37,22 @@ from core.policies import ArchitectureConfig, TrainConfig
 from core.settings import get_settings
 from pipelines.images.decode import ImageSet
 from pipelines.loop.features import TrainingFeatures, features_and_probs
-from pipelines.loop.labelqueue import novelty as centroid_novelty
-from pipelines.loop.novelty import more_like, novelty
+from pipelines.loop.novelty import more_like, novelty, unit
 from pipelines.models.embedding import imagenet_embedding
 from pipelines.models.modelfile import load_refit_model
 from pipelines.training.scratch import fit_from_scratch
 
 BUDGETS = (50, 100, 200, 400)
 POOL, TRAIN_FROM, STREAM_FROM = 700, 50, 200
+
+
+def centroid_novelty(features: np.ndarray, reference: TrainingFeatures) -> np.ndarray:
+    """The queue's novelty before relative density (the baseline): distance to the nearest
+    training class centroid over the 95th percentile of training images' own distances."""
+    centroids = unit(np.nan_to_num(reference.centroids()))
+    own = 1 - (unit(reference.features) * centroids[reference.labels]).sum(1)
+    scale = max(float(np.percentile(own, 95)), 1e-6)
+    return (1 - (unit(features) @ centroids.T).max(1)) / scale
 
 
 def interval(values: list[float]) -> str:

@@ -93,3 +93,9 @@ def training_features(client, name: str, version: str, tracking_uri: str) -> byt
             tracking_uri=tracking_uri,
         )
         return Path(path).read_bytes()
+
+
+def holdout_accuracy(client, name: str, version: str) -> float | None:
+    """The holdout accuracy the gate measured for a version (None if it logged none)."""
+    run_id = client.get_model_version(name, version).run_id
+    return client.get_run(run_id).data.metrics.get(f"{CHALLENGER_PREFIX}accuracy")

@@ -212,6 +212,9 @@ class RegistrySource:
             self.client.get_model_version(self.name, version).tags[contract.CLASS_NAMES_TAG]
         )
 
+    def holdout_accuracy(self, version: str) -> float | None:
+        return contract.holdout_accuracy(self.client, self.name, version)
+
     def training_features(self, version: str) -> bytes | None:
         """The training features logged with ``version`` (None for older versions)."""
         return contract.training_features(self.client, self.name, version, self.tracking_uri)

@@ -50,9 +50,11 @@ def _queue(n: int) -> dict:
     source = RegistrySource.from_settings(settings)
     version = source.champion_version()
     reference = _training_features(version) if version else None
+    accuracy = source.holdout_accuracy(version) if version else None
     items, view = labelqueue.next_up(
-        settings.prediction_log_store(), reference, n, settings.loop.queue_images
-    )
+        settings.prediction_log_store(), reference, n, settings.loop.queue_images,
+        accuracy=accuracy,
+    )  # fmt: skip
     classes = source.class_names(version) if version else []
     note = f"{len(items)} of {len(view)} logged images"
     if view.unreadable:

@@ -134,6 +134,13 @@ class RegistryReads(RegistryMoves):
 
         return self._call("read the training features", read)
 
+    def holdout_accuracy(self, version: str) -> float | None:
+        """The holdout accuracy the gate measured for ``version`` (None if none was logged)."""
+        return self._call(
+            "read the holdout accuracy",
+            lambda: contract.holdout_accuracy(self.client, self.name, version),
+        )
+
     def export(self, ref: str, out: Path) -> Path:
         """Write a version or alias as a Refit model file (.keras, or .h5 for older tools)."""
         return save_model(self.load(ref), out)

@@ -1,16 +1,28 @@
 """Label these next: a ranked queue of logged images worth a person's label.
 
-Two rankings of the logged images take turns: **uncertainty** (1 - the margin between the
-champion's top two probabilities) fills two picks of three, **novelty** (how far the
-features lie from the nearest class of the training sample, in units of how far training
-images lie from their own class; above 1 it is likely a class the champion does not know)
-every third. **Diversity**: a candidate within the near-copy radius of an earlier pick is
-passed over, so fifty near-copies of one confusing image cost one label, while many
-distinct images of a new class still count.
+Which images teach most depends on the budget and on the champion (Hacohen et al. 2022,
+"Active learning on a budget"; Yehuda et al. 2022, ProbCover): with few labels for the
+number of classes, or a weak champion, uncertainty picks the ambiguous images a weak model
+stumbles on and does no better than chance, while **typical** images that cover the log
+do; once the champion is competent, its **uncertainty** is worth asking about. So:
 
-:func:`export` writes the picks as a batch skeleton (the images + ``labels.csv`` pre-filled
-with the champion's guess) that, once corrected, uploads as a normal batch. Numpy only:
-serving's Label page uses it too.
+- **typical** when the budget is under ``TYPICAL_PER_CLASS`` labels per class or the
+  champion's holdout accuracy is under ``COMPETENT_AT``: the logged images in as many
+  clusters as labels (k-means on the features), the most typical image of each
+  (TypiClust: the densest, by the mean distance to its nearest neighbours);
+- **uncertain** otherwise: the ``UNCERTAIN_POOL`` x budget least certain images (1 - the
+  margin between the top two probabilities), clustered into as many groups as labels, the
+  least certain of each (uncertain *and* diverse: fifty near-copies cost one label);
+- and, in both, every ``NOVEL_EVERY``-th pick is the most novel image left that is **far
+  from the training data** (``pipelines.loop.novelty``: far fewer training images among its
+  nearest neighbours than chance gives), so a class the champion never saw reaches a person.
+
+Each pick says which of these chose it. Novelty compares the logged images' features with
+the training sample's the version keeps (``pipelines.loop.features``), both of the
+champion's own embedding and both computed off the request path (serving logs features
+from the answering call). :func:`export` writes the picks as a batch skeleton (the images +
+``labels.csv`` pre-filled with the champion's guess) that, once corrected, uploads as a
+normal batch. Numpy and scikit-learn only: serving's Label page uses it too.
 """
 
 from __future__ import annotations
@@ -33,16 +45,18 @@ MAX_PIXELS = 64_000_000  # a logged image was accepted by serving; this only gua
 
 LABELLED = "labelled"  # <log>/labelled/<submission>.json: the ids a submission labelled
 PRODUCTION = "production-holdout"  # <log>/production-holdout/<submission>.json: id -> label
-NEW_CLASS_AT = 1.0  # novelty above this: "far from every class"
-NOVEL_EVERY = 3  # every third pick is the most novel image left (if any is novel)
-NEAR = 1  # percentile of the logged images' distances below which two are near-copies
+TYPICAL_PER_CLASS = 10  # a budget under this many labels per class picks typical images
+COMPETENT_AT = 0.7  # a champion under this holdout accuracy picks typical images
+UNCERTAIN_POOL = 5  # uncertain picks come from the budget x this least certain images
+NOVEL_EVERY = 3  # every third pick is the most novel image left (if any is far)
+DIMENSIONS = 64  # features projected (PCA) to this many for clustering
 
 
 @dataclass(frozen=True)
 class QueueItem:
     entry: dict  # the prediction-log entry
     uncertainty: float
-    novelty: float | None
+    novelty: float | None  # the relative-density p (smaller: more novel)
     reasons: list[str] = field(default_factory=list)
 
     @property
@@ -68,73 +82,113 @@ class QueueItem:
         }
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def novelty(features: np.ndarray, reference) -> np.ndarray:
-    """Distance to the nearest training class centroid, over the 95th percentile of training
-    images' distances to their own centroid (cosine distances)."""
-    centroids = _unit(np.nan_to_num(reference.centroids()))
-    own = 1 - (_unit(reference.features) * centroids[reference.labels]).sum(1)
-    scale = max(float(np.percentile(own, 95)), 1e-6)
-    nearest = 1 - (_unit(features) @ centroids.T).max(1)
-    return nearest / scale
+def strategy(n: int, classes: int, accuracy: float | None) -> tuple[str, str]:
+    """("typical" or "uncertain", why) for a budget of ``n`` labels, ``classes`` known
+    classes and the champion's holdout ``accuracy`` (None: not known)."""
+    if n < TYPICAL_PER_CLASS * max(classes, 1):
+        return "typical", f"{n} labels for {classes} classes is a small budget"
+    if accuracy is not None and accuracy < COMPETENT_AT:
+        return "typical", f"the champion is weak ({accuracy:.0%} on its holdout)"
+    why = f"{n} labels for {classes} classes"
+    if accuracy is not None:
+        why += f", a competent champion ({accuracy:.0%})"
+    return "uncertain", why
 
 
 def rank(
-    view: predlog.LogView, reference, n: int, exclude: set[str] = frozenset()
+    view: predlog.LogView,
+    reference,
+    n: int,
+    exclude: set[str] = frozenset(),
+    accuracy: float | None = None,
+    seed: int = 0,
+    space: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[QueueItem]:
     """The ``n`` images of the log to label next, best first (fewer if the log holds fewer
-    unlabelled images). ``reference``: the champion's training features (None: no novelty)."""
+    unlabelled images). ``reference``: the champion's ``TrainingFeatures`` (None: no
+    novelty); ``accuracy``: its holdout accuracy (None: the budget alone decides);
+    ``space``: another embedding to choose in, (the log's entries', the training
+    sample's), e.g. the ImageNet one (``pipelines.models.embedding``); default: the
+    champion's own features."""
     keep = [i for i, e in enumerate(view.entries) if e["id"] not in exclude]
     if not keep or n <= 0:
         return []
     entries = [view.entries[i] for i in keep]
-    feats = _unit(view.features[keep].astype(np.float64))
+    n = min(n, len(entries))
+    feats = (view.features if space is None else space[0])[keep].astype(np.float32)
+    training = None if reference is None else reference.features
+    if space is not None:
+        training = space[1]
     uncertainty = np.array([1 - float(e["margin"]) for e in entries])
-    far = novelty(view.features[keep], reference) if reference is not None else None
-    by_uncertainty = [int(i) for i in np.argsort(-uncertainty, kind="stable")]
-    by_novelty = [] if far is None else [int(i) for i in np.argsort(-far) if far[i] > NEW_CLASS_AT]
-    radius = _near_copy_radius(feats)
-    picked: list[int] = []
-    passed: list[int] = []  # near-copies of a pick: taken last, only if nothing else is left
-    nearest = np.full(len(entries), np.inf)  # cosine distance to the nearest pick
-    for turn in range(2 * len(entries)):
-        if len(picked) == min(n, len(entries)) or not (by_novelty or by_uncertainty):
+    classes = len(reference.class_names) if reference is not None else len(entries[0]["probs"])
+    mode, why = strategy(n, classes, accuracy)
+    near = None
+    if training is not None and len(training):
+        near = density.novelty(feats, training)
+    projected = _project(feats, seed)
+    if mode == "typical":
+        chosen = density.typical(projected, n, seed=seed)
+        reason = f"typical of its part of the log ({why})"
+    else:
+        pool = np.argsort(-uncertainty, kind="stable")[: UNCERTAIN_POOL * n]
+        chosen = pool[_least_certain_per_cluster(projected[pool], uncertainty[pool], n, seed)]
+        reason = f"uncertain, unlike the other picks ({why})"
+    novel = [] if near is None else [int(i) for i in near.order() if near.far[i]]
+    picks, taken = [], set()
+    regular = [int(i) for i in chosen]
+    for turn in range(n):
+        source = novel if (turn % NOVEL_EVERY == NOVEL_EVERY - 1 and novel) else regular
+        while source and source[0] in taken:
+            source.pop(0)
+        if not source:
+            source = novel if source is regular else regular
+            while source and source[0] in taken:
+                source.pop(0)
+        if not source:
             break
-        novel_turn = turn % NOVEL_EVERY == 0 and by_novelty
-        candidate = (by_novelty if novel_turn or not by_uncertainty else by_uncertainty).pop(0)
-        if candidate in picked:
-            continue
-        if nearest[candidate] < radius:
-            passed.append(candidate)
-            continue
-        picked.append(candidate)
-        nearest = np.minimum(nearest, np.maximum(1 - feats @ feats[candidate], 0))
-    picked += list(dict.fromkeys(p for p in passed if p not in picked))[: n - len(picked)]
-    return [_item(entries[i], uncertainty[i], None if far is None else far[i]) for i in picked]
+        i = source.pop(0)
+        taken.add(i)
+        picks.append((i, "far" if source is novel else mode))
+    return [_item(entries[i], uncertainty[i], near, i, kind, reason) for i, kind in picks]
 
 
-def _near_copy_radius(feats: np.ndarray) -> float:
-    """Distance below which two images count as near-copies: a low percentile of the
-    distances between logged images (a sample of them)."""
-    sample = feats[:: max(1, len(feats) // 500)]
-    if len(sample) < 2:
-        return 0.0
-    distances = np.maximum(1 - sample @ sample.T, 0)[np.triu_indices(len(sample), 1)]
-    return float(np.percentile(distances, NEAR))
+def _project(feats: np.ndarray, seed: int) -> np.ndarray:
+    x = unit(np.nan_to_num(feats))
+    if x.shape[1] > DIMENSIONS and len(x) > DIMENSIONS:
+        from sklearn.decomposition import PCA
+
+        x = unit(PCA(DIMENSIONS, svd_solver="randomized", random_state=seed).fit_transform(x))
+    return x
 
 
-def _item(entry: dict, uncertainty: float, far: float | None) -> QueueItem:
-    reasons = []
-    if uncertainty >= 0.5:
-        reasons.append(f"uncertain (margin {entry['margin']:.2f})")
-    if far is not None and far > NEW_CLASS_AT:
-        reasons.append(f"far from every class ({far:.1f}x): maybe a new class")
-    if not reasons:
-        reasons.append("least certain of the rest")
-    return QueueItem(entry, float(uncertainty), far, reasons)
+def _least_certain_per_cluster(x: np.ndarray, uncertainty: np.ndarray, n: int, seed: int):
+    """Indices into ``x``: the least certain image of each of ``n`` k-means clusters, the
+    least certain cluster first."""
+    from sklearn.cluster import KMeans
+
+    if n >= len(x):
+        return np.argsort(-uncertainty, kind="stable")
+    labels = KMeans(n_clusters=n, n_init=1, random_state=seed).fit_predict(x)
+    best = [
+        members[np.argmax(uncertainty[members])]
+        for c in range(n)
+        if len(members := np.flatnonzero(labels == c))
+    ]
+    return np.array(sorted(best, key=lambda i: -uncertainty[i]), int)
+
+
+def _item(entry: dict, uncertainty: float, near, i: int, kind: str, reason: str) -> QueueItem:
+    p = None if near is None else float(near.p[i])
+    if kind == "far":
+        reasons = [
+            f"far from the training data: {near.train_neighbours[i]} of its {near.k} nearest "
+            f"neighbours are training images, chance gives {near.expected:.0f} (maybe a new class)"
+        ]
+    elif kind == "uncertain":
+        reasons = [f"{reason}: margin {entry['margin']:.2f}"]
+    else:
+        reasons = [reason]
+    return QueueItem(entry, float(uncertainty), p, reasons)
 
 
 def labelled_ids(store) -> set[str]:
@@ -170,11 +224,18 @@ def production_labels(store) -> dict[str, str]:
 
 
 def next_up(
-    store, reference, n: int, newest: int, exclude: set[str] = frozenset()
+    store,
+    reference,
+    n: int,
+    newest: int,
+    exclude: set[str] = frozenset(),
+    accuracy: float | None = None,
 ) -> tuple[list[QueueItem], predlog.LogView]:
-    """The queue over the ``newest`` log entries, minus ``exclude`` and what was labelled."""
+    """The queue over the ``newest`` log entries, minus ``exclude`` and what was labelled
+    (``accuracy``: the champion's holdout accuracy, see :func:`strategy`)."""
     view = predlog.read_log(store, newest=newest)
-    return rank(view, reference, n, exclude=set(exclude) | labelled_ids(store)), view
+    exclude = set(exclude) | labelled_ids(store)
+    return rank(view, reference, n, exclude=exclude, accuracy=accuracy), view
 
 
 def embed_logged(view: predlog.LogView, store, embed, exclude: set[str], progress=print):

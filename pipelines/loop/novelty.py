@@ -2,7 +2,8 @@
 training data is thin, and the groups they form.
 
 **Relative density.** Put the logged images and a sample of the training images in one
-set and look at each logged image's ``k`` nearest neighbours (cosine). If the log came from
+set and look at each logged image's ``k`` nearest neighbours (cosine; ``k`` at least 50, and
+large enough that chance puts 10 training images among them). If the log came from
 the training distribution, a neighbour is a training image with probability ``t0`` (the
 training sample's share of the set), so the count of training neighbours is about
 Binomial(k, t0); an image whose neighbourhood holds far fewer training images than that lies
@@ -26,6 +27,7 @@ Numpy and scikit-learn only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +35,8 @@ from scipy.stats import binom
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.neighbors import NearestNeighbors
 
-NEIGHBOURS = 50
+NEIGHBOURS = 50  # at least; more when the log is large beside the training sample
+MIN_EXPECTED = 10  # training images chance puts among an image's neighbours, at least
 DIMENSIONS = 128  # wider embeddings are projected (PCA) to this many before the search
 FAR_P = 1e-3  # "far from every class": fewer training neighbours than chance gives 1 in 1000
 GROUP_DISTANCE = 0.5  # cosine distance at which far images stop counting as one group
@@ -82,6 +85,9 @@ def novelty(
     if n == 0:
         empty = np.zeros(0)
         return Novelty(empty.astype(int), 0.0, empty, empty.astype(bool), 0)
+    # enough neighbours that chance expects MIN_EXPECTED training images among them: with a
+    # log many times the training sample, 50 neighbours could never reach ``far_p``
+    k = max(k, math.ceil(MIN_EXPECTED * (n + m - 1) / m))
     k = max(1, min(k, n + m - 1))
     both = np.concatenate([unit(training), unit(logged)])
     if both.shape[1] > DIMENSIONS and len(both) > DIMENSIONS:

@@ -88,6 +88,7 @@ def label_next(
     registry = registry_of(settings)
     version = registry_call(lambda: registry.alias_version(CHAMPION))
     data = registry_call(lambda: registry.training_features(version)) if version else None
+    accuracy = registry_call(lambda: registry.holdout_accuracy(version)) if version else None
     known = set(workspace.dataset(settings).index.get("sha256", []))  # labelled already
     store = settings.prediction_log_store()
     items, view = labelqueue.next_up(
@@ -96,7 +97,13 @@ def label_next(
         n,
         settings.loop.queue_images,
         known,
+        accuracy,
     )
+    if version and data is None:
+        console.print(
+            f"[yellow]Champion version {version} was registered before Refit kept training "
+            "features: no novelty picks. Retrain (or register it again) to get them.[/]"
+        )
     if view.unreadable:
         console.print(f"[yellow]Skipped {view.unreadable} unreadable log lines.[/]")
     if not items:
@@ -113,7 +120,9 @@ def label_next(
         )
     if gone:
         console.print(f"[yellow]{len(gone)} images left out: retention removed them.[/]")
-    reasons = Counter(reason.split(" (")[0] for item in items for reason in item.reasons)
+    reasons = Counter(
+        reason.split(" (")[0].split(":")[0] for item in items for reason in item.reasons
+    )
     why = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common())
     console.print(f"Wrote {written} images + labels.csv to {path} ({why}).")
     console.print("Correct the `label` column, then: refit data submit " + str(path))

@@ -276,8 +276,16 @@ def test_cleanlab_finds_the_flipped_labels_and_the_setting_decides(tmp_path, sam
 # --------------------------------------------------------------------------- the queue
 
 
+def test_the_budget_and_the_champion_choose_typical_or_uncertain_picks() -> None:
+    assert labelqueue.strategy(50, 9, 0.9)[0] == "typical"  # under 10 labels per class
+    assert labelqueue.strategy(400, 9, 0.55)[0] == "typical"  # a weak champion
+    assert labelqueue.strategy(400, 9, 0.85)[0] == "uncertain"
+    assert labelqueue.strategy(400, 9, None)[0] == "uncertain"  # the budget alone decides
+    assert "weak (55%" in labelqueue.strategy(400, 9, 0.55)[1]
+
+
 def test_the_queue_puts_unknown_and_uncertain_images_first_and_spreads_them(
-    tmp_path, sample
+    tmp_path, sample, monkeypatch
 ) -> None:
     from pipelines.loop.features import features_and_probs
 
@@ -291,17 +299,27 @@ def test_the_queue_puts_unknown_and_uncertain_images_first_and_spreads_them(
     _log(writer, images, probs, feats)
     view = predlog.read_log(writer.store)
     assert len(view) == 120
-
-    picks = labelqueue.rank(view, sample["reference"], 20)
     ids = [e["id"] for e in view.entries]
+    margins = np.array([e["margin"] for e in view.entries])
+
+    # a small budget (20 labels, 9 classes): typical images, and the far ones every third
+    picks = labelqueue.rank(view, sample["reference"], 20)
     picked = [ids.index(p.id) for p in picks]
     assert len(set(picked)) == 20
     assert sum(i >= 110 for i in picked) <= 2  # ten near-copies cost at most two labels
-    margins = np.array([e["margin"] for e in view.entries])
-    assert margins[picked].mean() < np.median(margins) / 2  # the uncertain ones
-    assert any("far from every class" in r for p in picks for r in p.reasons)
-    # the class the champion does not know: at least its share at random (5 of 20)
-    assert sum(i >= 90 for i in picked) >= 5
+    assert all("typical" in r or "far from the training data" in r
+               for p in picks for r in p.reasons)  # fmt: skip
+    assert any("far from the training data" in r for p in picks for r in p.reasons)
+    assert sum(i >= 90 for i in picked) >= 5  # the unknown class: at least its share (5)
+
+    # a competent champion with a budget that allows it: uncertain and diverse
+    monkeypatch.setattr(labelqueue, "TYPICAL_PER_CLASS", 1)
+    picks = labelqueue.rank(view, sample["reference"], 20, accuracy=0.9)
+    picked = [ids.index(p.id) for p in picks]
+    assert len(set(picked)) == 20 and sum(i >= 110 for i in picked) <= 2
+    uncertain = [i for p, i in zip(picks, picked, strict=True) if "uncertain" in p.reasons[0]]
+    assert len(uncertain) >= 12 and margins[uncertain].mean() < np.median(margins) / 2
+    assert "competent champion (90%)" in picks[0].reasons[0]
 
     # more than the log holds: everything unlabelled, no error; excluded ids are skipped
     assert len(labelqueue.rank(view, sample["reference"], 500)) == 120
