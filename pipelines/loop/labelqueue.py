@@ -126,7 +126,10 @@ def rank(
     if training is not None and len(training):
         near = density.novelty(feats, training)
     projected = _project(feats, seed)
-    if mode == "typical":
+    if n == len(entries):  # everything: no choosing, the least certain first
+        chosen = np.argsort(-uncertainty, kind="stable")
+        reason = f"the log holds no more unlabelled images ({why})"
+    elif mode == "typical":
         chosen = density.typical(projected, n, seed=seed)
         reason = f"typical of its part of the log ({why})"
     else:
@@ -238,14 +241,22 @@ def next_up(
     return rank(view, reference, n, exclude=exclude, accuracy=accuracy), view
 
 
+EMBEDDINGS = "embeddings"  # <log>/embeddings/<name>.npz: ids and embeddings computed once
+
+
 def embed_logged(view: predlog.LogView, store, embed, exclude: set[str], progress=print):
     """(entries, embeddings) of the logged images not in ``exclude`` whose image is still
-    there and decodes, embedded ``EMBED_BATCH`` at a time."""
+    there and decodes, embedded ``EMBED_BATCH`` at a time. Embeddings are kept in the log
+    (``embeddings/``), so each image is embedded once, never on the request path."""
     size = (embed.input_px, embed.input_px)
     candidates = [e for e in view.entries if e["id"] not in exclude]
-    progress(f"Embedding {len(candidates)} logged images")
-    kept, pixels, vectors = [], [], []
-    for entry in candidates:
+    cache = store.path(EMBEDDINGS, f"imagenet-mobilenet_v2-{embed.input_px}px.npz")
+    known = _read_embeddings(store, cache)
+    missing = [e for e in candidates if e["id"] not in known]
+    if missing:
+        progress(f"Embedding {len(missing)} logged images ({len(known)} done before)")
+    pixels, ids = [], []
+    for entry in missing:
         data = predlog.image_bytes(store, entry)
         if data is None:
             continue  # retention removed it
@@ -253,13 +264,37 @@ def embed_logged(view: predlog.LogView, store, embed, exclude: set[str], progres
             pixels.append(decode_upload(data, size, MAX_PIXELS, entry["id"]))
         except BadImage:
             continue
-        kept.append(entry)
+        ids.append(entry["id"])
         if len(pixels) == EMBED_BATCH:
-            vectors.append(embed(np.stack(pixels)))
-            pixels = []
+            known |= dict(zip(ids, embed(np.stack(pixels)), strict=True))
+            pixels, ids = [], []
     if pixels:
-        vectors.append(embed(np.stack(pixels)))
-    return kept, (np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32))
+        known |= dict(zip(ids, embed(np.stack(pixels)), strict=True))
+    if missing:  # only the log's current images: retention prunes the cache too
+        current = {e["id"] for e in view.entries}
+        _write_embeddings(store, cache, {k: v for k, v in known.items() if k in current})
+    kept = [e for e in candidates if e["id"] in known]
+    found = np.stack([known[e["id"]] for e in kept]) if kept else np.zeros((0, 1), np.float32)
+    return kept, found.astype(np.float32)
+
+
+def _read_embeddings(store, path: str) -> dict[str, np.ndarray]:
+    data = store.read_bytes(path)
+    if data is None:
+        return {}
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return dict(zip((str(i) for i in z["ids"]), z["vectors"], strict=True))
+    except (OSError, ValueError, KeyError):  # a damaged cache is rebuilt
+        return {}
+
+
+def _write_embeddings(store, path: str, vectors: dict[str, np.ndarray]) -> None:
+    out = io.BytesIO()
+    ids = np.array(list(vectors), dtype=str)
+    matrix = np.stack(list(vectors.values())) if vectors else np.zeros((0, 1))
+    np.savez(out, ids=ids, vectors=matrix.astype(np.float16))  # float16: half the space
+    store.write_bytes(path, out.getvalue())
 
 
 def like(

@@ -75,35 +75,44 @@ def label_next(
         Path, typer.Option(help="Where to write the batch skeleton: a .zip or a new folder.")
     ],
     n: Annotated[int, typer.Option("--n", min=1, help="How many images to choose.")] = 200,
+    embedding: Annotated[
+        str | None,
+        typer.Option(help="champion or imagenet (default: the loop.queue_embedding setting)."),
+    ] = None,
 ) -> None:
     """Export the logged images worth labelling next as a batch skeleton: the images and a
     labels.csv pre-filled with the champion's guess. Correct the labels, then
-    `refit data submit` it like any batch."""
+    `refit data submit` it."""
     settings = load_settings()
     from core.contract import CHAMPION
     from pipelines import workspace
-    from pipelines.loop import labelqueue
+    from pipelines.loop import labelqueue, predlog
     from pipelines.loop.features import TrainingFeatures
 
+    embedding = embedding or settings.loop.queue_embedding
+    if embedding not in ("champion", "imagenet"):
+        raise fail(f"--embedding {embedding!r}: give champion or imagenet")
     registry = registry_of(settings)
     version = registry_call(lambda: registry.alias_version(CHAMPION))
     data = registry_call(lambda: registry.training_features(version)) if version else None
     accuracy = registry_call(lambda: registry.holdout_accuracy(version)) if version else None
-    known = set(workspace.dataset(settings).index.get("sha256", []))  # labelled already
+    dataset = workspace.dataset(settings)
     store = settings.prediction_log_store()
-    items, view = labelqueue.next_up(
-        store,
-        TrainingFeatures.from_bytes(data) if data else None,
-        n,
-        settings.loop.queue_images,
-        known,
-        accuracy,
-    )
+    view = predlog.read_log(store, newest=settings.loop.queue_images)
+    exclude = set(dataset.index.get("sha256", [])) | labelqueue.labelled_ids(store)
+    reference = TrainingFeatures.from_bytes(data) if data else None
     if version and data is None:
         console.print(
             f"[yellow]Champion version {version} was registered before Refit kept training "
             "features: no novelty picks. Retrain (or register it again) to get them.[/]"
         )
+    space = None
+    if embedding == "imagenet":
+        try:
+            view, space = _imagenet_space(settings, dataset, view, store, exclude)
+        except ValueError as exc:  # the weights missing or altered, no training images
+            raise fail(str(exc)) from exc
+    items = labelqueue.rank(view, reference, n, exclude, accuracy, space=space)
     if view.unreadable:
         console.print(f"[yellow]Skipped {view.unreadable} unreadable log lines.[/]")
     if not items:
@@ -120,12 +129,37 @@ def label_next(
         )
     if gone:
         console.print(f"[yellow]{len(gone)} images left out: retention removed them.[/]")
-    reasons = Counter(
-        reason.split(" (")[0].split(":")[0] for item in items for reason in item.reasons
-    )
+    reasons = Counter(r.split(" (")[0].split(":")[0] for item in items for r in item.reasons)
     why = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common())
     console.print(f"Wrote {written} images + labels.csv to {path} ({why}).")
     console.print("Correct the `label` column, then: refit data submit " + str(path))
+
+
+def _imagenet_space(settings, dataset, view, store, exclude, sample: int = 1000):
+    """The log (its images still there) and (its, the training sample's) ImageNet
+    embeddings."""
+    from pipelines.loop import labelqueue, predlog
+    from pipelines.models.embedding import imagenet_embedding
+
+    embed = imagenet_embedding(settings.weights_dir, progress=console.print)
+    training = _training_embedding(dataset, embed, sample)
+    kept, logged = labelqueue.embed_logged(view, store, embed, exclude, console.print)
+    rows = {e["id"]: i for i, e in enumerate(view.entries)}
+    features = view.features[[rows[e["id"]] for e in kept]] if kept else view.features[:0]
+    return predlog.LogView(kept, features, view.unreadable), (logged, training)
+
+
+def _training_embedding(dataset, embed, sample: int):
+    """The ImageNet embedding of a stratified sample of the dataset's training images."""
+    from pipelines.images.decode import stratified_sample
+
+    rows = dataset.rows("train")
+    if rows.empty:
+        raise ValueError("the dataset has no training images to compare with; add a batch first")
+    codes = rows["label"].astype("category").cat.codes.to_numpy()
+    rows = rows.iloc[stratified_sample(codes, sample, seed=0)]
+    console.print(f"Embedding {len(rows)} training images")
+    return embed(dataset.images(rows, (embed.input_px, embed.input_px)).x)
 
 
 @label_app.command("like")
@@ -190,24 +224,17 @@ def label_groups(
     name in one step: set its label column, then `refit data submit` it."""
     settings = load_settings()
     from pipelines import workspace
-    from pipelines.images.decode import stratified_sample
     from pipelines.loop import labelqueue, predlog
     from pipelines.models.embedding import imagenet_embedding
 
     if out.exists() and any(out.iterdir()):
         raise fail(f"{out} exists and is not empty: give a new folder")
     dataset = workspace.dataset(settings)
-    rows = dataset.rows("train")
-    if rows.empty:
-        raise fail("the dataset has no training images to compare with; add a batch first")
     store = settings.prediction_log_store()
     view = predlog.read_log(store, newest=settings.loop.queue_images)
     try:
         embed = imagenet_embedding(settings.weights_dir, progress=console.print)
-        codes = rows["label"].astype("category").cat.codes.to_numpy()
-        rows = rows.iloc[stratified_sample(codes, sample, seed=0)]
-        console.print(f"Embedding {len(rows)} training images")
-        training = embed(dataset.images(rows, (embed.input_px, embed.input_px)).x)
+        training = _training_embedding(dataset, embed, sample)
         known = set(dataset.index.get("sha256", [])) | labelqueue.labelled_ids(store)
         found = labelqueue.groups(view, store, embed, training, known, console.print)
     except ValueError as exc:  # the weights missing or altered

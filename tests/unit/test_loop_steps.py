@@ -477,9 +477,27 @@ def test_the_new_class_channel_groups_what_the_training_data_lacks(
                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "group 1:" in done.stdout
+    assert "logged images" not in done.stdout  # embedded once, by the call above: kept
     with open(tmp_path / "groups" / "group-1" / "labels.csv") as f:
         rows = list(csv.DictReader(f))
     assert np.mean([r["image_id"] in trucks for r in rows]) >= 0.8
+
+    # the queue in the ImageNet embedding: logged images embedded once, kept in the log
+    # (a registry without a champion: novelty needs only the dataset's training images)
+    env["REFIT_MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [refit, "label", "next", "--embedding", "imagenet", "--n", "24"]
+    done = subprocess.run([*args, "--out", str(tmp_path / "next.zip")], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "logged images" not in done.stdout
+    assert list((tmp_path / "log" / "embeddings").glob("imagenet-*.npz"))
+    with zipfile.ZipFile(tmp_path / "next.zip") as archive:
+        rows = list(csv.DictReader(io.StringIO(archive.read("labels.csv").decode())))
+    assert sum(r["image_id"] in trucks for r in rows) >= 9  # random: 6 (25% of the log)
+    assert any(r["why"].startswith("far from the training data") for r in rows)
+    wrong = subprocess.run([*args[:3], "--embedding", "pixels", "--out", str(tmp_path / "x")],
+                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert wrong.returncode == 1 and "give champion or imagenet" in wrong.stderr
 
     # a log like the training data: nothing stands apart, and the channel says so (empty)
     known_only = _writer(tmp_path / "known")
