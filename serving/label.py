@@ -62,6 +62,88 @@ def _queue(n: int) -> dict:
     return {"items": [i.as_dict() for i in items], "classes": classes, "note": note}
 
 
+def _logged(exclude_labelled: bool = True):
+    """The newest log entries not labelled yet, with the features serving logged, and the
+    champion's training sample (None: registered before Refit kept it)."""
+    from pipelines.loop import labelqueue, predlog
+    from serving.champion import RegistrySource
+
+    settings = get_settings()
+    store = settings.prediction_log_store()
+    view = predlog.read_log(store, newest=settings.loop.queue_images)
+    done = labelqueue.labelled_ids(store) if exclude_labelled else set()
+    keep = [i for i, e in enumerate(view.entries) if e["id"] not in done]
+    version = RegistrySource.from_settings(settings).champion_version()
+    reference = _training_features(version) if version else None
+    return [view.entries[i] for i in keep], view.features[keep], reference
+
+
+def _groups() -> dict:
+    from pipelines.loop import labelqueue
+
+    entries, features, reference = _logged()
+    if reference is None:
+        raise _Refused(
+            409,
+            "the champion was registered before Refit kept training features: retrain it "
+            "(or register it again) to find groups",
+        )
+    found = labelqueue.groups_in(entries, features, reference.features)
+    note = (f"{len(found)} groups among {len(entries)} logged images" if found else
+            f"No group of logged images stands apart from the training data "
+            f"({len(entries)} looked at).")  # fmt: skip
+    groups = [{"size": len(g), "items": [i.as_dict() for i in g]} for g in found]
+    return {"groups": groups, "note": note, "classes": reference.class_names}
+
+
+def _like(seeds: list[str], n: int) -> dict:
+    from pipelines.loop import labelqueue
+
+    entries, features, _ = _logged()
+    try:
+        items = labelqueue.like_in(entries, features, seeds, n)
+    except ValueError as exc:
+        raise _Refused(400, str(exc)) from exc
+    return {"items": [i.as_dict() for i in items],
+            "note": f"{len(items)} logged images most like the {len(seeds)} marked"}  # fmt: skip
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@router.get("/label/groups", summary="Logged images unlike the training data, in groups (token)")
+async def label_groups(authorization: Annotated[str | None, Header()] = None):
+    if not authorized(authorization):
+        return error(401, UNAUTHORIZED)
+    try:
+        return await anyio.to_thread.run_sync(_groups)
+    except _Refused as exc:
+        return error(exc.status, str(exc))
+    except Exception as exc:
+        return error(503, f"cannot find groups: {exc}")
+
+
+@router.get("/label/like", summary="Logged images most like the marked ones (token)")
+async def label_like(
+    seed: Annotated[list[str], Query(description="Logged image ids (repeat)")],
+    n: Annotated[int, Query(ge=1, le=500)] = 48,
+    authorization: Annotated[str | None, Header()] = None,
+):
+    if not authorized(authorization):
+        return error(401, UNAUTHORIZED)
+    if bad := [s for s in seed if not IMAGE_ID.match(s)]:
+        return error(400, f"{bad[0][:70]!r} is not an image id (64 hex digits)")
+    try:
+        return await anyio.to_thread.run_sync(_like, seed, n)
+    except _Refused as exc:
+        return error(exc.status, str(exc))
+    except Exception as exc:
+        return error(503, f"cannot find more like these: {exc}")
+
+
 @router.get("/label", include_in_schema=False)
 async def label_page():
     return FileResponse(WEB / "label.html")
@@ -115,6 +197,10 @@ async def submit_labels(
     bad = sorted(k for k in labels if not IMAGE_ID.match(k))
     if bad:
         return error(400, f"not image ids (64 hex digits): {', '.join(b[:16] for b in bad)}")
+    from pipelines.images.names import RULE, is_valid
+
+    if unsafe := sorted({v for v in labels.values() if not is_valid(v)}):
+        return error(400, f"label {unsafe[0][:80]!r}: a class name is {RULE}; nothing submitted")
     return await anyio.to_thread.run_sync(_submit, labels)
 
 

@@ -317,8 +317,7 @@ def like(
             example that is not a readable image (named).
     """
     size = (embed.input_px, embed.input_px)
-    if missing := [s for s in seeds if s not in {e["id"] for e in view.entries}]:
-        raise ValueError(f"seed {missing[0]} is not in the prediction log (give a logged id)")
+    _check_seeds(view.entries, seeds)
     seed_pixels = []
     for name, data in examples:
         try:
@@ -328,19 +327,42 @@ def like(
     if not seeds and not seed_pixels:
         raise ValueError("more like what? give seed image ids or example images")
     kept, found = embed_logged(view, store, embed, set(exclude) - set(seeds), progress)
-    position = {e["id"]: i for i, e in enumerate(kept)}
-    if gone := [s for s in seeds if s not in position]:
+    if gone := [s for s in seeds if s not in {e["id"] for e in kept}]:
         raise ValueError(f"seed {gone[0]}: its image is gone from the log (retention)")
-    seed_rows = [found[position[s]] for s in seeds]
-    if seed_pixels:
-        seed_rows += list(embed(np.stack(seed_pixels)))
-    picked = more_like(
-        found, np.stack(seed_rows), n, exclude=np.array([position[s] for s in seeds], int)
-    )
-    direction = unit(unit(np.stack(seed_rows)).mean(axis=0, keepdims=True))[0]
-    similarity = unit(found) @ direction
+    extra = embed(np.stack(seed_pixels)) if seed_pixels else None
+    return like_in(kept, found, seeds, n, extra)
+
+
+def _check_seeds(entries: list[dict], seeds: list[str]) -> None:
+    if missing := [s for s in seeds if s not in {e["id"] for e in entries}]:
+        raise ValueError(f"seed {missing[0]} is not in the prediction log (give a logged id)")
+
+
+def like_in(
+    entries: list[dict],
+    embeddings: np.ndarray,
+    seeds: list[str],
+    n: int,
+    extra: np.ndarray | None = None,
+) -> list[QueueItem]:
+    """ "More like these" among ``entries`` with their ``embeddings`` (e.g. the features
+    the log keeps): the ``n`` nearest to the ``seeds`` (ids among the entries) and ``extra``
+    seed embeddings, best first, seeds left out.
+
+    Raises:
+        ValueError: no seed, or a seed id not among the entries.
+    """
+    _check_seeds(entries, seeds)
+    position = {e["id"]: i for i, e in enumerate(entries)}
+    rows = [embeddings[position[s]] for s in seeds] + ([] if extra is None else list(extra))
+    if not rows:
+        raise ValueError("more like what? give seed image ids or example images")
+    exclude = np.array([position[s] for s in seeds], int)
+    picked = more_like(embeddings, np.stack(rows), n, exclude=exclude)
+    direction = unit(unit(np.stack(rows)).mean(axis=0, keepdims=True))[0]
+    similarity = unit(embeddings) @ direction
     return [
-        QueueItem(kept[i], 1 - float(kept[i]["margin"]), None,
+        QueueItem(entries[i], 1 - float(entries[i]["margin"]), None,
                   [f"like the seeds (similarity {similarity[i]:.2f})"])
         for i in picked
     ]  # fmt: skip
@@ -354,18 +376,26 @@ def groups(
     exclude: set[str] = frozenset(),
     progress=print,
 ) -> list[list[QueueItem]]:
-    """The new-class channel: logged images far from the training data in the ``embed``
-    embedding (``training``: the training sample's embeddings), in groups that look alike,
-    largest first (``pipelines.loop.novelty``). Empty when nothing is far."""
+    """The new-class channel in the ``embed`` embedding (``training``: the training
+    sample's embeddings): see :func:`groups_in`."""
     kept, found = embed_logged(view, store, embed, set(exclude), progress)
-    if not kept:
+    return groups_in(kept, found, training)
+
+
+def groups_in(
+    entries: list[dict], embeddings: np.ndarray, training: np.ndarray
+) -> list[list[QueueItem]]:
+    """The new-class channel: the ``entries`` far from the training data (their
+    ``embeddings`` against the ``training`` sample's), in groups that look alike, largest
+    first (``pipelines.loop.novelty``). Empty when nothing is far."""
+    if not entries:
         return []
-    near = density.novelty(found, training)
+    near = density.novelty(embeddings, training)
     out = []
-    for number, members in enumerate(far_groups(found, near.far), start=1):
+    for number, members in enumerate(far_groups(embeddings, near.far), start=1):
         reason = f"group {number}: {len(members)} alike, unlike any class"
         out.append([
-            QueueItem(kept[i], 1 - float(kept[i]["margin"]), float(near.p[i]),
+            QueueItem(entries[i], 1 - float(entries[i]["margin"]), float(near.p[i]),
                       [f"{reason} ({near.train_neighbours[i]} of {near.k} neighbours are "
                        f"training images; chance gives {near.expected:.0f})"])
             for i in members

@@ -148,6 +148,59 @@ def test_label_page_shows_the_queue_and_submits_corrections(live, browser) -> No
     assert live.queue().find(submission).outcome == "rejected"
 
 
+def test_label_page_finds_a_new_class_by_its_group_and_more_like_these(live, browser) -> None:
+    """Sixty images of a colour the champion never saw: the page shows them as a group
+    unlike the training data; two marked ones bring back more of them; a name for all is
+    checked (an unsafe one refused, nothing submitted) and submitted as a batch."""
+    from pipelines.loop.predlog import image_id
+
+    ensure_champion(live)
+    six = ["red", "green", "blue", "yellow", "cyan", "purple"]
+    purple = coloured_images(six, 60, seed=60).x[300:]  # class 5: red + blue
+    sent = set()
+    for pixels in purple:
+        data = io.BytesIO()
+        Image.fromarray(pixels).save(data, "PNG")
+        httpx.post(f"{live.serving_url}/predict", files={"image": ("p.png", data.getvalue())})
+        sent.add(image_id(data.getvalue()))
+    wait_for(
+        lambda: sent <= {e["id"] for e in live.prediction_log()[1].entries},
+        SETTLE_S,
+        "the log's writer",
+    )
+    page = browser.new_page()
+    page.goto(f"{live.serving_url}/label")
+    page.fill("#token", TOKEN)
+    page.click("#groups")
+    page.wait_for_selector(".group h2")
+    assert "look alike and unlike any class" in page.inner_text(".group h2")
+    group = page.locator(".group").first.locator(".card")
+    ids = [group.nth(i).get_attribute("data-id") for i in range(group.count())]
+    assert len(ids) >= 20 and len(set(ids) & sent) >= 0.8 * len(ids)
+
+    for i in range(2):  # mark two of the group, ask for more like them
+        group.nth(i).locator(".mark input").check()
+    page.fill("#n", "20")
+    page.click("#like")
+    page.wait_for_selector("#grid .card")
+    shown = page.locator("#grid .card")
+    found = [shown.nth(i).get_attribute("data-id") for i in range(shown.count())]
+    assert len(found) == 20 and len(set(found) & sent) >= 16  # precision at 20 >= 0.8
+    assert "like the seeds" in shown.first.inner_text()
+
+    page.get_by_label("Name all shown").first.fill("<b>")  # unsafe: refused, named
+    page.get_by_role("button", name="Name all shown").click()
+    page.click("#submit")
+    page.wait_for_selector("#result .error")
+    assert "a class name is" in page.inner_text("#result")
+    page.get_by_label("Name all shown").first.fill("violet")
+    page.get_by_role("button", name="Name all shown").click()
+    values = {shown.nth(i).locator("select").input_value() for i in range(shown.count())}
+    assert values == {"violet"}
+    page.click("#submit")
+    page.wait_for_selector("#submitted")
+
+
 def test_retrain_page_approves_a_waiting_challenger(live, browser) -> None:
     """gate.approval = manual: a registered model waits; the page lists it and approves it
     with a reason; the champion moves."""

@@ -172,3 +172,9 @@ def test_the_label_queue_exports_a_batch_the_intake_takes_back(
     assert len(live.queue().pending()) == pending
     anonymous = httpx.get(f"{live.serving_url}/label/queue")
     assert anonymous.status_code == 401
+    for route in ("groups", f"like?seed={gone}"):
+        assert httpx.get(f"{live.serving_url}/label/{route}").status_code == 401
+    absent = httpx.get(f"{live.serving_url}/label/like?seed={gone}", headers=AUTH)
+    assert absent.status_code == 400 and "is not in the prediction log" in absent.text
+    hostile = httpx.get(f"{live.serving_url}/label/like?seed=../../etc", headers=AUTH)
+    assert hostile.status_code == 400 and "not an image id" in hostile.text
