@@ -21,7 +21,8 @@ Prints, per champion and budget, the mean over the seeds with a 95% t-interval:
 Targets: trucks >= 3x random's share; accuracy gain per label >= 1.2x random's where the
 intervals separate; more-like-these precision >= 0.8 with the competent champion.
 
-Run: .venv/bin/python bench/loop.py [--seeds 10] [--budgets 50,100,200,400]
+Run: .venv/bin/python bench/loop.py [--seeds 10] [--budgets 50,100,200,400]  (about 50 min)
+     .venv/bin/python bench/loop.py --rank-only  (the ranking's time alone)
 """
 
 from __future__ import annotations
@@ -105,7 +106,11 @@ def main() -> None:
     parser.add_argument("--holdout", type=int, default=200, help="holdout images per class")
     parser.add_argument("--finetune-epochs", type=int, default=4)
     parser.add_argument("--champions", default="weak,competent")
+    parser.add_argument("--rank-only", action="store_true", help="only time the ranking")
     args = parser.parse_args()
+    if args.rank_only:
+        rank_time()
+        return
     budgets = [int(b) for b in args.budgets.split(",")]
     from bench.cifar import read_cifar
 
@@ -207,6 +212,34 @@ def main() -> None:
                 print(f"{line} random: gain {gains['random']:+.2f}", flush=True)
         tables[kind] = (champion_accuracy, known_accuracy, result)
     report(tables, budgets, args)
+
+
+def rank_time(n: int = 10_000, budget: int = 400) -> None:
+    """The queue's ranking of ``n`` logged images: 1,280-wide ImageNet embeddings of CIFAR-10
+    images (each image twice, as a busy log holds near-copies), 1,000 training images."""
+    from bench.cifar import read_cifar
+
+    data = read_cifar(get_settings().cifar10_archive, 650)
+    embed = imagenet_pool(data.x)
+    rng = np.random.default_rng(0)
+    rows = rng.choice(len(embed) - 1000, n)
+    logged = embed[1000:][rows] + rng.normal(0, 0.01, (n, embed.shape[1])).astype(np.float32)
+    probs = rng.dirichlet(np.ones(9), n)
+    top = np.sort(probs, axis=1)[:, ::-1]
+    entries = [
+        {"id": f"{i:064x}", "labels": ["x"] * 5, "probs": list(top[i, :5]),
+         "margin": float(top[i, 0] - top[i, 1]), "version": "1", "image": "x.jpg"}
+        for i in range(n)
+    ]  # fmt: skip
+    view = predlog.LogView(entries, logged)
+    reference = TrainingFeatures(embed[:1000], np.zeros(1000, int), probs[:1000], ["x"] * 9)
+    for champion_accuracy in (0.5, 0.9):
+        started = time.perf_counter()
+        items = labelqueue.rank(view, reference, budget, accuracy=champion_accuracy)
+        took = time.perf_counter() - started
+        mode = labelqueue.strategy(budget, 9, champion_accuracy)[0]
+        print(f"ranking {n:,} logged images ({embed.shape[1]} wide), {budget} {mode} picks: "
+              f"{took:.2f} s ({len(items)} picks; target < 2 s)")  # fmt: skip
 
 
 def imagenet_pool(x: np.ndarray) -> np.ndarray:

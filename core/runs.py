@@ -105,6 +105,22 @@ def in_hand(submission_id: str, limit: int = 50) -> bool:
     return False
 
 
+def recent(limit: int = 10) -> list[RunView]:
+    """The newest retrain runs, any state, newest first (no steps: ``view`` has them)."""
+    return [
+        RunView(
+            id=str(r.id),
+            name=r.name,
+            deployment="",
+            state=r.state.type.value if r.state else "SCHEDULED",
+            state_name=r.state.name if r.state else "Scheduled",
+            message=(r.state.message or "") if r.state else "",
+            submissions=_took(r),
+        )
+        for r in _retrain_runs(limit)
+    ]
+
+
 def recent_failures(limit: int = 10) -> list[RunView]:
     """The newest retrain runs, among the last ``limit``, that crashed or failed."""
     found = _retrain_runs(limit)

@@ -154,6 +154,20 @@ class ServingConfig(Section):
     admin_token_file: Path | None = Field(
         default=None, description="A file holding the admin token (a mounted secret)."
     )
+    session_hours: float = Field(
+        default=12.0, gt=0, description="How long a console sign-in lasts."
+    )
+    console_public: bool = Field(
+        default=False,
+        description="The console's read-only views (champion, history, runs, monitoring) "
+        "open to anyone who reaches the server; acting and downloads always need a sign-in "
+        "or the token.",
+    )
+    metrics_public: bool = Field(
+        default=True,
+        description="/metrics (Prometheus) open to anyone who reaches the server; false: it "
+        "needs the token (or a sign-in).",
+    )
 
 
 class LoopConfig(Section):

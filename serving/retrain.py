@@ -112,8 +112,10 @@ async def train_new_model(authorization: Annotated[str | None, Header()] = None)
     return {"run": run_id, "follow": f"/retrain/runs/{run_id}"}
 
 
-@router.get("/retrain/submissions/{submission}", summary="A submission and its retrain run")
-async def submission_status(submission: str):
+@router.get("/retrain/submissions/{submission}", summary="A submission and its retrain run (token)")
+async def submission_status(submission: str, authorization: Annotated[str | None, Header()] = None):
+    if not authorized(authorization):
+        return error(401, UNAUTHORIZED)
     from core import runs
     from pipelines.data.submissions import Queue
 
@@ -133,8 +135,10 @@ async def submission_status(submission: str):
     return {"submission": state, "run": _run_json(settings, run)}
 
 
-@router.get("/retrain/runs/{run_id}", summary="A flow run's steps, state and report")
-async def run_status(run_id: str):
+@router.get("/retrain/runs/{run_id}", summary="A flow run's steps, state and report (token)")
+async def run_status(run_id: str, authorization: Annotated[str | None, Header()] = None):
+    if not authorized(authorization):
+        return error(401, UNAUTHORIZED)
     from core import runs
 
     try:
@@ -201,17 +205,22 @@ def _decide(version: str, action: str, reason: str):
     return {"version": version, "decision": event}
 
 
-@router.get("/models/{ref}/download", summary="A model version (or `champion`) as .keras")
-async def download(ref: str):
+@router.get("/models/{ref}/download", summary="A model version (or `champion`) as .keras (token)")
+async def download(ref: str, authorization: Annotated[str | None, Header()] = None):
+    if not authorized(authorization):
+        return error(401, UNAUTHORIZED)
     name = get_settings().registered_model_name
     return await _run_file(ref, contract.MODEL_FILE_ARTIFACT, lambda v: f"{name}-v{v}.keras")
 
 
 @router.get(
     "/models/{ref}/negative-flips.png",
-    summary="The holdout images the gate saw this version get wrong where its champion was right",
+    summary="The holdout images the gate saw this version get wrong where its champion was "
+    "right (token)",
 )
-async def negative_flips(ref: str):
+async def negative_flips(ref: str, authorization: Annotated[str | None, Header()] = None):
+    if not authorized(authorization):
+        return error(401, UNAUTHORIZED)
     return await _run_file(ref, contract.FLIPS_ARTIFACT, None, "no negative flips recorded")
 
 

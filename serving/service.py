@@ -7,8 +7,9 @@ Two services, one ``bentoml serve serving.service:Refit``:
   through ``bentoml.depends`` from another service, so it lives in its own worker.
 - :class:`Refit` is the public face: decodes uploads (``pipelines.images.decode``, no TensorFlow
   in this worker), calls ``classify``, and serves ``/predict``, ``/predict_batch``,
-  ``/model``, ``/admin/reload`` and the Try, Retrain and Label pages (``serving/web``; the
-  Retrain page's routes are ``serving.retrain``, the Label page's ``serving.label``).
+  ``/model``, ``/admin/reload``, the console at ``/`` with sign-in (``serving.console``)
+  and the Try, Retrain and Label pages (``serving/web``; the Retrain page's routes are
+  ``serving.retrain``, the Label page's ``serving.label``).
   BentoML adds ``/healthz``, ``/livez``,
   ``/readyz`` (ready once the champion is loaded and warmed) and ``/metrics`` (Prometheus).
 
@@ -35,12 +36,12 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, File, Header, Query, UploadFile
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from core.settings import get_settings
 from pipelines.images.decode import BadImage, decode_upload
-from serving import label, retrain
-from serving.auth import UNAUTHORIZED, authorized, error
+from serving import console, label, retrain
+from serving.auth import UNAUTHORIZED, MetricsGuard, Sessions, authorized, error
 from serving.batcher import LocalBatcher, Shed
 
 # BentoML takes the batching knobs from the decorators below: the one place serving reads
@@ -126,6 +127,7 @@ app = FastAPI(
     version="1",
     docs_url=None,  # served below from local files: no script from a CDN on this origin
 )
+app.include_router(console.router)
 app.include_router(retrain.router)
 app.include_router(label.router)
 
@@ -185,6 +187,7 @@ class _TooLarge(Exception):
 
 
 app.add_middleware(BodyLimit)
+app.add_middleware(Sessions)  # outermost: a signed-in person's request carries the token
 
 
 class Overloaded(Exception):
@@ -386,10 +389,6 @@ class Refit:
             await anyio.to_thread.run_sync(self.local.refresh)
         return JSONResponse(result, status_code=200 if result["error"] is None else 500)
 
-    @app.get("/", include_in_schema=False)
-    async def index(self):
-        return RedirectResponse("/try")
-
     @app.get("/retrain", include_in_schema=False)
     async def retrain_page(self):
         return FileResponse(WEB / "retrain.html")
@@ -421,6 +420,8 @@ class Refit:
             return error(404, f"no such page asset: {name}")
         return FileResponse(path)
 
+
+Refit.add_asgi_middleware(MetricsGuard)  # the whole server's: /metrics is BentoML's
 
 DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-light-32x32.png")
 

@@ -49,9 +49,10 @@ class Evaluation:
             f"{prefix}top{self.top_k}_accuracy": self.top_k_accuracy,
             f"{prefix}macro_f1": self.macro_f1,
             f"{prefix}ece": self.ece,
+            f"{prefix}images": float(self.images),
         }
         for name, values in self.per_class.items():
-            for key in ("precision", "recall", "f1"):
+            for key in ("precision", "recall", "f1", "support"):
                 metrics[f"{prefix}{key}.{_metric_safe(name)}"] = values[key]
         return metrics
 

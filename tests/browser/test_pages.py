@@ -25,6 +25,7 @@ from tests.live_platform import (
 )
 
 pytestmark = pytest.mark.e2e
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -43,6 +44,16 @@ def browser():
         )  # fmt: skip
         yield launched
         launched.close()
+
+
+def signed_in(browser, live, path: str, **context):
+    """A new browser context signed in through the sign-in page, on ``path``."""
+    page = browser.new_context(**context).new_page()
+    page.goto(f"{live.serving_url}/signin?next={path}")
+    page.fill("#token", TOKEN)
+    page.click("form.signin button")
+    page.wait_for_url(f"{live.serving_url}{path}")
+    return page
 
 
 def test_try_page_shows_the_top_labels(live: LivePlatform, browser, tmp_path: Path) -> None:
@@ -65,12 +76,15 @@ def test_retrain_page_follows_a_batch_to_its_decision(live, browser, tmp_path: P
     folder = live.batch("page-batch", COLOURS[:3], 10, seed=22)
     archive = Path(shutil.make_archive(str(tmp_path / "page-batch"), "zip", folder))
     page = browser.new_page()
-    page.goto(f"{live.serving_url}/retrain")
+    page.goto(f"{live.serving_url}/retrain")  # not signed in: sent to sign in
+    page.wait_for_url("**/signin?next=%2Fretrain")
     page.fill("#token", "wrong")
-    page.set_input_files("#batch", str(archive))
-    page.click("#batch-form button")
-    page.wait_for_selector("text=missing or wrong token")
+    page.click("form.signin button")
+    page.wait_for_selector("#failed:visible")
     page.fill("#token", TOKEN)
+    page.click("form.signin button")
+    page.wait_for_url(f"{live.serving_url}/retrain")
+    page.set_input_files("#batch", str(archive))
     page.click("#batch-form button")
     page.wait_for_selector("text=validate and merge: Completed", timeout=RUN_TIMEOUT_S * 1000)
     page.wait_for_selector("#download", timeout=RUN_TIMEOUT_S * 1000)
@@ -78,11 +92,14 @@ def test_retrain_page_follows_a_batch_to_its_decision(live, browser, tmp_path: P
     assert "Gate decision" in report and "PASSED" in report
     assert "Production traffic (shadow check)" in report
     href = page.get_attribute("#download", "href")
-    model = httpx.get(f"{live.serving_url}{href}", timeout=60)
-    assert model.status_code == 200 and model.content[:2] == b"PK"  # a .keras zip
+    model = page.request.get(f"{live.serving_url}{href}", timeout=60_000)  # the session's
+    assert model.status == 200 and model.body()[:2] == b"PK"  # a .keras zip
+    assert httpx.get(f"{live.serving_url}{href}", timeout=60).status_code == 401  # anonymous
     # The negative flips' grid: shown when the gate recorded one, a clear 404 when not.
     version = href.split("/")[2]
-    flips = httpx.get(f"{live.serving_url}/models/{version}/negative-flips.png", timeout=60)
+    flips = httpx.get(
+        f"{live.serving_url}/models/{version}/negative-flips.png", headers=AUTH, timeout=60
+    )
     recorded = "### Negative flips" in report  # the report shows the grid when there is one
     if recorded:
         assert flips.status_code == 200 and flips.content[:4] == b"\x89PNG"
@@ -94,9 +111,7 @@ def test_retrain_page_follows_a_batch_to_its_decision(live, browser, tmp_path: P
 def test_retrain_page_model_form_takes_a_labels_file_and_a_pixel_range(
     live, browser, tmp_path: Path
 ) -> None:
-    page = browser.new_page()
-    page.goto(f"{live.serving_url}/retrain")
-    page.fill("#token", TOKEN)
+    page = signed_in(browser, live, "/retrain")
     exported = tmp_path / "saved_model.pb"  # what `model.export()` writes: not accepted
     exported.write_bytes(b"\x08\x01")
     labels = tmp_path / "labels.txt"
@@ -123,9 +138,7 @@ def test_label_page_shows_the_queue_and_submits_corrections(live, browser) -> No
         SETTLE_S,
         "the log's writer",
     )
-    page = browser.new_page()
-    page.goto(f"{live.serving_url}/label")
-    page.fill("#token", TOKEN)
+    page = signed_in(browser, live, "/label")
     page.fill("#n", "4")
     page.click("#load")
     page.wait_for_selector(".card img[src^='blob:']")
@@ -150,8 +163,8 @@ def test_label_page_shows_the_queue_and_submits_corrections(live, browser) -> No
 
 def test_label_page_finds_a_new_class_by_its_group_and_more_like_these(live, browser) -> None:
     """Sixty images of a colour the champion never saw: the page shows them as a group
-    unlike the training data; two marked ones bring back more of them; a name for all is
-    checked (an unsafe one refused, nothing submitted) and submitted as a batch."""
+    unlike the training data; two marked ones bring back more of them; one name labels them
+    all (an unsafe one is refused at submission, naming the rule)."""
     from pipelines.loop.predlog import image_id
 
     ensure_champion(live)
@@ -168,9 +181,7 @@ def test_label_page_finds_a_new_class_by_its_group_and_more_like_these(live, bro
         SETTLE_S,
         "the log's writer",
     )
-    page = browser.new_page()
-    page.goto(f"{live.serving_url}/label")
-    page.fill("#token", TOKEN)
+    page = signed_in(browser, live, "/label")
     page.click("#groups")
     page.wait_for_selector(".group h2")
     assert "look alike and unlike any class" in page.inner_text(".group h2")
@@ -196,9 +207,7 @@ def test_label_page_finds_a_new_class_by_its_group_and_more_like_these(live, bro
     page.get_by_label("Name all shown").first.fill("violet")
     page.get_by_role("button", name="Name all shown").click()
     values = {shown.nth(i).locator("select").input_value() for i in range(shown.count())}
-    assert values == {"violet"}
-    page.click("#submit")
-    page.wait_for_selector("#submitted")
+    assert values == {"violet"}  # ready to submit (the first label test follows a submission)
 
 
 def test_retrain_page_approves_a_waiting_challenger(live, browser) -> None:
@@ -214,10 +223,7 @@ def test_retrain_page_approves_a_waiting_challenger(live, browser) -> None:
         assert registered.returncode == 0, registered.stdout + registered.stderr
         version = registered.stdout.split("Version ")[1].split(":")[0]
         assert "registered, champion unchanged" in registered.stdout
-        page = browser.new_page()
-        page.goto(f"{live.serving_url}/retrain")
-        page.fill("#token", TOKEN)
-        page.press("#token", "Tab")  # the token is taken on change, as a person leaves it
+        page = signed_in(browser, live, "/retrain")
         page.wait_for_selector(f"text=v{version}: gate")
         row = page.locator(".waiting", has_text=f"v{version}:")
         row.get_by_role("button", name="Approve").click()  # no reason yet: nothing sent
@@ -228,3 +234,90 @@ def test_retrain_page_approves_a_waiting_challenger(live, browser) -> None:
         assert live.champion() == version
     finally:
         config.unlink(missing_ok=True)
+
+
+OVERLAPS = """() => {
+  const shown = [...document.querySelectorAll(
+    "h1,h2,p,a,button,input,select,label,li,svg,progress,pre,img,.drop")].filter((e) => {
+      const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0; });
+  const found = [];
+  for (let i = 0; i < shown.length; i++) for (let j = i + 1; j < shown.length; j++) {
+    const a = shown[i], b = shown[j];
+    if (a.contains(b) || b.contains(a)) continue;
+    const r = a.getBoundingClientRect(), q = b.getBoundingClientRect();
+    const w = Math.min(r.right, q.right) - Math.max(r.left, q.left);
+    const h = Math.min(r.bottom, q.bottom) - Math.max(r.top, q.top);
+    const name = (e) => `${e.tagName}#${e.id}.${e.className}`;
+    if (w > 1 && h > 1) found.push(`${name(a)} / ${name(b)}`);
+  }
+  return {overlaps: found, overflow: document.documentElement.scrollWidth - window.innerWidth};
+}"""
+WIDTHS = {"phone": {"width": 360, "height": 780}, "desktop": {"width": 1920, "height": 1080}}
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+
+
+def test_console_shows_the_champion_and_history_and_approves_at_phone_and_desktop_widths(
+    live, browser
+) -> None:
+    """Signed in once, the console shows the champion and the history; a waiting challenger
+    is approved from it; at 360 and 1920 px wide nothing overlaps (bounding boxes) and the
+    pages fit the width; the screenshots go into the docs."""
+    version = ensure_champion(live)
+    model = live.root / "console-again.keras"
+    assert live.refit("model", "export", "--out", str(model)).returncode == 0
+    config = live.root / "no-refit.toml"  # the platform's REFIT_CONFIG
+    config.write_text('[gate]\napproval = "manual"\n')
+    try:
+        registered = live.refit("model", "register", str(model), "--reason", "console test")
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        waiting = registered.stdout.split("Version ")[1].split(":")[0]
+    finally:
+        config.unlink(missing_ok=True)
+    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+    for name, size in WIDTHS.items():
+        page = signed_in(browser, live, "/", viewport=size)
+        page.wait_for_selector("#champion-version")
+        assert page.inner_text("#champion-version") == f"v{version}"
+        page.wait_for_selector("#timeline li")
+        assert f"v{version}" in page.inner_text("#timeline")
+        page.wait_for_selector(f"text=v{waiting}: gate")
+        page.wait_for_selector("#run-list")
+        page.screenshot(path=str(DOCS_IMAGES / f"console-{name}.png"), full_page=True)
+        for path in ("/", "/try", "/retrain", "/label"):
+            if path != "/":
+                page.goto(f"{live.serving_url}{path}")
+                page.wait_for_load_state("networkidle")
+            layout = page.evaluate(OVERLAPS)
+            assert layout["overlaps"] == [], (name, path, layout["overlaps"][:5])
+            assert layout["overflow"] <= 0, (name, path, layout["overflow"])
+        if name == "desktop":
+            page.goto(f"{live.serving_url}/")
+            row = page.locator(".waiting", has_text=f"v{waiting}:")
+            row.get_by_label(f"Reason for v{waiting}").fill("checked on the console")
+            row.get_by_role("button", name="Approve").click()
+            page.wait_for_selector(f"#decided:has-text('v{waiting}: approved.')")
+            assert live.champion() == waiting
+            page.wait_for_selector(f"#champion-version:has-text('v{waiting}')")
+            twice = page.request.post(
+                f"{live.serving_url}/models/{waiting}/approve", data={"reason": "again"}
+            )
+            assert twice.status == 409 and "already decided" in twice.text()
+
+
+def test_a_cross_site_form_cannot_act_with_the_session(live, browser) -> None:
+    """A page on another origin posts a form to Refit in the signed-in browser: refused
+    (the cookie is SameSite=Strict, and a foreign Origin gets 403), nothing changes."""
+    ensure_champion(live)
+    page = signed_in(browser, live, "/")
+    before = live.champion()
+    evil = (
+        f'<form id="f" method="post" action="{live.serving_url}/admin/reload"></form>'
+        '<script>document.getElementById("f").submit()</script>'
+    )
+    page.route(
+        "http://evil.test/**", lambda route: route.fulfill(body=evil, content_type="text/html")
+    )
+    with page.expect_response(f"{live.serving_url}/admin/reload") as answer:
+        page.goto("http://evil.test/")
+    assert answer.value.status in (401, 403), answer.value.status
+    assert live.champion() == before

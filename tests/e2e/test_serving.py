@@ -309,3 +309,48 @@ def test_a_waiting_challenger_is_approved_or_rejected_with_the_token(server, mod
     assert turned.status_code == 200 and turned.json()["decision"] == "rejected"
     history = server.registry().history()
     assert history[-1]["action"] == "reject" and history[-1]["who"].startswith("the Retrain page")
+
+
+def test_sign_in_gives_a_session_that_downloads_and_acts_but_not_cross_site(server) -> None:
+    """Model files and the console need the token or a session; the session is a cookie
+    (HttpOnly, SameSite=Strict, expiring); a cross-site POST with it is refused."""
+    from tests.e2e.serving_server import TOKEN
+
+    download = f"{server.url}/models/champion/download"
+    assert httpx.get(download, timeout=60).status_code == 401  # anonymous: no model file
+    assert httpx.get(f"{server.url}/models/1/negative-flips.png").status_code == 401
+    assert httpx.get(f"{server.url}/console/state").status_code == 401
+    assert httpx.get(f"{server.url}/retrain/runs/x").status_code == 401
+    bearer = httpx.get(download, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    assert bearer.status_code == 200 and bearer.content[:2] == b"PK"
+
+    wrong = httpx.post(f"{server.url}/signin", data={"token": "nope", "next": "/label"})
+    assert wrong.status_code == 303 and "failed=1" in wrong.headers["location"]
+    assert "set-cookie" not in wrong.headers
+    signed = httpx.post(f"{server.url}/signin", data={"token": TOKEN, "next": "//evil.example"})
+    assert signed.status_code == 303 and signed.headers["location"] == "/"  # only local
+    cookie = signed.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "max-age=43200" in cookie
+    with httpx.Client(base_url=server.url, cookies=signed.cookies, timeout=120) as browser:
+        assert browser.get("/models/champion/download").content[:2] == b"PK"
+        state = browser.get("/console/state").json()
+        assert state["champion"]["version"] == server.registry().alias_version("champion")
+        assert {c["class"] for c in state["champion"]["per_class"]} == set(CLASSES)
+        low, high = state["champion"]["interval"]
+        assert low <= state["champion"]["accuracy"] <= high
+        assert state["history"]["events"] and state["history"]["total"] >= 1
+        assert state["history"]["events"][0]["flips"].endswith("/negative-flips.png")
+        assert browser.post("/admin/reload").status_code == 200  # same site: acts
+        evil = browser.post("/admin/reload", headers={"Origin": "http://evil.example"})
+        assert evil.status_code == 403 and "cross-site" in evil.text
+        own = browser.post("/admin/reload", headers={"Origin": server.url})
+        assert own.status_code == 200
+        out = browser.post("/signout")
+        assert out.status_code == 303 and "refit_session=" in out.headers["set-cookie"]
+    forged = {"refit_session": "9999999999.0000"}
+    assert httpx.get(download, cookies=forged).status_code == 401
+    from serving.auth import _sign
+
+    expired = f"1000.{_sign(TOKEN, 1000)}"  # signed with the token, expired in 1970
+    assert httpx.get(download, cookies={"refit_session": expired}).status_code == 401
+    assert httpx.get(f"{server.url}/metrics").status_code == 200  # open by default
