@@ -81,21 +81,22 @@ def console_state(page: int = 1) -> dict:
     out: dict = {"unavailable": {}, "links": {"mlflow": settings.mlflow_url,
                                                "prefect": settings.prefect_url}}  # fmt: skip
     try:
+        out["runs"] = runs(settings)
+    except Exception as exc:
+        out["runs"] = None
+        out["unavailable"]["prefect"] = f"Prefect is not answering: {str(exc)[:300]}"
+    try:
         registry = _registry()
         versions = _versions(registry)
         out["champion"] = champion(registry, settings, versions)
-        out["history"] = history(registry, settings, versions, page)
+        links = "prefect" not in out["unavailable"]  # no per-event wait on a Prefect down
+        out["history"] = history(registry, settings, versions, page, links)
         out["waiting"] = waiting(registry, settings)
         out["monitoring"] = monitoring(registry)
     except Exception as exc:  # MLflow down or unreachable
         out["unavailable"]["mlflow"] = f"MLflow is not answering: {str(exc)[:300]}"
         for part in ("champion", "history", "waiting", "monitoring"):
             out.setdefault(part, None)
-    try:
-        out["runs"] = runs(settings)
-    except Exception as exc:
-        out["runs"] = None
-        out["unavailable"]["prefect"] = f"Prefect is not answering: {str(exc)[:300]}"
     out["labels"] = label_queue(settings)
     return out
 
@@ -165,10 +166,10 @@ def champion(registry, settings, versions: dict) -> dict | None:
     }
 
 
-def history(registry, settings, versions: dict, page: int = 1) -> dict:
+def history(registry, settings, versions: dict, page: int = 1, prefect_links: bool = True) -> dict:
     """Every decision, newest first, paged: alias moves and notes from the registry's
     history, and the challengers the gate refused (which move nothing)."""
-    from core.contract import GATE_TAG
+    from core.contract import GATE_TAG, SUBMISSION_TAG
 
     events = [{**e, "kind": e["action"]} for e in registry.history()]
     moved = {e["version"] for e in events}
@@ -185,9 +186,25 @@ def history(registry, settings, versions: dict, page: int = 1) -> dict:
         mv = versions.get(str(e["version"]))
         run = f"{settings.mlflow_url}/#/experiments/-/runs/{mv.run_id}" if mv else None
         e["mlflow_run"] = run
+        submission = mv.tags.get(SUBMISSION_TAG) if mv and prefect_links else None
+        e["prefect_run"] = _prefect_run(settings, submission)
         e["flips"] = f"/models/{e['version']}/negative-flips.png"
         e["metrics"] = {k: _finite(v) for k, v in (e.get("metrics") or {}).items()}
     return {"events": shown, "total": total, "page": page, "pages": max(1, math.ceil(total / PAGE))}
+
+
+def _prefect_run(settings, submission: str | None) -> str | None:
+    """The Prefect UI link of the retrain run that took ``submission`` (None: a version
+    registered by hand, or Prefect not answering: the rest of the history still shows)."""
+    from core import runs as flow_runs
+
+    if not submission:
+        return None
+    try:
+        run_id = flow_runs.find_submission_run(submission)
+    except Exception:
+        return None
+    return f"{settings.prefect_url}/runs/flow-run/{run_id}" if run_id else None
 
 
 def waiting(registry, settings) -> list[dict]:

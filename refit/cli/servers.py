@@ -64,8 +64,8 @@ def up() -> None:
     page = settings.public_serving_url
     console.print(
         f"\nMLflow UI:    {ui}\nPrefect UI:   {prefect_ui}"
-        f"\nTry page:     {page}/try\nRetrain page: {page}/retrain"
-        f"\nAPI docs:     {page}/docs"
+        f"\nConsole:      {page}/  (sign in with the admin token)"
+        f"\nTry page:     {page}/try\nAPI docs:     {page}/docs"
     )
     note = "new, kept in" if created else "from"
     console.print(f"Admin token:  {token}  ({note} {settings.token_file})", highlight=False)
@@ -116,7 +116,7 @@ def demo() -> None:
     console.print(
         f"\n[bold]Summary[/]: run {final.state_name}. Decision and numbers above.\n"
         f"Prefect UI:   {settings.prefect_url}\nMLflow UI:    {settings.mlflow_url}\n"
-        f"Try page:     {settings.serving_url}/try\nRetrain page: {settings.serving_url}/retrain\n"
+        f"Console:      {settings.serving_url}/\nTry page:     {settings.serving_url}/try\n"
         f"Admin token:  {token}\nThe platform keeps running; stop it with [bold]refit down[/]."
     )
 

@@ -280,6 +280,8 @@ def test_console_shows_the_champion_and_history_and_approves_at_phone_and_deskto
         assert page.inner_text("#champion-version") == f"v{version}"
         page.wait_for_selector("#timeline li")
         assert f"v{version}" in page.inner_text("#timeline")
+        # the batch the Retrain page test sent: its decision links to its Prefect run
+        assert page.locator("#timeline a", has_text="Prefect run").count() >= 1
         page.wait_for_selector(f"text=v{waiting}: gate")
         page.wait_for_selector("#run-list")
         page.screenshot(path=str(DOCS_IMAGES / f"console-{name}.png"), full_page=True)
