@@ -289,8 +289,9 @@ def report(tables: dict, budgets: list[int], args) -> None:
             for name in QUEUES:
                 diff, low, high = interval(row[f"{name} - random"])
                 verdict = "within noise" if low <= 0 <= high else ("better" if low > 0 else "worse")
-                base = np.mean(row["random"])
-                ratio = f"{np.mean(row[name]) / base:.2f}x" if base > 0 else "n/a"
+                _, base_low, _ = interval(row["random"])
+                base = np.mean(row["random"])  # a ratio only to a gain clear of zero
+                ratio = f"{np.mean(row[name]) / base:.2f}x" if base_low > 0 else "n/a"
                 print(f"{head} | {name} | {mode} | {show(row[f'{name} trucks'], unit='x')} "
                       f"| {show(row[name])} | {diff:+.2f} [{low:+.2f}, {high:+.2f}]: {verdict} "
                       f"| {ratio} |")  # fmt: skip

@@ -123,9 +123,12 @@ def rank(
     classes = len(reference.class_names) if reference is not None else len(entries[0]["probs"])
     mode, why = strategy(n, classes, accuracy)
     near = None
-    if training is not None and len(training):
-        near = density.novelty(feats, training)
-    projected = _project(feats, seed)
+    if training is not None and len(training):  # one projection for novelty and clustering
+        both = density.project(np.concatenate([training, feats]), seed=seed)
+        near = density.novelty(both[len(training) :], both[: len(training)])
+        projected = unit(both[len(training) :, :DIMENSIONS])  # the leading components
+    else:
+        projected = density.project(np.nan_to_num(feats), DIMENSIONS, seed)
     if n == len(entries):  # everything: no choosing, the least certain first
         chosen = np.argsort(-uncertainty, kind="stable")
         reason = f"the log holds no more unlabelled images ({why})"
@@ -153,15 +156,6 @@ def rank(
         taken.add(i)
         picks.append((i, "far" if source is novel else mode))
     return [_item(entries[i], uncertainty[i], near, i, kind, reason) for i, kind in picks]
-
-
-def _project(feats: np.ndarray, seed: int) -> np.ndarray:
-    x = unit(np.nan_to_num(feats))
-    if x.shape[1] > DIMENSIONS and len(x) > DIMENSIONS:
-        from sklearn.decomposition import PCA
-
-        x = unit(PCA(DIMENSIONS, svd_solver="randomized", random_state=seed).fit_transform(x))
-    return x
 
 
 def _least_certain_per_cluster(x: np.ndarray, uncertainty: np.ndarray, n: int, seed: int):

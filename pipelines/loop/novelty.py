@@ -38,6 +38,7 @@ from sklearn.neighbors import NearestNeighbors
 NEIGHBOURS = 50  # at least; more when the log is large beside the training sample
 MIN_EXPECTED = 10  # training images chance puts among an image's neighbours, at least
 DIMENSIONS = 128  # wider embeddings are projected (PCA) to this many before the search
+FIT_ROWS = 3000  # rows the projection is fitted on
 FAR_P = 1e-3  # "far from every class": fewer training neighbours than chance gives 1 in 1000
 GROUP_DISTANCE = 0.5  # cosine distance at which far images stop counting as one group
 MIN_GROUP = 3
@@ -89,11 +90,7 @@ def novelty(
     # log many times the training sample, 50 neighbours could never reach ``far_p``
     k = max(k, math.ceil(MIN_EXPECTED * (n + m - 1) / m))
     k = max(1, min(k, n + m - 1))
-    both = np.concatenate([unit(training), unit(logged)])
-    if both.shape[1] > DIMENSIONS and len(both) > DIMENSIONS:
-        from sklearn.decomposition import PCA
-
-        both = unit(PCA(DIMENSIONS, svd_solver="randomized", random_state=0).fit_transform(both))
+    both = project(np.concatenate([unit(training), unit(logged)]))
     neighbours = NearestNeighbors(n_neighbors=k + 1).fit(both)
     _, index = neighbours.kneighbors(both[m:])  # k + 1: the image itself is (nearly) always one
     itself = index == (m + np.arange(n))[:, None]
@@ -102,6 +99,19 @@ def novelty(
     expected = m / (n + m - 1)
     p = binom.cdf(counts, k, expected)
     return Novelty(counts, expected * k, p, p < far_p, k)
+
+
+def project(x: np.ndarray, dims: int = DIMENSIONS, seed: int = 0) -> np.ndarray:
+    """Unit rows of ``x``, onto its first ``dims`` principal components when wider (fitted
+    on at most ``FIT_ROWS`` rows: the same axes, a fraction of the time)."""
+    x = unit(x)
+    if x.shape[1] <= dims or len(x) <= dims:
+        return x
+    from sklearn.decomposition import PCA
+
+    rows = np.random.default_rng(seed).permutation(len(x))[:FIT_ROWS]
+    pca = PCA(dims, svd_solver="randomized", random_state=seed).fit(x[rows])
+    return unit(pca.transform(x))
 
 
 def far_groups(
