@@ -295,11 +295,14 @@ def test_console_shows_the_champion_and_history_and_approves_at_phone_and_deskto
         if name == "desktop":
             page.goto(f"{live.serving_url}/")
             row = page.locator(".waiting", has_text=f"v{waiting}:")
-            row.get_by_label(f"Reason for v{waiting}").fill("checked on the console")
+            reason = "<b>checked</b> on the console"  # markup a person typed: shown as text
+            row.get_by_label(f"Reason for v{waiting}").fill(reason)
             row.get_by_role("button", name="Approve").click()
             page.wait_for_selector(f"#decided:has-text('v{waiting}: approved.')")
             assert live.champion() == waiting
             page.wait_for_selector(f"#champion-version:has-text('v{waiting}')")
+            assert reason in page.inner_text("#timeline")
+            assert page.locator("#timeline b").count() == 0
             twice = page.request.post(
                 f"{live.serving_url}/models/{waiting}/approve", data={"reason": "again"}
             )
