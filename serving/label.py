@@ -79,7 +79,7 @@ def _logged(exclude_labelled: bool = True):
 
 
 def _groups() -> dict:
-    from pipelines.loop import labelqueue
+    from pipelines.loop import newclass
 
     entries, features, reference = _logged()
     if reference is None:
@@ -88,7 +88,7 @@ def _groups() -> dict:
             "the champion was registered before Refit kept training features: retrain it "
             "(or register it again) to find groups",
         )
-    found = labelqueue.groups_in(entries, features, reference.features)
+    found = newclass.groups_in(entries, features, reference.features)
     note = (f"{len(found)} groups among {len(entries)} logged images" if found else
             f"No group of logged images stands apart from the training data "
             f"({len(entries)} looked at).")  # fmt: skip
@@ -97,11 +97,11 @@ def _groups() -> dict:
 
 
 def _like(seeds: list[str], n: int) -> dict:
-    from pipelines.loop import labelqueue
+    from pipelines.loop import newclass
 
     entries, features, _ = _logged()
     try:
-        items = labelqueue.like_in(entries, features, seeds, n)
+        items = newclass.like_in(entries, features, seeds, n)
     except ValueError as exc:
         raise _Refused(400, str(exc)) from exc
     return {"items": [i.as_dict() for i in items],

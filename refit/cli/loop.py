@@ -138,12 +138,12 @@ def label_next(
 def _imagenet_space(settings, dataset, view, store, exclude, sample: int = 1000):
     """The log (its images still there) and (its, the training sample's) ImageNet
     embeddings."""
-    from pipelines.loop import labelqueue, predlog
+    from pipelines.loop import newclass, predlog
     from pipelines.models.embedding import imagenet_embedding
 
     embed = imagenet_embedding(settings.weights_dir, progress=console.print)
     training = _training_embedding(dataset, embed, sample)
-    kept, logged = labelqueue.embed_logged(view, store, embed, exclude, console.print)
+    kept, logged = newclass.embed_logged(view, store, embed, exclude, console.print)
     rows = {e["id"]: i for i, e in enumerate(view.entries)}
     features = view.features[[rows[e["id"]] for e in kept]] if kept else view.features[:0]
     return predlog.LogView(kept, features, view.unreadable), (logged, training)
@@ -182,7 +182,7 @@ def label_like(
     settings = load_settings()
     from pipelines import workspace
     from pipelines.images.names import RULE, is_valid
-    from pipelines.loop import labelqueue, predlog
+    from pipelines.loop import labelqueue, newclass, predlog
     from pipelines.models.embedding import imagenet_embedding
 
     if not is_valid(label):
@@ -197,7 +197,7 @@ def label_like(
     known = set(workspace.dataset(settings).index.get("sha256", []))  # labelled already
     try:
         embed = imagenet_embedding(settings.weights_dir, progress=console.print)
-        items = labelqueue.like(
+        items = newclass.like(
             view, store, embed, seed, examples, n,
             known | labelqueue.labelled_ids(store), console.print,
         )  # fmt: skip
@@ -224,7 +224,7 @@ def label_groups(
     name in one step: set its label column, then `refit data submit` it."""
     settings = load_settings()
     from pipelines import workspace
-    from pipelines.loop import labelqueue, predlog
+    from pipelines.loop import labelqueue, newclass, predlog
     from pipelines.models.embedding import imagenet_embedding
 
     if out.exists() and any(out.iterdir()):
@@ -236,7 +236,7 @@ def label_groups(
         embed = imagenet_embedding(settings.weights_dir, progress=console.print)
         training = _training_embedding(dataset, embed, sample)
         known = set(dataset.index.get("sha256", [])) | labelqueue.labelled_ids(store)
-        found = labelqueue.groups(view, store, embed, training, known, console.print)
+        found = newclass.groups(view, store, embed, training, known, console.print)
     except ValueError as exc:  # the weights missing or altered
         raise fail(str(exc)) from exc
     if not found:

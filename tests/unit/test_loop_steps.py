@@ -23,7 +23,7 @@ from PIL import Image
 from core.objectstore import Store
 from core.policies import IngestLimits, ValidationPolicy
 from core.settings import LoopConfig, Settings
-from pipelines.loop import labelqueue, predlog
+from pipelines.loop import labelqueue, newclass, predlog
 
 CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -401,17 +401,17 @@ def test_more_like_these_finds_the_unseen_class_from_a_few_seeds(
     embed = imagenet_embedding(weights, progress=lambda m: None)
     quiet = dict(progress=lambda m: None)
 
-    picks = labelqueue.like(view, writer.store, embed, seeds, [elsewhere], 30, **quiet)
+    picks = newclass.like(view, writer.store, embed, seeds, [elsewhere], 30, **quiet)
     assert len(picks) == 30 and not set(seeds) & {p.id for p in picks}
     found = [p.id in trucks for p in picks]
     assert np.mean(found[:10]) >= 0.8  # 37 trucks left among 217 images (17%)
     assert picks[0].reasons[0].startswith("like the seeds (similarity")
     with pytest.raises(ValueError, match="not in the prediction log"):
-        labelqueue.like(view, writer.store, embed, ["0" * 64], [], 5, **quiet)
+        newclass.like(view, writer.store, embed, ["0" * 64], [], 5, **quiet)
     with pytest.raises(ValueError, match=r"notes\.txt: not a JPEG"):
-        labelqueue.like(view, writer.store, embed, [], [("notes.txt", b"hello")], 5, **quiet)
+        newclass.like(view, writer.store, embed, [], [("notes.txt", b"hello")], 5, **quiet)
     with pytest.raises(ValueError, match="more like what"):
-        labelqueue.like(view, writer.store, embed, [], [], 5, **quiet)
+        newclass.like(view, writer.store, embed, [], [], 5, **quiet)
 
     env = {**refit_env, "REFIT_LOOP__LOG_URL": str(tmp_path / "log"),
            "REFIT_DVC_REPO": str(git_repo(tmp_path / "repo"))}  # fmt: skip
@@ -450,7 +450,7 @@ def test_the_new_class_channel_groups_what_the_training_data_lacks(
     view = predlog.read_log(writer.store)
     trucks = {e["id"] for e in view.entries[180:]}
 
-    found = labelqueue.groups(view, writer.store, embed, training, progress=lambda m: None)
+    found = newclass.groups(view, writer.store, embed, training, progress=lambda m: None)
     assert found, "no group"
     first = {item.id for item in found[0]}
     # a small log (60 trucks, some near the training cars): a group of trucks stands out
@@ -504,4 +504,4 @@ def test_the_new_class_channel_groups_what_the_training_data_lacks(
     _log(known_only, [_jpeg(p) for p in sample["x"][::2]], probs[:180], feats[:180])
     view = predlog.read_log(known_only.store)
     quiet = dict(progress=lambda m: None)
-    assert labelqueue.groups(view, known_only.store, embed, training, **quiet) == []
+    assert newclass.groups(view, known_only.store, embed, training, **quiet) == []
