@@ -59,11 +59,6 @@ async def signout():
     return response
 
 
-@router.get("/console/session", summary="Whether this request is signed in (or has the token)")
-async def session(authorization: Annotated[str | None, Header()] = None):
-    return {"signed_in": authorized(authorization), "public": get_settings().serving.console_public}
-
-
 @router.get("/console/state", summary="The champion, history, runs, waiting and monitoring")
 async def state(
     page: Annotated[int, Query(ge=1)] = 1,
