@@ -198,7 +198,7 @@ def _decide(version: str, action: str, reason: str):
     try:
         event = decide(
             registry, version, action, reason, settings.gate.approval_timeout_h,
-            settings.notify, link, who="the Retrain page (admin token)",
+            settings.notify, link, who="the console (admin token)",
         )  # fmt: skip
     except RegistryError as exc:
         return error(409, str(exc))

@@ -55,6 +55,12 @@ def start_serving(tmp: Path, **settings: str) -> ServingServer:
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    # Create the registry's tables now: serving's two workers would otherwise both migrate
+    # the fresh sqlite file at once, and one of them can fail (seen as a server that never
+    # answers). A registry behind an MLflow server, as `refit up` runs it, has no such race.
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=tracking_uri).search_experiments()
     env = {
         **os.environ,
         "REFIT_WORKSPACE": str(tmp / "workspace"),

@@ -308,7 +308,7 @@ def test_a_waiting_challenger_is_approved_or_rejected_with_the_token(server, mod
     )
     assert turned.status_code == 200 and turned.json()["decision"] == "rejected"
     history = server.registry().history()
-    assert history[-1]["action"] == "reject" and history[-1]["who"].startswith("the Retrain page")
+    assert history[-1]["action"] == "reject" and history[-1]["who"].startswith("the console")
 
 
 def test_sign_in_gives_a_session_that_downloads_and_acts_but_not_cross_site(server) -> None:
