@@ -73,13 +73,12 @@ def console_state(page: int = 1) -> dict:
     """Every part of the console; a part whose service is down is None and named in
     ``unavailable`` with why."""
     settings = get_settings()
-    out: dict = {"unavailable": {}, "links": {"mlflow": settings.mlflow_url,
-                                               "prefect": settings.prefect_url}}  # fmt: skip
+    out: dict = {"unavailable": {}}
     try:
         out["runs"] = runs(settings)
     except Exception as exc:
         out["runs"] = None
-        out["unavailable"]["prefect"] = f"Prefect is not answering: {str(exc)[:300]}"
+        out["unavailable"]["prefect"] = f"Prefect could not be read: {str(exc)[:300]}"
     try:
         registry = _registry()
         versions = _versions(registry)
@@ -88,8 +87,8 @@ def console_state(page: int = 1) -> dict:
         out["history"] = history(registry, settings, versions, page, links)
         out["waiting"] = waiting(registry, settings)
         out["monitoring"] = monitoring(registry)
-    except Exception as exc:  # MLflow down or unreachable
-        out["unavailable"]["mlflow"] = f"MLflow is not answering: {str(exc)[:300]}"
+    except Exception as exc:  # MLflow down or unreachable, or answering with an error
+        out["unavailable"]["mlflow"] = f"MLflow could not be read: {str(exc)[:300]}"
         for part in ("champion", "history", "waiting", "monitoring"):
             out.setdefault(part, None)
     out["labels"] = label_queue(settings)
@@ -116,7 +115,7 @@ def _versions(registry) -> dict[str, object]:
     return {str(mv.version): mv for mv in found}
 
 
-def wilson(successes: float, n: float, z: float = 1.96) -> list[float] | None:
+def wilson(successes: float, n: float) -> list[float] | None:
     """The 95% Wilson score interval of a proportion (None without images)."""
     from statsmodels.stats.proportion import proportion_confint
 

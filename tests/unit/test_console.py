@@ -86,7 +86,8 @@ def test_with_mlflow_and_prefect_down_the_console_names_them_and_answers(monkeyp
     monkeypatch.setattr(console, "runs", prefect_down)
     state = console.console_state()
     assert set(state["unavailable"]) == {"mlflow", "prefect"}
-    assert "MLflow is not answering" in state["unavailable"]["mlflow"]
+    assert "MLflow could not be read" in state["unavailable"]["mlflow"]
+    assert "127.0.0.1:9" in state["unavailable"]["mlflow"]  # says which server
     assert state["champion"] is None and state["history"] is None and state["runs"] is None
     assert state["labels"] == {"logged": 0, "unlabelled": 0}  # the log still reads
 
