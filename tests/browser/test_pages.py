@@ -187,12 +187,20 @@ def test_label_page_finds_a_new_class_by_its_group_and_more_like_these(live, bro
     page.click("#groups")
     page.wait_for_selector(".group h2")
     assert "look alike and unlike any class" in page.inner_text(".group h2")
-    group = page.locator(".group").first.locator(".card")
-    ids = [group.nth(i).get_attribute("data-id") for i in range(group.count())]
-    assert len(ids) >= 20 and len(set(ids) & sent) >= 0.8 * len(ids)
+    # other tests' images of unknown kinds share the log: the purple ones are found, and
+    # make up most of the group that holds them
+    groups = page.locator(".group")
+    members = [
+        [c.get_attribute("data-id") for c in groups.nth(g).locator(".card").all()]
+        for g in range(groups.count())
+    ]
+    best = max(members, key=lambda ids: len(set(ids) & sent))
+    assert len(set(best) & sent) >= 48 and len(set(best) & sent) >= 0.5 * len(best)
 
-    for i in range(2):  # mark two of the group, ask for more like them
-        group.nth(i).locator(".mark input").check()
+    purple_cards = [c for c in page.locator(".group .card").all()
+                    if c.get_attribute("data-id") in sent]  # fmt: skip
+    for card in purple_cards[:2]:  # mark two of them, ask for more like them
+        card.locator(".mark input").check()
     page.fill("#n", "20")
     page.click("#like")
     page.wait_for_selector("#grid .card")
