@@ -125,12 +125,12 @@ def test_retrain_page_model_form_takes_a_labels_file_and_a_pixel_range(
     page.wait_for_selector("text=or a Teachable Machine .zip export")
 
 
-def test_label_page_shows_the_queue_and_submits_corrections(live, browser) -> None:
+def predicted(live, images) -> set[str]:
+    """Ask /predict about each image (as PNG) and wait until the log holds them; their ids."""
     from pipelines.loop.predlog import image_id
 
-    ensure_champion(live)
     sent = set()
-    for pixels in coloured_images(COLOURS[:3], 3, seed=50).x:  # something to label
+    for pixels in images:
         data = io.BytesIO()
         Image.fromarray(pixels).save(data, "PNG")
         httpx.post(f"{live.serving_url}/predict", files={"image": ("x.png", data.getvalue())})
@@ -140,6 +140,12 @@ def test_label_page_shows_the_queue_and_submits_corrections(live, browser) -> No
         SETTLE_S,
         "the log's writer",
     )
+    return sent
+
+
+def test_label_page_shows_the_queue_and_submits_corrections(live, browser) -> None:
+    ensure_champion(live)
+    predicted(live, coloured_images(COLOURS[:3], 3, seed=50).x)  # something to label
     page = signed_in(browser, live, "/label")
     page.fill("#n", "4")
     page.click("#load")
@@ -167,22 +173,9 @@ def test_label_page_finds_a_new_class_by_its_group_and_more_like_these(live, bro
     """Sixty images of a colour the champion never saw: the page shows them as a group
     unlike the training data; two marked ones bring back more of them; one name labels them
     all (an unsafe one is refused at submission, naming the rule)."""
-    from pipelines.loop.predlog import image_id
-
     ensure_champion(live)
     six = ["red", "green", "blue", "yellow", "cyan", "purple"]
-    purple = coloured_images(six, 60, seed=60).x[300:]  # class 5: red + blue
-    sent = set()
-    for pixels in purple:
-        data = io.BytesIO()
-        Image.fromarray(pixels).save(data, "PNG")
-        httpx.post(f"{live.serving_url}/predict", files={"image": ("p.png", data.getvalue())})
-        sent.add(image_id(data.getvalue()))
-    wait_for(
-        lambda: sent <= {e["id"] for e in live.prediction_log()[1].entries},
-        SETTLE_S,
-        "the log's writer",
-    )
+    sent = predicted(live, coloured_images(six, 60, seed=60).x[300:])  # class 5: red + blue
     page = signed_in(browser, live, "/label")
     page.click("#groups")
     page.wait_for_selector(".group h2")
