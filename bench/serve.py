@@ -9,7 +9,9 @@ app calling ``model.predict`` per request. Then prints:
   ``--rounds`` interleaved rounds, medians), with ratios;
 - the raw in-process batched throughput of the model (where the time goes);
 - single-image p50 latency over HTTP vs one in-process call (target: <= 2x + 5 ms);
-- 1,000 requests from 16 clients while the champion is swapped twice: errors, versions.
+- ``--swap-rounds`` x 1,000 requests from 16 clients while the champion is swapped to another
+  version and back: errors, versions, and p99 latency of the requests in flight during a
+  swap vs the others (pooled over the rounds).
 
 Then overload, on the same server:
 
@@ -24,7 +26,8 @@ a swap is under way <= 2x steady; overload:
 
 ``--log-cost``: the prediction log's cost alone (the same server with ``loop.log_predictions``
 off and on, interleaved rounds): throughput and p50; target <= 5%.
-Run: .venv/bin/python bench/serve.py [--seconds 15] [--rounds 3] [--log-cost]
+Run: .venv/bin/python bench/serve.py [--seconds 15] [--rounds 3] [--swap-rounds 5]
+[--log-cost | --swap-only]
 """
 
 from __future__ import annotations
@@ -80,8 +83,9 @@ def jpegs(n: int) -> list[bytes]:
     return [p.read_bytes() for p in sorted((tmp / "seed" / "holdout").rglob("*.jpg"))[:n]]
 
 
-def register_builtin(tmp: Path) -> tuple[str, object]:
-    """The built-in model as champion v1 of a fresh sqlite registry; returns (uri, model)."""
+def register_builtin(tmp: Path) -> tuple[str, tuple]:
+    """The built-in model as versions 1 (champion) and 2 of a fresh sqlite registry; returns
+    (uri, (registry, model))."""
     from core.policies import GatePolicy
     from pipelines.images.decode import ImageSet
     from pipelines.judge.candidate import judge
@@ -103,7 +107,9 @@ def register_builtin(tmp: Path) -> tuple[str, object]:
         new_class_min_recall=0,
     )
     judge(model, holdout, registry, lenient, CandidateRun("bench v1"))
-    return uri, (registry, model, holdout, lenient)
+    judge(model, holdout, registry, lenient, CandidateRun("bench v2"))  # for the swaps
+    registry.rollback("bench: v1 serves until the swaps", to="1")
+    return uri, (registry, model)
 
 
 def start_ours(
@@ -256,49 +262,60 @@ def sequential_p50(url: str, images: list[bytes], n: int = 200) -> float:
     return statistics.median(times[10:])
 
 
-def swap_under_load(url: str, images: list[bytes], registry, model, holdout, policy) -> tuple:
-    from pipelines.judge.candidate import judge
-    from pipelines.judge.registry_writes import CandidateRun
-
-    second = judge(model, holdout, registry, policy, CandidateRun("bench v2")).version
+def swap_under_load(url: str, images: list[bytes], registry, rounds: int) -> tuple:
+    """``rounds`` x (1,000 requests from 16 clients while the champion is swapped to
+    version 2 and back): requests, errors, versions, whether every swap took, and the swap's
+    cost: p99 latency of the requests in flight during a swap vs the others, pooled over the
+    rounds (one round has ~100 requests in flight during its swaps: its p99 is its maximum),
+    with each round's ratio."""
     reload = f"{url}/admin/reload"
     headers = {"Authorization": f"Bearer {TOKEN}"}
+    requests, errors, versions, swaps, during, steady, ratios, took = 0, [], {}, [], [], [], [], []
 
-    timeline, windows = [], []
+    async def one_round():
+        timeline, windows = [], []
 
-    async def swap(http: httpx.AsyncClient) -> dict:
-        started = time.perf_counter()
-        answer = (await http.post(reload, headers=headers)).json()
-        windows.append((started, time.perf_counter()))
-        return answer
+        async def swap(http: httpx.AsyncClient, move) -> dict:
+            move()
+            started = time.perf_counter()
+            answer = (await http.post(reload, headers=headers)).json()
+            windows.append((started, time.perf_counter()))
+            return answer
 
-    async def run():
         load = asyncio.create_task(
             hammer(f"{url}/predict", images, 16, total=1000, timeline=timeline)
         )
         await asyncio.sleep(1.0)
         async with httpx.AsyncClient(timeout=120) as http:
-            first = await swap(http)  # swap 1: v1 -> v2
-            registry.rollback("bench: swap back", to="1")
+            first = await swap(http, lambda: registry.promote("2", reason="bench: swap"))
             await asyncio.sleep(0.5)
-            back = await swap(http)  # swap 2: v2 -> v1
-        return await load, first, back
+            back = await swap(http, lambda: registry.rollback("bench: swap back", to="1"))
+        return await load, first, back, timeline, windows
 
-    (_, latencies, errors, versions), first, back = asyncio.run(run())
-    swaps = [first["version"] == second, back["version"] == "1"]
-    overlaps = [
-        any(start < end and start + latency > begin for begin, end in windows)
-        for start, latency in timeline
-    ]
-    during = [latency for (_, latency), hit in zip(timeline, overlaps, strict=True) if hit]
-    steady = [latency for (_, latency), hit in zip(timeline, overlaps, strict=True) if not hit]
+    for _ in range(rounds):
+        (_, latencies, failed, answered), first, back, timeline, windows = asyncio.run(one_round())
+        requests += len(latencies)
+        errors += failed
+        for version, n in answered.items():
+            versions[version] = versions.get(version, 0) + n
+        swaps += [first["version"] == "2", back["version"] == "1"]
+        hit = [
+            any(start < end and start + latency > begin for begin, end in windows)
+            for start, latency in timeline
+        ]
+        now = [latency for (_, latency), h in zip(timeline, hit, strict=True) if h]
+        rest = [latency for (_, latency), h in zip(timeline, hit, strict=True) if not h]
+        during, steady = during + now, steady + rest
+        ratios.append(float(np.percentile(now, 99) / np.percentile(rest, 99)))
+        took += [end - begin for begin, end in windows]
     cost = (
-        float(np.percentile(during, 99)) if during else float("nan"),
-        float(np.percentile(steady, 99)) if steady else float("nan"),
+        float(np.percentile(during, 99)),
+        float(np.percentile(steady, 99)),
         len(during),
-        [end - begin for begin, end in windows],
+        took,
+        ratios,
     )
-    return len(latencies), errors, versions, all(swaps), cost
+    return requests, errors, versions, all(swaps), cost
 
 
 async def flood(url: str, make_files, clients: int, seconds: float) -> tuple[dict, int]:
@@ -318,8 +335,10 @@ async def flood(url: str, make_files, clients: int, seconds: float) -> tuple[dic
                 if key == 200:
                     key = f"200 v{answer.json()['model_version']}"
                 statuses[key] = statuses.get(key, 0) + 1
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
                 broken += 1
+                key = f"{type(exc).__name__}: {exc}"[:80]
+                statuses[key] = statuses.get(key, 0) + 1
 
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
@@ -418,21 +437,54 @@ def log_cost(tmp: Path, uri: str, images: list[bytes], seconds: float, rounds: i
     )
 
 
+def report_swaps(swapped: tuple) -> None:
+    requests, errors, versions, swaps_ok, (during, steady, overlapping, took, ratios) = swapped
+    print(
+        f"Hot swap: {requests} requests from 16 clients, {len(took)} swaps "
+        f"({'all done' if swaps_ok else 'NOT ALL DONE'}): {len(errors)} errors, "
+        f"answers by version {versions}"
+    )
+    print(
+        f"  swap cost: p99 {during * 1000:.1f} ms over the {overlapping} requests in flight "
+        f"during a swap vs {steady * 1000:.1f} ms steady ({during / steady:.2f}x, target <= 2x): "
+        f"{'ok' if during <= 2 * steady else 'MISSED'}; per round "
+        f"{', '.join(f'{r:.2f}x' for r in ratios)}; the swaps took "
+        f"{', '.join(f'{t:.2f} s' for t in took)}"
+    )
+    if errors:
+        print("  first errors:", errors[:3])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--log-cost", action="store_true", help="only the prediction log's cost")
+    parser.add_argument("--swap-only", action="store_true", help="only the hot-swap rounds")
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds (throughput, --log-cost)"
+    )
+    parser.add_argument(
+        "--swap-rounds",
+        type=int,
+        default=5,
+        help="rounds of 1,000 requests and two swaps (this host stalls every request now and"
+        " then for 0.2-0.8 s, with or without a model: p99 over fewer swaps is luck)",
     )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="refit-bench-serve-"))
     images = jpegs(256)
-    uri, (registry, model, holdout, policy) = register_builtin(tmp)
+    uri, (registry, model) = register_builtin(tmp)
     if args.log_cost:
         log_cost(tmp, uri, images, args.seconds, args.rounds)
         return
     ours, url = start_ours(tmp, uri)
+    if args.swap_only:
+        try:
+            report_swaps(swap_under_load(url, images, registry, args.swap_rounds))
+        finally:
+            os.killpg(ours.pid, 15)
+            ours.wait(30)
+        return
     baseline, base_url = start_baseline(tmp)
     ceiling_server, ceiling_url = start_ceiling(tmp)
     try:
@@ -469,7 +521,7 @@ def main() -> None:
         single, batched = in_process(model, images)
         http_p50 = sequential_p50(f"{url}/predict", images)
         floor_p50 = sequential_p50(f"{ceiling_url}/predict", images)
-        swapped = swap_under_load(url, images, registry, model, holdout, policy)
+        swapped = swap_under_load(url, images, registry, args.swap_rounds)
         overloaded = overload(url, images, registry, args.seconds)
     finally:
         for process in (ours, baseline, ceiling_server):
@@ -497,24 +549,11 @@ def main() -> None:
         f"(target <= 2x + 5 = {limit:.1f} ms): {'ok' if http_p50 * 1000 <= limit else 'MISSED'}"
     )
     print(f"  (the same request to the HTTP ceiling, no model: {floor_p50 * 1000:.1f} ms)")
-    requests, errors, versions, swaps_ok, (during, steady, overlapping, took) = swapped
-    print(
-        f"Hot swap: {requests} requests from 16 clients, 2 swaps "
-        f"({'both done' if swaps_ok else 'NOT DONE'}): {len(errors)} errors, "
-        f"answers by version {versions}"
-    )
-    print(
-        f"  swap cost: p99 {during * 1000:.1f} ms over the {overlapping} requests in flight "
-        f"during a swap vs {steady * 1000:.1f} ms steady ({during / steady:.2f}x, target <= 2x): "
-        f"{'ok' if during <= 2 * steady else 'MISSED'}; the swaps took "
-        f"{', '.join(f'{t:.2f} s' for t in took)}"
-    )
-    if errors:
-        print("  first errors:", errors[:3])
+    report_swaps(swapped)
 
     print(f"\nOverload ({args.seconds:.0f} s each):")
     statuses, broken = overloaded["hogs"]
-    bad = sum(n for code, n in statuses.items() if not str(code).startswith("200")) + broken
+    bad = sum(n for code, n in statuses.items() if not str(code).startswith("200"))
     print(
         f"2 CPU hogs, 32 clients, 2 swaps: answers {statuses}, {broken} connection errors "
         f"-> {bad} non-200 (target 0): {'ok' if bad == 0 else 'MISSED'}"

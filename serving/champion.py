@@ -76,12 +76,34 @@ class Champion:
             "classes": self.class_names,
             "input_size": list(self.input_size),
             "engine": self.engine.name,
-            "engine_note": self.engine_note,
+            "engine_note": getattr(self.engine, "note", self.engine_note),
             "run_id": self.run_id,
             "holdout_metrics": self.metrics,
             "dataset_version": self.dataset_version,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.loaded_at)),
         }
+
+
+class Deferred:
+    """An engine loaded on its first call (then checked as at load; Keras if that fails)."""
+
+    def __init__(self, load, note: str) -> None:
+        self._load = load
+        self._choice: EngineChoice | None = None
+        self._lock = threading.Lock()
+        self.note = note
+
+    @property
+    def name(self) -> str:
+        return self._choice.engine.name if self._choice else "onnx"
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._choice is None:
+            with self._lock:
+                if self._choice is None:
+                    self._choice = self._load()
+                    self.note = self._choice.note
+        return self._choice.engine(images)
 
 
 class RegistrySource:
@@ -113,33 +135,39 @@ class RegistrySource:
         tolerance: float,
         threads: int = 0,
         registered_only: bool = False,
+        deferred: bool = False,
     ) -> Champion | None:
         """Load ``version`` with its engine, warmed: the ONNX file built at registration
         (no TensorFlow work), else Keras with the reason, else (a version registered before
         engines were built) converted here as before. ``registered_only``: the registered
-        ONNX engine or None."""
+        ONNX engine or None. ``deferred``: a registered engine whose file is intact is
+        loaded and checked on its first call instead (the classifier worker, when the
+        public worker serves such versions: a swap then costs this worker registry reads
+        only)."""
         mv = self.client.get_model_version(self.name, version)
         run = self.client.get_run(mv.run_id)
+        root = run.info.artifact_uri  # files by URI: no registry read per file
         class_names = json.loads(mv.tags[contract.CLASS_NAMES_TAG])
         with tempfile.TemporaryDirectory() as tmp:
             found = None
             if engine != "keras":
-                found = self._registered_engine(mv.run_id, tmp, tolerance, threads)
+                found = self._registered_engine(root, tmp, tolerance, threads, deferred)
             if isinstance(found, tuple):
-                choice, reference = found
+                choice, reference, outputs = found
+                if not deferred:  # warm at batch 1 (its check here ran batch N)
+                    choice.engine(reference[:1])
             elif registered_only:
                 return None
             else:
-                model = self._keras_model(mv.run_id, tmp)
-                reference = self._reference_images(mv.run_id, tmp, model.input_shape[1:3])
+                model = self._keras_model(root, tmp)
+                reference = self._reference_images(root, tmp, model.input_shape[1:3])
                 if found is None:
                     choice = best_engine(model, reference, engine, tolerance, threads)
                 else:
                     choice = EngineChoice(KerasEngine(model), None, f"{found}: using Keras")
-        # warm the chosen engine at batch 1 and batch N (a registered engine's check ran N)
-        outputs = choice.engine(reference[:1])[0].shape[-1]
-        if not isinstance(found, tuple):
-            choice.engine(reference)
+                # warm at batch 1 and batch N
+                outputs = choice.engine(reference[:1])[0].shape[-1]
+                choice.engine(reference)
         if outputs != len(class_names):
             raise ValueError(
                 f"version {version}: {outputs} outputs but {len(class_names)} class names"
@@ -162,50 +190,75 @@ class RegistrySource:
             dataset_version=mv.tags.get(contract.DATASET_VERSION_TAG),
         )
 
-    def _download(self, run_id: str, artifact: str, tmp: str) -> Path:
+    def _download(self, root: str, artifact: str, tmp: str) -> Path:
+        """``artifact`` of the run whose artifact URI is ``root``."""
         import mlflow.artifacts
 
         return Path(
             mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=artifact, dst_path=tmp, tracking_uri=self.tracking_uri
+                artifact_uri=f"{root}/{artifact}", dst_path=tmp, tracking_uri=self.tracking_uri
             )
         )
 
-    def _keras_model(self, run_id: str, tmp: str):
+    def _keras_model(self, root: str, tmp: str):
         import keras
 
-        path = self._download(run_id, contract.MODEL_FILE_ARTIFACT, tmp)
+        path = self._download(root, contract.MODEL_FILE_ARTIFACT, tmp)
         return keras.saving.load_model(path, compile=False, safe_mode=True)
 
-    def _registered_engine(self, run_id: str, tmp: str, tolerance: float, threads: int):
-        """The engine built at registration and the reference images it was checked on;
-        None for a version registered before engines were (convert it here); or why it
-        cannot be used (a string)."""
-        present = {a.path for a in self.client.list_artifacts(run_id, contract.ENGINE_DIR)}
+    def _registered_engine(
+        self, root: str, tmp: str, tolerance: float, threads: int, deferred: bool = False
+    ):
+        """The engine built at registration, the reference images it was checked on and its
+        number of outputs; None for a version registered before engines were (convert it
+        here); or why it cannot be used (a string)."""
+        import mlflow.artifacts
+
+        files = mlflow.artifacts.list_artifacts(
+            artifact_uri=f"{root}/{contract.ENGINE_DIR}", tracking_uri=self.tracking_uri
+        )
+        present = {a.path for a in files}
         if contract.ENGINE_CHECK_ARTIFACT not in present:
             return None
-        check = json.loads(self._download(run_id, contract.ENGINE_CHECK_ARTIFACT, tmp).read_text())
+        check = json.loads(self._download(root, contract.ENGINE_CHECK_ARTIFACT, tmp).read_text())
         if "error" in check:
             return f"no ONNX engine: {check['error']}"
         if check["max_abs_diff"] > tolerance:
             return f"ONNX differs from Keras by {check['max_abs_diff']:.1e} > {tolerance:.0e}"
         if not {contract.ONNX_ARTIFACT, contract.EXPECTED_ARTIFACT} <= present:
             return "the registered ONNX engine is missing"
-        data = self._download(run_id, contract.ONNX_ARTIFACT, tmp).read_bytes()
-        expected = self._download(run_id, contract.EXPECTED_ARTIFACT, tmp)
-        images = self._download(run_id, contract.REFERENCE_ARTIFACT, tmp)
+        data = self._download(root, contract.ONNX_ARTIFACT, tmp).read_bytes()
+        expected = np.load(self._download(root, contract.EXPECTED_ARTIFACT, tmp))
+        images = self._download(root, contract.REFERENCE_ARTIFACT, tmp)
         if hashlib.sha256(data).hexdigest() != check["sha256"]:
             return "the registered ONNX file is corrupt (its sha256 differs from its check)"
+        reference = np.load(images, allow_pickle=False)
+        if deferred:
+            load = lambda: self._checked(data, reference, expected, tolerance, threads, root)  # noqa: E731
+            note = "ONNX Runtime, built at registration (loaded here on first use)"
+            return EngineChoice(Deferred(load, note), None, note), reference, expected.shape[-1]
+        found = self._checked(data, reference, expected, tolerance, threads)
+        if isinstance(found, str):
+            return found
+        return found, reference, expected.shape[-1]
+
+    def _checked(self, data, reference, expected, tolerance, threads, fallback_root=None):
+        """The ONNX engine if it loads and agrees with Keras on ``reference`` here, else why
+        (or, given ``fallback_root``, the run's Keras model with why)."""
         try:
             engine = OnnxEngine(data, threads)
-            reference = np.load(images, allow_pickle=False)
-            diff = float(np.abs(engine(reference)[0] - np.load(expected, allow_pickle=False)).max())
+            diff = float(np.abs(engine(reference)[0] - expected).max())
+            why = f"the registered ONNX engine differs from Keras by {diff:.1e} here"
         except Exception as exc:
-            return f"the registered ONNX engine failed to load: {exc}"
-        if diff > tolerance:
-            return f"the registered ONNX engine differs from Keras by {diff:.1e} here"
-        note = f"ONNX Runtime, built at registration (max diff {diff:.1e} vs Keras)"
-        return EngineChoice(engine, diff, note), reference
+            diff, why = float("inf"), f"the registered ONNX engine failed to load: {exc}"
+        if diff <= tolerance:
+            note = f"ONNX Runtime, built at registration (max diff {diff:.1e} vs Keras)"
+            return EngineChoice(engine, diff, note)
+        if fallback_root is None:
+            return why
+        with tempfile.TemporaryDirectory() as tmp:
+            model = self._keras_model(fallback_root, tmp)
+        return EngineChoice(KerasEngine(model), None, f"{why}: using Keras")
 
     def class_names(self, version: str) -> list[str]:
         return json.loads(
@@ -238,18 +291,12 @@ class RegistrySource:
         )
         return version, Path(path)
 
-    def _reference_images(self, run_id: str, tmp: str, size: tuple[int, int]) -> np.ndarray:
+    def _reference_images(self, root: str, tmp: str, size: tuple[int, int]) -> np.ndarray:
         """Holdout images logged with the version, or seeded synthetic ones if none were."""
-        import mlflow.artifacts
-
         try:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id,
-                artifact_path=contract.REFERENCE_ARTIFACT,
-                dst_path=tmp,
-                tracking_uri=self.tracking_uri,
+            images = np.load(
+                self._download(root, contract.REFERENCE_ARTIFACT, tmp), allow_pickle=False
             )
-            images = np.load(path, allow_pickle=False)
             if images.dtype == np.uint8 and images.shape[1:] == (*size, 3):
                 return images
         except Exception:  # an older version without reference images
@@ -267,11 +314,14 @@ class ChampionHolder:
         tolerance: float = 1e-5,
         threads: int = 0,
         registered_only: bool = False,
+        deferred: bool = False,
     ):
         """``registered_only``: hold only engines built at registration (no TensorFlow in
-        this process); a version without one leaves the holder empty."""
+        this process); a version without one leaves the holder empty. ``deferred``: load a
+        registered engine on its first call (:meth:`RegistrySource.load`)."""
         self.source = source
         self.registered_only = registered_only
+        self.deferred = deferred
         self._without: str | None = None  # the version found to have no registered engine
         self.engine = engine
         self.tolerance = tolerance
@@ -311,7 +361,12 @@ class ChampionHolder:
             started = time.perf_counter()
             try:
                 loaded = self.source.load(
-                    version, self.engine, self.tolerance, self.threads, self.registered_only
+                    version,
+                    self.engine,
+                    self.tolerance,
+                    self.threads,
+                    self.registered_only,
+                    self.deferred,
                 )
             except Exception as exc:
                 self.error = f"version {version} failed to load, still serving {before}: {exc}"

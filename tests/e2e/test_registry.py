@@ -410,8 +410,21 @@ def test_the_serving_engine_is_built_at_registration_and_checked_on_load(
     loaded = source.load(version, "auto", 1e-5)
     assert loaded.engine.name == "onnx" and "built at registration" in loaded.engine_note
     assert loaded.input_size == (24, 24)
+    # deferred (the classifier worker beside a public worker that serves it): loaded on use
+    images = np.random.default_rng(0).integers(0, 256, (5, 24, 24, 3), dtype=np.uint8)
+    lazy = source.load(version, "auto", 1e-5, deferred=True)
+    assert "first use" in lazy.describe()["engine_note"]
+    np.testing.assert_allclose(lazy.predict(images)[0], loaded.predict(images)[0], atol=1e-6)
+    assert "built at registration (max diff" in lazy.describe()["engine_note"]
 
     files = next((tmp_path / "artifacts").rglob("engine/model.onnx")).parent
+    expected = np.load(files / "expected.npy")
+    np.save(files / "expected.npy", expected + 0.5)  # the engine disagrees with Keras here
+    for deferred in (False, True):
+        differs = source.load(version, "auto", 1e-5, deferred=deferred)
+        differs.predict(images)
+        assert differs.engine.name == "keras" and "differs" in differs.describe()["engine_note"]
+    np.save(files / "expected.npy", expected)
     (files / "model.onnx").write_bytes(b"not an onnx graph")
     corrupt = source.load(version, "auto", 1e-5)
     assert corrupt.engine.name == "keras" and "corrupt" in corrupt.engine_note

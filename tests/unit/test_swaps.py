@@ -23,7 +23,7 @@ class Source:
     def champion_version(self) -> str:
         return self.alias
 
-    def load(self, version, engine, tolerance, threads=0, registered_only=False):
+    def load(self, version, engine, tolerance, threads=0, registered_only=False, deferred=False):
         self.started.set()
         if version in self.loading:
             self.loading[version].wait(30)
