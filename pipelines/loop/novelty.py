@@ -8,14 +8,18 @@ the training distribution, a neighbour is a training image with probability ``t0
 training sample's share of the set), so the count of training neighbours is about
 Binomial(k, t0); an image whose neighbourhood holds far fewer training images than that lies
 where the champion had no data. The score is the binomial lower tail of the observed count
-(``p``; "far from every class" when ``p < far_p``), which calibrates itself to the sizes of
-both sets. Unlike the distance to class centroids, this needs no class structure, and it
-finds a new class that sits near a known one (trucks beside automobiles) as soon as the log
-holds about ``k`` of them. Measured by ``bench/picks.py`` on CIFAR-10 (9-class champions,
-a stream with 10% trucks, 10 seeds): on the ImageNet embedding
-(``pipelines.models.embedding``) trucks fill 8.9x their share of the 50 most novel images and
-5.0x of the 400 most novel, whatever the champion; on a weak champion's own features 1.3-1.4x,
-and the distance to the nearest class centroid (the queue's measure before) 0.1-0.2x.
+(``p``), which calibrates itself to the sizes of both sets. "Far from every class" means
+rejected at a false discovery rate of ``far_fdr`` (Benjamini-Hochberg over the log's
+``p``): of the images so marked, at most that share are expected to be ordinary ones,
+however large the log (a fixed ``p`` threshold would mark more ordinary images the larger
+it grows), and the more unseen images the log holds, the more of them pass. Unlike the
+distance to class centroids, this needs no class structure, and it finds a new class that
+sits near a known one (trucks beside automobiles) as soon as the log holds about ``k`` of
+them. Measured by ``bench/picks.py`` on CIFAR-10 (9-class champions, a stream with 10%
+trucks, 10 seeds): on the ImageNet embedding (``pipelines.models.embedding``) trucks fill
+8.9x their share of the 50 most novel images and 5.0x of the 400 most novel, whatever the
+champion; on a weak champion's own features 1.3-1.4x, and the distance to the nearest class
+centroid (the queue's measure before) 0.1-0.2x.
 
 Embeddings wider than 128 are projected onto their first 128 principal components first,
 fitted on at most 3,000 rows (10,000 logged images ranked in 1.2 s on 2 cores, 3.4 s
@@ -32,7 +36,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binom
+from scipy.stats import binom, false_discovery_control
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.neighbors import NearestNeighbors
 
@@ -40,7 +44,7 @@ NEIGHBOURS = 50  # at least; more when the log is large beside the training samp
 MIN_EXPECTED = 10  # training images chance puts among an image's neighbours, at least
 DIMENSIONS = 128  # wider embeddings are projected (PCA) to this many before the search
 FIT_ROWS = 3000  # rows the projection is fitted on
-FAR_P = 1e-3  # "far from every class": fewer training neighbours than chance gives 1 in 1000
+FAR_FDR = 0.05  # "far from every class": Benjamini-Hochberg at this false discovery rate
 GROUP_DISTANCE = 0.5  # cosine distance at which far images stop counting as one group
 MIN_GROUP = 3
 
@@ -68,7 +72,7 @@ class Novelty:
 
 
 def novelty(
-    logged: np.ndarray, training: np.ndarray, k: int = NEIGHBOURS, far_p: float = FAR_P
+    logged: np.ndarray, training: np.ndarray, k: int = NEIGHBOURS, far_fdr: float = FAR_FDR
 ) -> Novelty:
     """The relative-density novelty of ``logged`` embeddings (N, D) against ``training``
     embeddings (M, D) of the same embedding.
@@ -88,7 +92,7 @@ def novelty(
         empty = np.zeros(0)
         return Novelty(empty.astype(int), 0.0, empty, empty.astype(bool), 0)
     # enough neighbours that chance expects MIN_EXPECTED training images among them: with a
-    # log many times the training sample, 50 neighbours could never reach ``far_p``
+    # log many times the training sample, 50 neighbours could never be significant
     k = max(k, math.ceil(MIN_EXPECTED * (n + m - 1) / m))
     k = max(1, min(k, n + m - 1))
     both = project(np.concatenate([unit(training), unit(logged)]))
@@ -99,7 +103,8 @@ def novelty(
     counts -= (~itself.any(axis=1)) & (index[:, k] < m)  # an exact duplicate pushed it out
     expected = m / (n + m - 1)
     p = binom.cdf(counts, k, expected)
-    return Novelty(counts, expected * k, p, p < far_p, k)
+    far = false_discovery_control(p, method="bh") < far_fdr
+    return Novelty(counts, expected * k, p, far, k)
 
 
 def project(x: np.ndarray, dims: int = DIMENSIONS, seed: int = 0) -> np.ndarray:

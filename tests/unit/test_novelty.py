@@ -78,3 +78,14 @@ def test_embeddings_that_do_not_match_are_refused():
     with pytest.raises(ValueError, match="not the same embedding"):
         novelty(TRAINING[:, :10], TRAINING)
     assert len(novelty(TRAINING[:0], TRAINING).p) == 0
+
+
+def test_far_holds_its_false_discovery_rate_in_a_large_log():
+    """Benjamini-Hochberg over the log: a large log like the training data marks nothing;
+    with a new kind in it, nearly all of that kind and few others."""
+    assert novelty(blobs(list(range(9)), 1500, seed=6), TRAINING).far.sum() == 0
+    logged = np.concatenate([blobs(list(range(9)), 1500, seed=6), blobs([9], 1500, seed=7)])
+    found = novelty(logged, TRAINING)
+    new = np.arange(len(logged)) >= 9 * 1500
+    assert found.far[new].mean() > 0.9
+    assert (found.far & ~new).sum() <= 0.05 * found.far.sum()
