@@ -228,7 +228,9 @@ class RegistrySource:
         if not {contract.ONNX_ARTIFACT, contract.EXPECTED_ARTIFACT} <= present:
             return "the registered ONNX engine is missing"
         data = self._download(root, contract.ONNX_ARTIFACT, tmp).read_bytes()
-        expected = np.load(self._download(root, contract.EXPECTED_ARTIFACT, tmp))
+        expected = np.load(
+            self._download(root, contract.EXPECTED_ARTIFACT, tmp), allow_pickle=False
+        )
         images = self._download(root, contract.REFERENCE_ARTIFACT, tmp)
         if hashlib.sha256(data).hexdigest() != check["sha256"]:
             return "the registered ONNX file is corrupt (its sha256 differs from its check)"
