@@ -207,20 +207,18 @@ class RequestTimeout:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = False
+        deadline = asyncio.timeout(self.seconds)
+
+        async def answering(message):
+            if deadline.when() is not None:  # answering: the body may take its time
+                deadline.reschedule(None)
+            await send(message)
+
         try:
-            async with asyncio.timeout(self.seconds) as deadline:
-
-                async def answering(message):
-                    nonlocal started
-                    if not started:
-                        started = True
-                        deadline.reschedule(None)
-                    await send(message)
-
+            async with deadline:
                 await self.app(scope, receive, answering)
         except TimeoutError:
-            if started:
+            if not deadline.expired():  # the app's own, not this deadline's
                 raise
             late = f"the request was not answered within {self.seconds:.0f} s"
             await error(504, late)(scope, receive, send)

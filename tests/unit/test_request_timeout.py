@@ -7,6 +7,7 @@ import gc
 import importlib.util
 import json
 
+import pytest
 from bentoml._internal.server.http import traffic
 
 from serving.service import RequestTimeout
@@ -50,6 +51,12 @@ def test_a_late_answer_is_504_and_a_started_one_may_finish() -> None:
     assert status == 504 and "not answered within" in json.loads(body)["error"]
     status, body = asyncio.run(call(RequestTimeout(app_taking(0, 0.2), timeout=0.05)))
     assert (status, body) == (200, b"ok")
+
+    async def failing(scope, receive, send):  # the app's own timeout is its own error
+        raise TimeoutError("upstream")
+
+    with pytest.raises(TimeoutError, match="upstream"):
+        asyncio.run(call(RequestTimeout(failing, timeout=60)))
 
 
 def test_no_timer_outlives_its_request_unlike_bentomls() -> None:
