@@ -13,6 +13,7 @@ from fastapi import FastAPI, File, UploadFile
 from fastapi.responses import JSONResponse
 
 from pipelines.images.decode import BadImage, decode_upload
+from serving.worker import settle  # the same request timeout and frozen heap as Refit's
 
 app = FastAPI(title="HTTP ceiling")
 
@@ -20,6 +21,9 @@ app = FastAPI(title="HTTP ceiling")
 @bentoml.service(name="ceiling", workers=1, traffic={"timeout": 60})
 @bentoml.asgi_app(app, path="/")
 class Ceiling:
+    def __init__(self) -> None:
+        settle()
+
     @app.post("/predict")
     async def predict(self, image: Annotated[UploadFile, File()]):
         try:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import math
 import threading
 from http import HTTPStatus
@@ -34,7 +33,6 @@ from typing import Annotated
 import anyio
 import bentoml
 import numpy as np
-from bentoml._internal.server.http import traffic as bentoml_traffic
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, File, Header, Query, UploadFile
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -45,6 +43,7 @@ from pipelines.images.decode import BadImage, decode_upload
 from serving import console, label, retrain
 from serving.auth import UNAUTHORIZED, MetricsGuard, Sessions, authorized, error
 from serving.batcher import LocalBatcher, Shed
+from serving.worker import settle
 
 # BentoML takes the batching knobs from the decorators below: the one place serving reads
 # its settings while the module loads. Everything else reads them per request.
@@ -189,39 +188,6 @@ class BodyLimit:
     async def _refuse(self, scope, receive, send, limit: int):
         response = JSONResponse({"error": f"request body over the limit of {limit:,} bytes"}, 413)
         await response(scope, receive, send)
-
-
-class RequestTimeout:
-    """504 for a request not answered within ``timeout`` seconds (once its answer starts,
-    the body may take as long as it needs), as BentoML's ``TimeoutMiddleware`` does, but
-    with a timer that ends with the request. BentoML 1.4's never cancels its timer, so
-    every request's timer, and through it the request's context and trace span, stays
-    alive for the whole timeout: at 200 requests/s and 120 s, 24,000 of them for the
-    garbage collector to walk, which paused every request for 0.2-0.4 s every few seconds.
-    Installed in BentoML's place below (its servers look the class up when they start)."""
-
-    def __init__(self, app, timeout: float) -> None:
-        self.app = app
-        self.seconds = timeout
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        deadline = asyncio.timeout(self.seconds)
-
-        async def answering(message):
-            if deadline.when() is not None:  # answering: the body may take its time
-                deadline.reschedule(None)
-            await send(message)
-
-        try:
-            async with deadline:
-                await self.app(scope, receive, answering)
-        except TimeoutError:
-            if not deadline.expired():  # the app's own, not this deadline's
-                raise
-            late = f"the request was not answered within {self.seconds:.0f} s"
-            await error(504, late)(scope, receive, send)
 
 
 class _TooLarge(Exception):
@@ -470,17 +436,8 @@ class Refit:
 
 
 Refit.add_asgi_middleware(MetricsGuard)  # the whole server's: /metrics is BentoML's
-bentoml_traffic.TimeoutMiddleware = RequestTimeout
 
 DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-light-32x32.png")
-
-
-def settle() -> None:
-    """Collect once, then exempt everything alive (the libraries, the loaded champion) from
-    future collections: a full collection then walks only what requests create, instead of
-    the worker's few hundred thousand objects (0.1-0.3 s, every request paused)."""
-    gc.collect()
-    gc.freeze()
 
 
 def _swagger_dir() -> Path:

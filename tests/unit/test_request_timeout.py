@@ -10,7 +10,7 @@ import json
 import pytest
 from bentoml._internal.server.http import traffic
 
-from serving.service import RequestTimeout
+from serving.worker import RequestTimeout
 
 
 def app_taking(seconds_before: float, seconds_during: float = 0):
