@@ -15,8 +15,10 @@ Prints, per champion and budget, the mean over the seeds with a 95% t-interval:
 - holdout accuracy gained per 100 labels, queue and random, and their paired difference
   (the queue's gain minus random's on the same seed): where its interval holds 0, the two
   are within noise and the table says so;
-- "more like these": of the 50 logged images nearest to 5 logged trucks, the share that
-  are trucks, in the champion's features and in the ImageNet embedding.
+- "more like these": of the 50 logged images most like 5 logged trucks, the share that are
+  trucks, in the champion's features and in the ImageNet embedding, by similarity to the
+  seeds and by Refit's classifier (``pipelines.loop.novelty.more_like``: the seeds against
+  the champion's training sample).
 
 Targets: trucks >= 3x random's share; accuracy gain per label >= 1.2x random's where the
 intervals separate; more-like-these precision >= 0.8 with the competent champion.
@@ -176,9 +178,13 @@ def main() -> None:
             share = float(np.mean(pool_labels[stream] == NEW))
             trucks = np.flatnonzero(pool_labels[stream] == NEW)
             seeds = rng.choice(trucks, 5, replace=False)
-            for name, space in (("champion", feats), ("imagenet", embed[stream])):
-                found = more_like(space, space[seeds], 50, exclude=seeds)
-                result["like"][name].append(float(np.mean(pool_labels[stream][found] == NEW)))
+            for name, space, known in (
+                ("champion", feats, reference.features), ("imagenet", embed[stream], embed_train)
+            ):  # fmt: skip
+                for how, against in (("similarity", None), ("classifier", known)):
+                    found, _ = more_like(space, space[seeds], 50, exclude=seeds, known=against)
+                    is_new = pool_labels[stream][found] == NEW
+                    result["like"][f"{name} {how}"].append(float(np.mean(is_new)))
             order = np.array([by_id[e["id"]] for e in view.entries])  # log -> stream position
             imagenet = (embed[stream][order], embed_train)
             for budget in budgets:
@@ -295,14 +301,17 @@ def report(tables: dict, budgets: list[int], args) -> None:
                 print(f"{head} | {name} | {mode} | {show(row[f'{name} trucks'], unit='x')} "
                       f"| {show(row[name])} | {diff:+.2f} [{low:+.2f}, {high:+.2f}]: {verdict} "
                       f"| {ratio} |")  # fmt: skip
-    print(
-        "\n| champion | more like these (5 trucks): precision at 50 | champion's features "
-        "| ImageNet |"
-    )
-    print("| --- | --- | --- | --- |")
+    print("\nMore like these: of the 50 logged images most like 5 logged trucks, the share "
+          "that are trucks; by similarity to the seeds, and by Refit's classifier (the seeds "
+          "against the champion's training sample).")  # fmt: skip
+    print("\n| champion | champion's features: similarity | classifier "
+          "| ImageNet: similarity | classifier |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- |")
     for kind, (_, _, result) in tables.items():
         like = result["like"]
-        print(f"| {kind} | | {show(like['champion'])} | {show(like['imagenet'])} |")
+        cells = [show(like[f"{space} {how}"]) for space in ("champion", "imagenet")
+                 for how in ("similarity", "classifier")]  # fmt: skip
+        print(f"| {kind} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

@@ -99,9 +99,10 @@ def _groups() -> dict:
 def _like(seeds: list[str], n: int) -> dict:
     from pipelines.loop import newclass
 
-    entries, features, _ = _logged()
+    entries, features, reference = _logged()
+    known = None if reference is None else reference.features
     try:
-        items = newclass.like_in(entries, features, seeds, n)
+        items = newclass.like_in(entries, features, seeds, n, known=known)
     except ValueError as exc:
         raise _Refused(400, str(exc)) from exc
     return {"items": [i.as_dict() for i in items],

@@ -1,6 +1,6 @@
 """What the champion lacks, a class at a time: the new-class channel (logged images far from
 the training data, in groups that look alike, to name in one step) and "more like these"
-(the logged images nearest to a few a person marked or brought), in the champion's logged
+(the logged images most like a few a person marked or brought), in the champion's logged
 features or in another embedding (e.g. the ImageNet one, ``pipelines.models.embedding``),
 whose vectors of logged images are computed once and kept in the log. The picks are
 ``labelqueue.QueueItem`` s, exported by ``labelqueue.export`` like the queue's.
@@ -16,7 +16,7 @@ from pipelines.images.decode import BadImage, decode_upload
 from pipelines.loop import novelty as density
 from pipelines.loop import predlog
 from pipelines.loop.labelqueue import QueueItem
-from pipelines.loop.novelty import far_groups, more_like, unit
+from pipelines.loop.novelty import far_groups, more_like
 
 EMBED_BATCH = 128  # logged images decoded and embedded at a time
 MAX_PIXELS = 64_000_000  # a logged image was accepted by serving; this only guards decoding
@@ -85,11 +85,13 @@ def like(
     n: int,
     exclude: set[str] = frozenset(),
     progress=print,
+    known: np.ndarray | None = None,
 ) -> list[QueueItem]:
-    """ "More like these": the ``n`` logged images nearest (in the ``embed`` embedding, e.g.
-    ``pipelines.models.embedding``'s ImageNet one) to the seed images, best first: logged
-    images by id (``seeds``) and/or (name, bytes) ``examples`` from elsewhere. Seeds and
-    ``exclude`` are never picked.
+    """ "More like these": the ``n`` logged images most like (in the ``embed`` embedding,
+    e.g. ``pipelines.models.embedding``'s ImageNet one) the seed images, best first: logged
+    images by id (``seeds``) and/or (name, bytes) ``examples`` from elsewhere; ``known``:
+    the training sample's embeddings (see :func:`like_in`). Seeds and ``exclude`` are never
+    picked.
 
     Raises:
         ValueError: no seed at all, a seed id not in the log (or its image gone), or an
@@ -109,7 +111,7 @@ def like(
     if gone := [s for s in seeds if s not in {e["id"] for e in kept}]:
         raise ValueError(f"seed {gone[0]}: its image is gone from the log (retention)")
     extra = embed(np.stack(seed_pixels)) if seed_pixels else None
-    return like_in(kept, found, seeds, n, extra)
+    return like_in(kept, found, seeds, n, extra, known)
 
 
 def _check_seeds(entries: list[dict], seeds: list[str]) -> None:
@@ -123,10 +125,13 @@ def like_in(
     seeds: list[str],
     n: int,
     extra: np.ndarray | None = None,
+    known: np.ndarray | None = None,
 ) -> list[QueueItem]:
     """ "More like these" among ``entries`` with their ``embeddings`` (e.g. the features
-    the log keeps): the ``n`` nearest to the ``seeds`` (ids among the entries) and ``extra``
-    seed embeddings, best first, seeds left out.
+    the log keeps): the ``n`` most like the ``seeds`` (ids among the entries) and ``extra``
+    seed embeddings, best first, seeds left out. ``known``: the champion's training sample
+    in the same embedding; with it, ranked by what sets the seeds apart from it
+    (``pipelines.loop.novelty.more_like``), else by similarity to the seeds.
 
     Raises:
         ValueError: no seed, or a seed id not among the entries.
@@ -137,14 +142,16 @@ def like_in(
     if not rows:
         raise ValueError("more like what? give seed image ids or example images")
     exclude = np.array([position[s] for s in seeds], int)
-    picked = more_like(embeddings, np.stack(rows), n, exclude=exclude)
-    direction = unit(unit(np.stack(rows)).mean(axis=0, keepdims=True))[0]
-    similarity = unit(embeddings) @ direction
+    picked, score = more_like(embeddings, np.stack(rows), n, exclude=exclude, known=known)
+    why = (
+        "like the seeds, unlike the training images (score {:.2f})"
+        if known is not None
+        else "like the seeds (similarity {:.2f})"
+    )
     return [
-        QueueItem(entries[i], 1 - float(entries[i]["margin"]), None,
-                  [f"like the seeds (similarity {similarity[i]:.2f})"])
+        QueueItem(entries[i], 1 - float(entries[i]["margin"]), None, [why.format(score[i])])
         for i in picked
-    ]  # fmt: skip
+    ]
 
 
 def groups(

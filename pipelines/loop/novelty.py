@@ -47,6 +47,7 @@ FIT_ROWS = 3000  # rows the projection is fitted on
 FAR_FDR = 0.05  # "far from every class": Benjamini-Hochberg at this false discovery rate
 GROUP_DISTANCE = 0.5  # cosine distance at which far images stop counting as one group
 MIN_GROUP = 3
+LIKE_C = 1.0  # "more like these": the classifier's inverse regularisation strength
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -140,17 +141,41 @@ def far_groups(
 
 
 def more_like(
-    embeddings: np.ndarray, seeds: np.ndarray, n: int, exclude: np.ndarray | None = None
-) -> np.ndarray:
-    """Indices of the ``n`` embeddings most like the ``seeds`` (cosine similarity to their
-    mean direction), best first, leaving out ``exclude`` (e.g. the seeds themselves)."""
+    embeddings: np.ndarray,
+    seeds: np.ndarray,
+    n: int,
+    exclude: np.ndarray | None = None,
+    known: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` embeddings most like the ``seeds``, best first, leaving out ``exclude``
+    (e.g. the seeds themselves): (indices, every embedding's score).
+
+    With ``known`` (the champion's training sample in the same embedding) the score is a
+    linear classifier's, seeds against the training images (logistic regression, classes
+    weighted equally, ``LIKE_C``): it learns what sets the seeds apart from what the
+    champion knows, so a new class's look-alikes of a known class (pickup trucks beside
+    cars) rank below the new class itself. Without it, the cosine similarity to the seeds'
+    mean direction. ``bench/loop.py``: 5 logged trucks -> the 50 best, ImageNet embedding,
+    10 seeds: 0.70 of them trucks by similarity, 0.89 by the classifier; known classes
+    (5 cars, cats or ships) do as well or better (0.65, 0.44, 0.76 against 0.64, 0.41, 0.65).
+    """
     if len(seeds) == 0:
         raise ValueError("more like what? give at least one seed image")
-    similarity = unit(embeddings) @ unit(unit(seeds).mean(axis=0, keepdims=True))[0]
+    x = unit(embeddings)
+    if known is not None and len(known):
+        from sklearn.linear_model import LogisticRegression
+
+        train = np.concatenate([unit(seeds), unit(known)])
+        target = np.r_[np.ones(len(seeds)), np.zeros(len(known))]
+        fitted = LogisticRegression(C=LIKE_C, class_weight="balanced", max_iter=1000)
+        score = fitted.fit(train, target).decision_function(x)
+    else:
+        score = x @ unit(unit(seeds).mean(axis=0, keepdims=True))[0]
+    ranked = score.astype(np.float64)
     if exclude is not None and len(exclude):
-        similarity[np.asarray(exclude)] = -np.inf
-    order = np.argsort(-similarity, kind="stable")
-    return order[np.isfinite(similarity[order])][:n]
+        ranked[np.asarray(exclude)] = -np.inf
+    order = np.argsort(-ranked, kind="stable")
+    return order[np.isfinite(ranked[order])][:n], score
 
 
 def typical(embeddings: np.ndarray, n: int, seed: int = 0, k: int = 20) -> np.ndarray:

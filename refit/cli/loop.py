@@ -175,10 +175,14 @@ def label_like(
         list[Path], typer.Option(help="An image file to find more like (repeatable).")
     ] = [],  # noqa: B006
     n: Annotated[int, typer.Option("--n", min=1, help="How many images to choose.")] = 50,
+    sample: Annotated[
+        int, typer.Option(min=10, help="Training images compared with (a stratified sample).")
+    ] = 1000,
 ) -> None:
-    """ "More like these": the logged images nearest to a few seed images (logged ids or
-    files) in the ImageNet embedding, exported as a batch skeleton labelled LABEL, so a new
-    class reaches intake's minimum quickly. Check the picks, then `refit data submit` it."""
+    """ "More like these": the logged images most like a few seed images (logged ids or
+    files) and unlike the training images, in the ImageNet embedding, exported as a batch
+    skeleton labelled LABEL, so a new class reaches intake's minimum quickly. Check the
+    picks, then `refit data submit` it."""
     settings = load_settings()
     from pipelines import workspace
     from pipelines.images.names import RULE, is_valid
@@ -194,13 +198,16 @@ def label_like(
         examples.append((str(path), path.read_bytes()))
     store = settings.prediction_log_store()
     view = predlog.read_log(store, newest=settings.loop.queue_images)
-    known = set(workspace.dataset(settings).index.get("sha256", []))  # labelled already
+    dataset = workspace.dataset(settings)
+    labelled = set(dataset.index.get("sha256", [])) | labelqueue.labelled_ids(store)
     try:
         embed = imagenet_embedding(settings.weights_dir, progress=console.print)
+        training = None
+        if not dataset.rows("train").empty:  # what the champion knows, to tell the seeds from
+            training = _training_embedding(dataset, embed, sample)
         items = newclass.like(
-            view, store, embed, seed, examples, n,
-            known | labelqueue.labelled_ids(store), console.print,
-        )  # fmt: skip
+            view, store, embed, seed, examples, n, labelled, console.print, training
+        )
         if not items:
             raise fail(f"nothing to pick: the prediction log holds {len(view)} images")
         path, written, gone = labelqueue.export(items, store, out, label)

@@ -58,11 +58,32 @@ def test_far_images_form_one_group_per_new_kind():
 def test_more_like_these_finds_the_seeds_kind():
     logged = blobs(list(range(10)), 100, seed=10)
     seeds = np.arange(900, 905)
-    picked = more_like(logged, logged[seeds], 50, exclude=seeds)
-    assert len(picked) == 50 and not set(picked) & set(seeds)
-    assert (picked >= 900).mean() == 1.0
+    for known in (None, TRAINING):
+        picked, _ = more_like(logged, logged[seeds], 50, exclude=seeds, known=known)
+        assert len(picked) == 50 and not set(picked) & set(seeds)
+        assert (picked >= 900).mean() == 1.0
     with pytest.raises(ValueError, match="at least one seed"):
         more_like(logged, logged[:0], 5)
+
+
+def test_more_like_these_learns_what_sets_the_seeds_apart_from_the_training_data():
+    """A new kind beside a known one, in an embedding where nuisance directions (light,
+    pose) vary more than what tells the two apart: similarity to the seeds drifts into
+    the known kind, the classifier against the training images does not."""
+    centres = np.random.default_rng(99).normal(size=(10, WIDTH)) * 0.5
+    centres[9] = centres[8] + 0.7 * np.random.default_rng(7).normal(size=WIDTH)
+    scale = np.full(WIDTH, 0.3)
+    scale[:8] = 6.0  # the nuisance
+
+    def kinds(which, seed):
+        rng = np.random.default_rng(seed)
+        return np.concatenate([centres[k] + scale * rng.normal(size=(100, WIDTH)) for k in which])
+
+    logged, training, seeds = kinds(range(10), 12), kinds(range(9), 1), np.arange(900, 905)
+    similar, _ = more_like(logged, logged[seeds], 50, exclude=seeds)
+    learned, score = more_like(logged, logged[seeds], 50, exclude=seeds, known=training)
+    assert (learned >= 900).mean() >= 0.9 and (similar >= 900).mean() <= 0.8
+    assert score.shape == (1000,) and not set(learned) & set(seeds)
 
 
 def test_typical_picks_cover_every_kind_at_a_budget_of_one_each():
