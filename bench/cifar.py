@@ -12,13 +12,17 @@ from PIL import Image
 from pipelines.images.decode import ImageSet
 
 
-def read_cifar(archive: Path, per_class: int | None = None) -> ImageSet:
+def read_cifar(
+    archive: Path, per_class: int | None = None, under: tuple[str, ...] = ()
+) -> ImageSet:
     """The tarball's images (the first ``per_class`` of each class, in the tarball's
-    order; None: all of them, about 10 s), decoded."""
+    order; None: all of them, about 10 s; ``under``: only paths starting so), decoded."""
     pixels, labels, seen = [], [], {}
     with tarfile.open(archive) as tar:
         for member in tar:
             if not (member.isfile() and member.name.endswith(".jpg")):
+                continue
+            if under and not member.name.startswith(under):
                 continue
             label = member.name.split("/")[-2]
             if per_class is not None and seen.get(label, 0) >= per_class:

@@ -178,10 +178,10 @@ def main() -> None:
             share = float(np.mean(pool_labels[stream] == NEW))
             trucks = np.flatnonzero(pool_labels[stream] == NEW)
             seeds = rng.choice(trucks, 5, replace=False)
-            for name, space, known in (
+            for name, space, trained in (
                 ("champion", feats, reference.features), ("imagenet", embed[stream], embed_train)
             ):  # fmt: skip
-                for how, against in (("similarity", None), ("classifier", known)):
+                for how, against in (("similarity", None), ("classifier", trained)):
                     found, _ = more_like(space, space[seeds], 50, exclude=seeds, known=against)
                     is_new = pool_labels[stream][found] == NEW
                     result["like"][f"{name} {how}"].append(float(np.mean(is_new)))

@@ -37,9 +37,10 @@ from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, File, Header, Query, UploadFile
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse
+from PIL import Image
 
 from core.settings import get_settings
-from pipelines.images.decode import BadImage, decode_upload
+from pipelines.images.decode import BadImage, load_upload, open_upload
 from serving import console, label, retrain
 from serving.auth import UNAUTHORIZED, MetricsGuard, Sessions, authorized, error
 from serving.batcher import LocalBatcher, Shed
@@ -50,6 +51,7 @@ from serving.worker import settle
 BATCHING = get_settings().serving
 WEB = Path(__file__).parent / "web"
 IMAGE_FORMATS = "JPEG, PNG, WebP, BMP, GIF or TIFF"
+INLINE_PIXELS = 64 * 64  # uploads this small decode on the event loop
 
 
 # BentoML 1.4 recycles the caller's connection pool every 100 requests or 300 s and closes
@@ -210,9 +212,19 @@ def busy() -> JSONResponse:
     )
 
 
-def _decode_all(uploads: list[tuple[str, bytes]], size: tuple[int, int]) -> np.ndarray:
+async def _decode(uploads: list[tuple[str, bytes]], size: tuple[int, int]) -> np.ndarray:
+    """The uploads as the model's input: headers read here, and the pixels decoded here too
+    when there are at most ``INLINE_PIXELS`` of them (a thread hop costs more than that),
+    else in a thread (a large image must not stall other requests)."""
     max_pixels = get_settings().serving.max_image_pixels
-    return np.stack([decode_upload(data, size, max_pixels, name) for name, data in uploads])
+    opened = [(name, open_upload(data, max_pixels, name)) for name, data in uploads]
+    if sum(image.width * image.height for _, image in opened) <= INLINE_PIXELS:
+        return _load_all(opened, size)
+    return await anyio.to_thread.run_sync(_load_all, opened, size)
+
+
+def _load_all(opened: list[tuple[str, Image.Image]], size: tuple[int, int]) -> np.ndarray:
+    return np.stack([load_upload(image, size, name) for name, image in opened])
 
 
 def _top_k(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
@@ -325,8 +337,8 @@ class Refit:
             size = await self._input_size(refresh=attempt > 0)
             if isinstance(size, JSONResponse):
                 return size
-            try:  # off the event loop: a large image must not stall other requests
-                images = await anyio.to_thread.run_sync(_decode_all, uploads, size)
+            try:
+                images = await _decode(uploads, size)
             except BadImage as exc:
                 return error(400, str(exc))
             batch = np.concatenate([images, images[:, :, ::-1]]) if tta else images

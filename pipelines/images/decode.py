@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -102,23 +103,43 @@ def load_rgb(path: Path) -> Image.Image:
         return to_rgb(image)
 
 
+def open_upload(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
+    """Untrusted bytes opened (the header read, the pixels not yet decoded) and held to
+    ``max_pixels``, or :class:`BadImage` naming the rule broken."""
+    if not data:
+        raise BadImage(f"{name}: empty upload")
+    with _named_errors(name):
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise BadImage(
+                f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels:,} "
+                "(decompression bomb guard)"
+            )
+    return image
+
+
+def load_upload(image: Image.Image, size: tuple[int, int], name: str = "image") -> np.ndarray:
+    """An :func:`open_upload` image decoded as the model's input, or :class:`BadImage`."""
+    with _named_errors(name):
+        image.load()
+    return to_model_input(image, size)
+
+
 def decode_upload(
     data: bytes, size: tuple[int, int], max_pixels: int, name: str = "image"
 ) -> np.ndarray:
     """Untrusted bytes as the model's input, or :class:`BadImage` naming the rule broken."""
-    if not data:
-        raise BadImage(f"{name}: empty upload")
+    return load_upload(open_upload(data, max_pixels, name), size, name)
+
+
+@contextmanager
+def _named_errors(name: str):
+    """PIL's errors on untrusted bytes as :class:`BadImage` naming the upload."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise BadImage(
-                    f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels:,} "
-                    "(decompression bomb guard)"
-                )
-            image.load()
+            yield
         except BadImage:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -127,7 +148,6 @@ def decode_upload(
             raise BadImage(f"{name}: not a JPEG, PNG, WebP, BMP, GIF or TIFF image") from exc
         except (OSError, SyntaxError, ValueError) as exc:
             raise BadImage(f"{name}: truncated or corrupt image ({exc})") from exc
-    return to_model_input(image, size)
 
 
 def plain_signals() -> None:

@@ -408,6 +408,13 @@ def test_more_like_these_finds_the_unseen_class_from_a_few_seeds(
     found = [p.id in trucks for p in picks]
     assert np.mean(found[:10]) >= 0.8  # 37 trucks left among 217 images (17%)
     assert picks[0].reasons[0].startswith("like the seeds (similarity")
+    size = (embed.input_px, embed.input_px)  # the champion's training sample: what seeds are not
+    known = embed(
+        np.stack([np.asarray(Image.fromarray(p).resize(size)) for p in sample["x"][1::2]])
+    )
+    learned = newclass.like(view, writer.store, embed, seeds, [elsewhere], 30, known=known, **quiet)
+    assert np.mean([p.id in trucks for p in learned][:10]) >= 0.8
+    assert learned[0].reasons[0].startswith("like the seeds, unlike the training images")
     with pytest.raises(ValueError, match="not in the prediction log"):
         newclass.like(view, writer.store, embed, ["0" * 64], [], 5, **quiet)
     with pytest.raises(ValueError, match=r"notes\.txt: not a JPEG"):
