@@ -491,6 +491,17 @@ def test_the_new_class_channel_groups_what_the_training_data_lacks(
         rows = list(csv.DictReader(f))
     assert np.mean([r["image_id"] in trucks for r in rows]) >= 0.8
 
+    # "more like these" from the CLI, against the dataset's training images
+    seeds = [a for e in view.entries[180:183] for a in ("--seed", e["id"])]
+    like = [refit, "label", "like", *seeds, "--label", "truck", "--n", "20"]
+    done = subprocess.run([*like, "--out", str(tmp_path / "like")], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    with open(tmp_path / "like" / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert np.mean([r["image_id"] in trucks for r in rows]) >= 0.6  # random: 24%
+    assert all(r["why"].startswith("like the seeds, unlike the training images") for r in rows)
+
     # the queue in the ImageNet embedding: logged images embedded once, kept in the log
     # (a registry without a champion: novelty needs only the dataset's training images)
     env["REFIT_MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
