@@ -145,7 +145,7 @@ def like_in(
     picked, score = more_like(embeddings, np.stack(rows), n, exclude=exclude, known=known)
     why = (
         "like the seeds, unlike the training images (score {:.2f})"
-        if known is not None
+        if known is not None and len(known)
         else "like the seeds (similarity {:.2f})"
     )
     return [
