@@ -40,7 +40,7 @@ def test_small_uploads_decode_on_the_event_loop_and_large_ones_in_a_thread(monke
     assert len(hops) == 2
     with pytest.raises(BadImage, match=r"cut\.jpg: truncated or corrupt"):
         asyncio.run(service._decode([("cut.jpg", jpeg(32)[:200])], (32, 32)))
-    with pytest.raises(BadImage, match=r"bomb\.png: 9000x9000 pixels exceeds"):
+    with pytest.raises(BadImage, match=r"bomb\.png: .*decompression bomb guard"):
         bomb = io.BytesIO()
         Image.new("L", (9000, 9000)).save(bomb, "PNG")
         asyncio.run(service._decode([("bomb.png", bomb.getvalue())], (32, 32)))
