@@ -20,7 +20,7 @@ do; once the champion is competent, its **uncertainty** is worth asking about. S
   hold fewer training images than chance gives (``NOVEL_UNTIL``). A class the champion
   never saw reaches a person, and enough of it for intake's minimum: at 5% false
   discoveries the far images are only the surest part of a new class (``bench/loop.py``:
-  about 90 of 200 trucks), and its next most novel images are mostly more of it.
+  about 90 of 200 trucks), and about half of the next most novel are more of it.
 
 Each pick says which of these chose it. The new-class channel and "more like these" are
 ``pipelines.loop.newclass``. Novelty compares the logged images' features with
