@@ -135,6 +135,17 @@ def coloured_images(classes: list[str], per_class: int, seed: int, size: int = 2
 
 
 @pytest.fixture(scope="session")
+def imagenet_weights(tmp_path_factory) -> Path:
+    """A weights folder holding the ImageNet embedding, built once per test process (seconds
+    each time): copy it to where a test's ``weights_dir`` is."""
+    from pipelines.models.embedding import imagenet_embedding
+
+    folder = tmp_path_factory.mktemp("weights")
+    imagenet_embedding(folder, progress=lambda m: None)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def live(tmp_path_factory):
     """The whole platform (`refit up`) on free ports, shared by the tests that need it."""
     from tests.live_platform import start_platform

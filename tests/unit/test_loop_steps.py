@@ -383,7 +383,7 @@ def test_the_live_check_says_why_it_cannot_check(tmp_path, sample) -> None:
 
 @pytest.mark.e2e
 def test_more_like_these_finds_the_unseen_class_from_a_few_seeds(
-    tmp_path, sample, refit_env
+    tmp_path, sample, refit_env, imagenet_weights
 ) -> None:
     """Seeds in the ImageNet embedding (built for real from the packaged weights): logged
     trucks and a truck photo from elsewhere bring back trucks the champion calls cars."""
@@ -399,7 +399,8 @@ def test_more_like_these_finds_the_unseen_class_from_a_few_seeds(
     ids = [e["id"] for e in view.entries]
     trucks, seeds = set(ids[180:]), ids[180:183]
     elsewhere = ("truck.jpg", _jpeg(sample["trucks"][50]))  # never logged
-    weights = Path(refit_env["REFIT_WORKSPACE"]) / "weights"
+    weights = Path(refit_env["REFIT_WORKSPACE"]) / "weights"  # the CLI's too
+    shutil.copytree(imagenet_weights, weights)
     embed = imagenet_embedding(weights, progress=lambda m: None)
     quiet = dict(progress=lambda m: None)
 
@@ -441,12 +442,14 @@ def test_more_like_these_finds_the_unseen_class_from_a_few_seeds(
 
 @pytest.mark.e2e
 def test_the_new_class_channel_groups_what_the_training_data_lacks(
-    tmp_path, sample, refit_env
+    tmp_path, sample, refit_env, imagenet_weights
 ) -> None:
     from pipelines.loop.features import features_and_probs
     from pipelines.models.embedding import imagenet_embedding
 
-    embed = imagenet_embedding(tmp_path / "weights", progress=lambda m: None)
+    weights = Path(refit_env["REFIT_WORKSPACE"]) / "weights"  # the CLI's too
+    shutil.copytree(imagenet_weights, weights)
+    embed = imagenet_embedding(weights, progress=lambda m: None)
 
     def at_224(x: np.ndarray) -> np.ndarray:
         return np.stack([np.asarray(Image.fromarray(p).resize((224, 224))) for p in x])
