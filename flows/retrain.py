@@ -128,6 +128,7 @@ def judge_and_promote(submission, trial, gate_overrides: dict):
         run_prefix="retrain",
         tags=tags,
         log_store=config.prediction_log_store(),
+        embed=workspace.loop_embedding(config, log().info),
     )
 
 

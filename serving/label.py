@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import re
 import shutil
 import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NamedTuple
 
 import anyio
 from fastapi import APIRouter, Body, Header, Query
@@ -31,6 +32,7 @@ IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 MEDIA = {".jpg": "image/jpeg", ".png": "image/png", ".gif": "image/gif", ".bmp": "image/bmp"}
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=4)  # a version's training sample never changes
@@ -42,67 +44,115 @@ def _training_features(version: str):
     return TrainingFeatures.from_bytes(data) if data else None
 
 
-def _queue(n: int) -> dict:
-    from pipelines.loop import labelqueue
-    from serving.champion import RegistrySource
+def _embedding():
+    """The ImageNet embedding when the loop works in it and it is built on this host (by a
+    registration here, or any command that uses it), else None."""
+    from pipelines.models.embedding import embedding_path
 
     settings = get_settings()
-    source = RegistrySource.from_settings(settings)
-    version = source.champion_version()
-    reference = _training_features(version) if version else None
-    accuracy = source.holdout_accuracy(version) if version else None
-    items, view = labelqueue.next_up(
-        settings.prediction_log_store(), reference, n, settings.loop.queue_images,
-        accuracy=accuracy,
-    )  # fmt: skip
-    classes = source.class_names(version) if version else []
-    note = f"{len(items)} of {len(view)} logged images"
-    if view.unreadable:
-        note += f" ({view.unreadable} unreadable log lines skipped)"
-    return {"items": [i.as_dict() for i in items], "classes": classes, "note": note}
+    if settings.loop.queue_embedding != "imagenet":
+        return None
+    path = embedding_path(settings.weights_dir)
+    if not path.is_file():
+        log.warning("loop.queue_embedding is imagenet but %s is not built here", path)
+        return None
+    return _load_embedding(str(path))
 
 
-def _logged(exclude_labelled: bool = True):
-    """The newest log entries not labelled yet, with the features serving logged, and the
-    champion's training sample (None: registered before Refit kept it)."""
+@functools.lru_cache(maxsize=1)
+def _load_embedding(path: str):
+    from pipelines.models.embedding import load_embedding
+
+    return load_embedding(Path(path).parent)
+
+
+class _Loop(NamedTuple):
+    """The newest log entries, the ids labelled since, the champion's training sample (None:
+    registered before Refit kept it), and the ImageNet embedding when the loop works in it
+    and the champion kept its sample's (None: the champion's own features, as logged)."""
+
+    store: Any
+    view: Any
+    done: set[str]
+    version: str | None
+    reference: Any
+    embed: Any
+
+    def unlabelled(self):
+        keep = [i for i, e in enumerate(self.view.entries) if e["id"] not in self.done]
+        return [self.view.entries[i] for i in keep], self.view.features[keep]
+
+
+def _loop() -> _Loop:
     from pipelines.loop import labelqueue, predlog
     from serving.champion import RegistrySource
 
     settings = get_settings()
     store = settings.prediction_log_store()
     view = predlog.read_log(store, newest=settings.loop.queue_images)
-    done = labelqueue.labelled_ids(store) if exclude_labelled else set()
-    keep = [i for i, e in enumerate(view.entries) if e["id"] not in done]
     version = RegistrySource.from_settings(settings).champion_version()
     reference = _training_features(version) if version else None
-    return [view.entries[i] for i in keep], view.features[keep], reference
+    embed = _embedding() if reference is not None and reference.imagenet is not None else None
+    return _Loop(store, view, labelqueue.labelled_ids(store), version, reference, embed)
+
+
+def _queue(n: int) -> dict:
+    from pipelines.loop import labelqueue, newclass
+    from serving.champion import RegistrySource
+
+    loop = _loop()
+    source = RegistrySource.from_settings(get_settings())
+    view, space = loop.view, None
+    if loop.embed is not None:
+        view, logged = newclass.embedded_view(view, loop.store, loop.embed, loop.done, log.info)
+        space = (logged, loop.reference.imagenet)
+    accuracy = source.holdout_accuracy(loop.version) if loop.version else None
+    items = labelqueue.rank(view, loop.reference, n, loop.done, accuracy, space=space)
+    classes = source.class_names(loop.version) if loop.version else []
+    note = f"{len(items)} of {len(view)} logged images"
+    if view.unreadable:
+        note += f" ({view.unreadable} unreadable log lines skipped)"
+    return {"items": [i.as_dict() for i in items], "classes": classes, "note": note}
 
 
 def _groups() -> dict:
     from pipelines.loop import newclass
 
-    entries, features, reference = _logged()
-    if reference is None:
+    loop = _loop()
+    if loop.reference is None:
         raise _Refused(
             409,
             "the champion was registered before Refit kept training features: retrain it "
             "(or register it again) to find groups",
         )
-    found = newclass.groups_in(entries, features, reference.features)
+    entries, features = loop.unlabelled()
+    if loop.embed is not None:
+        found = newclass.groups(
+            loop.view, loop.store, loop.embed, loop.reference.imagenet, loop.done, log.info
+        )
+    else:
+        found = newclass.groups_in(entries, features, loop.reference.features)
     note = (f"{len(found)} groups among {len(entries)} logged images" if found else
             f"No group of logged images stands apart from the training data "
             f"({len(entries)} looked at).")  # fmt: skip
     groups = [{"size": len(g), "items": [i.as_dict() for i in g]} for g in found]
-    return {"groups": groups, "note": note, "classes": reference.class_names}
+    return {"groups": groups, "note": note, "classes": loop.reference.class_names}
 
 
 def _like(seeds: list[str], n: int) -> dict:
     from pipelines.loop import newclass
 
-    entries, features, reference = _logged()
-    known = None if reference is None else reference.features
+    loop = _loop()
     try:
-        items = newclass.like_in(entries, features, seeds, n, known=known)
+        if loop.embed is not None:
+            known = loop.reference.imagenet
+            items = newclass.like(
+                loop.view, loop.store, loop.embed, seeds, [], n, loop.done, log.info, known
+            )
+        else:
+            entries, features = loop.unlabelled()
+            known = None if loop.reference is None else loop.reference.features
+            items = newclass.like_in(entries, features, seeds, n, known=known)
     except ValueError as exc:
         raise _Refused(400, str(exc)) from exc
     return {"items": [i.as_dict() for i in items],

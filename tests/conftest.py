@@ -138,7 +138,7 @@ def coloured_images(classes: list[str], per_class: int, seed: int, size: int = 2
 def imagenet_weights(tmp_path_factory) -> Path:
     """A weights folder holding the ImageNet embedding, built once per test process (seconds
     each time): copy it to where a test's ``weights_dir`` is."""
-    from pipelines.models.embedding import imagenet_embedding
+    from pipelines.models.imagenet import imagenet_embedding
 
     folder = tmp_path_factory.mktemp("weights")
     imagenet_embedding(folder, progress=lambda m: None)

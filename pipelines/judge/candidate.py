@@ -201,9 +201,11 @@ def record(
     run: CandidateRun,
     dataset: Dataset | None = None,
     policy: GatePolicy | None = None,
+    embed=None,
 ) -> Judgement:
     """Log the candidate's run, register it, and promote it if the gate blessed it (unless
-    the gate's ``policy`` asks a person first: then it waits, tagged)."""
+    the gate's ``policy`` asks a person first: then it waits, tagged). The version keeps
+    its training sample's features, and their ``embed`` embedding when given."""
     decision = assessment.decision
     metrics = assessment.challenger.flat_metrics(CHALLENGER_PREFIX)
     if assessment.champion is not None:
@@ -234,7 +236,7 @@ def record(
             [*figures, page, *run.reports],
             decision.markdown(),
             reference_images=holdout.x[:: max(1, len(holdout.x) // 32)][:32],
-            training_features=_training_features(challenger, dataset),
+            training_features=_training_features(challenger, dataset, embed),
         )
         run_id, version = registry.log_candidate(challenger, record, dataset)
     failpoint("registered")
@@ -267,10 +269,10 @@ def record(
     )
 
 
-def _training_features(challenger: LoadedModel, dataset: Dataset | None) -> bytes | None:
+def _training_features(challenger: LoadedModel, dataset: Dataset | None, embed) -> bytes | None:
     from pipelines.loop.features import training_features
 
-    found = training_features(challenger, dataset) if dataset is not None else None
+    found = training_features(challenger, dataset, embed=embed) if dataset is not None else None
     return found.to_bytes() if found is not None else None
 
 
@@ -318,11 +320,12 @@ def judge(
     run: CandidateRun,
     dataset: Dataset | None = None,
     log_store=None,
+    embed=None,
 ) -> Judgement:
     """Assess ``challenger`` against the registry's champion (and on the production traffic
-    in ``log_store``), record it, promote if blessed."""
+    in ``log_store``), record it (``embed``: see :func:`record`), promote if blessed."""
     assessment = assess(challenger, holdout, policy, current_champion(registry), log_store)
-    return record(assessment, challenger, registry, run, dataset, policy)
+    return record(assessment, challenger, registry, run, dataset, policy, embed)
 
 
 def judge_model_file(
@@ -332,6 +335,7 @@ def judge_model_file(
     policy: GatePolicy,
     run: CandidateRun,
     log_store=None,
+    embed=None,
 ) -> Judgement:
     """Judge a whole model (a file, the built-in model, one trained from scratch) on the
     dataset's holdout: what registering a model file means.
@@ -346,7 +350,7 @@ def judge_model_file(
         )
     if not run.params:  # the recipe the file's card records (the caller's run is kept)
         run = replace(run, params=challenger.card.get("train", {}))
-    return judge(challenger, holdout, registry, policy, run, dataset, log_store)
+    return judge(challenger, holdout, registry, policy, run, dataset, log_store, embed)
 
 
 @dataclass
@@ -394,13 +398,14 @@ def judge_challenge(
     tags: dict[str, str] | None = None,
     assessment: Assessment | None = None,
     log_store=None,
+    embed=None,
 ) -> Judgement:
     """The second half: judge the challenger against the registry's champion on the
     dataset's holdout, record its fine-tune run, register it, promote it if blessed.
 
     ``assessment`` (made against the parent) is reused when the parent is the champion; a
     challenger fine-tuned from a model file is judged against the champion afresh
-    (``log_store``: the prediction log, for the shadow check).
+    (``log_store``: the prediction log, for the shadow check; ``embed``: see :func:`record`).
     """
     parent = trial.parent
     if assessment is None or parent.version is None:
@@ -412,7 +417,7 @@ def judge_challenge(
     if parent.version is None:
         run.tags[PARENT_TAG] = "a model file"  # lineage names the real parent
     run.tags.update(tags or {})
-    return record(assessment, trial.challenger, registry, run, trial.dataset, policy)
+    return record(assessment, trial.challenger, registry, run, trial.dataset, policy, embed)
 
 
 def finetune_run(

@@ -20,28 +20,34 @@ TRAINING_SAMPLE = 1000  # training images whose features a registered version ke
 
 @dataclass(frozen=True)
 class TrainingFeatures:
-    """Features, labels (indices into ``class_names``) and probabilities of training images."""
+    """Features, labels (indices into ``class_names``) and probabilities of training images,
+    and, when the loop works in it, the same images' ImageNet embedding."""
 
     features: np.ndarray  # (N, D) float32
     labels: np.ndarray  # (N,) int
     probs: np.ndarray  # (N, K) float32
     class_names: list[str]
+    imagenet: np.ndarray | None = None  # (N, 1280) float32: pipelines.models.embedding
 
     def to_bytes(self) -> bytes:
         out = io.BytesIO()
+        extra = {} if self.imagenet is None else {"imagenet": self.imagenet.astype(np.float32)}
         np.savez_compressed(
             out,
             features=self.features.astype(np.float32),
             labels=self.labels.astype(np.int32),
             probs=self.probs.astype(np.float32),
             class_names=np.array(self.class_names, dtype=str),
+            **extra,
         )
         return out.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TrainingFeatures:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return cls(z["features"], z["labels"], z["probs"], [str(c) for c in z["class_names"]])
+            imagenet = z["imagenet"] if "imagenet" in z.files else None
+            classes = [str(c) for c in z["class_names"]]
+            return cls(z["features"], z["labels"], z["probs"], classes, imagenet)
 
     def centroids(self) -> np.ndarray:
         """Mean feature of each class (K, D); NaN rows for a class without images."""
@@ -73,10 +79,12 @@ def features_and_probs(model, x: np.ndarray, batch_size: int = 512):
 
 
 def training_features(
-    loaded, dataset, n: int = TRAINING_SAMPLE, seed: int = 0
+    loaded, dataset, n: int = TRAINING_SAMPLE, seed: int = 0, embed=None
 ) -> TrainingFeatures | None:
     """The features of up to ``n`` training images (a seeded sample, every class in
-    proportion), or None when the dataset has no training images."""
+    proportion), with their ``embed`` embedding too when given
+    (:func:`pipelines.models.imagenet.imagenet_embedding`); None when the dataset has no
+    training images."""
     from pipelines.images.decode import stratified_sample
 
     rows = dataset.rows("train", classes=loaded.class_names)
@@ -87,4 +95,8 @@ def training_features(
         rows = rows.iloc[np.sort(stratified_sample(labels, n, seed))]
     images = dataset.images(rows, loaded.input_size, loaded.class_names)
     probs, feats = features_and_probs(loaded.model, images.x)
-    return TrainingFeatures(feats, images.y, probs, list(loaded.class_names))
+    imagenet = None
+    if embed is not None:
+        size = (embed.input_px, embed.input_px)
+        imagenet = embed(dataset.images(rows, size, loaded.class_names).x)
+    return TrainingFeatures(feats, images.y, probs, list(loaded.class_names), imagenet)

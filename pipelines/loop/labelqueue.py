@@ -230,21 +230,6 @@ def production_labels(store) -> dict[str, str]:
     return labels
 
 
-def next_up(
-    store,
-    reference,
-    n: int,
-    newest: int,
-    exclude: set[str] = frozenset(),
-    accuracy: float | None = None,
-) -> tuple[list[QueueItem], predlog.LogView]:
-    """The queue over the ``newest`` log entries, minus ``exclude`` and what was labelled
-    (``accuracy``: the champion's holdout accuracy, see :func:`strategy`)."""
-    view = predlog.read_log(store, newest=newest)
-    exclude = set(exclude) | labelled_ids(store)
-    return rank(view, reference, n, exclude=exclude, accuracy=accuracy), view
-
-
 def skeleton(
     items: list[QueueItem], store, label: str | None = None
 ) -> tuple[list[tuple[str, bytes]], bytes, list[str]]:

@@ -57,6 +57,17 @@ def embed_logged(view: predlog.LogView, store, embed, exclude: set[str], progres
     return kept, found.astype(np.float32)
 
 
+def embedded_view(
+    view: predlog.LogView, store, embed, exclude: set[str], progress=print
+) -> tuple[predlog.LogView, np.ndarray]:
+    """The log narrowed to the images :func:`embed_logged` embeds, and their embeddings
+    (row for row): the label queue's ``space`` (``labelqueue.rank``)."""
+    kept, logged = embed_logged(view, store, embed, exclude, progress)
+    rows = {e["id"]: i for i, e in enumerate(view.entries)}
+    features = view.features[[rows[e["id"]] for e in kept]] if kept else view.features[:0]
+    return predlog.LogView(kept, features, view.unreadable), logged
+
+
 def _read_embeddings(store, path: str) -> dict[str, np.ndarray]:
     data = store.read_bytes(path)
     if data is None:

@@ -138,15 +138,13 @@ def label_next(
 def _imagenet_space(settings, dataset, view, store, exclude, sample: int = 1000):
     """The log (its images still there) and (its, the training sample's) ImageNet
     embeddings."""
-    from pipelines.loop import newclass, predlog
-    from pipelines.models.embedding import imagenet_embedding
+    from pipelines.loop import newclass
+    from pipelines.models.imagenet import imagenet_embedding
 
     embed = imagenet_embedding(settings.weights_dir, progress=console.print)
     training = _training_embedding(dataset, embed, sample)
-    kept, logged = newclass.embed_logged(view, store, embed, exclude, console.print)
-    rows = {e["id"]: i for i, e in enumerate(view.entries)}
-    features = view.features[[rows[e["id"]] for e in kept]] if kept else view.features[:0]
-    return predlog.LogView(kept, features, view.unreadable), (logged, training)
+    view, logged = newclass.embedded_view(view, store, embed, exclude, console.print)
+    return view, (logged, training)
 
 
 def _training_embedding(dataset, embed, sample: int):
@@ -187,7 +185,7 @@ def label_like(
     from pipelines import workspace
     from pipelines.images.names import RULE, is_valid
     from pipelines.loop import labelqueue, newclass, predlog
-    from pipelines.models.embedding import imagenet_embedding
+    from pipelines.models.imagenet import imagenet_embedding
 
     if not is_valid(label):
         raise fail(f"--label {label!r}: a class name is {RULE}")
@@ -232,7 +230,7 @@ def label_groups(
     settings = load_settings()
     from pipelines import workspace
     from pipelines.loop import labelqueue, newclass, predlog
-    from pipelines.models.embedding import imagenet_embedding
+    from pipelines.models.imagenet import imagenet_embedding
 
     if out.exists() and any(out.iterdir()):
         raise fail(f"{out} exists and is not empty: give a new folder")

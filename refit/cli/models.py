@@ -95,6 +95,7 @@ def model_register(
     except (ModelRefused, OSError, ValueError) as exc:
         raise fail(str(exc)) from exc
     run = CandidateRun(f"register {file.name}", tags={"reason": reason})
+    embed = workspace.loop_embedding(settings, console.print)
     with console.status("Evaluating, registering…"):
         try:
             outcome = registry_call(
@@ -105,6 +106,7 @@ def model_register(
                     settings.gate,
                     run,
                     settings.prediction_log_store(),
+                    embed,
                 )
             )
         except EvaluationError as exc:

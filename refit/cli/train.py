@@ -138,6 +138,7 @@ def train_finetune(
     trial.challenger.card["holdout"] = assessment.summary()
     save_model_file(trial.challenger, model_out(settings, out, "finetune"))
     if register:
+        embed = workspace.loop_embedding(settings, console.print)
         with console.status("Judging against the champion…"):
             outcome = registry_call(
                 lambda: candidate.judge_challenge(
@@ -147,6 +148,7 @@ def train_finetune(
                     settings.accepted_dir,
                     assessment=assessment,
                     log_store=log_store,
+                    embed=embed,
                 )
             )
         print_judgement(outcome)

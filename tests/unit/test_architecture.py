@@ -24,12 +24,14 @@ ALLOWED = {
 FLOORS = {"images": 0, "models": 1, "loop": 1, "data": 2, "training": 3, "judge": 4, "workspace": 5}
 # What serving may import of pipelines/: the TF-free rooms it needs.
 # Serving's pages decide approvals: the registry's alias moves, without model code; the
-# engine module converts versions registered before engines were built at registration.
+# engine module converts versions registered before engines were built at registration; the
+# Label page runs the ImageNet embedding (built elsewhere) when the loop works in it.
 SERVING_MAY_USE = (
     "pipelines.images",
     "pipelines.loop",
     "pipelines.data.submissions",
     "pipelines.models.engine",
+    "pipelines.models.embedding",
     "pipelines.judge.approval",
     "pipelines.judge.registry_moves",
     "pipelines.judge.registry_client",

@@ -13,7 +13,7 @@ from PIL import Image
 
 from core.policies import ArchitectureConfig
 from pipelines.models import backbones, pretrained
-from pipelines.models.embedding import imagenet_classifier, imagenet_embedding
+from pipelines.models.imagenet import imagenet_classifier, imagenet_embedding
 from pipelines.models.torchweights import (
     MAGIC_NUMBER,
     PROTOCOL_VERSION,

@@ -6,6 +6,7 @@ shipped 9-class built-in one; the images are the embedded CIFAR-10 sample's."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import shutil
@@ -103,6 +104,17 @@ def _probs(n: int, seed: int = 0) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- the log
+
+
+def test_training_features_keep_the_imagenet_embedding_only_when_given(sample) -> None:
+    from pipelines.loop.features import TrainingFeatures
+
+    plain = sample["reference"]
+    again = TrainingFeatures.from_bytes(plain.to_bytes())  # as versions registered before
+    assert again.imagenet is None and np.array_equal(again.features, plain.features)
+    embedded = dataclasses.replace(plain, imagenet=np.eye(3, 1280))
+    kept = TrainingFeatures.from_bytes(embedded.to_bytes())
+    assert kept.imagenet.dtype == np.float32 and np.array_equal(kept.imagenet, np.eye(3, 1280))
 
 
 def test_the_log_keeps_each_answer_with_its_image_once_and_skips_a_cut_line(tmp_path) -> None:
@@ -388,7 +400,7 @@ def test_more_like_these_finds_the_unseen_class_from_a_few_seeds(
     """Seeds in the ImageNet embedding (built for real from the packaged weights): logged
     trucks and a truck photo from elsewhere bring back trucks the champion calls cars."""
     from pipelines.loop.features import features_and_probs
-    from pipelines.models.embedding import imagenet_embedding
+    from pipelines.models.imagenet import imagenet_embedding
     from tests.conftest import git_repo
 
     x = np.concatenate([sample["x"][::2], sample["trucks"][:40]])  # 180 known, 40 trucks
@@ -442,10 +454,10 @@ def test_more_like_these_finds_the_unseen_class_from_a_few_seeds(
 
 @pytest.mark.e2e
 def test_the_new_class_channel_groups_what_the_training_data_lacks(
-    tmp_path, sample, refit_env, imagenet_weights
+    tmp_path, sample, refit_env, imagenet_weights, monkeypatch
 ) -> None:
     from pipelines.loop.features import features_and_probs
-    from pipelines.models.embedding import imagenet_embedding
+    from pipelines.models.imagenet import imagenet_embedding
 
     weights = Path(refit_env["REFIT_WORKSPACE"]) / "weights"  # the CLI's too
     shutil.copytree(imagenet_weights, weights)
@@ -522,9 +534,43 @@ def test_the_new_class_channel_groups_what_the_training_data_lacks(
                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert wrong.returncode == 1 and "give champion or imagenet" in wrong.stderr
 
+    # loop.queue_embedding = imagenet: a version registered so keeps its training sample's
+    # ImageNet embedding, and the Label page's routes choose in that embedding
+    from core.settings import get_settings
+    from pipelines import workspace
+    from pipelines.judge.candidate import judge_model_file
+    from pipelines.judge.registry_writes import CandidateRun
+    from pipelines.loop.features import TrainingFeatures
+    from serving import label
+
+    for name, value in {**env, "REFIT_LOOP__QUEUE_EMBEDDING": "imagenet"}.items():
+        if name.startswith("REFIT_"):
+            monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    label._load_embedding.cache_clear(), label._training_features.cache_clear()
+    settings, quiet = get_settings(), dict(progress=lambda m: None)
+    registry = workspace.registry(settings)
+    judged = judge_model_file(sample["loaded"], workspace.dataset(settings), registry,
+                              settings.gate, CandidateRun("the built-in model"),
+                              embed=workspace.loop_embedding(settings, lambda m: None))  # fmt: skip
+    assert judged.promoted, judged.decision.reasons
+    kept = TrainingFeatures.from_bytes(registry.training_features(judged.version))
+    assert kept.imagenet is not None and kept.imagenet.shape == (len(kept.labels), 1280)
+    try:
+        assert label._loop().embed is not None
+        seeds = [e["id"] for e in view.entries[180:183]]
+        liked = label._like(seeds, 20)["items"]
+        assert np.mean([item["id"] in trucks for item in liked]) >= 0.6  # as the CLI's
+        assert liked[0]["reasons"][0].startswith("like the seeds, unlike the training images")
+        grouped = label._groups()["groups"]
+        assert grouped and np.mean([i["id"] in trucks for i in grouped[0]["items"]]) >= 0.8
+        queue = label._queue(24)["items"]
+        assert sum(item["id"] in trucks for item in queue) >= 9  # random: 6
+    finally:
+        label._load_embedding.cache_clear(), label._training_features.cache_clear()
+
     # a log like the training data: nothing stands apart, and the channel says so (empty)
     known_only = _writer(tmp_path / "known")
     _log(known_only, [_jpeg(p) for p in sample["x"][::2]], probs[:180], feats[:180])
     view = predlog.read_log(known_only.store)
-    quiet = dict(progress=lambda m: None)
     assert newclass.groups(view, known_only.store, embed, training, **quiet) == []
