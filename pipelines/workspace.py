@@ -78,18 +78,22 @@ def registry(settings: Settings) -> Registry:
 
 def loop_embedding(settings: Settings, progress: Progress = print):
     """The ImageNet embedding when the loop works in it (``loop.queue_embedding``), built
-    once per host; None otherwise, or when its weights cannot be had (said, not raised: a
-    version registers without it and the loop uses the champion's features)."""
+    once per host and shared through the prediction log's store with serving hosts; None
+    otherwise, or when its weights cannot be had (said, not raised: a version registers
+    without it and the loop uses the champion's features)."""
     if settings.loop.queue_embedding != "imagenet":
         return None
+    from pipelines.models.embedding import share_embedding
     from pipelines.models.imagenet import imagenet_embedding
     from pipelines.models.pretrained import WeightsUnavailable
 
     try:
-        return imagenet_embedding(settings.weights_dir, progress=progress)
+        embed = imagenet_embedding(settings.weights_dir, progress=progress)
     except WeightsUnavailable as exc:
         progress(f"No ImageNet embedding for the label queue: {exc}")
         return None
+    share_embedding(settings.prediction_log_store(), settings.weights_dir)
+    return embed
 
 
 def recover(settings: Settings, progress: Progress = print) -> None:

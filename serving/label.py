@@ -45,25 +45,24 @@ def _training_features(version: str):
 
 
 def _embedding():
-    """The ImageNet embedding when the loop works in it and it is built on this host (by a
-    registration here, or any command that uses it), else None."""
-    from pipelines.models.embedding import embedding_path
+    """The ImageNet embedding when the loop works in it and a registration built it (here,
+    or on another host: then fetched from the log's store once), else None."""
+    from pipelines.models.embedding import shared_embedding
 
     settings = get_settings()
     if settings.loop.queue_embedding != "imagenet":
         return None
-    path = embedding_path(settings.weights_dir)
-    if not path.is_file():
-        log.warning("loop.queue_embedding is imagenet but %s is not built here", path)
-        return None
-    return _load_embedding(str(path))
+    key = str(settings.weights_dir)
+    if key not in _EMBEDDINGS:
+        found = shared_embedding(settings.prediction_log_store(), settings.weights_dir)
+        if found is None:
+            log.warning("loop.queue_embedding is imagenet, but no registration built it yet")
+            return None
+        _EMBEDDINGS[key] = found
+    return _EMBEDDINGS[key]
 
 
-@functools.lru_cache(maxsize=1)
-def _load_embedding(path: str):
-    from pipelines.models.embedding import load_embedding
-
-    return load_embedding(Path(path).parent)
+_EMBEDDINGS: dict[str, Any] = {}  # weights folder -> its embedding, loaded once
 
 
 class _Loop(NamedTuple):

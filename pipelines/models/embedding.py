@@ -17,6 +17,7 @@ import numpy as np
 from pipelines.models.engine import OnnxEngine
 
 EMBEDDING_PX = 224  # the size the trunk sees; smaller images are enlarged inside
+SHARED = "embeddings"  # in a store: <store>/embeddings/<the ONNX file's name>
 
 
 class Embedding:
@@ -56,3 +57,27 @@ def load_embedding(cache_dir: Path, input_px: int = EMBEDDING_PX) -> Embedding |
     """The built embedding for ``input_px`` images from ``cache_dir``; None if not built."""
     path = embedding_path(cache_dir, input_px)
     return Embedding(OnnxEngine(path.read_bytes()), input_px) if path.is_file() else None
+
+
+def share_embedding(store, cache_dir: Path, input_px: int = EMBEDDING_PX) -> None:
+    """Copy the built embedding to ``store`` (the prediction log's), once, so that serving
+    hosts without it find it there (:func:`shared_embedding`)."""
+    path = embedding_path(cache_dir, input_px)
+    shared = store.path(SHARED, path.name)
+    if not store.exists(shared):
+        store.write_bytes(shared, path.read_bytes())
+
+
+def shared_embedding(store, cache_dir: Path, input_px: int = EMBEDDING_PX) -> Embedding | None:
+    """The built embedding from ``cache_dir``, else copied there from ``store`` first; None
+    when neither has it."""
+    path = embedding_path(cache_dir, input_px)
+    if not path.is_file():
+        data = store.read_bytes(store.path(SHARED, path.name))
+        if data is None:
+            return None
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+    return load_embedding(cache_dir, input_px)
