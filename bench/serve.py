@@ -24,16 +24,21 @@ a swap is under way <= 2x steady; overload:
 0 non-200 with hogs and swaps, only 200/503 and no resets for the batch flood, healthz p99
 < 1 s under large images.
 
+``--cpu``: where the CPU goes, ours and the ceiling: each server's event loop and other
+threads (inference, the log writer) and the load generator, in ms of CPU per request, and
+the model's own CPU per image in process.
+
 ``--log-cost``: the prediction log's cost alone (the same server with ``loop.log_predictions``
 off and on, interleaved rounds): throughput and p50; target <= 5%.
 Run: .venv/bin/python bench/serve.py [--seconds 15] [--rounds 3] [--swap-rounds 5]
-[--log-cost | --swap-only]
+[--log-cost | --swap-only | --cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import os
 import socket
@@ -437,6 +442,80 @@ def log_cost(tmp: Path, uri: str, images: list[bytes], seconds: float, rounds: i
     )
 
 
+def _stat(path: str) -> list[str]:
+    """The fields of a /proc stat file after the command name (state, ppid, ...)."""
+    return Path(path).read_text().rsplit(")", 1)[1].split()
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of ``pid`` and its descendants' threads, by role: the event loop (each
+    process's main thread) or another thread (inference, the log writer); Linux."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            parents[int(entry)] = int(_stat(f"/proc/{entry}/stat")[1])
+    found, todo = {}, [pid]
+    while todo:
+        process = todo.pop()
+        todo += [child for child, parent in parents.items() if parent == process]
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{process}/task"):
+                fields = _stat(f"/proc/{process}/task/{tid}/stat")
+                role = "event loop" if int(tid) == process else "other threads"
+                found[role] = found.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def cpu_per_request(tmp: Path, uri: str, model, images: list[bytes], rounds: int) -> None:
+    """Where the CPU goes: ours and the ceiling, interleaved rounds of 2,000 requests from 32
+    clients, each server's threads' CPU time read from /proc, and the load generator's."""
+    import resource
+
+    def client() -> float:
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        return used.ru_utime + used.ru_stime
+
+    servers = {"ours": start_ours(tmp, uri), "ceiling": start_ceiling(tmp)}
+    rows: dict[str, list] = {name: [] for name in servers}
+    try:
+        for _ in range(rounds):
+            for name, (process, url) in servers.items():
+                before, mine = thread_cpu(process.pid), client()
+                rate, latencies, errors, _ = asyncio.run(
+                    hammer(f"{url}/predict", images, 32, total=2000)
+                )
+                after, n = thread_cpu(process.pid), len(latencies) / 1000
+                assert not errors, errors[:3]
+                spent = {k: (after[k] - before.get(k, 0.0)) / n for k in after}
+                rows[name].append((rate, spent, (client() - mine) / n))
+    finally:
+        for process, _ in servers.values():
+            os.killpg(process.pid, 15)
+            process.wait(30)
+    x = np.stack([np.asarray(Image.open(io.BytesIO(d)).convert("RGB")) for d in images])
+    from serving.engines import best_engine
+
+    engine = best_engine(model.model, x[:32]).engine
+    batch = np.resize(x, (64, *x.shape[1:]))
+    engine(batch)
+    started = time.process_time()
+    for _ in range(30):
+        engine(batch)
+    per_image = (time.process_time() - started) / (30 * len(batch)) * 1000
+    print(f"\nCPU per request: 32 clients, single 32x32 JPEGs, {rounds} rounds of 2,000 each")
+    print("| server | req/s | event loop | other threads | server | load generator | all |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, done in rows.items():
+        for rate, spent, load in done:
+            loop, other = spent.get("event loop", 0.0), spent.get("other threads", 0.0)
+            print(
+                f"| {name} | {rate:.0f} | {loop:.2f} ms | {other:.2f} ms | {loop + other:.2f} ms "
+                f"| {load:.2f} ms | {loop + other + load:.2f} ms |"
+            )
+    print(f"The model in process, batch 64: {per_image:.2f} ms of CPU an image.")
+
+
 def report_swaps(swapped: tuple) -> None:
     requests, errors, versions, swaps_ok, (during, steady, overlapping, took, ratios) = swapped
     print(
@@ -460,6 +539,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--log-cost", action="store_true", help="only the prediction log's cost")
     parser.add_argument("--swap-only", action="store_true", help="only the hot-swap rounds")
+    parser.add_argument("--cpu", action="store_true", help="only where the CPU goes (Linux)")
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds (throughput, --log-cost)"
     )
@@ -476,6 +556,9 @@ def main() -> None:
     uri, (registry, model) = register_builtin(tmp)
     if args.log_cost:
         log_cost(tmp, uri, images, args.seconds, args.rounds)
+        return
+    if args.cpu:
+        cpu_per_request(tmp, uri, model, images, args.rounds)
         return
     ours, url = start_ours(tmp, uri)
     if args.swap_only:
