@@ -83,6 +83,7 @@ def loop_embedding(settings: Settings, progress: Progress = print):
     without it and the loop uses the champion's features)."""
     if settings.loop.queue_embedding != "imagenet":
         return None
+    from core.objectstore import StoreError
     from pipelines.models.embedding import share_embedding
     from pipelines.models.imagenet import imagenet_embedding
     from pipelines.models.pretrained import WeightsUnavailable
@@ -92,7 +93,10 @@ def loop_embedding(settings: Settings, progress: Progress = print):
     except WeightsUnavailable as exc:
         progress(f"No ImageNet embedding for the label queue: {exc}")
         return None
-    share_embedding(settings.prediction_log_store(), settings.weights_dir)
+    try:
+        share_embedding(settings.prediction_log_store(), settings.weights_dir)
+    except StoreError as exc:  # the next registration shares it; this one goes on
+        progress(f"The ImageNet embedding is not shared with serving hosts yet: {exc}")
     return embed
 
 
