@@ -570,6 +570,12 @@ def test_the_new_class_channel_groups_what_the_training_data_lacks(
         assert sum(item["id"] in trucks for item in queue) >= 9  # random: 6
     finally:
         label._EMBEDDINGS.clear(), label._training_features.cache_clear()
+    (tmp_path / "notes.txt").write_text("a file, not a folder: the log's store refuses")
+    monkeypatch.setenv("REFIT_LOOP__LOG_URL", str(tmp_path / "notes.txt"))
+    get_settings.cache_clear()
+    said: list[str] = []
+    assert workspace.loop_embedding(get_settings(), said.append) is not None  # goes on
+    assert said and "not shared with serving hosts yet" in said[-1]
 
     # a log like the training data: nothing stands apart, and the channel says so (empty)
     known_only = _writer(tmp_path / "known")
