@@ -76,6 +76,7 @@ class _Loop(NamedTuple):
     version: str | None
     reference: Any
     embed: Any
+    where: str  # said after each answer's note when the page cannot work where it should
 
     def unlabelled(self):
         keep = [i for i, e in enumerate(self.view.entries) if e["id"] not in self.done]
@@ -92,7 +93,19 @@ def _loop() -> _Loop:
     version = RegistrySource.from_settings(settings).champion_version()
     reference = _training_features(version) if version else None
     embed = _embedding() if reference is not None and reference.imagenet is not None else None
-    return _Loop(store, view, labelqueue.labelled_ids(store), version, reference, embed)
+    where = _where(settings.loop.queue_embedding, reference, embed)
+    return _Loop(store, view, labelqueue.labelled_ids(store), version, reference, embed, where)
+
+
+def _where(setting: str, reference, embed) -> str:
+    """Why the page chooses in the champion's own features although ``loop.queue_embedding``
+    names the ImageNet embedding (empty when it does not, or when it need not)."""
+    if setting != "imagenet" or embed is not None or reference is None:
+        return ""
+    if reference.imagenet is None:
+        return (" (in the champion's own features: it was registered without the ImageNet "
+                "embedding; the next version registered keeps it)")  # fmt: skip
+    return " (in the champion's own features: the ImageNet embedding is not in the log's store)"
 
 
 def _queue(n: int) -> dict:
@@ -108,7 +121,7 @@ def _queue(n: int) -> dict:
     accuracy = source.holdout_accuracy(loop.version) if loop.version else None
     items = labelqueue.rank(view, loop.reference, n, loop.done, accuracy, space=space)
     classes = source.class_names(loop.version) if loop.version else []
-    note = f"{len(items)} of {len(view)} logged images"
+    note = f"{len(items)} of {len(view)} logged images{loop.where}"
     if view.unreadable:
         note += f" ({view.unreadable} unreadable log lines skipped)"
     return {"items": [i.as_dict() for i in items], "classes": classes, "note": note}
@@ -133,7 +146,8 @@ def _groups() -> dict:
         found = newclass.groups_in(entries, features, loop.reference.features)
     note = (f"{len(found)} groups among {len(entries)} logged images" if found else
             f"No group of logged images stands apart from the training data "
-            f"({len(entries)} looked at).")  # fmt: skip
+            f"({len(entries)} looked at)")  # fmt: skip
+    note += loop.where
     groups = [{"size": len(g), "items": [i.as_dict() for i in g]} for g in found]
     return {"groups": groups, "note": note, "classes": loop.reference.class_names}
 
@@ -155,7 +169,8 @@ def _like(seeds: list[str], n: int) -> dict:
     except ValueError as exc:
         raise _Refused(400, str(exc)) from exc
     return {"items": [i.as_dict() for i in items],
-            "note": f"{len(items)} logged images most like the {len(seeds)} marked"}  # fmt: skip
+            "note": f"{len(items)} logged images most like the {len(seeds)} marked"
+                    f"{loop.where}"}  # fmt: skip
 
 
 class _Refused(Exception):

@@ -117,6 +117,16 @@ def test_training_features_keep_the_imagenet_embedding_only_when_given(sample) -
     assert kept.imagenet.dtype == np.float32 and np.array_equal(kept.imagenet, np.eye(3, 1280))
 
 
+def test_the_label_page_says_why_it_is_not_in_the_imagenet_embedding(sample) -> None:
+    from serving.label import _where
+
+    plain = sample["reference"]  # a version registered without the ImageNet embedding
+    assert "registered without the ImageNet embedding" in _where("imagenet", plain, None)
+    kept = dataclasses.replace(plain, imagenet=np.eye(3, 1280))
+    assert "not in the log's store" in _where("imagenet", kept, None)
+    assert _where("imagenet", kept, object()) == _where("champion", plain, None) == ""
+
+
 def test_the_log_keeps_each_answer_with_its_image_once_and_skips_a_cut_line(tmp_path) -> None:
     writer = _writer(tmp_path)
     pixels = np.random.default_rng(0).integers(0, 255, (3, 8, 8, 3), dtype=np.uint8)
