@@ -33,9 +33,9 @@ def env(tmp_path: Path) -> dict[str, str]:
             "REFIT_GATE__MIN_ACCURACY": "0"}  # fmt: skip
 
 
-def refit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+def refit(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [REFIT, *args], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT
+        [REFIT, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
     )
 
 
@@ -100,7 +100,7 @@ def test_story_builtin_model_meets_truck(tmp_path: Path, env) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
     incoming = refit(env, *add_incoming)
     assert incoming.returncode == 0 and "new classes: truck" in incoming.stdout
-    tuned = refit(env, *finetune)
+    tuned = refit(env, *finetune, timeout=1800)  # a hang guard: every epoch, however busy
     assert tuned.returncode == 0, tuned.stdout + tuned.stderr
     assert "Grew the output layer by 1 for new classes: truck" in tuned.stdout
     assert "new_class_recall.truck" in tuned.stdout and "old_class_accuracy" in tuned.stdout
