@@ -109,7 +109,7 @@ def label_next(
     space = None
     if embedding == "imagenet":
         try:
-            view, space = _imagenet_space(settings, dataset, view, store, exclude)
+            view, space = _imagenet_space(settings, dataset, view, store, exclude, reference)
         except ValueError as exc:  # the weights missing or altered, no training images
             raise fail(str(exc)) from exc
     items = labelqueue.rank(view, reference, n, exclude, accuracy, space=space)
@@ -135,22 +135,46 @@ def label_next(
     console.print("Correct the `label` column, then: refit data submit " + str(path))
 
 
-def _imagenet_space(settings, dataset, view, store, exclude, sample: int = 1000):
+def _imagenet_space(settings, dataset, view, store, exclude, reference):
     """The log (its images still there) and (its, the training sample's) ImageNet
     embeddings."""
     from pipelines.loop import newclass
     from pipelines.models.imagenet import imagenet_embedding
 
     embed = imagenet_embedding(settings.weights_dir, progress=console.print)
-    training = _training_embedding(dataset, embed, sample)
+    training = _training_embedding(dataset, embed, reference)
     view, logged = newclass.embedded_view(view, store, embed, exclude, console.print)
     return view, (logged, training)
 
 
-def _training_embedding(dataset, embed, sample: int):
-    """The ImageNet embedding of a stratified sample of the dataset's training images."""
+def _champion_sample(settings):
+    """The champion's stored training sample (``TrainingFeatures``), or None (none kept, no
+    champion, or the registry not answering: said, as the dataset's images then serve)."""
+    from core.contract import CHAMPION
+    from pipelines.judge.registry_client import RegistryError
+    from pipelines.loop.features import TrainingFeatures
+
+    try:
+        registry = registry_of(settings)
+        version = registry.alias_version(CHAMPION)
+        data = registry.training_features(version) if version else None
+    except RegistryError as exc:
+        console.print(f"[yellow]The model registry did not answer ({exc}): comparing with "
+                      "the dataset's training images.[/]", highlight=False)  # fmt: skip
+        return None
+    return TrainingFeatures.from_bytes(data) if data else None
+
+
+def _training_embedding(dataset, embed, reference, sample: int = 1000):
+    """The training images' ImageNet embedding: the one the champion's version keeps of its
+    training sample (registered with ``loop.queue_embedding = imagenet``), else that of a
+    stratified sample of ``sample`` of the dataset's training images."""
     from pipelines.images.decode import stratified_sample
 
+    if reference is not None and reference.imagenet is not None:
+        console.print(f"Comparing with the champion's training sample ({len(reference.labels)} "
+                      "images, embedded when it was registered)")  # fmt: skip
+        return reference.imagenet
     rows = dataset.rows("train")
     if rows.empty:
         raise ValueError("the dataset has no training images to compare with; add a batch first")
@@ -174,7 +198,12 @@ def label_like(
     ] = [],  # noqa: B006
     n: Annotated[int, typer.Option("--n", min=1, help="How many images to choose.")] = 50,
     sample: Annotated[
-        int, typer.Option(min=10, help="Training images compared with (a stratified sample).")
+        int,
+        typer.Option(
+            min=10,
+            help="Training images compared with (a stratified sample), when the champion "
+            "keeps no ImageNet embedding of its own sample.",
+        ),
     ] = 1000,
 ) -> None:
     """ "More like these": the logged images most like a few seed images (logged ids or
@@ -202,7 +231,7 @@ def label_like(
         embed = imagenet_embedding(settings.weights_dir, progress=console.print)
         training = None
         if not dataset.rows("train").empty:  # what the champion knows, to tell the seeds from
-            training = _training_embedding(dataset, embed, sample)
+            training = _training_embedding(dataset, embed, _champion_sample(settings), sample)
         items = newclass.like(
             view, store, embed, seed, examples, n, labelled, console.print, training
         )
@@ -221,7 +250,12 @@ def label_like(
 def label_groups(
     out: Annotated[Path, typer.Option(help="A new folder: one batch skeleton per group.")],
     sample: Annotated[
-        int, typer.Option(min=10, help="Training images compared with (a stratified sample).")
+        int,
+        typer.Option(
+            min=10,
+            help="Training images compared with (a stratified sample), when the champion "
+            "keeps no ImageNet embedding of its own sample.",
+        ),
     ] = 1000,
 ) -> None:
     """The new-class channel: logged images unlike anything in the training data, in
@@ -239,7 +273,7 @@ def label_groups(
     view = predlog.read_log(store, newest=settings.loop.queue_images)
     try:
         embed = imagenet_embedding(settings.weights_dir, progress=console.print)
-        training = _training_embedding(dataset, embed, sample)
+        training = _training_embedding(dataset, embed, _champion_sample(settings), sample)
         known = set(dataset.index.get("sha256", [])) | labelqueue.labelled_ids(store)
         found = newclass.groups(view, store, embed, training, known, console.print)
     except ValueError as exc:  # the weights missing or altered

@@ -512,11 +512,14 @@ def test_the_new_class_channel_groups_what_the_training_data_lacks(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "group 1:" in done.stdout
     assert "logged images" not in done.stdout  # embedded once, by the call above: kept
+    assert "did not answer" in done.stdout  # no registry running: the dataset's images serve
     with open(tmp_path / "groups" / "group-1" / "labels.csv") as f:
         rows = list(csv.DictReader(f))
     assert np.mean([r["image_id"] in trucks for r in rows]) >= 0.8
 
-    # "more like these" from the CLI, against the dataset's training images
+    # "more like these" from the CLI, against the dataset's training images (a registry
+    # without a champion: novelty needs only the dataset's training images)
+    env["REFIT_MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     seeds = [a for e in view.entries[180:183] for a in ("--seed", e["id"])]
     like = [refit, "label", "like", *seeds, "--label", "truck", "--n", "20"]
     done = subprocess.run([*like, "--out", str(tmp_path / "like")], env=env,
@@ -528,8 +531,6 @@ def test_the_new_class_channel_groups_what_the_training_data_lacks(
     assert all(r["why"].startswith("like the seeds, unlike the training images") for r in rows)
 
     # the queue in the ImageNet embedding: logged images embedded once, kept in the log
-    # (a registry without a champion: novelty needs only the dataset's training images)
-    env["REFIT_MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [refit, "label", "next", "--embedding", "imagenet", "--n", "24"]
     done = subprocess.run([*args, "--out", str(tmp_path / "next.zip")], env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -578,6 +579,13 @@ def test_the_new_class_channel_groups_what_the_training_data_lacks(
         assert grouped and np.mean([i["id"] in trucks for i in grouped[0]["items"]]) >= 0.8
         queue = label._queue(24)["items"]
         assert sum(item["id"] in trucks for item in queue) >= 9  # random: 6
+        # the CLI compares with the same stored sample, not a sample of its own
+        done = subprocess.run([*like, "--out", str(tmp_path / "like-stored")], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"the champion's training sample ({len(kept.labels)} images" in done.stdout
+        with open(tmp_path / "like-stored" / "labels.csv") as f:
+            assert np.mean([r["image_id"] in trucks for r in csv.DictReader(f)]) >= 0.6
     finally:
         label._EMBEDDINGS.clear(), label._training_features.cache_clear()
     (tmp_path / "notes.txt").write_text("a file, not a folder: the log's store refuses")
