@@ -18,9 +18,11 @@ do; once the champion is competent, its **uncertainty** is worth asking about. S
   than chance gives), every ``NOVEL_EVERY``-th pick is the most novel image left: the far
   ones first, then, once they are all picked, the next most novel while their neighbours
   hold fewer training images than chance gives (``NOVEL_UNTIL``). A class the champion
-  never saw reaches a person, and enough of it for intake's minimum: at 5% false
-  discoveries the far images are only the surest part of a new class (``bench/loop.py``:
-  about 90 of 200 trucks), and about half of the next most novel are more of it.
+  never saw reaches a person: at 5% false discoveries the far images are only the surest
+  part of a new class (``bench/loop.py``: about 90 of 200 trucks), and about half of the
+  next most novel are more of it. A third, not more: the queue only has to show the new
+  class; "more like these" fills it to intake's minimum, and the other picks teach the
+  classes the holdout mostly holds.
 
 Each pick says which of these chose it. The new-class channel and "more like these" are
 ``pipelines.loop.newclass``. Novelty compares the logged images' features with
@@ -50,7 +52,7 @@ PRODUCTION = "production-holdout"  # <log>/production-holdout/<submission>.json:
 TYPICAL_PER_CLASS = 10  # a budget under this many labels per class picks typical images
 COMPETENT_AT = 0.7  # a champion under this holdout accuracy picks typical images
 UNCERTAIN_POOL = 5  # uncertain picks come from the budget x this least certain images
-NOVEL_EVERY = 2  # every second pick is the most novel image left (if any is far)
+NOVEL_EVERY = 3  # every third pick is the most novel image left (if any is far)
 NOVEL_UNTIL = 0.5  # ... while its training neighbours' lower-tail p is under this
 DIMENSIONS = 64  # features projected (PCA) to this many for clustering
 

@@ -324,7 +324,7 @@ def test_the_queue_puts_unknown_and_uncertain_images_first_and_spreads_them(
     ids = [e["id"] for e in view.entries]
     margins = np.array([e["margin"] for e in view.entries])
 
-    # a small budget (20 labels, 9 classes): typical images, and every second pick the
+    # a small budget (20 labels, 9 classes): typical images, and every third pick the
     # most novel left (the far ones first)
     picks = labelqueue.rank(view, sample["reference"], 20)
     picked = [ids.index(p.id) for p in picks]
@@ -332,7 +332,7 @@ def test_the_queue_puts_unknown_and_uncertain_images_first_and_spreads_them(
     assert sum(i >= 110 for i in picked) <= 2  # ten near-copies cost at most two labels
     novel = ("far from the training data", "among the most novel left")
     assert all(r.startswith(("typical", *novel)) for p in picks for r in p.reasons)
-    assert sum(p.reasons[0].startswith(novel) for p in picks) == 10
+    assert sum(p.reasons[0].startswith(novel) for p in picks) == 6  # picks 3, 6, ..., 18
     assert any("far from the training data" in r for p in picks for r in p.reasons)
     assert sum(i >= 90 for i in picked) >= 5  # the unknown class: at least its share (5)
 
@@ -342,7 +342,7 @@ def test_the_queue_puts_unknown_and_uncertain_images_first_and_spreads_them(
     picked = [ids.index(p.id) for p in picks]
     assert len(set(picked)) == 20 and sum(i >= 110 for i in picked) <= 2
     uncertain = [i for p, i in zip(picks, picked, strict=True) if "uncertain" in p.reasons[0]]
-    assert len(uncertain) == 10 and margins[uncertain].mean() < np.median(margins) / 2
+    assert len(uncertain) == 14 and margins[uncertain].mean() < np.median(margins) / 2
     assert "competent champion (90%)" in picks[0].reasons[0]
 
     # more than the log holds: everything unlabelled, no error; excluded ids are skipped
