@@ -199,11 +199,12 @@ class LoopConfig(Section):
         default=5000, description="Newest log entries the label queue chooses from."
     )
     queue_embedding: Literal["champion", "imagenet"] = Field(
-        default="champion",
-        description="Where `refit label next` and the Label page choose: the champion's own "
-        "features (logged with each answer) or the ImageNet embedding (each logged image "
-        "embedded once, kept in the log; versions registered with it keep their training "
-        "sample's embedding for the page).",
+        default="imagenet",
+        description="Where `refit label next` and the Label page choose: the ImageNet "
+        "embedding (finds unseen classes and more like a few examples far better; each logged "
+        "image embedded once, kept in the log; each version registered with it keeps its "
+        "training sample's embedding, a few seconds per registration) or the champion's own "
+        "features (logged with each answer: nothing extra to compute).",
     )
     production_holdout_share: float = Field(
         default=0.2,

@@ -17,6 +17,10 @@ for _name, _value in {
     "GX_ANALYTICS_ENABLED": "false",
 }.items():
     os.environ.setdefault(_name, _value)
+# The label queue's default embedding (ImageNet) adds about 10 s to every registration: the
+# tests that exercise it ask for it (tests/unit/test_loop_steps.py, the team topology).
+QUEUE_EMBEDDING = "champion"
+os.environ["REFIT_LOOP__QUEUE_EMBEDDING"] = QUEUE_EMBEDDING
 
 
 def free_port() -> int:
@@ -53,11 +57,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test reads the developer's REFIT_* variables or refit.toml."""
+    """No test reads the developer's REFIT_* variables or refit.toml (the queue's embedding
+    aside, above)."""
     for name in list(os.environ):
         if name.startswith("REFIT_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("REFIT_CONFIG", str(tmp_path / "no-such-refit.toml"))
+    monkeypatch.setenv("REFIT_LOOP__QUEUE_EMBEDDING", QUEUE_EMBEDDING)
     from core.settings import get_settings
 
     get_settings.cache_clear()

@@ -89,7 +89,7 @@ def label_next(
     from pipelines.loop import labelqueue, predlog
     from pipelines.loop.features import TrainingFeatures
 
-    embedding = embedding or settings.loop.queue_embedding
+    asked, embedding = embedding, embedding or settings.loop.queue_embedding
     if embedding not in ("champion", "imagenet"):
         raise fail(f"--embedding {embedding!r}: give champion or imagenet")
     registry = registry_of(settings)
@@ -111,7 +111,10 @@ def label_next(
         try:
             view, space = _imagenet_space(settings, dataset, view, store, exclude, reference)
         except ValueError as exc:  # the weights missing or altered, no training images
-            raise fail(str(exc)) from exc
+            if asked:
+                raise fail(str(exc)) from exc
+            console.print(f"[yellow]Not in the ImageNet embedding ({exc}): choosing in the "
+                          "champion's own features.[/]", highlight=False)  # fmt: skip
     items = labelqueue.rank(view, reference, n, exclude, accuracy, space=space)
     if view.unreadable:
         console.print(f"[yellow]Skipped {view.unreadable} unreadable log lines.[/]")

@@ -544,6 +544,16 @@ def test_the_new_class_channel_groups_what_the_training_data_lacks(
     wrong = subprocess.run([*args[:3], "--embedding", "pixels", "--out", str(tmp_path / "x")],
                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert wrong.returncode == 1 and "give champion or imagenet" in wrong.stderr
+    # the setting (not the option) names ImageNet, but nothing to compare with: the queue
+    # goes on in the champion's features, saying so
+    bare = {**env, "REFIT_WORKSPACE": str(tmp_path / "bare"),
+            "REFIT_DVC_REPO": str(git_repo(tmp_path / "empty")),
+            "REFIT_LOOP__QUEUE_EMBEDDING": "imagenet"}  # fmt: skip
+    shutil.copytree(imagenet_weights, tmp_path / "bare" / "weights")
+    done = subprocess.run([*args[:3], "--n", "5", "--out", str(tmp_path / "bare.zip")], env=bare,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Not in the ImageNet embedding (the dataset has no training images" in done.stdout
 
     # loop.queue_embedding = imagenet: a version registered so keeps its training sample's
     # ImageNet embedding, and the Label page's routes choose in that embedding
