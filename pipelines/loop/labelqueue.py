@@ -15,14 +15,15 @@ do; once the champion is competent, its **uncertainty** is worth asking about. S
   least certain of each (uncertain *and* diverse: fifty near-copies cost one label);
 - and, in both, when the log holds images **far from the training data**
   (``pipelines.loop.novelty``: far fewer training images among their nearest neighbours
-  than chance gives), every ``NOVEL_EVERY``-th pick is the most novel image left: the far
-  ones first, then, once they are all picked, the next most novel while their neighbours
-  hold fewer training images than chance gives (``NOVEL_UNTIL``). A class the champion
-  never saw reaches a person: at 5% false discoveries the far images are only the surest
-  part of a new class (``bench/loop.py``: about 90 of 200 trucks), and about half of the
-  next most novel are more of it. A third, not more: the queue only has to show the new
-  class; "more like these" fills it to intake's minimum, and the other picks teach the
-  classes the holdout mostly holds.
+  than chance gives), every second pick is the most novel image left when the other half
+  alone still brings ``TYPICAL_PER_CLASS`` labels per class, else every third (``novel_every``):
+  the far ones first, then, once they are all picked, the next most novel while their
+  neighbours hold fewer training images than chance gives (``NOVEL_UNTIL``). A class the
+  champion never saw reaches a person: at 5% false discoveries the far images are only the
+  surest part of a new class (``bench/loop.py``: about 90 of 200 trucks), and about half of
+  the next most novel are more of it. Only a third of a small budget: there the queue need
+  only show the new class ("more like these" fills it to intake's minimum), and the known
+  classes, most of what the champion answers, need the labels.
 
 Each pick says which of these chose it. The new-class channel and "more like these" are
 ``pipelines.loop.newclass``. Novelty compares the logged images' features with
@@ -52,7 +53,6 @@ PRODUCTION = "production-holdout"  # <log>/production-holdout/<submission>.json:
 TYPICAL_PER_CLASS = 10  # a budget under this many labels per class picks typical images
 COMPETENT_AT = 0.7  # a champion under this holdout accuracy picks typical images
 UNCERTAIN_POOL = 5  # uncertain picks come from the budget x this least certain images
-NOVEL_EVERY = 3  # every third pick is the most novel image left (if any is far)
 NOVEL_UNTIL = 0.5  # ... while its training neighbours' lower-tail p is under this
 DIMENSIONS = 64  # features projected (PCA) to this many for clustering
 
@@ -98,6 +98,12 @@ def strategy(n: int, classes: int, accuracy: float | None) -> tuple[str, str]:
     if accuracy is not None:
         why += f", a competent champion ({accuracy:.0%})"
     return "uncertain", why
+
+
+def novel_every(n: int, classes: int) -> int:
+    """Every how many picks of a budget of ``n`` labels the most novel image left is one:
+    2 when the other half alone holds ``TYPICAL_PER_CLASS`` labels per known class, else 3."""
+    return 2 if n // 2 >= TYPICAL_PER_CLASS * max(classes, 1) else 3
 
 
 def rank(
@@ -149,8 +155,9 @@ def rank(
         novel = [int(i) for i in near.order() if near.far[i] or near.p[i] < NOVEL_UNTIL]
     picks, taken = [], set()
     regular = [int(i) for i in chosen]
+    every = novel_every(n, classes)
     for turn in range(n):
-        source = novel if (turn % NOVEL_EVERY == NOVEL_EVERY - 1 and novel) else regular
+        source = novel if (turn % every == every - 1 and novel) else regular
         while source and source[0] in taken:
             source.pop(0)
         if not source:

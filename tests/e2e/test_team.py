@@ -3,13 +3,25 @@ server, MLflow on both, Prefect on Postgres; two worker hosts; two serving repli
 nginx. A batch submitted on a serving host is validated, merged (DVC push to S3), and its
 run is killed with its worker host during fine-tuning: the run crashes, the champion stays,
 and the other worker finishes the submission; both replicas then answer with the new
-version. Skips (saying why) without root or nginx."""
+version; a serving host's Label page fetches the ImageNet embedding a worker shared. Skips
+(saying why) without root or nginx."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
 import pytest
 
-from tests.live_platform import COLOURS, RUN_TIMEOUT_S, SETTLE_S, tiny_model_file, wait_for
+from pipelines.models.embedding import embedding_path
+from tests.live_platform import (
+    COLOURS,
+    RUN_TIMEOUT_S,
+    SETTLE_S,
+    TOKEN,
+    tiny_model_file,
+    wait_for,
+)
 from tests.team_topology import start_team, unavailable
 
 pytestmark = pytest.mark.e2e
@@ -86,6 +98,16 @@ def test_a_batch_is_trained_on_another_host_and_survives_a_dead_worker(team, tmp
         assert second != first
         # Every replica answered with it before the run reported done.
         assert team.served_versions() == {"s1": second, "s2": second}
+
+    # The label queue's ImageNet embedding (the default): built where a worker registered
+    # the version, shared through S3; a serving host fetches it on the Label page's first use.
+    built = team.root / "s2" / "workspace" / "weights" / embedding_path(Path(".")).name
+    assert not built.exists()
+    queue = httpx.get(f"{team.replica_url('s2')}/label/queue?n=5",
+                      headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)  # fmt: skip
+    assert queue.status_code == 200, queue.text
+    assert "champion's own features" not in queue.json()["note"]
+    assert built.is_file()
 
     # The dataset and its version log are in the object store, pushed by the workers.
     import boto3

@@ -304,6 +304,8 @@ def test_the_budget_and_the_champion_choose_typical_or_uncertain_picks() -> None
     assert labelqueue.strategy(400, 9, 0.85)[0] == "uncertain"
     assert labelqueue.strategy(400, 9, None)[0] == "uncertain"  # the budget alone decides
     assert "weak (55%" in labelqueue.strategy(400, 9, 0.55)[1]
+    # novel picks: a third of a small budget, half once the other half holds 10 per class
+    assert [labelqueue.novel_every(n, 9) for n in (20, 100, 179, 180, 400)] == [3, 3, 3, 2, 2]
 
 
 def test_the_queue_puts_unknown_and_uncertain_images_first_and_spreads_them(
@@ -336,13 +338,14 @@ def test_the_queue_puts_unknown_and_uncertain_images_first_and_spreads_them(
     assert any("far from the training data" in r for p in picks for r in p.reasons)
     assert sum(i >= 90 for i in picked) >= 5  # the unknown class: at least its share (5)
 
-    # a competent champion with a budget that allows it: uncertain and diverse
+    # a competent champion with a budget that allows it: uncertain and diverse, and (the
+    # budget large for the classes) every second pick the most novel
     monkeypatch.setattr(labelqueue, "TYPICAL_PER_CLASS", 1)
     picks = labelqueue.rank(view, sample["reference"], 20, accuracy=0.9)
     picked = [ids.index(p.id) for p in picks]
     assert len(set(picked)) == 20 and sum(i >= 110 for i in picked) <= 2
     uncertain = [i for p, i in zip(picks, picked, strict=True) if "uncertain" in p.reasons[0]]
-    assert len(uncertain) == 14 and margins[uncertain].mean() < np.median(margins) / 2
+    assert len(uncertain) == 10 and margins[uncertain].mean() < np.median(margins) / 2
     assert "competent champion (90%)" in picks[0].reasons[0]
 
     # more than the log holds: everything unlabelled, no error; excluded ids are skipped
