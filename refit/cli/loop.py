@@ -168,10 +168,11 @@ def _champion_sample(settings):
     return TrainingFeatures.from_bytes(data) if data else None
 
 
-def _training_embedding(dataset, embed, reference, sample: int = 1000):
+def _training_embedding(dataset, embed, reference, sample: int = 1000, required: bool = True):
     """The training images' ImageNet embedding: the one the champion's version keeps of its
     training sample (registered with ``loop.queue_embedding = imagenet``), else that of a
-    stratified sample of ``sample`` of the dataset's training images."""
+    stratified sample of ``sample`` of the dataset's training images; with neither, None
+    unless ``required`` (then ValueError)."""
     from pipelines.images.decode import stratified_sample
 
     if reference is not None and reference.imagenet is not None:
@@ -180,6 +181,8 @@ def _training_embedding(dataset, embed, reference, sample: int = 1000):
         return reference.imagenet
     rows = dataset.rows("train")
     if rows.empty:
+        if not required:
+            return None
         raise ValueError("the dataset has no training images to compare with; add a batch first")
     codes = rows["label"].astype("category").cat.codes.to_numpy()
     rows = rows.iloc[stratified_sample(codes, sample, seed=0)]
@@ -232,9 +235,9 @@ def label_like(
     labelled = set(dataset.index.get("sha256", [])) | labelqueue.labelled_ids(store)
     try:
         embed = imagenet_embedding(settings.weights_dir, progress=console.print)
-        training = None
-        if not dataset.rows("train").empty:  # what the champion knows, to tell the seeds from
-            training = _training_embedding(dataset, embed, _champion_sample(settings), sample)
+        # what the champion knows, to tell the seeds from (none yet: likeness alone)
+        reference = _champion_sample(settings)
+        training = _training_embedding(dataset, embed, reference, sample, required=False)
         items = newclass.like(
             view, store, embed, seed, examples, n, labelled, console.print, training
         )

@@ -449,7 +449,8 @@ def test_more_like_these_finds_the_unseen_class_from_a_few_seeds(
         newclass.like(view, writer.store, embed, [], [], 5, **quiet)
 
     env = {**refit_env, "REFIT_LOOP__LOG_URL": str(tmp_path / "log"),
-           "REFIT_DVC_REPO": str(git_repo(tmp_path / "repo"))}  # fmt: skip
+           "REFIT_DVC_REPO": str(git_repo(tmp_path / "repo")),
+           "REFIT_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}  # fmt: skip
     refit = str(Path(sys.executable).parent / "refit")
     args = [refit, "label", "like", *[a for s in seeds for a in ("--seed", s)], "--n", "10"]
     done = subprocess.run([*args, "--label", "pickup truck", "--out", str(tmp_path / "like")],
