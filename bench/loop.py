@@ -9,8 +9,10 @@ stream is drawn from the pool (``--stream`` images per class, trucks included: 1
 and answered by the champion through the real prediction log (``pipelines.loop.predlog``).
 Then, for each budget, the
 queue (``pipelines.loop.labelqueue.rank``, told the champion's holdout accuracy) and a
-random draw of the same size are "labelled" (their truth), the champion is fine-tuned on
-each with Refit's recipe and replay, and both are judged on the same holdout.
+random draw of the same size are "labelled" (their truth); what intake admits of each (a
+new class only with ``validation.min_images_per_new_class`` images: fewer trucks are
+labels spent for nothing) fine-tunes the champion with Refit's recipe and replay, and both
+are judged on the same holdout.
 
 Prints, per champion and budget, the mean over the seeds with a 95% t-interval:
 - trucks among the picks as a multiple of their share of the stream (random: 1x);
@@ -85,6 +87,19 @@ def show(values, digits: int = 2, unit: str = "") -> str:
 def subset(data: ImageSet, index: np.ndarray, classes: list[str]) -> ImageSet:
     names = np.array(data.class_names)[data.y[index]]
     return ImageSet(data.x[index], np.array([classes.index(c) for c in names]), classes)
+
+
+def admitted(labelled: ImageSet, known: list[str]) -> ImageSet:
+    """What intake lets through of ``labelled``: a class the champion lacks only with
+    ``validation.min_images_per_new_class`` images (intake refuses fewer; in Refit "more
+    like these" fills it first, here those labels are spent and teach nothing)."""
+    minimum = get_settings().validation.min_images_per_new_class
+    count = np.bincount(labelled.y, minlength=len(labelled.class_names))
+    names = sorted(
+        c for k, c in enumerate(labelled.class_names)
+        if count[k] and (c in known or count[k] >= minimum)
+    )  # fmt: skip
+    return labelled.only(names).relabel(names)
 
 
 def split(data: ImageSet, args) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -203,15 +218,10 @@ def main() -> None:
                     )
                     picks[name] = np.array([by_id[item.id] for item in items])
                 picks["random"] = rng.choice(len(stream), budget, replace=False)
-                gains = {}
+                gains, trained = {}, {}
                 for name, picked in picks.items():
-                    labelled = subset(data, pool[stream[picked]], all_classes)
-                    names = sorted({all_classes[k] for k in labelled.y})
-                    labelled = ImageSet(
-                        labelled.x,
-                        np.array([names.index(all_classes[k]) for k in labelled.y]),
-                        names,
-                    )
+                    labelled = admitted(subset(data, pool[stream[picked]], all_classes), known)
+                    trained[name] = NEW in labelled.class_names
                     challenger, _ = finetune(champion, labelled, replay, config, lambda m: None)
                     gains[name] = (
                         (holdout_accuracy(challenger) - champion_accuracy) * 100 / budget * 100
@@ -223,7 +233,9 @@ def main() -> None:
                     found = np.mean(pool_labels[stream[picks[name]]] == NEW) / share
                     result[budget][f"{name} trucks"].append(found)
                     line += f" {name}: trucks {found:.2f}x, gain {gains[name]:+.2f};"
-                print(f"{line} random: gain {gains['random']:+.2f}", flush=True)
+                learned = [n for n, yes in trained.items() if yes]
+                print(f"{line} random: gain {gains['random']:+.2f}; trucks trained: "
+                      f"{', '.join(learned) or 'none'}", flush=True)  # fmt: skip
         tables[kind] = result
     report(tables, budgets, args)
 

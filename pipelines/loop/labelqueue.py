@@ -1,13 +1,14 @@
 """Label these next: a ranked queue of logged images worth a person's label.
 
-Which images teach most depends on the budget and on the champion (Hacohen et al. 2022,
-"Active learning on a budget"; Yehuda et al. 2022, ProbCover): with few labels for the
-number of classes, or a weak champion, uncertainty picks the ambiguous images a weak model
-stumbles on and does no better than chance, while **typical** images that cover the log
-do; once the champion is competent, its **uncertainty** is worth asking about. So:
+Which images teach most depends on how much the champion has learned (Hacohen et al.
+2022, "Active learning on a budget"; Yehuda et al. 2022, ProbCover): while it has learned
+little, uncertainty picks the ambiguous images a weak model stumbles on and does no better
+than chance, while **typical** images that cover the log do; once the champion is
+competent, its **uncertainty** is worth asking about. So:
 
-- **typical** when the budget is under ``TYPICAL_PER_CLASS`` labels per class or the
-  champion's holdout accuracy is under ``COMPETENT_AT``: the logged images in as many
+- **typical** when the champion's holdout accuracy is under ``COMPETENT_AT`` (not known:
+  when the budget is under ``TYPICAL_PER_CLASS`` labels per class, the only sign left of a
+  young model): the logged images in as many
   clusters as labels (k-means on the features), the most typical image of each
   (TypiClust: the densest, by the mean distance to its nearest neighbours);
 - **uncertain** otherwise: the ``UNCERTAIN_POOL`` x budget least certain images (1 - the
@@ -50,7 +51,7 @@ from pipelines.loop.novelty import unit
 
 LABELLED = "labelled"  # <log>/labelled/<submission>.json: the ids a submission labelled
 PRODUCTION = "production-holdout"  # <log>/production-holdout/<submission>.json: id -> label
-TYPICAL_PER_CLASS = 10  # a budget under this many labels per class picks typical images
+TYPICAL_PER_CLASS = 10  # labels per class: under it, a small budget (see strategy, novel_every)
 COMPETENT_AT = 0.7  # a champion under this holdout accuracy picks typical images
 UNCERTAIN_POOL = 5  # uncertain picks come from the budget x this least certain images
 NOVEL_UNTIL = 0.5  # ... while its training neighbours' lower-tail p is under this
@@ -89,15 +90,17 @@ class QueueItem:
 
 def strategy(n: int, classes: int, accuracy: float | None) -> tuple[str, str]:
     """("typical" or "uncertain", why) for a budget of ``n`` labels, ``classes`` known
-    classes and the champion's holdout ``accuracy`` (None: not known)."""
+    classes and the champion's holdout ``accuracy`` (None: not known). A known accuracy
+    decides: the cold start is about how much the champion has learned, not about this
+    round's budget (a champion trained on thousands of images is past it, however few
+    labels come next). Without it, a small budget is the only sign of a young model."""
+    if accuracy is not None:
+        if accuracy < COMPETENT_AT:
+            return "typical", f"the champion is weak, {accuracy:.0%} on its holdout"
+        return "uncertain", f"a competent champion, {accuracy:.0%} on its holdout"
     if n < TYPICAL_PER_CLASS * max(classes, 1):
         return "typical", f"{n} labels for {classes} classes is a small budget"
-    if accuracy is not None and accuracy < COMPETENT_AT:
-        return "typical", f"the champion is weak ({accuracy:.0%} on its holdout)"
-    why = f"{n} labels for {classes} classes"
-    if accuracy is not None:
-        why += f", a competent champion ({accuracy:.0%})"
-    return "uncertain", why
+    return "uncertain", f"{n} labels for {classes} classes"
 
 
 def novel_every(n: int, classes: int) -> int:

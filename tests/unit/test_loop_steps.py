@@ -299,11 +299,12 @@ def test_cleanlab_finds_the_flipped_labels_and_the_setting_decides(tmp_path, sam
 
 
 def test_the_budget_and_the_champion_choose_typical_or_uncertain_picks() -> None:
-    assert labelqueue.strategy(50, 9, 0.9)[0] == "typical"  # under 10 labels per class
     assert labelqueue.strategy(400, 9, 0.55)[0] == "typical"  # a weak champion
     assert labelqueue.strategy(400, 9, 0.85)[0] == "uncertain"
-    assert labelqueue.strategy(400, 9, None)[0] == "uncertain"  # the budget alone decides
-    assert "weak (55%" in labelqueue.strategy(400, 9, 0.55)[1]
+    assert labelqueue.strategy(50, 9, 0.85)[0] == "uncertain"  # few labels, a learned model
+    assert labelqueue.strategy(50, 9, None)[0] == "typical"  # not known: the budget decides
+    assert labelqueue.strategy(400, 9, None)[0] == "uncertain"
+    assert "weak, 55% on its holdout" in labelqueue.strategy(400, 9, 0.55)[1]
     # novel picks: a third of a small budget, half once the other half holds 10 per class
     assert [labelqueue.novel_every(n, 9) for n in (20, 100, 179, 180, 400)] == [3, 3, 3, 2, 2]
 
@@ -338,15 +339,15 @@ def test_the_queue_puts_unknown_and_uncertain_images_first_and_spreads_them(
     assert any("far from the training data" in r for p in picks for r in p.reasons)
     assert sum(i >= 90 for i in picked) >= 5  # the unknown class: at least its share (5)
 
-    # a competent champion with a budget that allows it: uncertain and diverse, and (the
-    # budget large for the classes) every second pick the most novel
+    # a competent champion: uncertain and diverse, whatever the budget; and (the budget
+    # made large for the classes) every second pick the most novel
     monkeypatch.setattr(labelqueue, "TYPICAL_PER_CLASS", 1)
     picks = labelqueue.rank(view, sample["reference"], 20, accuracy=0.9)
     picked = [ids.index(p.id) for p in picks]
     assert len(set(picked)) == 20 and sum(i >= 110 for i in picked) <= 2
     uncertain = [i for p, i in zip(picks, picked, strict=True) if "uncertain" in p.reasons[0]]
     assert len(uncertain) == 10 and margins[uncertain].mean() < np.median(margins) / 2
-    assert "competent champion (90%)" in picks[0].reasons[0]
+    assert "a competent champion, 90% on its holdout" in picks[0].reasons[0]
 
     # more than the log holds: everything unlabelled, no error; excluded ids are skipped
     assert len(labelqueue.rank(view, sample["reference"], 500)) == 120
