@@ -158,7 +158,7 @@ def more_like(
     cars) rank below the new class itself. Without it, the cosine similarity to the seeds'
     mean direction. ``bench/loop.py``: 5 logged trucks -> the 50 best, ImageNet embedding,
     10 seeds: 0.70 of them trucks by similarity, 0.89 by the classifier (in a champion's
-    own features, where an unseen class sits on the known ones, no gain: 0.60 vs 0.65).
+    own features, where an unseen class sits on the known ones, no gain: 0.59 vs 0.62).
     Seeds of a known class do as well or better (5 cars, cats or ships, same setting, one
     run: 0.65, 0.44, 0.76 against 0.64, 0.41, 0.65).
     """
