@@ -218,10 +218,11 @@ def main() -> None:
                     )
                     picks[name] = np.array([by_id[item.id] for item in items])
                 picks["random"] = rng.choice(len(stream), budget, replace=False)
-                gains, trained = {}, {}
+                gains, trained = {}, []
                 for name, picked in picks.items():
                     labelled = admitted(subset(data, pool[stream[picked]], all_classes), known)
-                    trained[name] = NEW in labelled.class_names
+                    if NEW in labelled.class_names:
+                        trained.append(name)
                     challenger, _ = finetune(champion, labelled, replay, config, lambda m: None)
                     gains[name] = (
                         (holdout_accuracy(challenger) - champion_accuracy) * 100 / budget * 100
@@ -233,9 +234,8 @@ def main() -> None:
                     found = np.mean(pool_labels[stream[picks[name]]] == NEW) / share
                     result[budget][f"{name} trucks"].append(found)
                     line += f" {name}: trucks {found:.2f}x, gain {gains[name]:+.2f};"
-                learned = [n for n, yes in trained.items() if yes]
                 print(f"{line} random: gain {gains['random']:+.2f}; trucks trained: "
-                      f"{', '.join(learned) or 'none'}", flush=True)  # fmt: skip
+                      f"{' | '.join(trained) or 'none'}", flush=True)  # fmt: skip
         tables[kind] = result
     report(tables, budgets, args)
 

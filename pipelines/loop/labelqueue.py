@@ -8,9 +8,9 @@ competent, its **uncertainty** is worth asking about. So:
 
 - **typical** when the champion's holdout accuracy is under ``COMPETENT_AT`` (not known:
   when the budget is under ``TYPICAL_PER_CLASS`` labels per class, the only sign left of a
-  young model): the logged images in as many
-  clusters as labels (k-means on the features), the most typical image of each
-  (TypiClust: the densest, by the mean distance to its nearest neighbours);
+  young model): the logged images in as many clusters as labels (k-means on the
+  features), the most typical image of each (TypiClust: the densest, by the mean distance
+  to its nearest neighbours);
 - **uncertain** otherwise: the ``UNCERTAIN_POOL`` x budget least certain images (1 - the
   margin between the top two probabilities), clustered into as many groups as labels, the
   least certain of each (uncertain *and* diverse: fifty near-copies cost one label);
